@@ -1,0 +1,60 @@
+"""The `geoseg` command line: thin commands over the library API."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+import warnings
+from typing import Any
+
+import click
+
+from geoseg import __version__
+from geoseg.errors import GeosegError, GeosegWarning, UsageError
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    if issubclass(category, GeosegWarning):  # libraries' warnings are for developers, not users
+        click.echo(f"geoseg: warning: {message}", err=True)
+
+
+class _Group(click.Group):
+    """Turns geoseg's errors into one line on stderr and the right exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageError as e:
+            click.echo(f"geoseg: error: {e}", err=True)
+            ctx.exit(2)
+        except GeosegError as e:
+            click.echo(f"geoseg: error: {e}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("geoseg: interrupted: no output was written", err=True)
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as e:  # a bug or an unforeseen failure: one line, traceback with -v
+            if logging.getLogger("geoseg").isEnabledFor(logging.DEBUG):
+                traceback.print_exc()
+            click.echo(f"geoseg: error: {type(e).__name__}: {e} (run with -v for details)", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="geoseg")
+@click.option("-v", "--verbose", is_flag=True, help="Log each file's figures; tracebacks for unexpected errors.")
+def main(verbose: bool) -> None:
+    """Text-prompted segmentation of GeoTIFFs with SAM 3, seam-free."""
+    log = logging.getLogger("geoseg")
+    log.handlers[:] = [logging.StreamHandler(sys.stderr)]
+    log.handlers[0].setFormatter(logging.Formatter("geoseg: %(message)s"))
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    warnings.showwarning = _show_warning
+
+
+from geoseg.cli import info, segment  # noqa: E402,F401  (commands register on main)
+
+__all__ = ["main", "info", "segment"]

@@ -1,0 +1,27 @@
+"""Options shared by several commands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+F = Callable[..., Any]
+
+
+def tiling_options(f: F) -> F:
+    f = click.option("--overlap", type=int, default=128, show_default=True,
+                     help="Overlap between neighbouring tiles, in pixels.")(f)
+    f = click.option("--tile-size", type=int, default=1008, show_default=True,
+                     help="Tile side in pixels (SAM 3 sees 1008).")(f)
+    return f
+
+
+def read_options(f: F) -> F:
+    f = click.option("--pixel-coords", is_flag=True,
+                     help="Accept rasters without a CRS; polygons in pixel coordinates.")(f)
+    f = click.option("--resolution", type=float, default=None,
+                     help="Resample on read to this pixel size, in the raster's CRS units.")(f)
+    f = click.option("--bands", default=None, help="1-based bands to use as R,G,B (e.g. 4,3,2), or one for grey.")(f)
+    return f

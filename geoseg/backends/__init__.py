@@ -1,0 +1,1 @@
+"""Segmentation backends: each module holds one model behind the `Segmenter` contract."""

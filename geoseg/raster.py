@@ -1,0 +1,212 @@
+"""Reading rasters tile by tile: windowed, nodata-aware, one scene-wide stretch.
+
+A uint8 source with no resampling is passed through untouched: the segmenter
+sees exactly the raster's pixel values. Other dtypes are scaled to uint8 by one
+percentile stretch per band computed over the whole scene (never per tile), so
+an object looks the same in every tile.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window as RioWindow
+
+from geoseg.errors import RasterError, UsageError
+from geoseg.tiling import Window
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to turn a raster into RGB tiles."""
+
+    bands: tuple[int, ...] | None = None
+    resolution: float | None = None
+    stretch: tuple[float, float] = (2.0, 98.0)
+    pixel_coords: bool = False
+
+
+def parse_bands(text: str | None) -> tuple[int, ...] | None:
+    """'4,3,2' -> (4, 3, 2); None stays None."""
+    if text is None or text == "":
+        return None
+    try:
+        bands = tuple(int(b) for b in str(text).split(","))
+    except ValueError:
+        raise UsageError(f"--bands {text!r} is not a list of band numbers: use e.g. --bands 4,3,2") from None
+    if len(bands) not in (1, 3):
+        raise UsageError(f"--bands {text!r} must name 1 band (grey) or 3 (red,green,blue), e.g. --bands 4,3,2")
+    return bands
+
+
+def _is_remote(path: str) -> bool:
+    return path.startswith(("/vsi", "http://", "https://", "s3://", "gs://"))
+
+
+def open_dataset(path: str | os.PathLike[str]) -> Any:
+    """Open a raster for reading, turning rasterio's errors into one clear line."""
+    path = str(path)
+    if not _is_remote(path):
+        p = Path(path)
+        if not p.exists():
+            raise RasterError(f"{path}: no such file: check the path")
+        if p.is_dir():
+            raise RasterError(f"{path}: is a folder, not a raster")
+    try:
+        with warnings.catch_warnings():  # a raster without CRS is refused or allowed below, with our message
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except RasterioIOError as e:
+        reason = str(e).split("\n")[0]
+        raise RasterError(f"{path}: not a readable raster ({reason}): give a GeoTIFF or another GDAL raster") from None
+
+
+def _default_bands(ds: Any, path: str) -> tuple[int, ...]:
+    colour = [i for i, ci in enumerate(ds.colorinterp, 1) if ci != ColorInterp.alpha]
+    if len(colour) in (1, 3):
+        return tuple(colour)
+    raise UsageError(
+        f"{path} has {len(colour)} bands: pick three with --bands R,G,B (e.g. --bands 4,3,2) or one with --bands N"
+    )
+
+
+class RasterSource:
+    """An open raster, read as uint8 RGB windows plus a valid-pixel mask.
+
+    Use as a context manager. `transform`, `crs`, `height`, `width` describe
+    the grid the tiles are read on (after `resolution` resampling, if any).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], options: ReadOptions = ReadOptions()) -> None:
+        self.path = str(path)
+        self.options = options
+        self._src = open_dataset(self.path)
+        try:
+            self._setup()
+        except BaseException:
+            self._src.close()
+            raise
+
+    def _setup(self) -> None:
+        src, o = self._src, self.options
+        if src.crs is None and not o.pixel_coords:
+            raise RasterError(
+                f"{self.path} has no CRS (not georeferenced): assign one "
+                f"(gdal_edit.py -a_srs EPSG:XXXX) or pass --pixel-coords for polygons in pixel coordinates"
+            )
+        if o.bands is not None:
+            bad = [b for b in o.bands if not 1 <= b <= src.count]
+            if bad:
+                raise UsageError(f"--bands {bad[0]} is out of range: {self.path} has bands 1 to {src.count}")
+        self.bands = o.bands or _default_bands(src, self.path)
+        self.dtype = np.dtype(src.dtypes[self.bands[0] - 1])
+        self._ds = src
+        if o.resolution is not None:
+            self._ds = self._warped(o.resolution)
+        self.height, self.width = self._ds.height, self._ds.width
+        self.transform = rasterio.Affine.identity() if o.pixel_coords else self._ds.transform
+        self.crs = None if o.pixel_coords else self._ds.crs
+        self.nodata = src.nodata
+        self.stretch_limits = None if self.dtype == np.uint8 else self._stretch_limits()
+
+    def _warped(self, resolution: float) -> Any:
+        src = self._src
+        if resolution <= 0:
+            raise UsageError(f"--resolution {resolution} must be a positive ground distance in CRS units")
+        if src.crs is None or not src.transform.is_rectilinear:
+            raise UsageError(f"--resolution needs a north-up georeferenced raster; {self.path} is not one")
+        left, bottom, right, top = src.bounds
+        width = max(1, math.ceil((right - left) / resolution))
+        height = max(1, math.ceil((top - bottom) / resolution))
+        transform = rasterio.Affine(resolution, 0, left, 0, -resolution, top)
+        return WarpedVRT(
+            src, crs=src.crs, transform=transform, width=width, height=height, resampling=Resampling.bilinear
+        )
+
+    def _stretch_limits(self) -> np.ndarray:
+        """Per-band (low, high) percentiles over the scene, nodata excluded."""
+        ds = self._ds
+        lo_pct, hi_pct = self.options.stretch
+        if not 0 <= lo_pct < hi_pct <= 100:
+            raise UsageError(f"--stretch {lo_pct},{hi_pct}: need 0 <= low < high <= 100, e.g. 2,98")
+        if ds.overviews(self.bands[0]):
+            scale = max(1, max(ds.height, ds.width) // 1024)
+            shape = (len(self.bands), max(1, ds.height // scale), max(1, ds.width // scale))
+            samples = [ds.read(self.bands, out_shape=shape, masked=True)]
+        else:
+            samples = [ds.read(self.bands, window=w, masked=True) for w in _sample_windows(ds.height, ds.width)]
+        limits = np.zeros((len(self.bands), 2))
+        for b in range(len(self.bands)):
+            values = np.concatenate([s[b].compressed() for s in samples]).astype(np.float64)
+            values = values[np.isfinite(values)]
+            if values.size:
+                limits[b] = np.percentile(values, [lo_pct, hi_pct])
+        return limits
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Read `window` as uint8 RGB (H, W, 3) and a valid mask (H, W).
+
+        Parts of the window outside the raster are zero and invalid.
+        """
+        rgb = np.zeros((window.height, window.width, 3), np.uint8)
+        valid = np.zeros((window.height, window.width), bool)
+        inside = window.intersection(Window(0, 0, self.height, self.width))
+        if inside is None:
+            return rgb, valid
+        rio_window = RioWindow(inside.col, inside.row, inside.width, inside.height)
+        try:
+            data = self._ds.read(self.bands, window=rio_window)
+            mask = self._ds.dataset_mask(window=rio_window) > 0
+        except RasterioIOError as e:
+            reason = str(e).split("\n")[0]
+            raise RasterError(f"{self.path}: cannot read pixels ({reason}): the file is corrupt or truncated") from None
+        if self.stretch_limits is not None:
+            if data.dtype.kind == "f":
+                mask &= np.all(np.isfinite(data), axis=0)
+            data = self._to_uint8(data)
+        r, c = inside.row - window.row, inside.col - window.col
+        sub = rgb[r:r + inside.height, c:c + inside.width]
+        sub[:] = np.moveaxis(data, 0, -1) if len(self.bands) == 3 else data[0][..., None]
+        sub[~mask] = 0
+        valid[r:r + inside.height, c:c + inside.width] = mask
+        return rgb, valid
+
+    def _to_uint8(self, data: np.ndarray) -> np.ndarray:
+        limits = self.stretch_limits
+        assert limits is not None
+        out = np.empty(data.shape, np.uint8)
+        for b in range(data.shape[0]):
+            lo, hi = limits[b]
+            scaled = (data[b].astype(np.float32) - lo) * (255.0 / max(hi - lo, 1e-12))
+            out[b] = np.clip(np.nan_to_num(scaled, nan=0.0), 0, 255).round().astype(np.uint8)
+        return out
+
+    def close(self) -> None:
+        if self._ds is not self._src:
+            self._ds.close()
+        self._src.close()
+
+    def __enter__(self) -> RasterSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _sample_windows(height: int, width: int, grid: int = 16, size: int = 128) -> list[RioWindow]:
+    """A grid of small windows spread over the raster, for the stretch."""
+    if height * width <= (grid * size) ** 2:
+        return [RioWindow(0, 0, width, height)]
+    rows = np.linspace(0, max(0, height - size), grid).astype(int)
+    cols = np.linspace(0, max(0, width - size), grid).astype(int)
+    return [RioWindow(int(c), int(r), min(size, width), min(size, height)) for r in rows for c in cols]

@@ -1,0 +1,133 @@
+"""Generated scenes with known truth.
+
+Every object is painted in a colour of its own: the dominant channel says its
+label ("red", "green", "blue"), the two others encode its number. So a test
+segmenter can see exactly what a perfect model would see in any tile.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import rasterio
+from affine import Affine
+
+LABELS = ("red", "green", "blue")
+
+
+def color_of(label: str, number: int) -> tuple[int, int, int]:
+    """The unique RGB colour of object `number` (0 to 262143) of `label`."""
+    if not 0 <= number < 64**3:
+        raise ValueError(f"object number {number} out of range")
+    low, mid, high = number % 64, (number // 64) % 64, number // 4096
+    rgb = [0, 0, 0]
+    channel = LABELS.index(label)
+    rgb[channel], rgb[(channel + 1) % 3], rgb[(channel + 2) % 3] = 192 + high, low, mid
+    return rgb[0], rgb[1], rgb[2]
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One object: a boolean mask crop whose top-left pixel is (row, col)."""
+
+    label: str
+    number: int
+    row: int
+    col: int
+    mask: np.ndarray
+
+
+def disc(label: str, number: int, cy: float, cx: float, r: float) -> SceneObject:
+    """A filled disc of radius `r` pixels centred at (cy, cx)."""
+    r0, c0 = int(np.floor(cy - r)), int(np.floor(cx - r))
+    n = int(np.ceil(2 * r)) + 2
+    yy, xx = np.mgrid[r0:r0 + n, c0:c0 + n]
+    return SceneObject(label, number, r0, c0, (yy + 0.5 - cy) ** 2 + (xx + 0.5 - cx) ** 2 <= r * r)
+
+
+def rectangle(label: str, number: int, row: int, col: int, height: int, width: int) -> SceneObject:
+    """A filled axis-aligned rectangle."""
+    return SceneObject(label, number, row, col, np.ones((height, width), bool))
+
+
+def ring(label: str, number: int, cy: float, cx: float, r_out: float, r_in: float) -> SceneObject:
+    """A disc with a round hole."""
+    outer, inner = disc(label, number, cy, cx, r_out), disc(label, number, cy, cx, r_in)
+    mask = outer.mask.copy()
+    dr, dc = inner.row - outer.row, inner.col - outer.col
+    mask[dr:dr + inner.mask.shape[0], dc:dc + inner.mask.shape[1]] &= ~inner.mask
+    return SceneObject(label, number, outer.row, outer.col, mask)
+
+
+def draw(height: int, width: int, objects: list[SceneObject], background: int = 40) -> np.ndarray:
+    """Paint objects (later ones on top) on a grey background: (H, W, 3) uint8."""
+    rgb = np.full((height, width, 3), background, np.uint8)
+    for obj in objects:
+        h, w = obj.mask.shape
+        r0, c0 = max(obj.row, 0), max(obj.col, 0)
+        r1, c1 = min(obj.row + h, height), min(obj.col + w, width)
+        if r1 <= r0 or c1 <= c0:
+            continue
+        sub = obj.mask[r0 - obj.row:r1 - obj.row, c0 - obj.col:c1 - obj.col]
+        rgb[r0:r1, c0:c1][sub] = color_of(obj.label, obj.number)
+    return rgb
+
+
+def write_geotiff(
+    path: str | os.PathLike[str], data: np.ndarray, *, crs: Any = "EPSG:32617",
+    transform: Affine | None = None, nodata: float | None = None, **profile: Any,
+) -> str:
+    """Write (H, W, bands) or (H, W) data as a tiled, compressed GeoTIFF.
+
+    Default georeferencing: UTM 17N, 0.5 m pixels, near Gainesville, Florida.
+    """
+    if data.ndim == 2:
+        data = data[..., None]
+    height, width, count = data.shape
+    if transform is None:
+        transform = Affine(0.5, 0, 404000.0, 0, -0.5, 3286000.0)
+    meta = dict(driver="GTiff", height=height, width=width, count=count, dtype=data.dtype, crs=crs,
+                transform=transform, nodata=nodata, compress="deflate")
+    if count != 3:  # else GDAL takes a 4th band for alpha
+        meta["photometric"] = "MINISBLACK"
+    if height >= 256 and width >= 256:
+        meta.update(tiled=True, blockxsize=256, blockysize=256)
+    meta.update(profile)
+    with rasterio.open(path, "w", **meta) as dst:
+        dst.write(np.moveaxis(data, -1, 0))
+    return str(path)
+
+
+def random_objects(height: int, width: int, n: int, seed: int = 0, r_range: tuple[float, float] = (6, 30),
+                   start: int = 0) -> list[SceneObject]:
+    """`n` discs and rectangles of all labels at random places; they may overlap."""
+    rng = np.random.default_rng(seed)
+    objs = []
+    for k in range(n):
+        label = LABELS[k % 3]
+        r = rng.uniform(*r_range)
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        if k % 2:
+            objs.append(disc(label, start + k, cy, cx, r))
+        else:
+            objs.append(rectangle(label, start + k, int(cy - r), int(cx - r), int(2 * r), int(1.5 * r)))
+    return objs
+
+
+def make_scene(path: str | os.PathLike[str], size: int = 2048, seed: int = 0, n_objects: int | None = None,
+               **kwargs: Any) -> str:
+    """A georeferenced RGB GeoTIFF of `size`² px with coloured objects everywhere,
+    many crossing the seams of any tiling, one ring larger than a 512 px tile,
+    and touching pairs. Returns the path."""
+    n = n_objects if n_objects is not None else size * size // 40_000
+    objs = random_objects(size, size, n, seed, start=100)
+    c = size / 2
+    objs.insert(0, ring("green", 1, c, c, min(0.45 * size, 700), min(0.2 * size, 300)))
+    # two red squares that touch, and two with a one-pixel gap, near the middle
+    m = int(c)
+    objs += [rectangle("red", 2, m - 40, m - 30, 30, 30), rectangle("red", 3, m - 40, m, 30, 30),
+             rectangle("red", 4, m + 10, m - 30, 30, 30), rectangle("red", 5, m + 10, m + 1, 30, 30)]
+    return write_geotiff(path, draw(size, size, objs), **kwargs)

@@ -1,0 +1,176 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+from click.testing import CliRunner
+from geoseg.cli import main
+
+from geoseg.testing import disc, draw, make_scene, write_geotiff
+
+COLORS = ["--backend", "colors", "--tile-size", "512", "--overlap", "64", "-q"]
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result
+
+
+def one_line_error(result, code=2):
+    assert result.exit_code == code, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("geoseg: error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_segment_and_info_end_to_end(scene_path, tmp_path):
+    out = tmp_path / "out.gpkg"
+    r = run("segment", scene_path, "-p", "red", "-p", "green", "-o", out, *COLORS)
+    assert r.exit_code == 0, r.output
+    gdf = pyogrio.read_dataframe(out, layer="detections")
+    assert set(gdf["label"]) == {"red", "green"} and gdf.geometry.is_valid.all()
+    assert gdf["id"].tolist() == list(range(1, len(gdf) + 1))
+    assert (gdf["source"] == "scene.tif").all() and (gdf["n_tiles"] >= 1).all()
+    r = run("info", scene_path, "-p", "building", "--tile-size", "512", "--overlap", "64")
+    assert r.exit_code == 0 and "1200 x 1200 px" in r.output and "9 (3 x 3)" in r.output and "EPSG:32617" in r.output
+    r = run("info", scene_path, "--json")
+    plan = json.loads(r.stdout)["rasters"][0]
+    assert plan["tiles"] == 4 and plan["area_km2"] == pytest.approx(0.36)
+
+
+def test_same_result_as_python_api_and_stable_ids(scene_path, tmp_path):
+    import geoseg
+    from geoseg.testing import ColorSegmenter
+
+    a, b = tmp_path / "a.gpkg", tmp_path / "b.gpkg"
+    run("segment", scene_path, "-p", "blue", "-o", a, *COLORS)
+    run("segment", scene_path, "-p", "blue", "-o", b, *COLORS)
+    ga, gb = pyogrio.read_dataframe(a), pyogrio.read_dataframe(b)
+    gdf = geoseg.segment(scene_path, "blue", segmenter=ColorSegmenter(), tile_size=512, overlap=64)
+    assert ga.drop(columns="geometry").equals(gb.drop(columns="geometry"))
+    assert ga.geometry.geom_equals(gb.geometry).all()
+    assert len(gdf) == len(ga) and np.allclose(gdf["area_m2"], ga["area_m2"])
+
+
+def test_folder_to_one_output_and_to_one_file_each(tmp_path):
+    d = tmp_path / "tiles"
+    d.mkdir()
+    make_scene(d / "a.tif", size=600, seed=1)
+    make_scene(d / "b.tif", size=600, seed=2)
+    (d / "notes.txt").write_text("not a raster")
+    out = tmp_path / "all.gpkg"
+    assert run("segment", d, "-p", "red", "-o", out, *COLORS).exit_code == 0
+    gdf = pyogrio.read_dataframe(out)
+    assert set(gdf["source"]) == {"a.tif", "b.tif"}
+    outdir = tmp_path / "each"
+    outdir.mkdir()
+    assert run("segment", d, "-p", "red", "--output-dir", outdir, "--format", "fgb", *COLORS).exit_code == 0
+    assert sorted(p.name for p in outdir.iterdir() if not p.name.endswith(".json")) == ["a.fgb", "b.fgb"]
+    assert len(pyogrio.read_dataframe(outdir / "a.fgb")) + len(pyogrio.read_dataframe(outdir / "b.fgb")) == len(gdf)
+
+
+def test_dst_crs_pixel_coords_and_all_nodata(tmp_path):
+    path = make_scene(tmp_path / "s.tif", size=600, seed=4)
+    out = tmp_path / "wgs.gpkg"
+    assert run("segment", path, "-p", "red", "-o", out, "--dst-crs", "EPSG:4326", *COLORS).exit_code == 0
+    assert pyogrio.read_info(out)["crs"] == "EPSG:4326"
+    empty = write_geotiff(tmp_path / "empty.tif", np.zeros((300, 300, 3), np.uint8), nodata=0)
+    r = run("segment", empty, "-p", "red", "-o", tmp_path / "e.gpkg", *COLORS)
+    assert r.exit_code == 0 and "geoseg: warning:" in r.output and "nodata" in r.output
+    assert len(pyogrio.read_dataframe(tmp_path / "e.gpkg")) == 0
+
+
+def _plain_tiff(path):
+    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8") as dst:
+        dst.write(np.moveaxis(draw(64, 64, [disc("red", 1, 32, 32, 10)]), -1, 0))
+    return path
+
+
+def _truncated(tmp_path):
+    src = make_scene(tmp_path / "whole.tif", size=1024, seed=5, compress="deflate")
+    data = open(src, "rb").read()
+    path = tmp_path / "truncated.tif"
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.mark.parametrize("case,match", [
+    ("missing", "no such file"),
+    ("text", "not a readable raster"),
+    ("truncated", "corrupt or truncated"),
+    ("no-crs", "no CRS"),
+    ("blank-prompt", "empty prompt"),
+    ("overlap-big", "--overlap 512 must be"),
+    ("overlap-negative", "--overlap -5 must be"),
+    ("band", "--bands 7 is out of range"),
+    ("crs", "unknown CRS"),
+    ("ext", "unknown output format '.txt'"),
+    ("out-folder", "does not exist"),
+    ("not-writable", "not writable"),
+    ("exists", "exists: pass --overwrite"),
+    ("no-output", "give either -o"),
+    ("backend-option", "does not take --model"),
+    ("backend", "unknown backend"),
+])
+def test_bad_inputs_give_one_line_exit_2_and_write_nothing(scene_path, tmp_path, case, match):
+    out = tmp_path / "out.gpkg"
+    text = tmp_path / "text.tif"
+    text.write_text("hello")
+    args = {
+        "missing": [tmp_path / "nope.tif", "-p", "red", "-o", out],
+        "text": [text, "-p", "red", "-o", out],
+        "truncated": [_truncated(tmp_path), "-p", "red", "-o", out],
+        "no-crs": [_plain_tiff(tmp_path / "plain.tif"), "-p", "red", "-o", out],
+        "blank-prompt": [scene_path, "-p", "  ", "-o", out],
+        "overlap-big": [scene_path, "-p", "red", "-o", out, "--overlap", "512"],
+        "overlap-negative": [scene_path, "-p", "red", "-o", out, "--overlap", "-5"],
+        "band": [scene_path, "-p", "red", "-o", out, "--bands", "7,2,1"],
+        "crs": [scene_path, "-p", "red", "-o", out, "--dst-crs", "EPSG:0"],
+        "ext": [scene_path, "-p", "red", "-o", tmp_path / "out.txt"],
+        "out-folder": [scene_path, "-p", "red", "-o", tmp_path / "no" / "out.gpkg"],
+        "not-writable": [scene_path, "-p", "red", "-o", "/proc/out.gpkg"],
+        "exists": [scene_path, "-p", "red", "-o", out],
+        "no-output": [scene_path, "-p", "red"],
+        "backend-option": [scene_path, "-p", "red", "-o", out, "--model", "facebook/sam3"],
+        "backend": [scene_path, "-p", "red", "-o", out, "--backend", "nope"],
+    }[case]
+    if case == "exists":
+        out.write_bytes(b"keep me")
+    before = sorted(os.listdir(tmp_path))
+    extra = [] if case == "backend" else ["--backend", "colors"]
+    r = run("segment", *args, *extra, "--tile-size", "512", "-q")
+    assert match in one_line_error(r)
+    assert sorted(os.listdir(tmp_path)) == before
+    if case == "exists":
+        assert out.read_bytes() == b"keep me"
+
+
+def test_pixel_coords_flag(tmp_path):
+    path = _plain_tiff(tmp_path / "plain.tif")
+    out = tmp_path / "px.gpkg"
+    assert run("segment", path, "-p", "red", "-o", out, "--pixel-coords", *COLORS).exit_code == 0
+    gdf = pyogrio.read_dataframe(out)
+    assert gdf.crs is None and len(gdf) == 1 and gdf["area_m2"].isna().all()
+
+
+def test_console_script_installed_as_geoseg_cli_not_cli(scene_path, tmp_path):
+    import geoseg.cli
+
+    assert geoseg.cli.__file__.endswith(os.path.join("cli", "__init__.py"))
+    code = "import importlib.util, sys; sys.exit(importlib.util.find_spec('cli') is not None)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=tmp_path).returncode == 0
+    r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "geoseg"), "info", scene_path],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "1200 x 1200" in r.stdout
+
+
+def test_info_does_not_import_torch(scene_path):
+    code = ("import sys; from click.testing import CliRunner; from geoseg.cli import main; "
+            f"r = CliRunner().invoke(main, ['info', {str(scene_path)!r}]); assert r.exit_code == 0; "
+            "import geoseg.merge, geoseg.vectorize, geoseg.tiling; sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -1,0 +1,144 @@
+import numpy as np
+import pytest
+from conftest import match_ious, paint, run_merge, untiled
+
+from geoseg.segmenter import Detection
+from geoseg.testing import ColorSegmenter, disc, draw, rectangle, ring
+from geoseg.testing.scenes import random_objects
+
+
+def test_objects_crossing_seams_become_one_polygon_each_equal_to_the_untiled_result():
+    # tile 512, overlap 64: seams (tile edges and core cuts) near 448, 480, 512, 896...
+    objs = [disc("red", 1, 480, 480, 40),          # on a four-tile corner
+            disc("green", 2, 200, 470, 25),        # across a vertical seam
+            rectangle("blue", 3, 440, 100, 90, 60),  # across a horizontal seam
+            disc("red", 4, 300, 300, 20)]          # inside one core
+    objs += random_objects(1400, 1400, 150, seed=7, start=10)
+    rgb = draw(1400, 1400, objs)
+    truth = untiled(rgb)
+    result, _ = run_merge(rgb, 512, 64)
+    assert len(result) == len(truth)
+    ious = match_ious(truth, result, rgb.shape[:2])
+    assert min(ious) >= 0.98
+    assert (paint(truth, rgb.shape[:2]) > 0).sum() == (paint(result, rgb.shape[:2]) > 0).sum()
+
+
+def test_object_larger_than_a_tile_is_one_polygon_with_its_hole():
+    rgb = draw(2000, 2000, [ring("green", 1, 1000, 1000, 800, 250)])
+    result, plan = run_merge(rgb, 512, 64, prompts=["green"])
+    assert len(result) == 1
+    inst = result[0]
+    assert inst.n_tiles >= 9
+    assert not inst.mask[inst.mask.shape[0] // 2, inst.mask.shape[1] // 2]  # the hole is kept
+    assert match_ious(untiled(rgb, ["green"]), result, rgb.shape[:2]) == [1.0]
+
+
+@pytest.mark.parametrize("gap", [0, 1])
+@pytest.mark.parametrize("at", [470, 480, 500, 300])  # in the overlap, on the core cut, at a tile edge, away
+def test_touching_objects_stay_two(gap, at):
+    objs = [rectangle("red", 1, 200, at - 50, 100, 50), rectangle("red", 2, 200, at + gap, 100, 50),
+            disc("red", 3, at - 20, 700, 20), disc("red", 4, at + 20 + gap, 700, 20)]
+    rgb = draw(1000, 1000, objs)
+    result, _ = run_merge(rgb, 512, 64, prompts=["red"])
+    assert len(result) == 4
+    assert min(match_ious(untiled(rgb, ["red"]), result, rgb.shape[:2])) >= 0.98
+
+
+def test_labels_are_never_merged_together():
+    rgb = draw(1000, 1000, [disc("red", 1, 480, 480, 60), disc("green", 2, 480, 540, 60)])
+    result, _ = run_merge(rgb, 512, 64, prompts=["red", "green"])
+    assert sorted(i.label for i in result) == ["green", "red"]
+
+
+class EdgeBlind(ColorSegmenter):
+    """Misses the `margin` pixels along every tile edge, as models often do."""
+
+    def __init__(self, margin=4, **kw):
+        super().__init__(**kw)
+        self.margin = margin
+
+    def segment(self, tiles, prompts):
+        out = []
+        for tile_dets in super().segment(tiles, prompts):
+            h, w = tiles.shape[1:3]
+            keep = []
+            for d in tile_dets:
+                m = d.mask.copy()
+                r, c = d.origin
+                rows, cols = np.arange(r, r + m.shape[0])[:, None], np.arange(c, c + m.shape[1])[None, :]
+                k = self.margin
+                edge = (rows < k) | (rows >= h - k) | (cols < k) | (cols >= w - k)
+                m &= ~edge
+                if m.any():
+                    keep.append(Detection(d.label, d.score, m, d.origin))
+            out.append(keep)
+        return out
+
+
+def test_imperfect_tile_edges_do_not_reach_the_result():
+    objs = random_objects(1300, 1300, 120, seed=11, r_range=(10, 45))
+    rgb = draw(1300, 1300, [o for o in objs if 50 < o.row < 1200 and 50 < o.col < 1200])
+    truth = untiled(rgb)
+    result, _ = run_merge(rgb, 512, 64, segmenter=EdgeBlind(margin=4))
+    assert len(result) == len(truth)
+    assert min(match_ious(truth, result, rgb.shape[:2])) >= 0.98
+
+
+class MissesTile(ColorSegmenter):
+    """Sees nothing in tiles whose top-left pixels are marked grey 7."""
+
+    def segment(self, tiles, prompts):
+        return [[] if (t[:2, :2] == 7).all() else d for t, d in zip(tiles, super().segment(tiles, prompts))]
+
+
+def test_pixels_owned_by_a_tile_that_missed_the_object_come_from_the_tiles_that_saw_it():
+    # the disc sits in tile 1's core but wholly inside tile 0's window too
+    rgb = draw(1000, 1000, [disc("red", 1, 200, 470, 12)], background=40)
+    rgb[0:2, 448:450] = 7  # marks tile (0, 1), which starts at col 448 with tiles 512/64 on 1000 px
+    result, plan = run_merge(rgb, 512, 64, segmenter=MissesTile(), prompts=["red"])
+    assert plan.tile(1).window.col == 448
+    assert len(result) == 1 and result[0].n_tiles == 1
+    assert match_ious(untiled(rgb, ["red"]), result, rgb.shape[:2]) == [1.0]
+
+
+class TileScored(ColorSegmenter):
+    """Scores depend on the tile: (1 + tile's first pixel / 255) / 2."""
+
+    def segment(self, tiles, prompts):
+        out = []
+        for t, dets in zip(tiles, super().segment(tiles, prompts)):
+            s = (1 + t[0, 0, 0] / 255) / 2
+            out.append([Detection(d.label, s, d.mask, d.origin) for d in dets])
+        return out
+
+
+def test_score_is_the_best_members_and_n_tiles_counts_the_tiles_that_saw_it():
+    rgb = draw(1400, 1400, [disc("green", 1, 480, 480, 30)])  # tiles start at 0, 448, 888
+    rgb[0, 0, 0], rgb[0, 448, 0], rgb[448, 0, 0], rgb[448, 448, 0] = 10, 250, 20, 30  # per-tile marks
+    result, _ = run_merge(rgb, 512, 64, segmenter=TileScored(), prompts=["green"])
+    assert len(result) == 1
+    assert result[0].n_tiles == 4
+    assert result[0].score == pytest.approx((1 + 250 / 255) / 2)
+
+
+def test_pieces_are_cropped_not_full_tiles():
+    from geoseg.testing import pieces_in_memory
+    from geoseg.tiling import plan_tiles
+
+    rgb = draw(1000, 1000, [disc("red", 1, 300, 300, 10)])
+    plan = plan_tiles(1000, 1000, 512, 64)
+    full = [[Detection("red", 0.9, tile[..., 0] >= 192)] for tile in [np.zeros((512, 512, 3), np.uint8)]]
+    assert full[0][0].mask.shape == (512, 512)
+    pieces = pieces_in_memory(rgb, plan, ColorSegmenter(), ["red"])
+    assert pieces and all(p.mask.shape[0] <= 21 and p.mask.shape[1] <= 21 for p in pieces)
+
+
+def test_full_tile_masks_are_accepted_and_padding_never_yields_pixels():
+    class Everything:
+        def segment(self, tiles, prompts):
+            return [[Detection("all", 1.0, np.ones(t.shape[:2], bool))] for t in tiles]
+
+    rgb = draw(300, 200, [])
+    result, plan = run_merge(rgb, 512, 64, segmenter=Everything(), prompts=["all"])
+    assert len(plan) == 1 and len(result) == 1
+    assert result[0].mask.shape == (300, 200) and result[0].mask.all()

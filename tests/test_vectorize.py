@@ -1,0 +1,73 @@
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+from affine import Affine
+from pyproj import CRS
+
+import geoseg
+from geoseg.errors import UsageError
+from geoseg.merge import Instance
+from geoseg.testing import ColorSegmenter, disc, draw, ring, write_geotiff
+from geoseg.vectorize import parse_crs, polygon
+
+
+def test_polygon_follows_pixel_edges_and_keeps_holes():
+    obj = ring("red", 1, 50, 50, 40, 15)
+    inst = Instance("red", 0.9, 1, obj.row, obj.col, obj.mask)
+    geom = polygon(inst, Affine(1, 0, 0, 0, 1, 0))
+    assert geom.is_valid and geom.area == obj.mask.sum()
+    assert len(shapely.get_interior_ring(shapely.get_parts(geom)[0], 0).coords) > 4
+    assert geom.bounds == (obj.col + obj.mask.any(0).argmax(), obj.row + obj.mask.any(1).argmax(),
+                           obj.col + obj.mask.shape[1] - obj.mask[:, ::-1].any(0).argmax(),
+                           obj.row + obj.mask.shape[0] - obj.mask[::-1].any(1).argmax())
+
+
+def test_diagonal_pixels_give_a_valid_geometry():
+    mask = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 1]], bool)
+    geom = polygon(Instance("x", 1, 1, 0, 0, mask), Affine.identity())
+    assert geom.is_valid and geom.area == 4
+
+
+def test_reprojection_densifies_and_keeps_area(tmp_path):
+    rgb = draw(1000, 1000, [disc("red", 1, 500, 500, 400)])
+    path = write_geotiff(tmp_path / "big.tif", rgb, transform=Affine(10, 0, 400000, 0, -10, 3300000))
+    native = geoseg.segment(path, "red", segmenter=ColorSegmenter(), tile_size=512, overlap=64)
+    wgs = geoseg.segment(path, "red", segmenter=ColorSegmenter(), tile_size=512, overlap=64, dst_crs="EPSG:4326")
+    laea = "+proj=laea +lat_0=30 +lon_0=-81 +datum=WGS84 +units=m"
+    custom = geoseg.segment(path, "red", segmenter=ColorSegmenter(), tile_size=512, overlap=64, dst_crs=laea)
+    assert wgs.crs.equals(CRS.from_epsg(4326)) and custom.crs.equals(CRS.from_user_input(laea))
+    truth = np.count_nonzero(disc("red", 1, 500, 500, 400).mask) * 100
+    for gdf in (native, wgs, custom):
+        assert gdf["area_m2"].iloc[0] == pytest.approx(truth, rel=1e-3)
+    assert custom.geometry.area.iloc[0] == pytest.approx(truth, rel=2e-3)  # LAEA is equal-area
+    n_native = shapely.get_num_coordinates(native.geometry.iloc[0])
+    assert shapely.get_num_coordinates(wgs.geometry.iloc[0]) > n_native  # densified before reprojecting
+
+
+def test_geographic_raster_gets_area_in_square_metres(tmp_path):
+    rgb = draw(400, 400, [disc("blue", 1, 200, 200, 100)])
+    deg = 1e-5  # about 1.1 m at the equator
+    path = write_geotiff(tmp_path / "geo.tif", rgb, crs="EPSG:4326", transform=Affine(deg, 0, 10.0, 0, -deg, 0.002))
+    gdf = geoseg.segment(path, "blue", segmenter=ColorSegmenter(), tile_size=256, overlap=32)
+    geod_area = abs(gpd.GeoSeries(gdf.geometry).to_crs("EPSG:6933").area.iloc[0])
+    assert gdf["area_m2"].iloc[0] == pytest.approx(geod_area, rel=2e-3)
+    assert 30000 < gdf["area_m2"].iloc[0] < 40000
+
+
+def test_simplify_and_min_area(tmp_path):
+    rgb = draw(600, 600, [disc("red", 1, 300, 300, 200), disc("red", 2, 50, 50, 5)])
+    path = write_geotiff(tmp_path / "s.tif", rgb)
+    raw = geoseg.segment(path, "red", segmenter=ColorSegmenter(), tile_size=512, overlap=64)
+    simple = geoseg.segment(path, "red", segmenter=ColorSegmenter(), tile_size=512, overlap=64, simplify=1.0,
+                            min_area=50)
+    assert len(raw) == 2 and len(simple) == 1
+    big_raw = raw.geometry.iloc[raw["area_m2"].argmax()]
+    assert shapely.get_num_coordinates(simple.geometry.iloc[0]) < shapely.get_num_coordinates(big_raw) / 2
+    assert simple.geometry.is_valid.all()
+    assert simple.geometry.iloc[0].area == pytest.approx(big_raw.area, rel=0.01)
+
+
+def test_unknown_crs():
+    with pytest.raises(UsageError, match="unknown CRS 'EPSG:99999999'"):
+        parse_crs("EPSG:99999999")
