@@ -91,10 +91,11 @@ class RasterSource:
         self.path = str(path)
         self.options = options
         self._src = open_dataset(self.path)
+        self._env: Any = None
         try:
             self._setup()
         except BaseException:
-            self._src.close()
+            self.close()
             raise
 
     def _setup(self) -> None:
@@ -117,6 +118,11 @@ class RasterSource:
         self.transform = rasterio.Affine.identity() if o.pixel_coords else self._ds.transform
         self.crs = None if o.pixel_coords else self._ds.crs
         self.nodata = src.nodata
+        # GDAL's block cache (5 % of RAM by default) would grow with the raster;
+        # tiles go row by row, so blocks of about one tile row are all worth keeping
+        row_bytes = self.width * 1024 * src.count * self.dtype.itemsize
+        self._env = rasterio.Env(GDAL_CACHEMAX=int(min(max(row_bytes, 32 << 20), 256 << 20)))
+        self._env.__enter__()
         self.stretch_limits = None if self.dtype == np.uint8 else self._stretch_limits()
 
     def _warped(self, resolution: float) -> Any:
@@ -192,9 +198,12 @@ class RasterSource:
         return out
 
     def close(self) -> None:
-        if self._ds is not self._src:
+        if getattr(self, "_ds", self._src) is not self._src:
             self._ds.close()
         self._src.close()
+        if self._env is not None:
+            self._env.__exit__()
+            self._env = None
 
     def __enter__(self) -> RasterSource:
         return self

@@ -39,17 +39,68 @@ def pixel_size(transform: Affine) -> float:
     return math.sqrt(abs(transform.determinant))
 
 
-def polygon(inst: Instance, transform: Affine) -> shapely.Geometry:
-    """The instance's mask as a valid (Multi)Polygon through `transform`."""
-    at = transform @ Affine.translation(inst.col, inst.row)
-    mask = inst.mask.astype(np.uint8)
-    parts = [shape(g) for g, _ in shapes(mask, mask=inst.mask, connectivity=4, transform=at)]
+def _valid(parts: list[shapely.Geometry]) -> shapely.Geometry:
     geom = parts[0] if len(parts) == 1 else MultiPolygon(parts)
-    if not geom.is_valid:
+    if not geom.is_valid:  # pixels touching at a corner can pinch a ring
         geom = shapely.make_valid(geom)
         polys = [g for g in shapely.get_parts(geom) if g.geom_type in ("Polygon", "MultiPolygon")]
         geom = shapely.union_all(polys)
     return geom
+
+
+def polygon(inst: Instance, transform: Affine) -> shapely.Geometry:
+    """The instance's mask as a valid (Multi)Polygon through `transform`."""
+    return polygons([inst], transform)[0]
+
+
+def polygons(instances: Sequence[Instance], transform: Affine, width: int = 4096) -> list[shapely.Geometry]:
+    """Polygons of many instances, with few calls to GDAL's polygonize.
+
+    The instances' crops are packed side by side into a canvas (each pixel
+    labelled with its instance), polygonised together, then every ring is
+    moved back to its instance's place and through `transform`.
+    """
+    n = len(instances)
+    if n == 0:
+        return []
+    width = max(width, max(inst.mask.shape[1] for inst in instances))
+    shift = np.zeros((n, 2))  # canvas -> raster pixel offset (cols, rows), per instance
+    parts: list[list[shapely.Geometry]] = [[] for _ in range(n)]
+
+    def flush(canvas: np.ndarray) -> None:
+        rings, owner, shells = [], [], []
+        for g, v in shapes(canvas, mask=canvas > 0, connectivity=4):
+            for i, ring in enumerate(g["coordinates"]):
+                rings.append(np.asarray(ring, dtype=float))
+                owner.append(int(v) - 1)
+                shells.append(i == 0)
+        lengths = np.array([len(r) for r in rings])
+        px = np.concatenate(rings) + shift[np.repeat(owner, lengths)]
+        t = transform
+        world = np.column_stack([t.a * px[:, 0] + t.b * px[:, 1] + t.c, t.d * px[:, 0] + t.e * px[:, 1] + t.f])
+        starts = np.flatnonzero(shells)
+        offsets = (np.concatenate([[0], np.cumsum(lengths)]), np.concatenate([starts, [len(rings)]]))
+        polys = shapely.from_ragged_array(shapely.GeometryType.POLYGON, world, offsets)
+        for poly, k in zip(polys, np.asarray(owner)[starts]):
+            parts[k].append(poly)
+
+    canvas = np.zeros((0, width), np.int32)  # 1024 rows at a time, more for a taller instance
+    x = y = shelf = 0
+    for k in sorted(range(n), key=lambda k: -instances[k].mask.shape[0]):  # shelf packing, tallest first
+        inst = instances[k]
+        h, w = inst.mask.shape
+        if x + w > width:
+            x, y, shelf = 0, y + shelf, 0
+        if y + h > canvas.shape[0]:
+            if y > 0:  # canvas full: polygonise it and start anew
+                flush(canvas[:y])
+                x, y, shelf = 0, 0, 0
+            canvas = np.zeros((max(h, 1024), width), np.int32)
+        canvas[y:y + h, x:x + w][inst.mask] = k + 1
+        shift[k] = (inst.col - x, inst.row - y)
+        x, shelf = x + w, max(shelf, h)
+    flush(canvas[:y + shelf])
+    return [_valid(p) for p in parts]
 
 
 def to_frame(
@@ -58,7 +109,7 @@ def to_frame(
 ) -> gpd.GeoDataFrame:
     """Instances -> GeoDataFrame in the raster's CRS, ordered top-left first."""
     order = sorted(range(len(instances)), key=lambda k: (instances[k].label, instances[k].row, instances[k].col))
-    geoms = [polygon(instances[k], transform) for k in order]
+    geoms = polygons([instances[k] for k in order], transform)
     if simplify:
         geoms = list(shapely.simplify(np.array(geoms, dtype=object), simplify * pixel_size(transform)))
     return gpd.GeoDataFrame(

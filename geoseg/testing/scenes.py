@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
+import rasterio.windows
 from affine import Affine
 
 LABELS = ("red", "green", "blue")
@@ -131,3 +132,25 @@ def make_scene(path: str | os.PathLike[str], size: int = 2048, seed: int = 0, n_
     objs += [rectangle("red", 2, m - 40, m - 30, 30, 30), rectangle("red", 3, m - 40, m, 30, 30),
              rectangle("red", 4, m + 10, m - 30, 30, 30), rectangle("red", 5, m + 10, m + 1, 30, 30)]
     return write_geotiff(path, draw(size, size, objs), **kwargs)
+
+
+def write_large_scene(path: str | os.PathLike[str], size: int, objects_per_mpx: float = 65.0, seed: int = 0,
+                      r_range: tuple[float, float] = (8, 40), strip: int = 1024) -> int:
+    """A `size`² RGB GeoTIFF of random discs, written strip by strip so that
+    memory stays small at any size. Returns the number of discs drawn."""
+    rng = np.random.default_rng(seed)
+    n = int(size * size / 1e6 * objects_per_mpx)
+    cy, cx = rng.uniform(0, size, n), rng.uniform(0, size, n)
+    r = rng.uniform(*r_range, n)
+    order = np.argsort(cy - r)
+    cy, cx, r = cy[order], cx[order], r[order]
+    meta = dict(driver="GTiff", height=size, width=size, count=3, dtype="uint8", crs="EPSG:32617",
+                transform=Affine(0.5, 0, 404000.0, 0, -0.5, 3286000.0), compress="deflate",
+                tiled=True, blockxsize=512, blockysize=512, BIGTIFF="IF_SAFER")
+    with rasterio.open(path, "w", **meta) as dst:
+        for top in range(0, size, strip):
+            h = min(strip, size - top)
+            hit = np.flatnonzero((cy - r < top + h) & (cy + r >= top))
+            objs = [disc(LABELS[k % 3], k, cy[k] - top, cx[k], r[k]) for k in hit]
+            dst.write(np.moveaxis(draw(h, size, objs), -1, 0), window=rasterio.windows.Window(0, top, size, h))
+    return n

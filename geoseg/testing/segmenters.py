@@ -40,27 +40,31 @@ class ColorSegmenter:
         return [self._one(tile, prompts) for tile in tiles]
 
     def _one(self, tile: np.ndarray, prompts: Sequence[str]) -> list[Detection]:
-        rgb = tile.astype(np.int32)
-        dominant = rgb.max(axis=2) >= 192
+        # decode every object pixel's colour once, for all prompts
+        dom = np.maximum(np.maximum(tile[..., 0], tile[..., 1]), tile[..., 2])
+        idx = np.flatnonzero(dom >= 192)
+        if idx.size == 0:
+            return []
+        px = tile.reshape(-1, 3)[idx].astype(np.int32)
+        codes = (px[:, 0] << 16) | (px[:, 1] << 8) | px[:, 2]
+        codes_u, compact = np.unique(codes, return_inverse=True)
+        labels = np.zeros(tile.shape[:2], np.int32)
+        labels.reshape(-1)[idx] = compact + 1
+        wanted = {LABELS.index(p): p for p in prompts}
         dets: list[Detection] = []
-        for prompt in prompts:
-            ch = LABELS.index(prompt)
-            low, mid = rgb[..., (ch + 1) % 3], rgb[..., (ch + 2) % 3]
-            obj = dominant & (rgb[..., ch] >= 192) & (low < 64) & (mid < 64)
-            if not obj.any():
+        for k, box in enumerate(ndimage.find_objects(labels)):
+            if box is None:
                 continue
-            code = (rgb[..., ch] - 192) * 4096 + mid * 64 + low
-            numbers, compact = np.unique(code[obj], return_inverse=True)
-            labels = np.zeros(obj.shape, np.int32)
-            labels[obj] = compact + 1
-            for k, box in enumerate(ndimage.find_objects(labels)):
-                if box is None:
-                    continue
-                score = 0.5 + 0.5 * ((int(numbers[k]) * 37) % 101) / 100
-                if score < self.score_threshold:
-                    continue
-                mask = labels[box] == k + 1
-                dets.append(Detection(prompt, score, mask, (box[0].start, box[1].start)))
+            rgb = ((codes_u[k] >> 16) & 255, (codes_u[k] >> 8) & 255, codes_u[k] & 255)
+            ch = int(np.argmax(rgb))
+            low, mid = rgb[(ch + 1) % 3], rgb[(ch + 2) % 3]
+            if ch not in wanted or low >= 64 or mid >= 64:
+                continue
+            number = (rgb[ch] - 192) * 4096 + mid * 64 + low
+            score = 0.5 + 0.5 * ((number * 37) % 101) / 100
+            if score < self.score_threshold:
+                continue
+            dets.append(Detection(wanted[ch], score, labels[box] == k + 1, (box[0].start, box[1].start)))
         return dets
 
 
