@@ -18,7 +18,7 @@ from affine import Affine
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 from rasterio.features import shapes
-from shapely.geometry import MultiPolygon, shape
+from shapely.geometry import MultiPolygon
 
 from geoseg.errors import UsageError
 from geoseg.merge import Instance

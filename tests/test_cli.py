@@ -174,3 +174,16 @@ def test_info_does_not_import_torch(scene_path):
             f"r = CliRunner().invoke(main, ['info', {str(scene_path)!r}]); assert r.exit_code == 0; "
             "import geoseg.merge, geoseg.vectorize, geoseg.tiling; sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--score-threshold", "2"], "--score-threshold"),
+    (["--dtype", "fp8"], "--dtype"),
+    (["--tile-size", "big"], "--tile-size"),
+])
+def test_click_usage_errors_are_one_line_too(scene_path, tmp_path, args, match):
+    r = run("segment", scene_path, "-p", "red", "-o", tmp_path / "o.gpkg", *args)
+    assert match in one_line_error(r)
+    r = run("segment", scene_path, "-o", tmp_path / "o.gpkg")
+    assert "'-p' / '--prompt'" in one_line_error(r)
+    assert not (tmp_path / "o.gpkg").exists()

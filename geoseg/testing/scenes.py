@@ -151,6 +151,6 @@ def write_large_scene(path: str | os.PathLike[str], size: int, objects_per_mpx: 
         for top in range(0, size, strip):
             h = min(strip, size - top)
             hit = np.flatnonzero((cy - r < top + h) & (cy + r >= top))
-            objs = [disc(LABELS[k % 3], k, cy[k] - top, cx[k], r[k]) for k in hit]
+            objs = [disc(LABELS[k % 3], int(k), cy[k] - top, cx[k], r[k]) for k in hit]
             dst.write(np.moveaxis(draw(h, size, objs), -1, 0), window=rasterio.windows.Window(0, top, size, h))
     return n
