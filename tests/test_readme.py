@@ -19,7 +19,7 @@ def test_ci_runs_the_readme_test_command():
     assert test_cmd in [line.strip() for line in ci]
 
 
-@pytest.mark.parametrize("command", ["segment", "info"])
+@pytest.mark.parametrize("command", ["segment", "info", "evaluate", "export-dataset"])
 def test_every_option_is_documented(command):
     cmd = main.commands[command]
     for param in cmd.params:

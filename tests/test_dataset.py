@@ -1,0 +1,237 @@
+"""geoseg export-dataset: chips, COCO and YOLO labels, spatial splits, errors."""
+
+import csv
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+import yaml
+from affine import Affine
+from click.testing import CliRunner
+from geoseg.cli import main
+from pycocotools.coco import COCO
+from shapely import box
+
+from geoseg.dataset import assign_splits, chip_blocks, export_dataset, overlap_guard, parse_split
+from geoseg.testing import draw, rectangle, write_geotiff
+from geoseg.tiling import Window, plan_tiles
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
+T = Affine(0.5, 0, 404000.0, 0, -0.5, 3286000.0)  # write_geotiff's default grid: 0.5 m pixels
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(result, code=2):
+    assert result.exit_code == code, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("geoseg: error: "), result.output
+    return lines[0]
+
+
+def px_box(row, col, height, width):
+    """The map polygon of a pixel rectangle on grid T."""
+    return shapely.affinity.affine_transform(box(col, row, col + width, row + height), T.to_shapely())
+
+
+@pytest.fixture
+def scene(tmp_path):
+    """A 256² raster (chips of 128 px: 4 of them, no overlap) with three objects:
+    a 20x20 square inside chip (0, 0), a 10x50 bar across the vertical chip edge at col 128
+    (30 px left of it, 20 right), a 2x2 speck in chip (128, 128)."""
+    objs = [rectangle("red", 1, 10, 10, 20, 20), rectangle("green", 2, 60, 98, 10, 50),
+            rectangle("blue", 3, 200, 200, 2, 2)]
+    raster = write_geotiff(tmp_path / "scene.tif", draw(256, 256, objs))
+    vec = gpd.GeoDataFrame({"label": ["house", "road", "car"]},
+                           geometry=[px_box(10, 10, 20, 20), px_box(60, 98, 10, 50), px_box(200, 200, 2, 2)],
+                           crs="EPSG:32617")
+    path = tmp_path / "objects.gpkg"
+    vec.to_file(path)
+    return raster, path, vec
+
+
+def test_coco_loads_and_pieces_are_clipped_and_flagged(scene, tmp_path):
+    raster, vec, _ = scene
+    out = tmp_path / "ds"
+    r = run("export-dataset", raster, vec, "-o", out, "--chip-size", 128, "--block-size", 1, "--split", "0.5,0.5")
+    assert r.exit_code == 0, r.output
+    anns, cats = [], {}
+    for split in ("train", "val"):
+        coco = COCO(str(out / "annotations" / f"instances_{split}.json"))
+        cats = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+        for a in coco.loadAnns(coco.getAnnIds()):
+            img = coco.loadImgs(a["image_id"])[0]
+            assert (out / img["file_name"]).is_file()
+            assert coco.annToMask(a).sum() == pytest.approx(a["area"], abs=1)
+            anns.append((img["col"], img["row"], cats[a["category_id"]], a))
+        assert len(set(coco.getAnnIds())) == len(coco.getAnnIds())
+    assert sorted(cats.values()) == ["car", "house", "road"]
+    by = {(c, r, name): a for c, r, name, a in anns}
+    house = by[(0, 0, "house")]
+    assert house["area"] == 400 and house["bbox"] == [10, 10, 20, 20] and not house["truncated"]
+    left, right = by[(0, 0, "road")], by[(128, 0, "road")]  # the bar cut at col 128: 30 + 20 px wide
+    assert (left["area"], right["area"]) == (300, 200) and left["truncated"] and right["truncated"]
+    assert right["bbox"] == [0, 60, 20, 10]
+    assert by[(128, 128, "car")]["area"] == 4 and len(anns) == 4
+
+
+def test_min_area_in_pixels_and_skip_empty(scene, tmp_path):
+    raster, vec, _ = scene
+    s = export_dataset(raster, vec, tmp_path / "a", chip_size=128, block_size=1, split="0.5,0.5", min_area=5)
+    assert s.too_small == 1 and sum(s.objects.values()) == 3  # the 4 px car goes
+    s = export_dataset(raster, vec, tmp_path / "b", chip_size=128, block_size=1, split="0.5,0.5", min_area=201,
+                       skip_empty=True)
+    # left: house (400) and the bar's left piece (300); the right piece (200) and the car (4) are too small
+    assert sum(s.objects.values()) == 2 and s.too_small == 2
+    assert sum(s.chips.values()) == 1 and s.skipped_empty == 3
+
+
+def test_osbs_polygons_map_back_within_a_pixel(tmp_path):
+    """Real data: every COCO polygon, moved back through its chip's transform, is the reference box cut by
+    the chip (here exactly: pixel-aligned boxes, nothing simplified)."""
+    ref = gpd.read_file(SAMPLE / "OSBS_029_trees.gpkg", layer="trees")
+    out = tmp_path / "osbs"
+    s = export_dataset(SAMPLE / "OSBS_029.tif", SAMPLE / "OSBS_029_trees.gpkg", out, chip_size=128, overlap=16,
+                       block_size=2, split="0.8,0.2", image_format="tif")
+    assert s.categories == ["Tree"] and sum(s.chips.values()) > 0
+    n = 0
+    for split in s.chips:
+        coco = COCO(str(out / "annotations" / f"instances_{split}.json"))
+        for a in coco.loadAnns(coco.getAnnIds()):
+            img = coco.loadImgs(a["image_id"])[0]
+            t = Affine(*img["transform"])
+            with rasterio.open(out / img["file_name"]) as chip:  # GeoTIFF chips keep their georeferencing
+                assert chip.transform.almost_equals(t) and chip.crs.to_epsg() == 32617
+            ring = np.asarray(a["segmentation"][0]).reshape(-1, 2)
+            got = shapely.affinity.affine_transform(shapely.Polygon(ring), t.to_shapely())
+            chip_box = shapely.affinity.affine_transform(box(0, 0, img["width"], img["height"]), t.to_shapely())
+            want = ref.geometry[a["source_index"]].intersection(chip_box)
+            assert got.hausdorff_distance(want) < 0.1  # one pixel is 0.1 m
+            n += 1
+    assert n >= 61  # every tree at least once (some in several overlapping chips)
+
+
+def test_tif_chips_hold_the_source_pixels(scene, tmp_path):
+    raster, vec, _ = scene
+    export_dataset(raster, vec, tmp_path / "ds", chip_size=128, block_size=1, split="0.5,0.5", image_format="tif")
+    chips = json.loads((tmp_path / "ds" / "dataset.json").read_text())["chips"]
+    with rasterio.open(raster) as src:
+        for c in chips:
+            with rasterio.open(tmp_path / "ds" / c["file"]) as chip:
+                win = rasterio.windows.Window(c["col"], c["row"], 128, 128)
+                assert np.array_equal(chip.read(), src.read(window=win))
+                assert chip.transform == src.transform @ Affine.translation(c["col"], c["row"])
+
+
+def test_yolo_files_parse_and_are_normalised(scene, tmp_path):
+    raster, vec, _ = scene
+    out = tmp_path / "yolo"
+    r = run("export-dataset", raster, vec, "-o", out, "--format", "yolo", "--chip-size", 128, "--block-size", 1,
+            "--split", "0.5,0.25,0.25")
+    assert r.exit_code == 0, r.output
+    data = yaml.safe_load((out / "data.yaml").read_text())
+    assert data["names"] == {0: "car", 1: "house", 2: "road"} and data["nc"] == 3
+    assert {data["train"], data["val"], data["test"]} == {"images/train", "images/val", "images/test"}
+    lines = {}
+    for txt in (out / "labels").rglob("*.txt"):
+        assert (out / "images" / txt.parent.name / (txt.stem + ".png")).is_file()
+        for k, line in enumerate(txt.read_text().splitlines(), 1):
+            cls, *xy = line.split()
+            xy = np.array(xy, float)
+            assert 0 <= int(cls) < 3 and len(xy) % 2 == 0 and len(xy) >= 6
+            assert ((xy >= 0) & (xy <= 1)).all()
+            lines[(str(txt.relative_to(out)), k)] = (int(cls), xy.reshape(-1, 2) * 128)
+    assert len(lines) == 4
+    with open(out / "truncated.csv") as f:
+        cut = [(row["label_file"], int(row["line"])) for row in csv.DictReader(f)]
+    assert len(cut) == 2 and all(lines[c][0] == 2 for c in cut)  # the two pieces of the road
+    house = [xy for cls, xy in lines.values() if cls == 1][0]
+    assert house.min(axis=0).tolist() == [10, 10] and house.max(axis=0).tolist() == [30, 30]
+
+
+def test_spatial_splits_share_no_block_or_pixel_and_follow_the_seed():
+    windows = [t.window for t in plan_tiles(2000, 2000, 128, 32)]
+    blocks = chip_blocks(windows, 4 * 128)
+    deal = assign_splits(blocks, (0.7, 0.2, 0.1), seed=1)
+    splits = [deal[b] for b in blocks]
+    assert set(deal.values()) == {0, 1, 2}
+    for b in set(blocks):  # a block's chips all go to one split
+        assert len({s for s, bb in zip(splits, blocks) if bb == b}) == 1
+    share = np.bincount(splits) / len(splits)
+    assert share[0] > share[1] > share[2] > 0
+    keep = overlap_guard(windows, splits)
+    kept = [(w, s) for w, s, k in zip(windows, splits, keep) if k]
+    for w, s in kept:
+        assert all(w.intersection(v) is None for v, t in kept if t != s)
+    assert not keep.all()  # chips overlap by 32 px: some at block edges had to go
+    assert assign_splits(blocks, (0.7, 0.2, 0.1), seed=1) == deal
+    assert assign_splits(blocks, (0.7, 0.2, 0.1), seed=2) != deal
+
+
+def test_chip_goes_to_the_block_holding_its_centre():
+    # 256 px blocks: a 128 px chip at (0, 200) has its centre at (64, 264) -> block (0, 1); at (300, 0) -> (364, 64)
+    assert chip_blocks([Window(0, 200, 128, 128), Window(300, 0, 128, 128)], 256) == [(0, 1), (1, 0)]
+    assert parse_split("0.7,0.2,0.1") == (0.7, 0.2, 0.1)
+
+
+def test_nodata_chips_skipped_and_vector_reprojected(tmp_path):
+    rgb = draw(256, 256, [rectangle("red", 1, 10, 10, 20, 20)])
+    rgb[:, 128:] = 255  # the right half is nodata
+    raster = write_geotiff(tmp_path / "half.tif", rgb, nodata=255)
+    vec = gpd.GeoDataFrame({"kind": ["a"]}, geometry=[px_box(10, 10, 20, 20)], crs="EPSG:32617").to_crs(4326)
+    s = export_dataset(raster, vec, tmp_path / "ds", chip_size=128, block_size=1, split="0.5,0.5",
+                       label_field="kind")
+    assert s.skipped_nodata == 2 and sum(s.chips.values()) == 2 and s.categories == ["a"]
+    anns = [json.loads(p.read_text())["annotations"] for p in (tmp_path / "ds" / "annotations").glob("*.json")]
+    (a,) = [a for group in anns for a in group]
+    assert a["area"] == pytest.approx(400, abs=0.01) and a["bbox"] == pytest.approx([10, 10, 20, 20], abs=0.01)
+
+
+def test_geoseg_output_exports(scene, tmp_path):
+    import geoseg
+    from geoseg.testing import ColorSegmenter
+
+    raster, _, _ = scene
+    gdf = geoseg.segment(raster, ["red", "green"], segmenter=ColorSegmenter(), tile_size=128, overlap=16,
+                         output=tmp_path / "found.gpkg")
+    s = export_dataset(raster, tmp_path / "found.gpkg", tmp_path / "ds", chip_size=128, block_size=1,
+                       split="0.5,0.5")
+    assert len(gdf) == 2 and s.categories == ["green", "red"] and sum(s.objects.values()) == 3
+
+
+def test_errors_are_one_line(scene, tmp_path):
+    raster, vec, _ = scene
+    base = ["--chip-size", 128, "--block-size", 1]
+    assert "no such file" in one_line_error(run("export-dataset", tmp_path / "no.tif", vec, "-o", tmp_path / "x"))
+    assert "no such file" in one_line_error(run("export-dataset", raster, tmp_path / "no.gpkg", "-o", tmp_path / "x"))
+    assert "--split" in one_line_error(run("export-dataset", raster, vec, "-o", tmp_path / "x", "--split", "0.8,0.3"))
+    assert "--label-field" in one_line_error(run("export-dataset", raster, vec, "-o", tmp_path / "x",
+                                                 "--label-field", "kind"))
+    assert "--overlap" in one_line_error(run("export-dataset", raster, vec, "-o", tmp_path / "x", "--overlap", 600))
+    assert "--block-size" in one_line_error(run("export-dataset", raster, vec, "-o", tmp_path / "x", "--block-size", 8))
+    assert not (tmp_path / "x").exists()
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    assert "not empty" in one_line_error(run("export-dataset", raster, vec, "-o", busy, *base))
+    assert run("export-dataset", raster, vec, "-o", tmp_path / "ds", *base).exit_code == 0
+    assert "--overwrite" in one_line_error(run("export-dataset", raster, vec, "-o", tmp_path / "ds", *base))
+    assert run("export-dataset", raster, vec, "-o", tmp_path / "ds", *base, "--overwrite").exit_code == 0
+    nocrs = tmp_path / "nocrs.gpkg"
+    gpd.GeoDataFrame(geometry=[box(0, 0, 1, 1)]).to_file(nocrs)
+    assert "no CRS" in one_line_error(run("export-dataset", raster, nocrs, "-o", tmp_path / "y", *base))
+    elsewhere = tmp_path / "elsewhere.geojson"  # lon/lat 0..1: far from UTM 17N, even out of its domain
+    gpd.GeoDataFrame(geometry=[box(0, 0, 1, 1), box(-81, 29, -80.9, 29.1)], crs=4326).to_file(elsewhere)
+    assert "no object lies over" in one_line_error(run("export-dataset", raster, elsewhere, "-o", tmp_path / "y",
+                                                       *base))
+    points = tmp_path / "points.gpkg"
+    gpd.GeoDataFrame(geometry=[shapely.Point(404010, 3285990)], crs=32617).to_file(points)
+    assert "Point" in one_line_error(run("export-dataset", raster, points, "-o", tmp_path / "y", *base))
+    assert "--image-format" in one_line_error(run("export-dataset", raster, vec, "-o", tmp_path / "y",
+                                                  "--image-format", "jpg"))
