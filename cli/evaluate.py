@@ -6,8 +6,8 @@ import json
 import math
 
 import click
-from geoseg.cli import main
 
+from geoseg.cli import main
 from geoseg.evaluate import ALL, Evaluation, evaluate
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import click
-from geoseg.cli import main
 
+from geoseg.cli import main
 from geoseg.dataset import FORMATS, IMAGE_FORMATS, export_dataset
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import click
+
 from geoseg.cli import main
 from geoseg.cli.options import read_options, tiling_options
-
 from geoseg.pipeline import describe, list_inputs
 from geoseg.segmenter import check_prompts
 

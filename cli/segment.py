@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from geoseg.cli import main
-from geoseg.cli.options import read_options, tiling_options
 
 from geoseg import pipeline
+from geoseg.cli import main
+from geoseg.cli.options import read_options, tiling_options
 from geoseg.errors import OutputError, UsageError
 from geoseg.export import FORMATS, check_output
 from geoseg.segmenter import check_prompts, load_segmenter

@@ -8,8 +8,8 @@ import pyogrio
 import pytest
 import rasterio
 from click.testing import CliRunner
-from geoseg.cli import main
 
+from geoseg.cli import main
 from geoseg.testing import disc, draw, make_scene, write_geotiff
 
 COLORS = ["--backend", "colors", "--tile-size", "512", "--overlap", "64", "-q"]

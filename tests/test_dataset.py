@@ -12,10 +12,10 @@ import shapely
 import yaml
 from affine import Affine
 from click.testing import CliRunner
-from geoseg.cli import main
 from pycocotools.coco import COCO
 from shapely import box
 
+from geoseg.cli import main
 from geoseg.dataset import assign_splits, chip_blocks, export_dataset, overlap_guard, parse_split
 from geoseg.testing import draw, rectangle, write_geotiff
 from geoseg.tiling import Window, plan_tiles

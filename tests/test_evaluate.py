@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import shapely
 from click.testing import CliRunner
-from geoseg.cli import main
 from shapely import box
 
+from geoseg.cli import main
 from geoseg.evaluate import evaluate, greedy_match
 
 UTM = "EPSG:32617"
