@@ -43,8 +43,10 @@ class Segmenter(Protocol):
     """Anything with this method can segment for geoseg.
 
     `tiles` is a uint8 array (N, H, W, 3); the result has one list per tile.
-    A segmenter may also define `check_prompts(prompts)`, called before any
-    tile is read, to reject prompts it cannot take (raise `PromptError`).
+    Optional: `check_prompts(prompts)`, called before any tile is read, to
+    reject prompts it cannot take (raise `PromptError`); `begin(n_tiles,
+    prompts)`, called once per raster before its first tile; and an int
+    attribute `batch_size`, the number of tiles the pipeline passes per call.
     """
 
     def segment(self, tiles: np.ndarray, prompts: Sequence[str]) -> list[list[Detection]]: ...

@@ -28,8 +28,8 @@ __all__ = [
 ]
 
 
-def build_tiny_sam3(path):  # type: ignore[no-untyped-def]
+def build_tiny_sam3(path, **kwargs):  # type: ignore[no-untyped-def]
     """Build and save a tiny random SAM 3 (see geoseg.testing.sam3); imports torch."""
     from geoseg.testing.sam3 import build_tiny_sam3 as build
 
-    return build(path)
+    return build(path, **kwargs)

@@ -1,0 +1,448 @@
+"""Meta's SAM 3 (Promptable Concept Segmentation) through Hugging Face transformers.
+
+Per batch of tiles the vision encoder runs once; each prompt's text features are
+computed once per run and cached; the detection and mask heads then run once per
+prompt on the shared vision features. Pre- and post-processing stay on the device:
+tiles go up as uint8, masks come back cropped to their boxes.
+
+torch and transformers are imported only when a `Sam3Segmenter` is built.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from geoseg.errors import ModelLoadError, PromptError, RunError, UsageError
+from geoseg.segmenter import Detection, check_prompts
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger("geoseg")
+
+HUB_ID = "facebook/sam3"
+LICENCE_FIX = (
+    f"accept the licence on https://huggingface.co/{HUB_ID} and run `hf auth login`, "
+    "or pass --model DIR (a folder with the downloaded weights)"
+)
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+# Measured with the full model (840M parameters, fp32) on 2 Xeon cores, 1008 px tiles
+# (benchmarks/sam3_throughput.py --size full on the CPU).
+CPU_SECONDS_PER_TILE = 25.5
+CPU_SECONDS_PER_EXTRA_PROMPT = 3.4
+FULL_MODEL_PARAMS = 840e6
+
+# Rough GPU memory per 1008 px tile (activations of the encoder and of one prompt's
+# heads, plus post-processing); the OOM back-off in `segment` covers a wrong guess.
+GPU_BYTES_PER_TILE = {"bfloat16": 1.0 * 2**30, "float16": 1.0 * 2**30, "float32": 2.0 * 2**30}
+MAX_AUTO_BATCH = 16
+# Upsample at most this many mask pixels at once (float32: 256 MB).
+UPSAMPLE_PIXELS = 2**26
+
+
+class Sam3Segmenter:
+    """Segment tiles with SAM 3 text prompts.
+
+    Args:
+        model: hub id or local folder saved with `save_pretrained`.
+        device: "cuda", "cuda:1", "mps", "cpu"; default CUDA, else MPS, else CPU.
+        dtype: "bf16", "fp16" or "fp32"; default bf16 on CUDA, fp32 elsewhere.
+        batch_size: tiles per forward pass; default from free GPU memory, 1 on CPU.
+        score_threshold: keep instances whose score is at least this.
+        mask_threshold: binarise mask probabilities above this.
+        max_detections: keep at most this many instances per tile and prompt (best first).
+        nms_iou: drop an instance overlapping a better one of the same prompt in the same
+            tile by more than this mask IoU (computed at the model's 288 px mask grid).
+
+    Raises:
+        ModelLoadError: the weights cannot be had.
+        UsageError: an unknown device or dtype.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str = HUB_ID,
+        device: str | None = None,
+        dtype: str | None = None,
+        batch_size: int | None = None,
+        score_threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+        max_detections: int | None = None,
+        nms_iou: float | None = None,
+    ) -> None:
+        import torch
+
+        self.name = "sam3"
+        self.model_id = str(model)
+        self.device = _pick_device(device)
+        self.dtype = _pick_dtype(dtype, self.device)
+        self.processor, self.model = _load(str(model), self.device, self.dtype)
+        self.score_threshold = float(score_threshold)
+        self.mask_threshold = float(mask_threshold)
+        self.max_detections = max_detections
+        self.nms_iou = nms_iou
+
+        config = self.model.config
+        self.input_size: int = int(config.vision_config.image_size)
+        self.max_tokens: int = int(config.text_config.max_position_embeddings)
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        images = self.processor.image_processor
+        # Fold rescale (1/255) and normalisation into one multiply-add on the device.
+        std = torch.tensor(images.image_std, device=self.device).view(1, 3, 1, 1)
+        mean = torch.tensor(images.image_mean, device=self.device).view(1, 3, 1, 1)
+        self._scale = images.rescale_factor / std
+        self._shift = -mean / std
+        self._text: dict[str, tuple[Any, Any]] = {}
+
+        self.batch_size: int = self._default_batch_size() if batch_size is None else int(batch_size)
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size {batch_size}: give 1 or more")
+        if self.device.type == "cpu":
+            log.warning(
+                "SAM 3 is running on the CPU: expect ~25 s per tile with the full model on 2 cores; "
+                "a CUDA GPU is hundreds of times faster"
+            )
+
+    # -- the contract --------------------------------------------------------------
+
+    def check_prompts(self, prompts: Sequence[str]) -> None:
+        """Raise PromptError for an empty prompt or one longer than the text encoder takes."""
+        for prompt in check_prompts(prompts):
+            n = len(self.processor.tokenizer(prompt)["input_ids"])
+            if n > self.max_tokens:
+                raise PromptError(
+                    f"prompt {prompt!r} is {n} tokens long but the SAM 3 text encoder takes at most "
+                    f"{self.max_tokens} (start and end tokens included): shorten it"
+                )
+
+    def begin(self, n_tiles: int, prompts: list[str]) -> None:
+        """Log a time estimate on CPU, where a run can take hours.
+
+        The estimate scales the full model's measured CPU time by this model's
+        parameter count and by the number of CPU threads (measured with 2).
+        """
+        if self.device.type != "cpu" or n_tiles <= 0:
+            return
+        import torch
+
+        per_tile = CPU_SECONDS_PER_TILE + CPU_SECONDS_PER_EXTRA_PROMPT * max(len(prompts) - 1, 0)
+        per_tile *= (self.n_params / FULL_MODEL_PARAMS) * (2 / max(torch.get_num_threads(), 1))
+        log.warning(
+            "estimated CPU time: %s for %d tile(s) x %d prompt(s) (~%.1f s per tile)",
+            _duration(per_tile * n_tiles),
+            n_tiles,
+            len(prompts),
+            per_tile,
+        )
+
+    def segment(self, tiles: np.ndarray, prompts: Sequence[str]) -> list[list[Detection]]:
+        """Segment `tiles` (uint8, N x H x W x 3) with each prompt; one list per tile.
+
+        Runs `batch_size` tiles at a time. On CUDA out-of-memory the batch is halved and
+        the same tiles retried, and `batch_size` stays lowered for the next calls.
+        """
+        import torch
+
+        tiles = np.asarray(tiles)
+        if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
+            raise UsageError(f"tiles must be uint8 (N, H, W, 3), got {tiles.dtype} {tiles.shape}")
+        prompts = list(prompts)
+        self.check_prompts(prompts)
+        results: list[list[Detection]] = []
+        start, size, lowered = 0, max(1, self.batch_size), False
+        while start < len(tiles):
+            batch = tiles[start : start + size]
+            try:
+                results.extend(self._segment_batch(batch, prompts))
+            except torch.cuda.OutOfMemoryError:
+                if size == 1:
+                    raise RunError(
+                        "out of GPU memory with one tile per batch: use --dtype bf16, a smaller "
+                        "--tile-size, or free the GPU"
+                    ) from None
+                size = max(1, min(size, len(batch)) // 2)
+                lowered = True
+                # Out of the except block before freeing, so the traceback's tensors are gone.
+            else:
+                start += len(batch)
+                continue
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            log.debug("out of GPU memory: retrying with %d tile(s) per batch", size)
+        if lowered:
+            log.warning("out of GPU memory: batch size lowered from %d to %d", self.batch_size, size)
+            self.batch_size = size
+        return results
+
+    # -- internals -----------------------------------------------------------------
+
+    def _default_batch_size(self) -> int:
+        import torch
+
+        if self.device.type != "cuda":
+            return 1
+        free, _ = torch.cuda.mem_get_info(self.device)
+        per_tile = GPU_BYTES_PER_TILE[_name(self.dtype)]
+        # Keep 2 GiB for the CUDA context, allocator slack and the text encoder.
+        return int(max(1, min(MAX_AUTO_BATCH, (free - 2 * 2**30) // per_tile)))
+
+    def _text_features(self, prompt: str) -> tuple[Any, Any]:
+        """Text encoder output for `prompt` (1 x 32 x D) and its attention mask, cached."""
+        if prompt not in self._text:
+            # Pad to the encoder's length, as Sam3Processor does, so results match it.
+            tokens = self.processor.tokenizer(
+                [prompt], padding="max_length", max_length=self.max_tokens, return_tensors="pt"
+            ).to(self.device)
+            features = self.model.get_text_features(
+                input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+            ).pooler_output
+            self._text[prompt] = (features, tokens["attention_mask"])
+        return self._text[prompt]
+
+    def _preprocess(self, tiles: np.ndarray) -> torch.Tensor:
+        """uint8 N x H x W x 3 -> normalised N x 3 x S x S in the model dtype, on the device."""
+        import torch
+        import torch.nn.functional as F
+
+        x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device)
+        x = x.permute(0, 3, 1, 2).float()
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            x = F.interpolate(
+                x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=True
+            )
+        return (x * self._scale + self._shift).to(self.dtype)
+
+    def _segment_batch(self, tiles: np.ndarray, prompts: list[str]) -> list[list[Detection]]:
+        import torch
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        n, height, width = tiles.shape[:3]
+        found: list[list[Detection]] = [[] for _ in range(n)]
+        with torch.inference_mode():
+            vision = self.model.get_vision_features(pixel_values=self._preprocess(tiles))
+            for prompt in prompts:
+                features, mask = self._text_features(prompt)
+                # The heads want one text row per image.
+                text = BaseModelOutputWithPooling(pooler_output=features.expand(n, -1, -1))
+                out = self.model(vision_embeds=vision, text_embeds=text, attention_mask=mask.expand(n, -1))
+                for i, detections in enumerate(self._postprocess(out, prompt, height, width)):
+                    found[i].extend(detections)
+        return found
+
+    def _postprocess(self, out: Any, prompt: str, height: int, width: int) -> list[list[Detection]]:
+        """Scores, selection, NMS, upsampling and cropping of one prompt's outputs."""
+        import torch.nn.functional as F
+
+        scores = out.pred_logits.float().sigmoid() * out.presence_logits.float().sigmoid()
+        n = scores.shape[0]
+        scores, order = scores.sort(dim=1, descending=True)
+        keep = scores >= self.score_threshold
+        tile_idx, rank = keep.nonzero(as_tuple=True)  # by tile, then best score first
+        query_idx = order[tile_idx, rank]
+        probs = out.pred_masks[tile_idx, query_idx].float().sigmoid()
+        kept_scores = scores[tile_idx, rank]
+
+        tiles = tile_idx.tolist()
+        if self.nms_iou is not None or self.max_detections is not None:
+            selected = self._select(probs, tiles)
+            probs, kept_scores = probs[selected], kept_scores[selected]
+            tiles = [tiles[k] for k in selected.tolist()]
+        scores_list = kept_scores.tolist()  # one device sync, not one per detection
+
+        found: list[list[Detection]] = [[] for _ in range(n)]
+        chunk = max(1, UPSAMPLE_PIXELS // (height * width))
+        for lo in range(0, len(probs), chunk):
+            probs_up = F.interpolate(probs[lo : lo + chunk, None], size=(height, width), mode="bilinear")
+            masks = probs_up[:, 0] > self.mask_threshold
+            boxes = _boxes(masks)
+            for k, (crop, box) in enumerate(zip(_crops(masks, boxes), boxes, strict=True)):
+                if crop is None or box is None:  # empty mask
+                    continue
+                found[tiles[lo + k]].append(
+                    Detection(label=prompt, score=scores_list[lo + k], mask=crop, origin=(box[0], box[2]))
+                )
+        return found
+
+    def _select(self, probs: torch.Tensor, tiles: list[int]) -> torch.Tensor:
+        """Indices kept by mask NMS and `max_detections`, per tile; input sorted by tile then score."""
+        import torch
+
+        tile_of = np.asarray(tiles, dtype=np.int64)
+        keep = np.ones(len(tile_of), dtype=bool)
+        for t in np.unique(tile_of):
+            members = np.flatnonzero(tile_of == t)
+            if self.nms_iou is not None and len(members) > 1:
+                index = torch.from_numpy(members).to(probs.device)
+                flat = (probs[index] > self.mask_threshold).flatten(1).float()
+                inter = flat @ flat.T
+                area = flat.sum(1)
+                iou = (inter / (area[:, None] + area[None, :] - inter).clamp(min=1)).cpu().numpy()
+                for a in range(len(members)):  # greedy, best score first
+                    if keep[members[a]]:
+                        later = np.arange(a + 1, len(members))
+                        keep[members[later[iou[a, later] > self.nms_iou]]] = False
+            if self.max_detections is not None:
+                survivors = members[keep[members]]
+                keep[survivors[self.max_detections :]] = False
+        return torch.from_numpy(np.flatnonzero(keep)).to(probs.device)
+
+
+def _boxes(masks: torch.Tensor) -> list[tuple[int, int, int, int] | None]:
+    """(row0, row1, col0, col1) of each boolean mask, end-exclusive; None for an empty one."""
+    import torch
+
+    if len(masks) == 0:
+        return []
+    rows, cols = masks.any(dim=2), masks.any(dim=1)
+    height, width = masks.shape[1:]
+    first_row = rows.to(torch.uint8).argmax(dim=1)
+    last_row = height - rows.flip(1).to(torch.uint8).argmax(dim=1)
+    first_col = cols.to(torch.uint8).argmax(dim=1)
+    last_col = width - cols.flip(1).to(torch.uint8).argmax(dim=1)
+    table = torch.stack([first_row, last_row, first_col, last_col, rows.any(dim=1)], dim=1).cpu().tolist()
+    return [tuple(b[:4]) if b[4] else None for b in table]
+
+
+def _crops(masks: torch.Tensor, boxes: list[tuple[int, int, int, int] | None]) -> list[np.ndarray | None]:
+    """Crop each mask to its box on the device and bring all crops back in one copy."""
+    import torch
+
+    parts = [masks[k, b[0] : b[1], b[2] : b[3]].reshape(-1) for k, b in enumerate(boxes) if b is not None]
+    if not parts:
+        return [None] * len(boxes)
+    flat = torch.cat(parts).cpu().numpy()
+    crops: list[np.ndarray | None] = []
+    offset = 0
+    for b in boxes:
+        if b is None:
+            crops.append(None)
+            continue
+        size = (b[1] - b[0]) * (b[3] - b[2])
+        crops.append(flat[offset : offset + size].reshape(b[1] - b[0], b[3] - b[2]))
+        offset += size
+    return crops
+
+
+# -- device, dtype, loading ------------------------------------------------------------
+
+
+def _pick_device(device: str | None) -> torch.device:
+    import torch
+
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device {device!r} is not a torch device: use cuda, cuda:N, mps or cpu") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA GPU is visible to torch; use --device cpu")
+    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) here (cuda:0 first)")
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: MPS is not available here; use --device cpu")
+    return chosen
+
+
+def _pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    import torch
+
+    if dtype is None:
+        if device.type != "cuda":
+            return torch.float32
+        # Pre-Ampere GPUs (T4, V100) have no fast bf16.
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if dtype not in DTYPES:
+        raise UsageError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    return getattr(torch, DTYPES[dtype])  # type: ignore[no-any-return]
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _looks_like_path(model: str) -> bool:
+    """A hub id is `owner/name`; anything else that names the filesystem is a folder."""
+    return (
+        os.path.isabs(model)
+        or model.startswith((".", "~"))
+        or model.count("/") > 1
+        or (os.sep != "/" and os.sep in model)
+    )
+
+
+def _load(model: str, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
+    """Processor and model from a hub id or a folder, on `device` in `dtype`."""
+    from transformers import Sam3Model, Sam3Processor
+
+    folder = os.path.expanduser(model)
+    if os.path.isdir(folder):
+        if not os.path.isfile(os.path.join(folder, "config.json")):
+            raise ModelLoadError(
+                f"--model {model}: the folder has no config.json, so it holds no saved SAM 3; "
+                f"pass --model DIR with a folder from `hf download {HUB_ID} --local-dir DIR` or save_pretrained"
+            )
+        model = folder
+    elif _looks_like_path(model):
+        raise ModelLoadError(
+            f"--model {model}: no such folder; pass an existing folder with SAM 3 weights, or the hub id {HUB_ID}"
+        )
+    started = time.perf_counter()
+    try:
+        # The model first: its errors keep the hub's cause (gated, offline), the processor's don't.
+        net = Sam3Model.from_pretrained(model, dtype=dtype)
+        processor = Sam3Processor.from_pretrained(model)
+    except Exception as err:  # any failure here means no usable weights: say which and the fix
+        raise ModelLoadError(_why_not_loaded(model, err)) from err
+    net = net.to(device).eval()  # type: ignore[arg-type]  # transformers types `to` oddly
+    log.info("loaded SAM 3 %s on %s (%s) in %.1f s", model, device, _name(dtype), time.perf_counter() - started)
+    return processor, net
+
+
+def _why_not_loaded(model: str, err: BaseException) -> str:
+    """One line naming why `model` could not be loaded and the fix."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    chain: list[BaseException] = []
+    e: BaseException | None = err
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    if any(isinstance(e, GatedRepoError) for e in chain):
+        return f"--model {model}: the repository is gated and this account has no access; {LICENCE_FIX}"
+    if any(isinstance(e, LocalEntryNotFoundError) for e in chain):
+        where = "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else "the hub cannot be reached"
+        return (
+            f"--model {model}: not in the Hugging Face cache and {where}; download it once online "
+            f"(`hf download {model}`; for {HUB_ID} first {LICENCE_FIX.split(', or ')[0]}), or pass --model DIR"
+        )
+    if any(isinstance(e, RepositoryNotFoundError) for e in chain):
+        return (
+            f"--model {model}: neither a local folder nor a model on the Hugging Face hub "
+            f"(or a private one: run `hf auth login`); use {HUB_ID} or --model DIR"
+        )
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return f"--model {model}: cannot load SAM 3 weights ({first}); pass --model DIR with a saved SAM 3 or {HUB_ID}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return "under a second"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
