@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import cpu_name
+
 HERE = Path(__file__).resolve().parent
 DATA = HERE / ".data"
 
@@ -52,15 +54,7 @@ def scene(size: int) -> tuple[Path, int]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def main() -> None:

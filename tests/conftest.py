@@ -44,6 +44,24 @@ def match_ious(truth: list[Instance], result: list[Instance], shape) -> list[flo
     return ious
 
 
+def run(*args):
+    """Run the geoseg CLI in-process; the click Result."""
+    from click.testing import CliRunner
+
+    from geoseg.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(result, code=2):
+    """Assert the run failed with exactly one `geoseg: error:` line; return it."""
+    assert result.exit_code == code, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("geoseg: error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
 @pytest.fixture
 def scene_path(tmp_path):
     from geoseg.testing import make_scene

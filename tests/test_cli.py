@@ -7,25 +7,11 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
-from click.testing import CliRunner
+from conftest import one_line_error, run
 
-from geoseg.cli import main
 from geoseg.testing import disc, draw, make_scene, write_geotiff
 
 COLORS = ["--backend", "colors", "--tile-size", "512", "--overlap", "64", "-q"]
-
-
-def run(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result
-
-
-def one_line_error(result, code=2):
-    assert result.exit_code == code, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("geoseg: error: "), result.output
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 def test_segment_and_info_end_to_end(scene_path, tmp_path):

@@ -11,28 +11,16 @@ import rasterio
 import shapely
 import yaml
 from affine import Affine
-from click.testing import CliRunner
+from conftest import one_line_error, run
 from pycocotools.coco import COCO
 from shapely import box
 
-from geoseg.cli import main
 from geoseg.dataset import assign_splits, chip_blocks, export_dataset, overlap_guard, parse_split
 from geoseg.testing import draw, rectangle, write_geotiff
 from geoseg.tiling import Window, plan_tiles
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
 T = Affine(0.5, 0, 404000.0, 0, -0.5, 3286000.0)  # write_geotiff's default grid: 0.5 m pixels
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(result, code=2):
-    assert result.exit_code == code, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("geoseg: error: "), result.output
-    return lines[0]
 
 
 def px_box(row, col, height, width):

@@ -9,10 +9,9 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import shapely
-from click.testing import CliRunner
+from conftest import one_line_error, run
 from shapely import box
 
-from geoseg.cli import main
 from geoseg.evaluate import evaluate, greedy_match
 
 UTM = "EPSG:32617"
@@ -26,17 +25,6 @@ def sq(x, y, w=10.0, h=10.0):
 
 def frame(geoms, crs=UTM, **cols):
     return gpd.GeoDataFrame(cols, geometry=gpd.GeoSeries(geoms, crs=crs))
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(result, code=2):
-    assert result.exit_code == code, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("geoseg: error: "), result.output
-    return lines[0]
 
 
 def test_perfect_match():
