@@ -71,6 +71,6 @@ def main(verbose: bool) -> None:
     warnings.showwarning = _show_warning
 
 
-from geoseg.cli import evaluate, export_dataset, info, segment  # noqa: E402,F401  (commands register on main)
+from geoseg.cli import evaluate, export_dataset, info, qgis, segment  # noqa: E402,F401  (commands register on main)
 
-__all__ = ["main", "evaluate", "export_dataset", "info", "segment"]
+__all__ = ["main", "evaluate", "export_dataset", "info", "qgis", "segment"]

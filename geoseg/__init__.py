@@ -17,6 +17,22 @@ from geoseg.segmenter import Detection, Segmenter, backend_names, load_segmenter
 
 __version__ = "0.1.0"
 
+# Loaded on first use, so `import geoseg` pulls in neither matplotlib nor torch.
+# `plot` is the module geoseg.plot, callable as its function plot().
+_LAZY = {"plot": ("geoseg.plot", None), "Segmentation": ("geoseg.session", "Segmentation"),
+         "stats": ("geoseg.stats", None)}
+
+
+def __getattr__(name: str):  # type: ignore[no-untyped-def]
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        mod = importlib.import_module(module)
+        return mod if attr is None else getattr(mod, attr)
+    raise AttributeError(f"module 'geoseg' has no attribute {name!r}")
+
+
 __all__ = [
     "Detection",
     "EmptyRasterWarning",
@@ -28,10 +44,13 @@ __all__ = [
     "PromptError",
     "RasterError",
     "RunError",
+    "Segmentation",
     "Segmenter",
     "UsageError",
     "__version__",
     "backend_names",
     "load_segmenter",
+    "plot",
     "segment",
+    "stats",
 ]

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from geoseg import export, merge, vectorize
 from geoseg.errors import EmptyRasterWarning, RasterError, RunError
-from geoseg.raster import RasterSource, ReadOptions, parse_bands
+from geoseg.raster import RasterSource, ReadOptions, is_raster_object, parse_bands, source_name
 from geoseg.segmenter import Segmenter, check_prompts, load_segmenter
 from geoseg.tiling import Tile, TilePlan, plan_tiles
 
@@ -56,12 +56,16 @@ class RunStats:
     seconds: float = 0.0
 
 
-def list_inputs(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str]:
-    """Expand folders into the rasters they hold (sorted); keep files as given."""
-    if isinstance(sources, (str, os.PathLike)):
+def list_inputs(sources: Any) -> list[Any]:
+    """Expand folders into the rasters they hold (sorted); keep files, open
+    rasterio datasets and DataArrays as given."""
+    if isinstance(sources, (str, os.PathLike)) or is_raster_object(sources):
         sources = [sources]
-    paths: list[str] = []
+    paths: list[Any] = []
     for s in sources:
+        if is_raster_object(s):
+            paths.append(s)
+            continue
         p = Path(s)
         if p.is_dir():
             found = sorted(str(f) for f in p.iterdir() if f.suffix.lower() in RASTER_SUFFIXES and f.is_file())
@@ -111,7 +115,7 @@ def _segment_batch(segmenter: Segmenter, batch: list[tuple[Tile, np.ndarray, np.
     return pieces
 
 
-def segment_raster(path: str, segmenter: Segmenter, settings: Settings) -> tuple[gpd.GeoDataFrame, RunStats]:
+def segment_raster(path: Any, segmenter: Segmenter, settings: Settings) -> tuple[gpd.GeoDataFrame, RunStats]:
     """Segment one raster into a GeoDataFrame (with area_m2, in dst_crs)."""
     start = time.perf_counter()
     stats = RunStats()
@@ -124,7 +128,7 @@ def segment_raster(path: str, segmenter: Segmenter, settings: Settings) -> tuple
         batch_size = max(1, int(getattr(segmenter, "batch_size", 4) or 4))
         pieces: list[merge.Piece] = []
         batch: list[tuple[Tile, np.ndarray, np.ndarray]] = []
-        bar = tqdm(total=len(plan), desc=Path(path).name, unit="tile", disable=not settings.progress, leave=False)
+        bar = tqdm(total=len(plan), desc=source_name(path), unit="tile", disable=not settings.progress, leave=False)
         with bar:
             for tile, rgb, valid in _read_ahead(src, list(plan), depth=2 * batch_size):
                 bar.update(1)
@@ -139,19 +143,20 @@ def segment_raster(path: str, segmenter: Segmenter, settings: Settings) -> tuple
                 pieces.extend(_segment_batch(segmenter, batch, settings.prompts))
         stats.detections = len(pieces)
         if stats.skipped == stats.tiles:
-            warnings.warn(f"{path}: every pixel is nodata: no object can be found", EmptyRasterWarning, stacklevel=2)
+            warnings.warn(f"{src.path}: every pixel is nodata: no object can be found", EmptyRasterWarning,
+                          stacklevel=2)
         instances = merge.merge(pieces, plan, iou=settings.match_iou)
-        gdf = vectorize.to_frame(instances, src.transform, src.crs, source=Path(path).name,
+        gdf = vectorize.to_frame(instances, src.transform, src.crs, source=source_name(path),
                                  simplify=settings.simplify)
         gdf = vectorize.finish(gdf, src.transform, settings.dst_crs, settings.min_area)
     stats.objects = len(gdf)
     stats.seconds = time.perf_counter() - start
     log.info("%s: %d tiles (%d nodata skipped), %d detections -> %d objects in %.1f s",
-             path, stats.tiles, stats.skipped, stats.detections, stats.objects, stats.seconds)
+             source_name(path), stats.tiles, stats.skipped, stats.detections, stats.objects, stats.seconds)
     return gdf, stats
 
 
-def provenance(segmenter: Segmenter | str, settings: Settings, sources: list[str]) -> dict[str, Any]:
+def provenance(segmenter: Segmenter | str, settings: Settings, sources: list[Any]) -> dict[str, Any]:
     """What made an output: stored with it."""
     from geoseg import __version__
 
@@ -172,7 +177,7 @@ def provenance(segmenter: Segmenter | str, settings: Settings, sources: list[str
         "dst_crs": None if settings.dst_crs is None else settings.dst_crs.to_string(),
         "simplify": settings.simplify,
         "min_area": settings.min_area,
-        "sources": [Path(s).name for s in sources],
+        "sources": [source_name(s) for s in sources],
     }
 
 
@@ -186,7 +191,7 @@ def _combine(frames: list[gpd.GeoDataFrame], crs: Any) -> gpd.GeoDataFrame:
 
 
 def segment(
-    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    source: Any,
     prompts: str | Sequence[str],
     *,
     segmenter: Segmenter | str = "sam3",
@@ -208,7 +213,9 @@ def segment(
     """Segment rasters with text prompts; return one polygon per object.
 
     Args:
-        source: a raster path, a folder of rasters, or a list of them.
+        source: a raster path, a folder of rasters, an open rasterio dataset, an
+            `xarray.DataArray` georeferenced with rioxarray (band, y, x; any dtype;
+            dask-backed arrays are read window by window), or a list of these.
         prompts: one or more text prompts ("building", "tree crown").
         segmenter: an object following the `Segmenter` protocol, or the name
             of a registered backend ("sam3"), built with `backend_options`

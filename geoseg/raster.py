@@ -11,12 +11,15 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
+import rasterio.coords
+import rasterio.io
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.vrt import WarpedVRT
@@ -80,17 +83,127 @@ def _default_bands(ds: Any, path: str) -> tuple[int, ...]:
     )
 
 
+def _is_dataarray(obj: Any) -> bool:
+    # detected without importing xarray, which stays optional
+    return type(obj).__name__ == "DataArray" and hasattr(obj, "dims") and hasattr(obj, "isel")
+
+
+def _is_dataset(obj: Any) -> bool:
+    return isinstance(obj, (rasterio.io.DatasetReader, WarpedVRT))
+
+
+def is_raster_object(obj: Any) -> bool:
+    """True for the in-memory inputs `RasterSource` takes besides paths."""
+    return _is_dataarray(obj) or _is_dataset(obj)
+
+
+def source_name(source: Any) -> str:
+    """A short name for a raster input: the file name, else the DataArray's name."""
+    if _is_dataarray(source):
+        found = source.encoding.get("source") if hasattr(source, "encoding") else None
+        if found:
+            return Path(str(found)).name
+        return str(source.name) if source.name is not None else "DataArray"
+    if _is_dataset(source):
+        return Path(str(source.name)).name
+    return Path(str(source)).name
+
+
+class _DataArrayDataset:
+    """The part of rasterio's dataset API `RasterSource` uses, over a georeferenced
+    (rioxarray) DataArray of (band, y, x) or (y, x). Windows are read with
+    `.isel(...)`, so a dask-backed array stays lazy until a window is asked for."""
+
+    def __init__(self, da: Any) -> None:
+        try:
+            rio = da.rio
+        except AttributeError:
+            raise UsageError("a DataArray input needs rioxarray: pip install rioxarray; import rioxarray") from None
+        if da.ndim == 2:
+            da = da.expand_dims("band")
+        if da.ndim != 3:
+            raise UsageError(f"a DataArray input must be (band, y, x) or (y, x), got dims {da.dims}")
+        y, x = rio.y_dim, rio.x_dim
+        band = next(d for d in da.dims if d not in (y, x))
+        self._da = da.transpose(band, y, x)
+        self.name = source_name(da)
+        self.count, self.height, self.width = (int(n) for n in self._da.shape)
+        self.dtypes = [str(self._da.dtype)] * self.count
+        self.colorinterp = [ColorInterp.undefined] * self.count
+        self.crs = rio.crs
+        self.transform = rio.transform(recalc=True)
+        nodata = rio.nodata if rio.nodata is not None else rio.encoded_nodata
+        self.nodata = None if nodata is None or (isinstance(nodata, float) and math.isnan(nodata)) else nodata
+        self.bounds = rasterio.coords.BoundingBox(*rio.bounds(recalc=True))
+
+    def overviews(self, band: int) -> list[int]:
+        return []
+
+    def _window(self, bands: Sequence[int], window: RioWindow | None) -> np.ndarray:
+        if window is None:
+            window = RioWindow(0, 0, self.width, self.height)
+        (r0, r1), (c0, c1) = window.toranges()
+        sub = self._da.isel({self._da.dims[0]: [b - 1 for b in bands]}).isel(
+            {self._da.dims[1]: slice(int(r0), int(r1)), self._da.dims[2]: slice(int(c0), int(c1))}
+        )
+        return np.asarray(sub.values)
+
+    def _invalid(self, data: np.ndarray) -> np.ndarray:
+        bad = np.zeros(data.shape, bool) if self.nodata is None else data == self.nodata
+        if data.dtype.kind == "f":
+            bad |= np.isnan(data)
+        return bad
+
+    def read(self, bands: Sequence[int], window: RioWindow | None = None, masked: bool = False,
+             out_shape: tuple[int, int, int] | None = None) -> np.ndarray:
+        if out_shape is not None:  # decimated: every k-th pixel, enough for a preview or statistics
+            step_r = max(1, self.height // out_shape[1])
+            step_c = max(1, self.width // out_shape[2])
+            sub = self._da.isel({self._da.dims[0]: [b - 1 for b in bands],
+                                 self._da.dims[1]: slice(None, None, step_r),
+                                 self._da.dims[2]: slice(None, None, step_c)})
+            data = np.asarray(sub.values)
+        else:
+            data = self._window(bands, window)
+        return np.ma.masked_array(data, self._invalid(data)) if masked else data
+
+    def dataset_mask(self, window: RioWindow | None = None) -> np.ndarray:
+        data = self._window(range(1, self.count + 1), window)
+        # as GDAL: a pixel is valid when any band is
+        return np.where((~self._invalid(data)).any(axis=0), 255, 0).astype(np.uint8)
+
+    def close(self) -> None:
+        pass
+
+
 class RasterSource:
     """An open raster, read as uint8 RGB windows plus a valid-pixel mask.
+
+    `source` is a path (or GDAL name), an open rasterio dataset (left open on
+    close: the caller owns it) or a rioxarray-georeferenced `xarray.DataArray`
+    (band, y, x), any dtype, read window by window so dask arrays stay lazy.
 
     Use as a context manager. `transform`, `crs`, `height`, `width` describe
     the grid the tiles are read on (after `resolution` resampling, if any).
     """
 
-    def __init__(self, path: str | os.PathLike[str], options: ReadOptions = ReadOptions()) -> None:
-        self.path = str(path)
+    def __init__(self, source: Any, options: ReadOptions = ReadOptions()) -> None:
         self.options = options
-        self._src = open_dataset(self.path)
+        self._owned = True
+        if _is_dataarray(source):
+            self._src = _DataArrayDataset(source)
+            self.path = self._src.name
+            if options.resolution is not None:
+                raise UsageError(
+                    f"{self.path}: resolution= is for files; resample a DataArray first with .rio.reproject(...)"
+                )
+        elif _is_dataset(source):
+            if source.closed:
+                raise RasterError(f"{source.name}: the rasterio dataset is closed: pass an open one or the path")
+            self._src, self.path, self._owned = source, str(source.name), False
+        else:
+            self.path = str(source)
+            self._src = open_dataset(self.path)
         self._env: Any = None
         try:
             self._setup()
@@ -197,10 +310,30 @@ class RasterSource:
             out[b] = np.clip(np.nan_to_num(scaled, nan=0.0), 0, 255).round().astype(np.uint8)
         return out
 
+    def preview(self, max_size: int = 1024) -> tuple[np.ndarray, np.ndarray, Any]:
+        """The whole raster as uint8 RGB at most `max_size` px on a side, read
+        decimated (overviews when the file has them), with the scene-wide
+        stretch; returns (rgb, valid, transform of the preview grid)."""
+        scale = max(1, math.ceil(max(self.height, self.width) / max_size))
+        h, w = max(1, self.height // scale), max(1, self.width // scale)
+        data = self._ds.read(self.bands, out_shape=(len(self.bands), h, w), masked=True)
+        h, w = data.shape[1:]
+        valid = np.asarray(~np.ma.getmaskarray(data).all(axis=0))
+        values = np.ma.getdata(data)
+        if self.stretch_limits is not None:
+            if values.dtype.kind == "f":
+                valid &= np.all(np.isfinite(values), axis=0)
+            values = self._to_uint8(values)
+        rgb = np.moveaxis(values, 0, -1) if len(self.bands) == 3 else np.repeat(values[0][..., None], 3, axis=-1)
+        rgb = np.where(valid[..., None], rgb, 0).astype(np.uint8)
+        transform = self.transform @ rasterio.Affine.scale(self.width / w, self.height / h)
+        return rgb, valid, transform
+
     def close(self) -> None:
         if getattr(self, "_ds", self._src) is not self._src:
             self._ds.close()
-        self._src.close()
+        if self._owned:
+            self._src.close()
         if self._env is not None:
             self._env.__exit__()
             self._env = None

@@ -182,6 +182,58 @@ class Sam3Segmenter:
             self.batch_size = size
         return results
 
+    # -- reusing vision features (geoseg.Segmentation) ------------------------------
+
+    def vision_features(self, tiles: np.ndarray) -> list[dict[str, Any]]:
+        """Run the vision encoder once on uint8 tiles (N, H, W, 3); one feature set per tile,
+        on the model's device, for `segment_features`. Position encodings depend only on
+        the input size, so they are kept once and shared by every tile."""
+        import torch
+
+        tiles = np.asarray(tiles)
+        if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
+            raise UsageError(f"tiles must be uint8 (N, H, W, 3), got {tiles.dtype} {tiles.shape}")
+        with torch.inference_mode():
+            vision = self.model.get_vision_features(pixel_values=self._preprocess(tiles))
+        if not hasattr(self, "_positions"):
+            self._positions = tuple(p[:1] for p in vision.fpn_position_encoding)
+        return [
+            {
+                "last_hidden_state": vision.last_hidden_state[i : i + 1],
+                "fpn_hidden_states": tuple(f[i : i + 1] for f in vision.fpn_hidden_states),
+                "size": tiles.shape[1:3],
+            }
+            for i in range(len(tiles))
+        ]
+
+    def segment_features(self, features: Sequence[dict[str, Any]], prompts: Sequence[str]) -> list[list[Detection]]:
+        """The detection and mask heads only, on features from `vision_features`; one list per tile."""
+        import torch
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+        from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+        prompts = list(prompts)
+        self.check_prompts(prompts)
+        found: list[list[Detection]] = [[] for _ in features]
+        for lo in range(0, len(features), max(1, self.batch_size)):
+            batch = features[lo : lo + max(1, self.batch_size)]
+            n = len(batch)
+            height, width = batch[0]["size"]
+            with torch.inference_mode():
+                levels = zip(*(f["fpn_hidden_states"] for f in batch))
+                vision = Sam3VisionEncoderOutput(
+                    last_hidden_state=torch.cat([f["last_hidden_state"] for f in batch]),
+                    fpn_hidden_states=tuple(torch.cat(level) for level in levels),
+                    fpn_position_encoding=tuple(p.expand(n, -1, -1, -1) for p in self._positions),
+                )
+                for prompt in prompts:
+                    text_features, mask = self._text_features(prompt)
+                    text = BaseModelOutputWithPooling(pooler_output=text_features.expand(n, -1, -1))
+                    out = self.model(vision_embeds=vision, text_embeds=text, attention_mask=mask.expand(n, -1))
+                    for i, detections in enumerate(self._postprocess(out, prompt, height, width)):
+                        found[lo + i].extend(detections)
+        return found
+
     # -- internals -----------------------------------------------------------------
 
     def _default_batch_size(self) -> int:

@@ -39,6 +39,12 @@ class Feedback(QgsProcessingFeedback):
         self.pid = int(text.rsplit("(pid ", 1)[1].rstrip(")"))
 
 
+def describe(path):
+    layer = QgsVectorLayer(path, "out", "ogr")  # gone before exitQgis: a layer outliving it crashes QGIS
+    return dict(output=path, valid=layer.isValid(), count=layer.featureCount(), crs=layer.crs().authid(),
+                fields=[f.name() for f in layer.fields()], labels=sorted({f["label"] for f in layer.getFeatures()}))
+
+
 def main():
     plugins, params = sys.argv[1], json.loads(sys.argv[2])
     cancel = "--cancel" in sys.argv
@@ -71,10 +77,7 @@ def main():
     except QgsProcessingException as e:
         result["error"] = str(e)
     else:
-        layer = QgsVectorLayer(out["OUTPUT"], "out", "ogr")
-        result.update(output=out["OUTPUT"], valid=layer.isValid(), count=layer.featureCount(),
-                      crs=layer.crs().authid(), fields=[f.name() for f in layer.fields()],
-                      labels=sorted({f["label"] for f in layer.getFeatures()}))
+        result.update(describe(out["OUTPUT"]))
     if cancelled_at:
         result["stop_seconds"] = time.monotonic() - cancelled_at[0]
     alive = False

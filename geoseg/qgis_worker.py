@@ -1,0 +1,154 @@
+"""The worker the QGIS provider runs in geoseg's own Python: `python -m geoseg.qgis_worker`.
+
+QGIS's Python often cannot run geoseg itself (its GDAL and GEOS shadow the
+wheels', and it seldom has a CUDA torch), so the provider starts this module in
+geoseg's environment. Protocol: one JSON job on stdin, JSON lines on stdout::
+
+    job:    {"inputs": [...], "prompts": [...], "output": "out.gpkg", "backend": "sam3", "model": ...,
+             "device": ..., "score_threshold": ..., "tile_size": ..., "overlap": ..., "bands": ...,
+             "dst_crs": ..., "min_area": ...}
+    lines:  {"type": "info" | "warning", "text": ...}
+            {"type": "progress", "value": 0.0 .. 1.0}
+            {"type": "done", "output": ..., "objects": N, "crs": ...}
+            {"type": "error", "kind": "usage" | "model" | "environment" | "run", "text": ...}
+
+Exit code 0 on success, 2 for a usage error (bad input, missing model), 1 for a
+failure. The job maps onto `geoseg.segment(...)` exactly as `geoseg segment` does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+Emit = Callable[..., None]
+
+
+class ProgressSegmenter:
+    """Wraps a segmenter to report the fraction of tiles done over all rasters."""
+
+    def __init__(self, inner: Any, n_rasters: int, emit: Emit) -> None:
+        self.inner = inner
+        self.n_rasters = max(1, n_rasters)
+        self.emit = emit
+        self.raster = -1
+        self.tiles = 1
+        self.done = 0
+
+    def __getattr__(self, name: str) -> Any:  # batch_size, name, model_id, check_prompts, ... of the inner one
+        return getattr(self.__dict__["inner"], name)
+
+    def begin(self, n_tiles: int, prompts: Sequence[str]) -> None:
+        self.raster += 1
+        self.tiles, self.done = max(1, n_tiles), 0
+        begin = getattr(self.inner, "begin", None)
+        if callable(begin):
+            begin(n_tiles, prompts)
+        self._report()
+
+    def segment(self, tiles: Any, prompts: Sequence[str]) -> Any:
+        result = self.inner.segment(tiles, prompts)
+        self.done += len(tiles)
+        self._report()
+        return result
+
+    def _report(self) -> None:
+        value = (self.raster + min(self.done, self.tiles) / self.tiles) / self.n_rasters
+        self.emit("progress", value=round(max(0.0, min(1.0, value)), 4))
+
+
+def _emitter(stream: TextIO) -> Emit:
+    def emit(kind: str, /, **fields: Any) -> None:
+        stream.write(json.dumps({"type": kind, **fields}) + "\n")
+        stream.flush()
+
+    return emit
+
+
+class _LogToProtocol(logging.Handler):
+    def __init__(self, emit: Emit) -> None:
+        super().__init__(logging.INFO)
+        self.emit_line = emit
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.emit_line("info", text=record.getMessage())
+
+
+def run(job: dict[str, Any], emit: Emit) -> int:
+    """Run one job, reporting through `emit`; return the exit code."""
+    from geoseg import pipeline
+    from geoseg.errors import GeosegError, GeosegWarning, ModelLoadError, UsageError
+    from geoseg.segmenter import load_segmenter
+
+    log = logging.getLogger("geoseg")
+    log.handlers[:] = [_LogToProtocol(emit)]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+    def show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, GeosegWarning):
+            emit("warning", text=str(message))
+
+    warnings.showwarning = show_warning
+    try:
+        inputs = pipeline.list_inputs(job["inputs"])
+        backend = job.get("backend") or "sam3"
+        options = {k: job.get(k) for k in ("model", "device", "score_threshold")}
+        if backend == "colors":  # the test backend has no model
+            options.pop("model")
+        model = options.get("model") or "its default model"
+        emit("info", text=f"loading the {backend} backend" + ("" if backend == "colors" else f" ({model})"))
+        inner = load_segmenter(backend, **options)
+        segmenter = ProgressSegmenter(inner, len(inputs), emit)
+        gdf = pipeline.segment(
+            inputs, job["prompts"], segmenter=segmenter, tile_size=int(job.get("tile_size") or 1008),
+            overlap=int(job.get("overlap", 128)), bands=job.get("bands") or None,
+            dst_crs=job.get("dst_crs") or None, min_area=job.get("min_area"), output=job["output"],
+            layer=job.get("layer") or "detections", overwrite=bool(job.get("overwrite")),
+        )
+    except ModelLoadError as e:
+        emit("error", kind="model", text=str(e))
+        return 2
+    except UsageError as e:
+        emit("error", kind="usage", text=str(e))
+        return 2
+    except GeosegError as e:
+        emit("error", kind="run", text=str(e))
+        return 1
+    except ImportError as e:  # e.g. the sam3 backend without torch/transformers
+        emit("error", kind="environment", text=f"{e}: geoseg's Python ({sys.executable}) lacks a dependency; "
+                                               f"install it with: {sys.executable} -m pip install 'geoseg[sam3]'")
+        return 2
+    except Exception as e:  # unforeseen: one line for the dialog, the traceback on stderr
+        import traceback
+
+        traceback.print_exc()
+        emit("error", kind="run", text=f"{type(e).__name__}: {e}")
+        return 1
+    emit("progress", value=1.0)
+    emit("done", output=str(job["output"]), objects=len(gdf), crs=None if gdf.crs is None else gdf.crs.to_string())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Only protocol lines go to stdout: anything else that prints (libraries, C code) goes to stderr.
+    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1, encoding="utf-8")
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    emit = _emitter(protocol)
+    try:
+        job = json.loads(sys.stdin.read())
+    except ValueError as e:
+        emit("error", kind="usage", text=f"the worker reads one JSON job on stdin: {e}")
+        return 2
+    return run(job, emit)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""An interactive session: one raster, one loaded model, many prompts.
+
+`Segmentation` plans the tiles and loads the segmenter once. With a backend that
+can hand out its vision features (SAM 3's `vision_features` / `segment_features`),
+the first `segment` call reads every tile and runs the vision encoder once per
+tile; the features stay on the model's device, so later prompts run only the text
+encoder (cached per prompt) and the detection and mask heads. Other backends keep
+the model loaded and re-read the tiles on each call.
+
+Memory: SAM 3's features take ~60 MB per 1008 px tile in bf16 (position encodings
+are shared), so a session suits rasters of tens of tiles; use `geoseg.segment` for
+a large mosaic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+
+from geoseg import merge, vectorize
+from geoseg.errors import EmptyRasterWarning
+from geoseg.pipeline import Settings, _combine, _read_ahead, _segment_batch, provenance
+from geoseg.raster import RasterSource, ReadOptions, parse_bands, source_name
+from geoseg.segmenter import Segmenter, check_prompts, load_segmenter
+from geoseg.tiling import Tile, TilePlan, plan_tiles
+
+
+class Segmentation:
+    """Segment one raster with one prompt after another, keeping the model loaded.
+
+    Args:
+        source: a raster path, an open rasterio dataset or a georeferenced DataArray.
+        segmenter: a `Segmenter` or the name of a backend ("sam3"), built with
+            `backend_options` (model=..., device=..., score_threshold=...).
+        tile_size, overlap, bands, resolution, stretch, pixel_coords: as `geoseg.segment`.
+        progress: show a progress bar while the tiles are read and encoded.
+
+    Example:
+        >>> seg = Segmentation("ortho.tif", model="facebook/sam3")
+        >>> trees = seg.segment("tree")
+        >>> dead = seg.segment("dead tree")      # no second pass of the vision encoder
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        *,
+        segmenter: Segmenter | str = "sam3",
+        tile_size: int = 1008,
+        overlap: int = 128,
+        bands: str | Sequence[int] | None = None,
+        resolution: float | None = None,
+        stretch: tuple[float, float] = (2.0, 98.0),
+        pixel_coords: bool = False,
+        progress: bool = False,
+        **backend_options: Any,
+    ) -> None:
+        self.source = source
+        self.read = ReadOptions(
+            bands=parse_bands(bands) if isinstance(bands, (str, type(None))) else tuple(int(b) for b in bands),
+            resolution=resolution, stretch=(float(stretch[0]), float(stretch[1])), pixel_coords=pixel_coords,
+        )
+        self.tile_size, self.overlap, self.progress = tile_size, overlap, progress
+        with RasterSource(source, self.read) as src:  # fails on a bad input before the model loads
+            self.plan: TilePlan = plan_tiles(src.height, src.width, tile_size, overlap)
+            self.transform, self.crs = src.transform, src.crs
+        if isinstance(segmenter, str):
+            segmenter = load_segmenter(segmenter, **backend_options)
+        elif backend_options:
+            raise TypeError(f"backend options {sorted(backend_options)} go with a backend name, not a segmenter object")
+        self.segmenter = segmenter
+        self.name = source_name(source)
+        #: per-tile vision features, by tile index (only tiles with valid pixels)
+        self.features: dict[int, Any] = {}
+        self._valid: dict[int, np.ndarray] = {}
+        self._encoded = False
+
+    @property
+    def caches_features(self) -> bool:
+        """Whether the backend lets the session reuse vision features across prompts."""
+        return callable(getattr(self.segmenter, "vision_features", None)) and callable(
+            getattr(self.segmenter, "segment_features", None)
+        )
+
+    def _tiles(self) -> Any:
+        from tqdm.auto import tqdm
+
+        with RasterSource(self.source, self.read) as src:
+            bar = tqdm(total=len(self.plan), desc=self.name, unit="tile", disable=not self.progress, leave=False)
+            with bar:
+                for tile, rgb, valid in _read_ahead(src, list(self.plan), depth=4):
+                    bar.update(1)
+                    if valid.any():
+                        yield tile, rgb, valid
+
+    def _encode(self) -> None:
+        """Read every tile once and keep its vision features (the encoder's only run)."""
+        batch_size = max(1, int(getattr(self.segmenter, "batch_size", 4) or 4))
+        batch: list[tuple[Tile, np.ndarray, np.ndarray]] = []
+
+        def flush() -> None:
+            feats = self.segmenter.vision_features(np.stack([rgb for _, rgb, _ in batch]))  # type: ignore[attr-defined]
+            for (tile, _, valid), f in zip(batch, feats, strict=True):
+                self.features[tile.index] = f
+                self._valid[tile.index] = valid
+            batch.clear()
+
+        for item in self._tiles():
+            batch.append(item)
+            if len(batch) == batch_size:
+                flush()
+        if batch:
+            flush()
+        self._encoded = True
+
+    def _pieces(self, prompts: list[str]) -> list[merge.Piece]:
+        if not self.caches_features:
+            pieces: list[merge.Piece] = []
+            batch_size = max(1, int(getattr(self.segmenter, "batch_size", 4) or 4))
+            batch: list[tuple[Tile, np.ndarray, np.ndarray]] = []
+            for item in self._tiles():
+                batch.append(item)
+                if len(batch) == batch_size:
+                    pieces.extend(_segment_batch(self.segmenter, batch, prompts))
+                    batch = []
+            if batch:
+                pieces.extend(_segment_batch(self.segmenter, batch, prompts))
+            return pieces
+        if not self._encoded:
+            self._encode()
+        order = sorted(self.features)
+        results = self.segmenter.segment_features([self.features[k] for k in order], prompts)  # type: ignore[attr-defined]
+        pieces = []
+        for k, dets in zip(order, results, strict=True):
+            tile = self.plan.tile(k)
+            for det in dets:
+                piece = merge.to_piece(det, tile, self._valid[k])
+                if piece is not None:
+                    pieces.append(piece)
+        return pieces
+
+    def segment(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        dst_crs: Any = None,
+        simplify: float | None = None,
+        min_area: float | None = None,
+    ) -> gpd.GeoDataFrame:
+        """Segment the raster with `prompts`; the same GeoDataFrame `geoseg.segment` returns."""
+        import warnings
+
+        settings = Settings(
+            prompts=check_prompts(prompts), tile_size=self.tile_size, overlap=self.overlap, read=self.read,
+            dst_crs=None if dst_crs is None else vectorize.parse_crs(dst_crs), simplify=simplify, min_area=min_area,
+        )
+        check = getattr(self.segmenter, "check_prompts", None)
+        if callable(check):
+            check(settings.prompts)
+        pieces = self._pieces(settings.prompts)
+        if self._encoded and not self.features:
+            warnings.warn(f"{self.name}: every pixel is nodata: no object can be found", EmptyRasterWarning,
+                          stacklevel=2)
+        instances = merge.merge(pieces, self.plan, iou=settings.match_iou)
+        gdf = vectorize.to_frame(instances, self.transform, self.crs, source=self.name, simplify=simplify)
+        gdf = vectorize.finish(gdf, self.transform, settings.dst_crs, min_area)
+        gdf = _combine([gdf], settings.dst_crs)
+        gdf.attrs["geoseg"] = provenance(self.segmenter, settings, [self.source])
+        return gdf
+
+    def plot(self, gdf: gpd.GeoDataFrame | None = None, **kwargs: Any) -> Any:
+        """`geoseg.plot` of this raster (with the session's bands and stretch) and `gdf`."""
+        from geoseg.plot import plot
+
+        kwargs.setdefault("bands", self.read.bands)
+        kwargs.setdefault("stretch", self.read.stretch)
+        return plot(self.source, gdf, **kwargs)
+
+    def clear(self) -> None:
+        """Drop the cached features (frees the device memory they hold)."""
+        self.features.clear()
+        self._valid.clear()
+        self._encoded = False
+
+    def __repr__(self) -> str:
+        return (
+            f"Segmentation({self.name!r}, {len(self.plan)} tiles {self.plan.shape}, "
+            f"backend {getattr(self.segmenter, 'name', type(self.segmenter).__name__)}, "
+            f"{len(self.features)} tiles' features cached)"
+        )

@@ -1,0 +1,98 @@
+"""geoseg.plot, geoseg.stats and the extra raster inputs (open dataset, DataArray)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+matplotlib = pytest.importorskip("matplotlib")
+matplotlib.use("Agg")
+
+import geoseg  # noqa: E402
+from geoseg import stats  # noqa: E402
+from geoseg.raster import RasterSource  # noqa: E402
+from geoseg.tiling import Window  # noqa: E402
+
+SCENE = "sample_data/seam_scene.tif"
+PROMPTS = ["red", "green", "blue"]
+
+
+@pytest.fixture(scope="module")
+def gdf():
+    return geoseg.segment(SCENE, PROMPTS, segmenter="colors")
+
+
+def test_import_geoseg_stays_light():
+    code = "import sys, geoseg; assert 'matplotlib' not in sys.modules and 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_plot_by_label_and_by_score_in_map_units(gdf):
+    import matplotlib.pyplot as plt
+
+    ax = geoseg.plot(SCENE, gdf)
+    assert ax.get_xlim() == pytest.approx((404000, 405024)) and ax.get_ylim() == pytest.approx((3284976, 3286000))
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["blue (34)", "green (36)", "red (38)"]
+    assert any("m" in str(getattr(a, "txt_label", "")) or hasattr(a, "size_bar") for a in ax.artists)
+    assert "metre" in ax.get_xlabel()
+    ax2 = geoseg.plot(SCENE, gdf.to_crs(4326), column="score")  # reprojected back to the raster's CRS
+    assert ax2.get_xlim() == pytest.approx(ax.get_xlim())
+    assert len(ax2.figure.axes) == 2  # the colour bar
+    plt.close("all")
+    import geoseg.plot as module
+
+    assert callable(geoseg.plot) and callable(module.explore)
+
+
+def test_scale_bar_length_is_round():
+    from geoseg.plot import _nice_length
+
+    assert _nice_length(1024) == 200 and _nice_length(40) == 5 and _nice_length(0.9) == pytest.approx(0.1)
+
+
+def test_stats(gdf):
+    m = stats.measure(gdf)
+    assert np.allclose(m["area_m2"], gdf["area_m2"])
+    assert (m["perimeter_m"] > 0).all() and (m["compactness"] <= 1.01).all()
+    table = stats.summarize(gdf, raster=SCENE)
+    assert table.loc["all", "count"] == len(gdf)
+    assert table.loc["red", "count"] == (gdf.label == "red").sum()
+    km2 = 1024 * 1024 / 1e6
+    assert table.loc["all", "per_km2"] == pytest.approx(len(gdf) / km2)
+    assert table.loc["all", "cover_pct"] == pytest.approx(100 * gdf.area_m2.sum() / (km2 * 1e6))
+
+
+def test_open_dataset_is_read_and_left_open(gdf):
+    import rasterio
+
+    with rasterio.open(SCENE) as ds:
+        got = geoseg.segment(ds, PROMPTS, segmenter="colors")
+        assert not ds.closed
+    assert got.geometry.equals(gdf.geometry) and got["source"].iloc[0] == "seam_scene.tif"
+
+
+def test_dask_dataarray_is_read_lazily_window_by_window(gdf):
+    rioxarray = pytest.importorskip("rioxarray")
+    pytest.importorskip("dask")
+    da = rioxarray.open_rasterio(SCENE, chunks={"x": 256, "y": 256})
+    got = geoseg.segment(da, PROMPTS, segmenter="colors")
+    assert got.geometry.equals(gdf.geometry)
+    with RasterSource(SCENE) as a, RasterSource(da) as b:
+        w = Window(-10, 900, 300, 400)  # reaches past the edge
+        for x, y in zip(a.read(w), b.read(w)):
+            assert np.array_equal(x, y)
+
+
+def test_float_dataarray_with_nodata_is_stretched_scene_wide():
+    rioxarray = pytest.importorskip("rioxarray")
+    da = rioxarray.open_rasterio(SCENE).astype("float32") * 10
+    da = da.where(da.x > da.x[100], -9999.0).rio.write_nodata(-9999.0)
+    with RasterSource(da) as src:
+        assert src.stretch_limits is not None and src.nodata == -9999.0
+        rgb, valid = src.read(Window(0, 0, 512, 512))
+        assert not valid[:, :101].any() and valid[:, 101:].all() and rgb.dtype == np.uint8
+    with pytest.raises(geoseg.UsageError, match="rio.reproject"):
+        RasterSource(da, geoseg.raster.ReadOptions(resolution=1.0))
