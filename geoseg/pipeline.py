@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from geoseg import export, merge, vectorize
 from geoseg.errors import EmptyRasterWarning, RasterError, RunError
-from geoseg.raster import RasterSource, ReadOptions, is_raster_object, parse_bands, source_name
-from geoseg.segmenter import Segmenter, check_prompts, load_segmenter
+from geoseg.raster import RasterSource, ReadOptions, is_raster_object, source_name
+from geoseg.segmenter import Segmenter, as_segmenter, check_prompts
 from geoseg.tiling import Tile, TilePlan, plan_tiles
 
 log = logging.getLogger("geoseg")
@@ -233,10 +233,7 @@ def segment(
     Returns:
         A GeoDataFrame with columns id, label, score, area_m2, n_tiles, source.
     """
-    read = ReadOptions(
-        bands=parse_bands(bands) if isinstance(bands, (str, type(None))) else tuple(int(b) for b in bands),
-        resolution=resolution, stretch=(float(stretch[0]), float(stretch[1])), pixel_coords=pixel_coords,
-    )
+    read = ReadOptions.of(bands=bands, resolution=resolution, stretch=stretch, pixel_coords=pixel_coords)
     settings = Settings(
         prompts=check_prompts(prompts), tile_size=tile_size, overlap=overlap, read=read,
         dst_crs=None if dst_crs is None else vectorize.parse_crs(dst_crs),
@@ -248,10 +245,7 @@ def segment(
     paths = list_inputs(source)
     for path in paths:  # fail on a bad input before the model loads
         RasterSource(path, read).close()
-    if isinstance(segmenter, str):
-        segmenter = load_segmenter(segmenter, **backend_options)
-    elif backend_options:
-        raise TypeError(f"backend options {sorted(backend_options)} go with a backend name, not a segmenter object")
+    segmenter = as_segmenter(segmenter, **backend_options)
     check = getattr(segmenter, "check_prompts", None)
     if callable(check):
         check(settings.prompts)
@@ -272,8 +266,7 @@ def describe(
     import shapely
     from rasterio.windows import bounds
 
-    read = ReadOptions(bands=parse_bands(bands) if isinstance(bands, (str, type(None))) else tuple(bands),
-                       resolution=resolution, pixel_coords=pixel_coords)
+    read = ReadOptions.of(bands=bands, resolution=resolution, pixel_coords=pixel_coords)
     with RasterSource(path, read) as src:
         plan = plan_tiles(src.height, src.width, tile_size, overlap)
         footprint = shapely.box(*bounds(((0, src.height), (0, src.width)), src.transform))

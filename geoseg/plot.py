@@ -16,7 +16,7 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 
-from geoseg.raster import RasterSource, ReadOptions, parse_bands
+from geoseg.raster import RasterSource, ReadOptions
 
 
 def _nice_length(span: float) -> float:
@@ -81,10 +81,7 @@ def plot(
     """
     import matplotlib.pyplot as plt
 
-    read = ReadOptions(
-        bands=parse_bands(bands) if isinstance(bands, (str, type(None))) else tuple(int(b) for b in bands),
-        stretch=(float(stretch[0]), float(stretch[1])), pixel_coords=False,
-    )
+    read = ReadOptions.of(bands=bands, stretch=stretch)
     try:
         src = RasterSource(raster, read)
     except Exception:

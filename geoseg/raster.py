@@ -38,6 +38,15 @@ class ReadOptions:
     stretch: tuple[float, float] = (2.0, 98.0)
     pixel_coords: bool = False
 
+    @classmethod
+    def of(cls, *, bands: str | Sequence[int] | None = None, resolution: float | None = None,
+           stretch: tuple[float, float] = (2.0, 98.0), pixel_coords: bool = False) -> ReadOptions:
+        """Options from the API's loose types: bands as "4,3,2" or (4, 3, 2)."""
+        return cls(
+            bands=parse_bands(bands) if isinstance(bands, (str, type(None))) else tuple(int(b) for b in bands),
+            resolution=resolution, stretch=(float(stretch[0]), float(stretch[1])), pixel_coords=pixel_coords,
+        )
+
 
 def parse_bands(text: str | None) -> tuple[int, ...] | None:
     """'4,3,2' -> (4, 3, 2); None stays None."""

@@ -106,3 +106,12 @@ def load_segmenter(name: str, **options: Any) -> Segmenter:
     if not callable(getattr(segmenter, "segment", None)):
         raise UsageError(f"backend {name!r} gave an object without a segment(tiles, prompts) method")
     return segmenter  # type: ignore[no-any-return]
+
+
+def as_segmenter(segmenter: Segmenter | str, **options: Any) -> Segmenter:
+    """A segmenter object as given, or the registered backend of that name built with `options`."""
+    if isinstance(segmenter, str):
+        return load_segmenter(segmenter, **options)
+    if options:
+        raise TypeError(f"backend options {sorted(options)} go with a backend name, not a segmenter object")
+    return segmenter

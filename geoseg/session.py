@@ -23,8 +23,8 @@ import numpy as np
 from geoseg import merge, vectorize
 from geoseg.errors import EmptyRasterWarning
 from geoseg.pipeline import Settings, _combine, _read_ahead, _segment_batch, provenance
-from geoseg.raster import RasterSource, ReadOptions, parse_bands, source_name
-from geoseg.segmenter import Segmenter, check_prompts, load_segmenter
+from geoseg.raster import RasterSource, ReadOptions, source_name
+from geoseg.segmenter import Segmenter, as_segmenter, check_prompts
 from geoseg.tiling import Tile, TilePlan, plan_tiles
 
 
@@ -59,19 +59,12 @@ class Segmentation:
         **backend_options: Any,
     ) -> None:
         self.source = source
-        self.read = ReadOptions(
-            bands=parse_bands(bands) if isinstance(bands, (str, type(None))) else tuple(int(b) for b in bands),
-            resolution=resolution, stretch=(float(stretch[0]), float(stretch[1])), pixel_coords=pixel_coords,
-        )
+        self.read = ReadOptions.of(bands=bands, resolution=resolution, stretch=stretch, pixel_coords=pixel_coords)
         self.tile_size, self.overlap, self.progress = tile_size, overlap, progress
         with RasterSource(source, self.read) as src:  # fails on a bad input before the model loads
             self.plan: TilePlan = plan_tiles(src.height, src.width, tile_size, overlap)
             self.transform, self.crs = src.transform, src.crs
-        if isinstance(segmenter, str):
-            segmenter = load_segmenter(segmenter, **backend_options)
-        elif backend_options:
-            raise TypeError(f"backend options {sorted(backend_options)} go with a backend name, not a segmenter object")
-        self.segmenter = segmenter
+        self.segmenter = as_segmenter(segmenter, **backend_options)
         self.name = source_name(source)
         #: per-tile vision features, by tile index (only tiles with valid pixels)
         self.features: dict[int, Any] = {}

@@ -162,10 +162,19 @@ def test_install_copy_link_and_zip(tmp_path):
 # --- the provider in a real headless QGIS ------------------------------------------------------------------------
 
 
+def outside_venv() -> dict[str, str]:
+    """This environment without the virtual environment the tests run in: QGIS embeds
+    Debian's Python, which takes its prefix from the first `python3` on PATH."""
+    venv_bin = Path(sys.prefix) / "bin"
+    path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p) != venv_bin]
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH")}
+    return {**env, "PATH": os.pathsep.join(path)}
+
+
 @pytest.fixture(scope="module")
 def qgis_profile(tmp_path_factory):
     """A fresh QGIS config folder with the plugin installed and enabled; the environment to run QGIS in."""
-    ok = shutil.which(QGIS_PYTHON) and subprocess.run([QGIS_PYTHON, "-c", "import qgis.core"],
+    ok = shutil.which(QGIS_PYTHON) and subprocess.run([QGIS_PYTHON, "-c", "import qgis.core"], env=outside_venv(),
                                                       capture_output=True).returncode == 0
     if not ok or not Path(QGIS_PROCESS).is_file():
         pytest.fail(f"QGIS is not installed ({QGIS_PYTHON} cannot import qgis, or no {QGIS_PROCESS}): install it "
@@ -175,7 +184,7 @@ def qgis_profile(tmp_path_factory):
     from geoseg.cli import main
 
     cfg = tmp_path_factory.mktemp("qgis_config")
-    env = {**os.environ, "QGIS_CUSTOM_CONFIG_PATH": str(cfg), "QT_QPA_PLATFORM": "offscreen",
+    env = {**outside_venv(), "QGIS_CUSTOM_CONFIG_PATH": str(cfg), "QT_QPA_PLATFORM": "offscreen",
            "GEOSEG_PYTHON": sys.executable, "XDG_RUNTIME_DIR": str(cfg)}
     r = CliRunner().invoke(main, ["qgis", "install"], env={"QGIS_CUSTOM_CONFIG_PATH": str(cfg)})
     assert r.exit_code == 0, r.output

@@ -19,9 +19,11 @@ def test_ci_runs_the_readme_test_command():
     assert test_cmd in [line.strip() for line in ci]
 
 
-@pytest.mark.parametrize("command", ["segment", "info", "evaluate", "export-dataset"])
+@pytest.mark.parametrize("command", ["segment", "info", "evaluate", "export-dataset", "qgis install"])
 def test_every_option_is_documented(command):
-    cmd = main.commands[command]
+    cmd = main
+    for word in command.split():
+        cmd = cmd.commands[word]
     for param in cmd.params:
         if isinstance(param, click.Option):
             longest = max(param.opts, key=len)

@@ -209,7 +209,6 @@ class Sam3Segmenter:
     def segment_features(self, features: Sequence[dict[str, Any]], prompts: Sequence[str]) -> list[list[Detection]]:
         """The detection and mask heads only, on features from `vision_features`; one list per tile."""
         import torch
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
         from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
         prompts = list(prompts)
@@ -226,12 +225,8 @@ class Sam3Segmenter:
                     fpn_hidden_states=tuple(torch.cat(level) for level in levels),
                     fpn_position_encoding=tuple(p.expand(n, -1, -1, -1) for p in self._positions),
                 )
-                for prompt in prompts:
-                    text_features, mask = self._text_features(prompt)
-                    text = BaseModelOutputWithPooling(pooler_output=text_features.expand(n, -1, -1))
-                    out = self.model(vision_embeds=vision, text_embeds=text, attention_mask=mask.expand(n, -1))
-                    for i, detections in enumerate(self._postprocess(out, prompt, height, width)):
-                        found[lo + i].extend(detections)
+                for i, detections in enumerate(self._heads(vision, n, height, width, prompts)):
+                    found[lo + i].extend(detections)
         return found
 
     # -- internals -----------------------------------------------------------------
@@ -274,19 +269,24 @@ class Sam3Segmenter:
 
     def _segment_batch(self, tiles: np.ndarray, prompts: list[str]) -> list[list[Detection]]:
         import torch
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         n, height, width = tiles.shape[:3]
-        found: list[list[Detection]] = [[] for _ in range(n)]
         with torch.inference_mode():
             vision = self.model.get_vision_features(pixel_values=self._preprocess(tiles))
-            for prompt in prompts:
-                features, mask = self._text_features(prompt)
-                # The heads want one text row per image.
-                text = BaseModelOutputWithPooling(pooler_output=features.expand(n, -1, -1))
-                out = self.model(vision_embeds=vision, text_embeds=text, attention_mask=mask.expand(n, -1))
-                for i, detections in enumerate(self._postprocess(out, prompt, height, width)):
-                    found[i].extend(detections)
+            return self._heads(vision, n, height, width, prompts)
+
+    def _heads(self, vision: Any, n: int, height: int, width: int, prompts: list[str]) -> list[list[Detection]]:
+        """The detection and mask heads, once per prompt, on `n` tiles' vision features."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        found: list[list[Detection]] = [[] for _ in range(n)]
+        for prompt in prompts:
+            features, mask = self._text_features(prompt)
+            # The heads want one text row per image.
+            text = BaseModelOutputWithPooling(pooler_output=features.expand(n, -1, -1))
+            out = self.model(vision_embeds=vision, text_embeds=text, attention_mask=mask.expand(n, -1))
+            for i, detections in enumerate(self._postprocess(out, prompt, height, width)):
+                found[i].extend(detections)
         return found
 
     def _postprocess(self, out: Any, prompt: str, height: int, width: int) -> list[list[Detection]]:
