@@ -79,7 +79,7 @@ def list_inputs(sources: Any) -> list[Any]:
     return paths
 
 
-def _read_ahead(src: RasterSource, tiles: list[Tile], depth: int) -> Iterator[tuple[Tile, np.ndarray, np.ndarray]]:
+def read_ahead(src: RasterSource, tiles: list[Tile], depth: int) -> Iterator[tuple[Tile, np.ndarray, np.ndarray]]:
     """Read tiles in a background thread, `depth` ahead of the consumer.
 
     One thread only: a GDAL dataset handle must not be read concurrently.
@@ -100,7 +100,7 @@ def _read_ahead(src: RasterSource, tiles: list[Tile], depth: int) -> Iterator[tu
             yield tile, rgb, valid
 
 
-def _segment_batch(segmenter: Segmenter, batch: list[tuple[Tile, np.ndarray, np.ndarray]],
+def segment_batch(segmenter: Segmenter, batch: list[tuple[Tile, np.ndarray, np.ndarray]],
                    prompts: list[str]) -> list[merge.Piece]:
     tiles = np.stack([rgb for _, rgb, _ in batch])
     results = segmenter.segment(tiles, prompts)
@@ -130,17 +130,17 @@ def segment_raster(path: Any, segmenter: Segmenter, settings: Settings) -> tuple
         batch: list[tuple[Tile, np.ndarray, np.ndarray]] = []
         bar = tqdm(total=len(plan), desc=source_name(path), unit="tile", disable=not settings.progress, leave=False)
         with bar:
-            for tile, rgb, valid in _read_ahead(src, list(plan), depth=2 * batch_size):
+            for tile, rgb, valid in read_ahead(src, list(plan), depth=2 * batch_size):
                 bar.update(1)
                 if not valid.any():
                     stats.skipped += 1
                     continue
                 batch.append((tile, rgb, valid))
                 if len(batch) == batch_size:
-                    pieces.extend(_segment_batch(segmenter, batch, settings.prompts))
+                    pieces.extend(segment_batch(segmenter, batch, settings.prompts))
                     batch = []
             if batch:
-                pieces.extend(_segment_batch(segmenter, batch, settings.prompts))
+                pieces.extend(segment_batch(segmenter, batch, settings.prompts))
         stats.detections = len(pieces)
         if stats.skipped == stats.tiles:
             warnings.warn(f"{src.path}: every pixel is nodata: no object can be found", EmptyRasterWarning,
@@ -181,7 +181,7 @@ def provenance(segmenter: Segmenter | str, settings: Settings, sources: list[Any
     }
 
 
-def _combine(frames: list[gpd.GeoDataFrame], crs: Any) -> gpd.GeoDataFrame:
+def combine_frames(frames: list[gpd.GeoDataFrame], crs: Any) -> gpd.GeoDataFrame:
     frames = [f for f in frames if not f.empty] or frames[:1]
     if len({str(f.crs) for f in frames}) > 1:
         raise RasterError("the inputs have different CRSs: pass --dst-crs to put them in one, or use --output-dir")
@@ -250,7 +250,7 @@ def segment(
     if callable(check):
         check(settings.prompts)
     frames = [segment_raster(path, segmenter, settings)[0] for path in paths]
-    gdf = _combine(frames, settings.dst_crs)
+    gdf = combine_frames(frames, settings.dst_crs)
     gdf.attrs["geoseg"] = provenance(segmenter, settings, paths)
     if output is not None:
         export.write(gdf, output, layer=layer, overwrite=overwrite, provenance=gdf.attrs["geoseg"],

@@ -8,6 +8,7 @@ an object looks the same in every tile.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -245,7 +246,17 @@ class RasterSource:
         row_bytes = self.width * 1024 * src.count * self.dtype.itemsize
         self._env = rasterio.Env(GDAL_CACHEMAX=int(min(max(row_bytes, 32 << 20), 256 << 20)))
         self._env.__enter__()
-        self.stretch_limits = None if self.dtype == np.uint8 else self._stretch_limits()
+        lo_pct, hi_pct = o.stretch
+        if not 0 <= lo_pct < hi_pct <= 100:
+            raise UsageError(f"--stretch {lo_pct},{hi_pct}: need 0 <= low < high <= 100, e.g. 2,98")
+
+    @functools.cached_property
+    def stretch_limits(self) -> np.ndarray | None:
+        """Per-band (low, high) scene-wide percentiles; None for uint8 (passed through).
+
+        Computed on first use, so opening a raster to check it costs no reading.
+        """
+        return None if self.dtype == np.uint8 else self._stretch_limits()
 
     def _warped(self, resolution: float) -> Any:
         src = self._src
@@ -265,8 +276,6 @@ class RasterSource:
         """Per-band (low, high) percentiles over the scene, nodata excluded."""
         ds = self._ds
         lo_pct, hi_pct = self.options.stretch
-        if not 0 <= lo_pct < hi_pct <= 100:
-            raise UsageError(f"--stretch {lo_pct},{hi_pct}: need 0 <= low < high <= 100, e.g. 2,98")
         if ds.overviews(self.bands[0]):
             scale = max(1, max(ds.height, ds.width) // 1024)
             shape = (len(self.bands), max(1, ds.height // scale), max(1, ds.width // scale))

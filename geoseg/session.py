@@ -22,7 +22,7 @@ import numpy as np
 
 from geoseg import merge, vectorize
 from geoseg.errors import EmptyRasterWarning
-from geoseg.pipeline import Settings, _combine, _read_ahead, _segment_batch, provenance
+from geoseg.pipeline import Settings, combine_frames, provenance, read_ahead, segment_batch
 from geoseg.raster import RasterSource, ReadOptions, source_name
 from geoseg.segmenter import Segmenter, as_segmenter, check_prompts
 from geoseg.tiling import Tile, TilePlan, plan_tiles
@@ -84,7 +84,7 @@ class Segmentation:
         with RasterSource(self.source, self.read) as src:
             bar = tqdm(total=len(self.plan), desc=self.name, unit="tile", disable=not self.progress, leave=False)
             with bar:
-                for tile, rgb, valid in _read_ahead(src, list(self.plan), depth=4):
+                for tile, rgb, valid in read_ahead(src, list(self.plan), depth=4):
                     bar.update(1)
                     if valid.any():
                         yield tile, rgb, valid
@@ -117,10 +117,10 @@ class Segmentation:
             for item in self._tiles():
                 batch.append(item)
                 if len(batch) == batch_size:
-                    pieces.extend(_segment_batch(self.segmenter, batch, prompts))
+                    pieces.extend(segment_batch(self.segmenter, batch, prompts))
                     batch = []
             if batch:
-                pieces.extend(_segment_batch(self.segmenter, batch, prompts))
+                pieces.extend(segment_batch(self.segmenter, batch, prompts))
             return pieces
         if not self._encoded:
             self._encode()
@@ -160,7 +160,7 @@ class Segmentation:
         instances = merge.merge(pieces, self.plan, iou=settings.match_iou)
         gdf = vectorize.to_frame(instances, self.transform, self.crs, source=self.name, simplify=simplify)
         gdf = vectorize.finish(gdf, self.transform, settings.dst_crs, min_area)
-        gdf = _combine([gdf], settings.dst_crs)
+        gdf = combine_frames([gdf], settings.dst_crs)
         gdf.attrs["geoseg"] = provenance(self.segmenter, settings, [self.source])
         return gdf
 

@@ -102,6 +102,7 @@ def _truncated(tmp_path):
     ("no-output", "give either -o"),
     ("backend-option", "does not take --model"),
     ("backend", "unknown backend"),
+    ("stretch", "--stretch 98.0,2.0: need 0 <= low < high <= 100"),
 ])
 def test_bad_inputs_give_one_line_exit_2_and_write_nothing(scene_path, tmp_path, case, match):
     out = tmp_path / "out.gpkg"
@@ -124,6 +125,7 @@ def test_bad_inputs_give_one_line_exit_2_and_write_nothing(scene_path, tmp_path,
         "no-output": [scene_path, "-p", "red"],
         "backend-option": [scene_path, "-p", "red", "-o", out, "--model", "facebook/sam3"],
         "backend": [scene_path, "-p", "red", "-o", out, "--backend", "nope"],
+        "stretch": [scene_path, "-p", "red", "-o", out, "--stretch", "98,2"],
     }[case]
     if case == "exists":
         out.write_bytes(b"keep me")
