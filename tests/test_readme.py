@@ -12,11 +12,13 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
-def test_ci_runs_the_readme_test_command():
-    blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
-    test_cmd = [line for b in blocks for line in b.splitlines() if "pytest" in line][0].split("#")[0].strip()
-    ci = (ROOT / ".ci" / "run").read_text().splitlines()
-    assert test_cmd in [line.strip() for line in ci]
+def test_quick_start_has_two_commands_and_ci_runs_the_test_one():
+    quick = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", quick, flags=re.S)
+    commands = [line.strip() for b in blocks for line in b.splitlines() if line.strip()]
+    assert len(commands) == 2 and "geoseg segment sample_data/" in commands[0]
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert commands[1] in ci
 
 
 @pytest.mark.parametrize("command", ["segment", "info", "evaluate", "export-dataset", "qgis install"])
