@@ -7,12 +7,12 @@ import os
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import geopandas as gpd
 import numpy as np
@@ -26,6 +26,7 @@ from geoseg.segmenter import Segmenter, as_segmenter, check_prompts
 from geoseg.tiling import Tile, TilePlan, plan_tiles
 
 log = logging.getLogger("geoseg")
+T = TypeVar("T")
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 
@@ -100,6 +101,23 @@ def read_ahead(src: RasterSource, tiles: list[Tile], depth: int) -> Iterator[tup
             yield tile, rgb, valid
 
 
+def batch_size_of(segmenter: Segmenter) -> int:
+    """Tiles per `segment` call: the segmenter's `batch_size`, else 4."""
+    return max(1, int(getattr(segmenter, "batch_size", 4) or 4))
+
+
+def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """`items` in lists of `size` (the last may be shorter)."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def segment_batch(segmenter: Segmenter, batch: list[tuple[Tile, np.ndarray, np.ndarray]],
                    prompts: list[str]) -> list[merge.Piece]:
     tiles = np.stack([rgb for _, rgb, _ in batch])
@@ -125,35 +143,39 @@ def segment_raster(path: Any, segmenter: Segmenter, settings: Settings) -> tuple
         begin = getattr(segmenter, "begin", None)
         if callable(begin):
             begin(len(plan), settings.prompts)
-        batch_size = max(1, int(getattr(segmenter, "batch_size", 4) or 4))
+        batch_size = batch_size_of(segmenter)
         pieces: list[merge.Piece] = []
-        batch: list[tuple[Tile, np.ndarray, np.ndarray]] = []
         bar = tqdm(total=len(plan), desc=source_name(path), unit="tile", disable=not settings.progress, leave=False)
-        with bar:
+
+        def valid_tiles() -> Iterator[tuple[Tile, np.ndarray, np.ndarray]]:
             for tile, rgb, valid in read_ahead(src, list(plan), depth=2 * batch_size):
                 bar.update(1)
-                if not valid.any():
+                if valid.any():
+                    yield tile, rgb, valid
+                else:
                     stats.skipped += 1
-                    continue
-                batch.append((tile, rgb, valid))
-                if len(batch) == batch_size:
-                    pieces.extend(segment_batch(segmenter, batch, settings.prompts))
-                    batch = []
-            if batch:
+
+        with bar:
+            for batch in batches(valid_tiles(), batch_size):
                 pieces.extend(segment_batch(segmenter, batch, settings.prompts))
         stats.detections = len(pieces)
         if stats.skipped == stats.tiles:
             warnings.warn(f"{src.path}: every pixel is nodata: no object can be found", EmptyRasterWarning,
                           stacklevel=2)
-        instances = merge.merge(pieces, plan, iou=settings.match_iou)
-        gdf = vectorize.to_frame(instances, src.transform, src.crs, source=source_name(path),
-                                 simplify=settings.simplify)
-        gdf = vectorize.finish(gdf, src.transform, settings.dst_crs, settings.min_area)
+        gdf = objects(pieces, plan, src.transform, src.crs, source_name(path), settings)
     stats.objects = len(gdf)
     stats.seconds = time.perf_counter() - start
     log.info("%s: %d tiles (%d nodata skipped), %d detections -> %d objects in %.1f s",
              source_name(path), stats.tiles, stats.skipped, stats.detections, stats.objects, stats.seconds)
     return gdf, stats
+
+
+def objects(pieces: list[merge.Piece], plan: TilePlan, transform: Any, crs: Any, source: str,
+            settings: Settings) -> gpd.GeoDataFrame:
+    """Pieces -> merged objects as polygons, with area_m2, in dst_crs."""
+    instances = merge.merge(pieces, plan, iou=settings.match_iou)
+    gdf = vectorize.to_frame(instances, transform, crs, source=source, simplify=settings.simplify)
+    return vectorize.finish(gdf, transform, settings.dst_crs, settings.min_area)
 
 
 def provenance(segmenter: Segmenter | str, settings: Settings, sources: list[Any]) -> dict[str, Any]:

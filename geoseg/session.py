@@ -22,10 +22,19 @@ import numpy as np
 
 from geoseg import merge, vectorize
 from geoseg.errors import EmptyRasterWarning
-from geoseg.pipeline import Settings, combine_frames, provenance, read_ahead, segment_batch
+from geoseg.pipeline import (
+    Settings,
+    batch_size_of,
+    batches,
+    combine_frames,
+    objects,
+    provenance,
+    read_ahead,
+    segment_batch,
+)
 from geoseg.raster import RasterSource, ReadOptions, source_name
 from geoseg.segmenter import Segmenter, as_segmenter, check_prompts
-from geoseg.tiling import Tile, TilePlan, plan_tiles
+from geoseg.tiling import TilePlan, plan_tiles
 
 
 class Segmentation:
@@ -91,37 +100,17 @@ class Segmentation:
 
     def _encode(self) -> None:
         """Read every tile once and keep its vision features (the encoder's only run)."""
-        batch_size = max(1, int(getattr(self.segmenter, "batch_size", 4) or 4))
-        batch: list[tuple[Tile, np.ndarray, np.ndarray]] = []
-
-        def flush() -> None:
+        for batch in batches(self._tiles(), batch_size_of(self.segmenter)):
             feats = self.segmenter.vision_features(np.stack([rgb for _, rgb, _ in batch]))  # type: ignore[attr-defined]
             for (tile, _, valid), f in zip(batch, feats, strict=True):
                 self.features[tile.index] = f
                 self._valid[tile.index] = valid
-            batch.clear()
-
-        for item in self._tiles():
-            batch.append(item)
-            if len(batch) == batch_size:
-                flush()
-        if batch:
-            flush()
         self._encoded = True
 
     def _pieces(self, prompts: list[str]) -> list[merge.Piece]:
         if not self.caches_features:
-            pieces: list[merge.Piece] = []
-            batch_size = max(1, int(getattr(self.segmenter, "batch_size", 4) or 4))
-            batch: list[tuple[Tile, np.ndarray, np.ndarray]] = []
-            for item in self._tiles():
-                batch.append(item)
-                if len(batch) == batch_size:
-                    pieces.extend(segment_batch(self.segmenter, batch, prompts))
-                    batch = []
-            if batch:
-                pieces.extend(segment_batch(self.segmenter, batch, prompts))
-            return pieces
+            return [piece for batch in batches(self._tiles(), batch_size_of(self.segmenter))
+                    for piece in segment_batch(self.segmenter, batch, prompts)]
         if not self._encoded:
             self._encode()
         order = sorted(self.features)
@@ -157,10 +146,8 @@ class Segmentation:
         if self._encoded and not self.features:
             warnings.warn(f"{self.name}: every pixel is nodata: no object can be found", EmptyRasterWarning,
                           stacklevel=2)
-        instances = merge.merge(pieces, self.plan, iou=settings.match_iou)
-        gdf = vectorize.to_frame(instances, self.transform, self.crs, source=self.name, simplify=simplify)
-        gdf = vectorize.finish(gdf, self.transform, settings.dst_crs, min_area)
-        gdf = combine_frames([gdf], settings.dst_crs)
+        gdf = combine_frames([objects(pieces, self.plan, self.transform, self.crs, self.name, settings)],
+                             settings.dst_crs)
         gdf.attrs["geoseg"] = provenance(self.segmenter, settings, [self.source])
         return gdf
 
