@@ -48,7 +48,7 @@ class _Group(click.Group):
             click.echo(f"geoseg: error: {e}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
-            click.echo("geoseg: interrupted: no output was written", err=True)
+            click.echo("geoseg: interrupted: no output was written; rerun the same command to resume", err=True)
             ctx.exit(130)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
@@ -57,6 +57,32 @@ class _Group(click.Group):
                 traceback.print_exc()
             click.echo(f"geoseg: error: {type(e).__name__}: {e} (run with -v for details)", err=True)
             ctx.exit(1)
+
+
+class _Progress(logging.Filter):
+    """Keeps progress lines off stderr where a bar shows them, or with --quiet."""
+
+    def __init__(self, quiet: bool) -> None:
+        super().__init__()
+        self.drop = quiet or sys.stderr.isatty()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (self.drop and record.name == "geoseg.progress")
+
+
+def log_to(log_file: str | None, quiet: bool) -> None:
+    """Progress lines on stderr unless quiet or on a terminal; everything, with times, to `log_file`."""
+    log = logging.getLogger("geoseg")
+    for h in log.handlers:
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            h.addFilter(_Progress(quiet))
+    if log_file is not None:
+        try:
+            handler = logging.FileHandler(log_file)
+        except OSError as e:
+            raise UsageError(f"--log-file {log_file}: cannot write it ({e.strerror}): choose another path") from None
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
 from geoseg import pipeline
-from geoseg.cli import main
+from geoseg.cli import log_to, main
 from geoseg.cli.options import read_options, tiling_options
 from geoseg.errors import OutputError, UsageError
-from geoseg.export import FORMATS, check_output
-from geoseg.segmenter import check_prompts, load_segmenter
+from geoseg.export import FORMATS
+from geoseg.pipeline import LocalEngine, Settings
+from geoseg.segmenter import load_segmenter
 
 
 def _stretch(text: str) -> tuple[float, float]:
@@ -50,40 +54,83 @@ def _stretch(text: str) -> tuple[float, float]:
 @click.option("--dst-crs", default=None, help="Output CRS: EPSG code, WKT or PROJ string [default: the raster's].")
 @click.option("--simplify", type=click.FloatRange(min=0), default=None, help="Simplify polygons, tolerance in pixels.")
 @click.option("--min-area", type=click.FloatRange(min=0), default=None, help="Drop objects smaller than this, in m².")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--work-dir", default=None,
+              help="Where detections are staged [default: OUT.geoseg-work, or DIR/.geoseg-work with --output-dir].")
+@click.option("--restart", is_flag=True, help="Discard the work folder of an interrupted run and start over.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Run on a new local Dask cluster of this many worker processes.")
+@click.option("--scheduler", default=None, help="Run on an existing Dask cluster: its scheduler's address.")
+@click.option("--resources", default=None, help="Dask worker resources each task needs, e.g. GPU=1.")
+@click.option("--log-file", default=None, help="Also write log lines, with times, to this file.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress lines.")
 def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | None, output_dir: str | None, fmt: str,
             layer: str, overwrite: bool, backend: str, model: str | None, device: str | None, dtype: str | None,
             batch_size: int | None, score_threshold: float | None, mask_threshold: float | None,
             max_detections: int | None, nms_iou: float | None, tile_size: int, overlap: int, bands: str | None,
             resolution: float | None, pixel_coords: bool, stretch: str, dst_crs: str | None,
-            simplify: float | None, min_area: float | None, quiet: bool) -> None:
-    """Find the objects named by PROMPTs in INPUTS (rasters or folders) and write polygons."""
+            simplify: float | None, min_area: float | None, work_dir: str | None, restart: bool,
+            workers: int | None, scheduler: str | None, resources: str | None, log_file: str | None,
+            quiet: bool) -> None:
+    """Find the objects named by PROMPTs in INPUTS (rasters, folders or URLs) and write polygons.
+
+    An interrupted run started again with the same arguments resumes from its
+    work folder; with several inputs a file that fails is reported and the
+    others go on (exit code 1 at the end).
+    """
     if (output is None) == (output_dir is None):
         raise UsageError("give either -o OUT.gpkg (one file for all inputs) or --output-dir DIR (one per input)")
-    checked = check_prompts(prompts)
-    common = dict(tile_size=tile_size, overlap=overlap, bands=bands, resolution=resolution,
-                  stretch=_stretch(stretch), pixel_coords=pixel_coords, dst_crs=dst_crs, simplify=simplify,
-                  min_area=min_area, layer=layer, overwrite=overwrite, progress=not quiet)
+    if workers is not None and scheduler is not None:
+        raise UsageError("give either --workers N (a local cluster) or --scheduler ADDRESS (an existing one)")
+    if output_dir is not None and not Path(output_dir).is_dir():
+        raise OutputError(f"--output-dir {output_dir}: no such folder: create it first")
+    log_to(log_file, quiet)
+    settings = Settings.of(prompts, tile_size=tile_size, overlap=overlap, bands=bands, resolution=resolution,
+                           stretch=_stretch(stretch), pixel_coords=pixel_coords, dst_crs=dst_crs,
+                           simplify=simplify, min_area=min_area, progress=not quiet)
     paths = pipeline.list_inputs(inputs)
-    if output_dir is not None:
-        out_dir = Path(output_dir)
-        if not out_dir.is_dir():
-            raise OutputError(f"--output-dir {output_dir}: no such folder: create it first")
-        jobs = [(p, out_dir / (Path(p).stem + FORMATS[fmt])) for p in paths]
-    else:
-        jobs = [(paths, Path(output))]  # type: ignore[list-item]
-    for _, out in jobs:
-        check_output(out, overwrite)
-    for p in paths:  # bad rasters and options fail before the model loads
-        pipeline.describe(p, tile_size=tile_size, overlap=overlap, bands=bands, resolution=resolution,
-                          pixel_coords=pixel_coords)
-    segmenter = load_segmenter(backend, model=model, device=device, dtype=dtype, batch_size=batch_size,
-                               score_threshold=score_threshold, mask_threshold=mask_threshold,
-                               max_detections=max_detections, nms_iou=nms_iou)
-    for src, out in jobs:
-        gdf = pipeline.segment(src, checked, segmenter=segmenter, output=out, **common)  # type: ignore[arg-type]
-        counts = ", ".join(f"{n} {label}" for label, n in gdf["label"].value_counts().items())
-        click.echo(f"{out}: {len(gdf)} objects ({counts or 'none'})", err=True)
+    if len(paths) == 1:  # a bad single input fails before the model loads
+        pipeline.inspect(paths[0], tile_size=tile_size, overlap=overlap, read=settings.read)
+    options = dict(model=model, device=device, dtype=dtype, batch_size=batch_size, score_threshold=score_threshold,
+                   mask_threshold=mask_threshold, max_detections=max_detections, nms_iou=nms_iou)
+    with _engine(backend, options, workers, scheduler, resources) as engine:
+        summary = pipeline.run(paths, settings, engine, output=output, output_dir=output_dir, fmt=fmt, layer=layer,
+                               overwrite=overwrite, work_dir=work_dir, restart=restart)
+    for f in summary.files:
+        if f.state == "done" and f.output:
+            click.echo(f"{f.output}: {f.objects} objects" + (" (done before)" if f.reused else ""), err=True)
+    if output is not None and summary.outputs:
+        click.echo(f"{output}: {sum(f.objects for f in summary.files if f.state == 'done')} objects", err=True)
+    if len(summary.files) > 1 or summary.failed:
+        click.echo(summary.report(), err=True)
+    if summary.failed:
+        where = work_dir or (Path(output_dir) / ".geoseg-work" if output_dir else f"{output}.geoseg-work")
+        click.echo(f"geoseg: error: {len(summary.failed)} of {len(summary.files)} files failed; rerun the same "
+                   f"command to retry them (work kept in {where})", err=True)
+        raise SystemExit(1)
+
+
+@contextlib.contextmanager
+def _engine(backend: str, options: dict[str, Any], workers: int | None, scheduler: str | None,
+            resources: str | None) -> Iterator[Any]:
+    """A local engine with the backend loaded here, or a Dask engine whose workers load it."""
+    if workers is None and scheduler is None:
+        if resources:
+            raise UsageError("--resources is for Dask workers: add --workers N or --scheduler ADDRESS")
+        yield LocalEngine(load_segmenter(backend, **options))
+        return
+    try:
+        from geoseg import distributed
+    except ImportError:
+        raise UsageError("--workers and --scheduler need Dask: pip install 'geoseg[dask]'") from None
+    needs = distributed.parse_resources(resources)
+    client = distributed.connect(workers=workers, scheduler=scheduler, resources=needs)
+    try:
+        yield distributed.DaskEngine(client, backend, options, resources=needs)
+    finally:
+        cluster = client.cluster if workers is not None else None
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 @main.command()

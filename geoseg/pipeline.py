@@ -1,9 +1,17 @@
-"""Orchestration: plan -> read -> segment -> merge -> vectorise -> write."""
+"""Orchestration: plan -> read -> segment -> stage -> merge -> vectorise -> write.
+
+Every run stages its per-tile detections on disk (a work folder), then merges
+and vectorises them one row of tiles at a time: memory stays bounded whatever
+the raster size, and an interrupted run resumes where it stopped.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+import tempfile
 import time
 import warnings
 from collections import deque
@@ -17,13 +25,16 @@ from typing import Any, TypeVar
 import geopandas as gpd
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
+import pyogrio
 
-from geoseg import export, merge, vectorize
-from geoseg.errors import EmptyRasterWarning, RasterError, RunError
+from geoseg import export, merge, vectorize, workdir
+from geoseg.errors import EmptyRasterWarning, GeosegError, RasterError, RunError, UsageError
+from geoseg.progress import Progress
 from geoseg.raster import RasterSource, ReadOptions, is_raster_object, source_name
 from geoseg.segmenter import Segmenter, as_segmenter, check_prompts
+from geoseg.staging import TileStore
 from geoseg.tiling import Tile, TilePlan, plan_tiles
+from geoseg.workdir import WorkDir
 
 log = logging.getLogger("geoseg")
 T = TypeVar("T")
@@ -45,16 +56,19 @@ class Settings:
     match_iou: float = 0.5
     progress: bool = False
 
-
-@dataclass
-class RunStats:
-    """What a run did, per file."""
-
-    tiles: int = 0
-    skipped: int = 0
-    detections: int = 0
-    objects: int = 0
-    seconds: float = 0.0
+    @classmethod
+    def of(cls, prompts: str | Sequence[str], *, tile_size: int = 1008, overlap: int = 128,
+           bands: str | Sequence[int] | None = None, resolution: float | None = None,
+           stretch: tuple[float, float] = (2.0, 98.0), pixel_coords: bool = False, dst_crs: Any = None,
+           simplify: float | None = None, min_area: float | None = None, progress: bool = False) -> Settings:
+        """Settings from the API's loose types, checked (prompts, tiling, CRS) before any work."""
+        plan_tiles(tile_size, tile_size, tile_size, overlap)
+        return cls(
+            prompts=check_prompts(prompts), tile_size=tile_size, overlap=overlap,
+            read=ReadOptions.of(bands=bands, resolution=resolution, stretch=stretch, pixel_coords=pixel_coords),
+            dst_crs=None if dst_crs is None else vectorize.parse_crs(dst_crs),
+            simplify=simplify, min_area=min_area, progress=progress,
+        )
 
 
 def list_inputs(sources: Any) -> list[Any]:
@@ -133,43 +147,6 @@ def segment_batch(segmenter: Segmenter, batch: list[tuple[Tile, np.ndarray, np.n
     return pieces
 
 
-def segment_raster(path: Any, segmenter: Segmenter, settings: Settings) -> tuple[gpd.GeoDataFrame, RunStats]:
-    """Segment one raster into a GeoDataFrame (with area_m2, in dst_crs)."""
-    start = time.perf_counter()
-    stats = RunStats()
-    with RasterSource(path, settings.read) as src:
-        plan: TilePlan = plan_tiles(src.height, src.width, settings.tile_size, settings.overlap)
-        stats.tiles = len(plan)
-        begin = getattr(segmenter, "begin", None)
-        if callable(begin):
-            begin(len(plan), settings.prompts)
-        batch_size = batch_size_of(segmenter)
-        pieces: list[merge.Piece] = []
-        bar = tqdm(total=len(plan), desc=source_name(path), unit="tile", disable=not settings.progress, leave=False)
-
-        def valid_tiles() -> Iterator[tuple[Tile, np.ndarray, np.ndarray]]:
-            for tile, rgb, valid in read_ahead(src, list(plan), depth=2 * batch_size):
-                bar.update(1)
-                if valid.any():
-                    yield tile, rgb, valid
-                else:
-                    stats.skipped += 1
-
-        with bar:
-            for batch in batches(valid_tiles(), batch_size):
-                pieces.extend(segment_batch(segmenter, batch, settings.prompts))
-        stats.detections = len(pieces)
-        if stats.skipped == stats.tiles:
-            warnings.warn(f"{src.path}: every pixel is nodata: no object can be found", EmptyRasterWarning,
-                          stacklevel=2)
-        gdf = objects(pieces, plan, src.transform, src.crs, source_name(path), settings)
-    stats.objects = len(gdf)
-    stats.seconds = time.perf_counter() - start
-    log.info("%s: %d tiles (%d nodata skipped), %d detections -> %d objects in %.1f s",
-             source_name(path), stats.tiles, stats.skipped, stats.detections, stats.objects, stats.seconds)
-    return gdf, stats
-
-
 def objects(pieces: list[merge.Piece], plan: TilePlan, transform: Any, crs: Any, source: str,
             settings: Settings) -> gpd.GeoDataFrame:
     """Pieces -> merged objects as polygons, with area_m2, in dst_crs."""
@@ -178,18 +155,17 @@ def objects(pieces: list[merge.Piece], plan: TilePlan, transform: Any, crs: Any,
     return vectorize.finish(gdf, transform, settings.dst_crs, settings.min_area)
 
 
-def provenance(segmenter: Segmenter | str, settings: Settings, sources: list[Any]) -> dict[str, Any]:
-    """What made an output: stored with it."""
+def provenance(engine: Any, settings: Settings, sources: list[Any]) -> dict[str, Any]:
+    """What made an output: stored with it. `engine` tells the backend and its options."""
     from geoseg import __version__
 
-    seg = segmenter if not isinstance(segmenter, str) else None
     return {
         "geoseg_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "backend": getattr(seg, "name", type(seg).__name__),
-        "model": getattr(seg, "model_id", None),
-        "score_threshold": getattr(seg, "score_threshold", None),
-        "mask_threshold": getattr(seg, "mask_threshold", None),
+        "backend": engine.backend,
+        "model": engine.options.get("model"),
+        "score_threshold": engine.options.get("score_threshold"),
+        "mask_threshold": engine.options.get("mask_threshold"),
         "prompts": settings.prompts,
         "tile_size": settings.tile_size,
         "overlap": settings.overlap,
@@ -203,12 +179,380 @@ def provenance(segmenter: Segmenter | str, settings: Settings, sources: list[Any
     }
 
 
-def combine_frames(frames: list[gpd.GeoDataFrame], crs: Any) -> gpd.GeoDataFrame:
-    frames = [f for f in frames if not f.empty] or frames[:1]
+def _plain(value: Any) -> Any:
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+SEGMENTER_OPTIONS = ("model", "dtype", "score_threshold", "mask_threshold", "max_detections", "nms_iou")
+
+
+def describe_segmenter(segmenter: Any) -> dict[str, Any]:
+    """The options that decide what a segmenter finds, read off its attributes."""
+    return {k: _plain(getattr(segmenter, "model_id" if k == "model" else k, None)) for k in SEGMENTER_OPTIONS}
+
+
+class LocalEngine:
+    """Runs the segmenter in this process. Tiles are read and decoded in a
+    background thread ahead of the model; detections are packed and staged in
+    another behind it, so the model never waits on I/O.
+    """
+
+    def __init__(self, segmenter: Segmenter) -> None:
+        self.segmenter = segmenter
+        self.backend = getattr(segmenter, "name", type(segmenter).__name__)
+        self.options = describe_segmenter(segmenter)
+
+    def check(self, prompts: list[str]) -> None:
+        check = getattr(self.segmenter, "check_prompts", None)
+        if callable(check):
+            check(prompts)
+
+    def stage(self, src: RasterSource, plan: TilePlan, todo: list[int], prompts: list[str], store: TileStore,
+              progress: Progress) -> None:
+        """Segment the tiles `todo` of `src` and stage their pieces in `store`."""
+        segmenter = self.segmenter
+        begin = getattr(segmenter, "begin", None)
+        if callable(begin):
+            begin(len(todo), prompts)
+        size = batch_size_of(segmenter)
+        cols = plan.shape[1]
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-stage") as writer:
+            pending: Future[None] | None = None
+
+            def flush(done: list[int], batch: list[tuple[Tile, np.ndarray, np.ndarray]]) -> None:
+                nonlocal pending
+                pieces = segment_batch(segmenter, batch, prompts) if batch else []
+                if pending is not None:
+                    pending.result()
+                nodata = set(done) - {tile.index for tile, _, _ in batch}
+                pending = writer.submit(store.put, done, pieces, cols, nodata)
+                progress.advance(len(done), len(pieces))
+
+            done: list[int] = []
+            batch: list[tuple[Tile, np.ndarray, np.ndarray]] = []
+            for tile, rgb, valid in read_ahead(src, [plan.tile(k) for k in todo], depth=2 * size):
+                done.append(tile.index)
+                if valid.any():
+                    batch.append((tile, rgb, valid))
+                if len(batch) == size:
+                    flush(done, batch)
+                    done, batch = [], []
+            if done:
+                flush(done, batch)
+            if pending is not None:
+                pending.result()
+
+
+@dataclass
+class FileResult:
+    """What a run did with one input."""
+
+    source: str
+    state: str = "pending"  #: "done" or "failed"
+    tiles: int = 0
+    objects: int = 0
+    area_m2: float = 0.0
+    seconds: float = 0.0
+    error: str | None = None
+    output: str | None = None
+    reused: bool = False  #: done by an earlier, interrupted run
+    all_nodata: bool = False
+
+
+@dataclass
+class Summary:
+    """What a run did: per file, and where the output went."""
+
+    files: list[FileResult]
+    seconds: float = 0.0
+    outputs: list[str] = field(default_factory=list)
+    frame: gpd.GeoDataFrame | None = None  #: the objects, when asked for
+
+    @property
+    def failed(self) -> list[FileResult]:
+        return [f for f in self.files if f.state == "failed"]
+
+    def report(self) -> str:
+        """A few lines for people: files done and failed, objects, area, time."""
+        done = [f for f in self.files if f.state == "done"]
+        objects = sum(f.objects for f in done)
+        area = sum(f.area_m2 for f in done if f.area_m2 == f.area_m2)
+        lines = [f"{len(done)} of {len(self.files)} files done, {len(self.failed)} failed; {objects} objects, "
+                 f"{area / 1e6:.4g} km² of objects; {self.seconds:.1f} s"]
+        lines += [f"failed: {f.source}: {f.error}" for f in self.failed]
+        return "\n".join(lines)
+
+
+def fingerprint(settings: Settings, engine: Any) -> dict[str, Any]:
+    """The settings that decide what is staged, by CLI option name."""
+    read = settings.read
+    out: dict[str, Any] = {"--prompt": settings.prompts, "--backend": engine.backend}
+    out.update({"--" + k.replace("_", "-"): engine.options.get(k) for k in SEGMENTER_OPTIONS})
+    out.update({
+        "--tile-size": settings.tile_size, "--overlap": settings.overlap,
+        "--bands": None if read.bands is None else list(read.bands), "--resolution": read.resolution,
+        "--stretch": list(read.stretch), "--pixel-coords": read.pixel_coords,
+    })
+    return out
+
+
+def _merge_file(store: TileStore, plan: TilePlan, src_info: dict[str, Any], settings: Settings,
+                result: Path) -> tuple[int, float]:
+    """Merge a raster's staged pieces row by row into polygons, written to `result`."""
+    index = store.index()
+    offsets = np.concatenate([[0], np.cumsum(store.counts(len(plan)))])[:-1]
+    blocks = merge.merge_rows(index, lambda t: store.pieces_in_row(t, offsets), plan, iou=settings.match_iou)
+    transform, crs, name, utm = src_info["transform"], src_info["crs"], src_info["name"], src_info["utm"]
+    n, area = 0, 0.0
+    with export.Writer(result, layer="objects", overwrite=True, multi=False) as w:
+        for instances in blocks:
+            gdf = vectorize.to_frame(instances, transform, crs, source=name, simplify=settings.simplify)
+            gdf = vectorize.finish(gdf, transform, settings.dst_crs, settings.min_area, utm=utm)
+            w.write(gdf)
+            n += len(gdf)
+            area += float(np.nansum(gdf["area_m2"]))
+        empty = vectorize.finish(vectorize.to_frame([], transform, crs, source=name), transform, settings.dst_crs)
+        w.commit(empty)
+    return n, area
+
+
+def _read_chunks(path: Path, chunk: int = 100_000) -> Iterator[gpd.GeoDataFrame]:
+    total = pyogrio.read_info(path, layer="objects")["features"]
+    for start in range(0, max(total, 1), chunk):
+        yield pyogrio.read_dataframe(path, layer="objects", skip_features=start, max_features=chunk)
+
+
+class _Assembler:
+    """Writes per-file results into one output (or a frame), numbering objects."""
+
+    def __init__(self, writer: export.Writer | None, collect: bool) -> None:
+        self.writer, self.collect = writer, collect
+        self.next_id = 1
+        self.frames: list[gpd.GeoDataFrame] = []
+        self.empty: gpd.GeoDataFrame | None = None
+
+    def add(self, result: Path) -> None:
+        for gdf in _read_chunks(result):
+            gdf.insert(0, "id", np.arange(self.next_id, self.next_id + len(gdf), dtype=np.int64))
+            gdf = gdf[[*vectorize.COLUMNS, "geometry"]]
+            self.next_id += len(gdf)
+            if self.empty is None:
+                self.empty = gdf.iloc[:0]
+            if self.writer is not None:
+                self.writer.write(gdf)
+            if self.collect:
+                self.frames.append(gdf)
+
+    def frame(self, crs: Any) -> gpd.GeoDataFrame:
+        return combine_frames(self.frames or ([self.empty] if self.empty is not None else []), crs, number=False)
+
+
+def _km2_per_tile(info: dict[str, Any]) -> float:
+    return float(info["area_km2"] or 0.0) / max(info["tiles"], 1)
+
+
+def run(
+    sources: Any,
+    settings: Settings,
+    engine: Any,
+    *,
+    output: str | os.PathLike[str] | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
+    fmt: str = "gpkg",
+    layer: str = "detections",
+    overwrite: bool = False,
+    work_dir: str | os.PathLike[str] | None = None,
+    restart: bool = False,
+    collect: bool = False,
+) -> Summary:
+    """Segment rasters, staging per-tile detections in a work folder; resumable.
+
+    A run stopped in any way and started again with the same arguments goes on
+    from the tiles already staged; its output is identical to an uninterrupted
+    run's. With several inputs a file that fails is recorded and the others go
+    on. The work folder is removed once every file is done and written.
+    """
+    start = time.perf_counter()
+    paths = list_inputs(sources)
+    several = len(paths) > 1
+    outputs: dict[int, Path] = {}
+    if output_dir is not None:
+        out_dir = Path(output_dir)
+        outputs = {k: out_dir / (Path(source_name(p)).stem + export.FORMATS[fmt]) for k, p in enumerate(paths)}
+        default_work = out_dir / ".geoseg-work"
+    elif output is not None:
+        default_work = Path(str(output) + ".geoseg-work")
+    temporary = work_dir is None and output is None and output_dir is None
+    if temporary:
+        work_dir = tempfile.mkdtemp(prefix="geoseg-work-")
+    engine.check(settings.prompts)  # also loads the model where it runs: fails early
+    written = set(workdir.written(work_dir if work_dir is not None else default_work))
+    for out in outputs.values():
+        if str(out) not in written:
+            export.check_output(out, overwrite)
+    if output is not None:
+        export.check_output(output, overwrite or str(output) in written)
+    work = WorkDir(work_dir if work_dir is not None else default_work, fingerprint(settings, engine),
+                   restart=restart and not temporary)
+    try:
+        summary = _run(paths, several, settings, engine, work, outputs, output, layer, overwrite, collect)
+    except BaseException as e:
+        # a bad input or option in a new run leaves nothing behind; an interrupted run keeps its work
+        if temporary or (isinstance(e, UsageError) and not work.resumed):
+            work.remove()
+        raise
+    summary.seconds = time.perf_counter() - start
+    if temporary or not summary.failed:
+        work.remove()
+    return summary
+
+
+def _run(paths: list[Any], several: bool, settings: Settings, engine: Any, work: WorkDir,
+         outputs: dict[int, Path], output: Any, layer: str, overwrite: bool, collect: bool) -> Summary:
+    written = set(workdir.written(work.path))
+    results = [FileResult(source_name(p)) for p in paths]
+    infos: dict[int, dict[str, Any]] = {}
+    for k, p in enumerate(paths):  # fail on a bad input before any tile is read
+        try:
+            infos[k] = inspect(p, tile_size=settings.tile_size, overlap=settings.overlap, read=settings.read)
+        except GeosegError as e:
+            if not several:
+                raise
+            results[k].state, results[k].error = "failed", str(e)
+            work.fail(p, str(e))
+            log.error("%s: %s", source_name(p), e)
+    if output is not None and several and settings.dst_crs is None:
+        crss = {str(i["crs"]) for i in infos.values()}
+        if len(crss) > 1:
+            raise RasterError("the inputs have different CRSs: pass --dst-crs to put them in one, or use --output-dir")
+    progress = Progress(bars=settings.progress and sys.stderr.isatty(), n_files=len(paths),
+                        total_tiles=sum(i["tiles"] for i in infos.values()))
+    merger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-merge")
+    merges: dict[int, Future[None]] = {}
+    try:
+        for k, p in enumerate(paths):
+            if k not in infos:
+                continue
+            if k in outputs and str(outputs[k]) in written and outputs[k].exists():
+                results[k].state, results[k].reused, results[k].output = "done", True, str(outputs[k])
+                results[k].tiles = infos[k]["tiles"]
+                results[k].objects = pyogrio.read_info(outputs[k], layer=layer if outputs[k].suffix == ".gpkg"
+                                                       else None)["features"]
+                continue
+            try:
+                stage_one(p, settings, engine, work, infos[k], progress)
+            except GeosegError as e:
+                if not several:
+                    raise
+                results[k].state, results[k].error = "failed", str(e)
+                work.fail(p, str(e))
+                log.error("%s: %s", source_name(p), e)
+                continue
+            merges[k] = merger.submit(_finish_one, p, settings, engine, work, infos[k], results[k],
+                                      outputs.get(k), layer)
+        for k, fut in merges.items():
+            try:
+                fut.result()
+            except GeosegError as e:
+                if not several:
+                    raise
+                results[k].state, results[k].error = "failed", str(e)
+                work.fail(paths[k], str(e))
+                log.error("%s: %s", source_name(paths[k]), e)
+    finally:
+        merger.shutdown(wait=True, cancel_futures=True)
+        progress.close()
+    for r in results:
+        if r.all_nodata:
+            warnings.warn(f"{r.source}: every pixel is nodata: no object can be found", EmptyRasterWarning,
+                          stacklevel=3)
+    summary = Summary(results)
+    done = [k for k, r in enumerate(results) if r.state == "done"]
+    summary.outputs = [str(outputs[k]) for k in done if k in outputs]
+    if output is not None or collect:
+        writer = None
+        if output is not None and done:
+            writer = export.Writer(output, layer=layer, overwrite=True,
+                                   provenance=provenance(engine, settings, paths),
+                                   crs_requested=settings.dst_crs is not None)
+        with writer or contextlib.nullcontext():
+            assembler = _Assembler(writer, collect)
+            for k in done:
+                assembler.add(work.result_path(paths[k]))
+            if writer is not None:
+                writer.commit(assembler.empty if assembler.empty is not None else _empty_frame())
+                work.mark_written(output)
+                summary.outputs.append(str(output))
+        if collect:
+            summary.frame = assembler.frame(settings.dst_crs)
+    return summary
+
+
+def _empty_frame() -> gpd.GeoDataFrame:
+    return gpd.GeoDataFrame({c: [] for c in vectorize.COLUMNS}, geometry=[])
+
+
+def stage_one(path: Any, settings: Settings, engine: Any, work: WorkDir, info: dict[str, Any],
+              progress: Progress) -> None:
+    """Stage the detections of one raster's tiles not yet staged."""
+    plan = info["plan"]
+    if work.result_path(path).exists():
+        return  # merged by an earlier run
+    work.fail(path, None)
+    store = work.store(path, len(plan), plan.shape)
+    try:
+        done = store.done()
+        todo = [k for k in range(len(plan)) if k not in done]
+        progress.start(source_name(path), len(plan), len(done), _km2_per_tile(info))
+        if todo:
+            with RasterSource(path, settings.read) as src:
+                engine.stage(src, plan, todo, settings.prompts, store, progress)
+        progress.finish()
+    finally:
+        store.close()
+
+
+def _finish_one(path: Any, settings: Settings, engine: Any, work: WorkDir, info: dict[str, Any],
+                result: FileResult, output: Path | None, layer: str) -> None:
+    """Merge one staged raster (unless an earlier run did), then write its own output if it has one."""
+    t0 = time.perf_counter()
+    plan = info["plan"]
+    target = work.result_path(path)
+    if not target.exists():
+        with work.store(path, len(plan), plan.shape) as store:
+            if len(store.done()) < len(plan):
+                raise RunError(f"{path}: {len(plan) - len(store.done())} tiles are not staged")
+            result.all_nodata = store.nodata() == len(plan)
+            _merge_file(store, plan, info, settings, target)
+    result.objects = int(pyogrio.read_info(target, layer="objects")["features"])
+    result.area_m2 = _area(target)
+    result.tiles, result.state = len(plan), "done"
+    if output is not None:
+        with export.Writer(output, layer=layer, overwrite=True,
+                           provenance=provenance(engine, settings, [path]),
+                           crs_requested=settings.dst_crs is not None) as w:
+            assembler = _Assembler(w, collect=False)
+            assembler.add(target)
+            w.commit(assembler.empty if assembler.empty is not None else _empty_frame())
+        work.mark_written(output)
+        result.output = str(output)
+    result.seconds = time.perf_counter() - t0
+    log.info("%s: %d tiles -> %d objects", result.source, result.tiles, result.objects)
+
+
+def _area(result: Path) -> float:
+    table = pyogrio.read_dataframe(result, layer="objects", columns=["area_m2"], read_geometry=False)
+    return float(np.nansum(table["area_m2"])) if len(table) else 0.0
+
+
+def combine_frames(frames: list[gpd.GeoDataFrame], crs: Any, number: bool = True) -> gpd.GeoDataFrame:
+    """One frame of all inputs' objects, numbered from 1 unless `number` is False."""
+    frames = [f for f in frames if not f.empty] or frames[:1] or [_empty_frame()]
     if len({str(f.crs) for f in frames}) > 1:
         raise RasterError("the inputs have different CRSs: pass --dst-crs to put them in one, or use --output-dir")
     gdf = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs if crs is None else crs)
-    gdf.insert(0, "id", np.arange(1, len(gdf) + 1, dtype=np.int64))
+    if number:
+        gdf.insert(0, "id", np.arange(1, len(gdf) + 1, dtype=np.int64))
     return gdf[[*vectorize.COLUMNS, "geometry"]]
 
 
@@ -230,14 +574,17 @@ def segment(
     layer: str = "detections",
     overwrite: bool = False,
     progress: bool = False,
+    work_dir: str | os.PathLike[str] | None = None,
+    restart: bool = False,
     **backend_options: Any,
 ) -> gpd.GeoDataFrame:
     """Segment rasters with text prompts; return one polygon per object.
 
     Args:
-        source: a raster path, a folder of rasters, an open rasterio dataset, an
-            `xarray.DataArray` georeferenced with rioxarray (band, y, x; any dtype;
-            dask-backed arrays are read window by window), or a list of these.
+        source: a raster path or URL (``/vsicurl/``, ``https://``, ``/vsis3/``),
+            a folder of rasters, an open rasterio dataset, an `xarray.DataArray`
+            georeferenced with rioxarray (band, y, x; any dtype; dask-backed
+            arrays are read window by window), or a list of these.
         prompts: one or more text prompts ("building", "tree crown").
         segmenter: an object following the `Segmenter` protocol, or the name
             of a registered backend ("sam3"), built with `backend_options`
@@ -251,33 +598,54 @@ def segment(
         simplify: simplification tolerance in pixels.
         min_area: drop objects smaller than this many square metres.
         output: write the result there too (.gpkg, .geojson, .fgb, .parquet).
+        work_dir: where detections are staged (default: OUTPUT.geoseg-work
+            beside `output`, else a temporary folder). A run interrupted and
+            started again with the same arguments resumes from it.
+        restart: discard an interrupted run's work folder first.
 
     Returns:
         A GeoDataFrame with columns id, label, score, area_m2, n_tiles, source.
+
+    Raises:
+        RunError: with several inputs, when some failed (the others are written).
     """
-    read = ReadOptions.of(bands=bands, resolution=resolution, stretch=stretch, pixel_coords=pixel_coords)
-    settings = Settings(
-        prompts=check_prompts(prompts), tile_size=tile_size, overlap=overlap, read=read,
-        dst_crs=None if dst_crs is None else vectorize.parse_crs(dst_crs),
-        simplify=simplify, min_area=min_area, progress=progress,
-    )
-    plan_tiles(tile_size, tile_size, tile_size, overlap)  # validates the tiling before any work
+    settings = Settings.of(prompts, tile_size=tile_size, overlap=overlap, bands=bands, resolution=resolution,
+                           stretch=stretch, pixel_coords=pixel_coords, dst_crs=dst_crs, simplify=simplify,
+                           min_area=min_area, progress=progress)
     if output is not None:
-        export.check_output(output, overwrite)
+        export.check_output(output, overwrite or work_dir is not None or Path(str(output) + ".geoseg-work").exists())
     paths = list_inputs(source)
-    for path in paths:  # fail on a bad input before the model loads
-        RasterSource(path, read).close()
-    segmenter = as_segmenter(segmenter, **backend_options)
-    check = getattr(segmenter, "check_prompts", None)
-    if callable(check):
-        check(settings.prompts)
-    frames = [segment_raster(path, segmenter, settings)[0] for path in paths]
-    gdf = combine_frames(frames, settings.dst_crs)
-    gdf.attrs["geoseg"] = provenance(segmenter, settings, paths)
-    if output is not None:
-        export.write(gdf, output, layer=layer, overwrite=overwrite, provenance=gdf.attrs["geoseg"],
-                     crs_requested=dst_crs is not None)
+    for path in paths[:1] if len(paths) == 1 else []:  # a single bad input fails before the model loads
+        RasterSource(path, settings.read).close()
+    engine = LocalEngine(as_segmenter(segmenter, **backend_options))
+    summary = run(paths, settings, engine, output=output, layer=layer, overwrite=overwrite, work_dir=work_dir,
+                  restart=restart, collect=True)
+    if summary.failed:
+        raise RunError(f"{len(summary.failed)} of {len(paths)} inputs failed: "
+                       + "; ".join(f"{f.source}: {f.error}" for f in summary.failed))
+    gdf = summary.frame
+    assert gdf is not None
+    gdf.attrs["geoseg"] = provenance(engine, settings, paths)
     return gdf
+
+
+def inspect(path: Any, *, tile_size: int, overlap: int, read: ReadOptions) -> dict[str, Any]:
+    """Open a raster and plan its tiles, reading no pixel: grid, CRS, area, UTM zone."""
+    import shapely
+    from rasterio.windows import bounds
+
+    with RasterSource(path, read) as src:
+        plan = plan_tiles(src.height, src.width, tile_size, overlap)
+        footprint = gpd.GeoSeries([shapely.box(*bounds(((0, src.height), (0, src.width)), src.transform))],
+                                  crs=src.crs)
+        utm = None if src.crs is None else footprint.estimate_utm_crs()
+        area = vectorize.area_m2(footprint, utm)[0]
+        return {
+            "path": str(path), "name": source_name(path), "width": src.width, "height": src.height,
+            "bands": list(src.bands), "dtype": str(src.dtype), "crs": src.crs, "transform": src.transform,
+            "pixel_size": vectorize.pixel_size(src.transform), "nodata": src.nodata, "utm": utm,
+            "area_km2": None if np.isnan(area) else area / 1e6, "plan": plan, "tiles": len(plan),
+        }
 
 
 def describe(
@@ -285,27 +653,14 @@ def describe(
     bands: str | Sequence[int] | None = None, resolution: float | None = None, pixel_coords: bool = False,
 ) -> dict[str, Any]:
     """The plan for one raster, without running any model."""
-    import shapely
-    from rasterio.windows import bounds
-
     read = ReadOptions.of(bands=bands, resolution=resolution, pixel_coords=pixel_coords)
+    info = inspect(path, tile_size=tile_size, overlap=overlap, read=read)
     with RasterSource(path, read) as src:
-        plan = plan_tiles(src.height, src.width, tile_size, overlap)
-        footprint = shapely.box(*bounds(((0, src.height), (0, src.width)), src.transform))
-        area = vectorize.area_m2(gpd.GeoSeries([footprint], crs=src.crs))[0]
-        return {
-            "path": str(path),
-            "width": src.width,
-            "height": src.height,
-            "bands": list(src.bands),
-            "dtype": str(src.dtype),
-            "crs": None if src.crs is None else src.crs.to_string(),
-            "pixel_size": vectorize.pixel_size(src.transform),
-            "nodata": src.nodata,
-            "stretch": None if src.stretch_limits is None else src.stretch_limits.round(3).tolist(),
-            "area_km2": None if np.isnan(area) else area / 1e6,
-            "tile_size": tile_size,
-            "overlap": overlap,
-            "tile_grid": list(plan.shape),
-            "tiles": len(plan),
-        }
+        stretch = None if src.stretch_limits is None else src.stretch_limits.round(3).tolist()
+    return {
+        "path": str(path), "width": info["width"], "height": info["height"], "bands": info["bands"],
+        "dtype": info["dtype"], "crs": None if info["crs"] is None else info["crs"].to_string(),
+        "pixel_size": info["pixel_size"], "nodata": info["nodata"], "stretch": stretch,
+        "area_km2": info["area_km2"], "tile_size": tile_size, "overlap": overlap,
+        "tile_grid": list(info["plan"].shape), "tiles": info["tiles"],
+    }

@@ -62,14 +62,15 @@ def parse_bands(text: str | None) -> tuple[int, ...] | None:
     return bands
 
 
-def _is_remote(path: str) -> bool:
+def is_remote(path: str) -> bool:
+    """True for GDAL virtual paths and URLs, read over the network or from archives."""
     return path.startswith(("/vsi", "http://", "https://", "s3://", "gs://"))
 
 
 def open_dataset(path: str | os.PathLike[str]) -> Any:
     """Open a raster for reading, turning rasterio's errors into one clear line."""
     path = str(path)
-    if not _is_remote(path):
+    if not is_remote(path):
         p = Path(path)
         if not p.exists():
             raise RasterError(f"{path}: no such file: check the path")
@@ -189,7 +190,7 @@ class _DataArrayDataset:
 class RasterSource:
     """An open raster, read as uint8 RGB windows plus a valid-pixel mask.
 
-    `source` is a path (or GDAL name), an open rasterio dataset (left open on
+    `source` is a path (or GDAL name or URL), an open rasterio dataset (left open on
     close: the caller owns it) or a rioxarray-georeferenced `xarray.DataArray`
     (band, y, x), any dtype, read window by window so dask arrays stay lazy.
 
@@ -197,8 +198,11 @@ class RasterSource:
     the grid the tiles are read on (after `resolution` resampling, if any).
     """
 
-    def __init__(self, source: Any, options: ReadOptions = ReadOptions()) -> None:
+    def __init__(self, source: Any, options: ReadOptions = ReadOptions(),
+                 stretch_limits: np.ndarray | None = None) -> None:
         self.options = options
+        if stretch_limits is not None:  # computed once elsewhere (the Dask client), the same for every window
+            self.__dict__["stretch_limits"] = np.asarray(stretch_limits, dtype=float)
         self._owned = True
         if _is_dataarray(source):
             self._src = _DataArrayDataset(source)
@@ -214,6 +218,7 @@ class RasterSource:
         else:
             self.path = str(source)
             self._src = open_dataset(self.path)
+        self.opened_from_path = not (_is_dataarray(source) or _is_dataset(source))
         self._env: Any = None
         try:
             self._setup()

@@ -23,6 +23,7 @@ import numpy as np
 from geoseg import merge, vectorize
 from geoseg.errors import EmptyRasterWarning
 from geoseg.pipeline import (
+    LocalEngine,
     Settings,
     batch_size_of,
     batches,
@@ -148,7 +149,7 @@ class Segmentation:
                           stacklevel=2)
         gdf = combine_frames([objects(pieces, self.plan, self.transform, self.crs, self.name, settings)],
                              settings.dst_crs)
-        gdf.attrs["geoseg"] = provenance(self.segmenter, settings, [self.source])
+        gdf.attrs["geoseg"] = provenance(LocalEngine(self.segmenter), settings, [self.source])
         return gdf
 
     def plot(self, gdf: gpd.GeoDataFrame | None = None, **kwargs: Any) -> Any:

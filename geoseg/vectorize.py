@@ -107,9 +107,9 @@ def to_frame(
     instances: Sequence[Instance], transform: Affine, crs: CRS | None, *, source: str,
     simplify: float | None = None,
 ) -> gpd.GeoDataFrame:
-    """Instances -> GeoDataFrame in the raster's CRS, ordered top-left first."""
-    order = sorted(range(len(instances)), key=lambda k: (instances[k].label, instances[k].row, instances[k].col))
-    geoms = polygons([instances[k] for k in order], transform)
+    """Instances -> GeoDataFrame in the raster's CRS, in the order given."""
+    order = range(len(instances))
+    geoms = polygons(list(instances), transform)
     if simplify:
         geoms = list(shapely.simplify(np.array(geoms, dtype=object), simplify * pixel_size(transform)))
     return gpd.GeoDataFrame(
@@ -127,20 +127,22 @@ def _densify(gdf: gpd.GeoDataFrame, step: float) -> gpd.GeoSeries:
     return gpd.GeoSeries(shapely.segmentize(gdf.geometry.values, step), crs=gdf.crs, index=gdf.index)
 
 
-def area_m2(geoms: gpd.GeoSeries) -> np.ndarray:
-    """Areas in square metres, measured in the UTM zone of the data."""
+def area_m2(geoms: gpd.GeoSeries, utm: CRS | None = None) -> np.ndarray:
+    """Areas in square metres, measured in `utm` (default: the UTM zone of the data)."""
     if geoms.crs is None or geoms.empty:
         return np.full(len(geoms), np.nan)
-    utm = geoms.estimate_utm_crs()
+    utm = utm or geoms.estimate_utm_crs()
     return np.asarray(geoms.to_crs(utm).area, dtype=float)
 
 
 def finish(
     gdf: gpd.GeoDataFrame, transform: Affine, dst_crs: CRS | None = None, min_area: float | None = None,
+    utm: CRS | None = None,
 ) -> gpd.GeoDataFrame:
-    """Add `area_m2`, drop objects under `min_area` m², reproject to `dst_crs`."""
+    """Add `area_m2` (measured in `utm`, default the data's UTM zone), drop
+    objects under `min_area` m², reproject to `dst_crs`."""
     gdf = gdf.copy()
-    gdf["area_m2"] = area_m2(gdf.geometry)
+    gdf["area_m2"] = area_m2(gdf.geometry, utm)
     if min_area:
         if gdf.crs is None:
             raise UsageError("--min-area is in square metres and needs a georeferenced raster")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,14 +23,16 @@ class ColorSegmenter:
     object; its mask is every pixel of that colour inside the tile (so objects
     cut by the tile edge come back cut, as a real model would see them). The
     score is a fixed function of the object's colour. Registered as the test
-    backend "colors".
+    backend "colors". `delay` adds a fixed time per call, as a model's forward
+    pass takes (for tests of interrupted runs and benchmarks of the pipeline).
     """
 
     name = "colors"
 
-    def __init__(self, *, score_threshold: float = 0.0, batch_size: int = 4) -> None:
+    def __init__(self, *, score_threshold: float = 0.0, batch_size: int = 4, delay: float = 0.0) -> None:
         self.score_threshold = score_threshold
         self.batch_size = batch_size
+        self.delay = delay
 
     def check_prompts(self, prompts: Sequence[str]) -> None:
         for p in prompts:
@@ -37,6 +40,8 @@ class ColorSegmenter:
                 raise PromptError(f"the test backend 'colors' knows the prompts red, green and blue, not {p!r}")
 
     def segment(self, tiles: np.ndarray, prompts: Sequence[str]) -> list[list[Detection]]:
+        if self.delay:
+            time.sleep(self.delay)
         return [self._one(tile, prompts) for tile in tiles]
 
     def _one(self, tile: np.ndarray, prompts: Sequence[str]) -> list[Detection]:

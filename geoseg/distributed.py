@@ -1,0 +1,142 @@
+"""The Dask adapter: segment blocks of tiles on a `dask.distributed` cluster.
+
+Work units are (file, block of tiles). Each worker builds the segmenter once
+and keeps it; it reads its tiles itself (paths and URLs, window by window) and
+sends back compact detections (bit-packed masks). The client stages them in the
+run's work folder as they arrive, so resume works as in a local run, and merges
+each file once. A task lost with its worker is run again elsewhere by Dask.
+
+Needs `pip install "geoseg[dask]"`; imported only when a cluster is asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+from typing import Any
+
+from dask.distributed import Client, LocalCluster, as_completed
+
+from geoseg import staging
+from geoseg.errors import UsageError
+from geoseg.merge import Piece
+from geoseg.pipeline import batch_size_of, batches, describe_segmenter, read_ahead, segment_batch
+from geoseg.progress import Progress
+from geoseg.raster import RasterSource, ReadOptions, is_remote
+from geoseg.segmenter import Segmenter, as_segmenter
+from geoseg.staging import TileStore
+from geoseg.tiling import TilePlan, plan_tiles
+
+_SEGMENTERS: dict[str, Any] = {}  # per worker process: built once, kept
+
+
+def _segmenter(key: str, spec: Any) -> Any:
+    seg = _SEGMENTERS.get(key)
+    if seg is None:
+        seg = spec if not isinstance(spec, tuple) else as_segmenter(spec[0], **spec[1])
+        _SEGMENTERS[key] = seg
+    return seg
+
+
+def _check(key: str, spec: Any, prompts: list[str]) -> dict[str, Any]:
+    segmenter = _segmenter(key, spec)
+    check = getattr(segmenter, "check_prompts", None)
+    if callable(check):
+        check(prompts)
+    return describe_segmenter(segmenter)
+
+
+def _segment_block(key: str, spec: Any, path: str, read: ReadOptions, limits: Any, grid: tuple[int, int, int, int],
+                   tiles: list[int], prompts: list[str]) -> tuple[list[int], list[int], list[tuple[Any, ...]]]:
+    """On a worker: read and segment `tiles` of `path`; (tiles, nodata tiles, packed pieces)."""
+    segmenter = _segmenter(key, spec)
+    plan = plan_tiles(*grid)
+    nodata, packed = [], []
+    with RasterSource(path, read, stretch_limits=limits) as src:
+        valid_tiles = []
+        for tile, rgb, valid in read_ahead(src, [plan.tile(k) for k in tiles], depth=2 * batch_size_of(segmenter)):
+            if valid.any():
+                valid_tiles.append((tile, rgb, valid))
+            else:
+                nodata.append(tile.index)
+        for batch in batches(valid_tiles, batch_size_of(segmenter)):
+            for p in segment_batch(segmenter, batch, prompts):
+                packed.append((p.label, p.score, p.tile, p.row, p.col, p.mask.shape, staging.pack(p.mask)))
+    return tiles, nodata, packed
+
+
+class DaskEngine:
+    """Runs the segmenter on a Dask cluster through `client`.
+
+    Args:
+        client: a `dask.distributed.Client`.
+        segmenter: a backend name ("sam3"), built on each worker once with
+            `options`, or a picklable `Segmenter` object.
+        block: tiles per task.
+        resources: what each task needs of a worker, e.g. {"GPU": 1}, so
+            that a GPU runs one model (workers started with `--resources GPU=1`).
+    """
+
+    def __init__(self, client: Client, segmenter: str | Segmenter, options: dict[str, Any] | None = None, *,
+                 block: int = 8, resources: dict[str, float] | None = None) -> None:
+        self.client, self.block, self.resources = client, block, resources
+        options = {k: v for k, v in (options or {}).items() if v is not None}
+        if isinstance(segmenter, str):
+            self.backend, self.spec = segmenter, (segmenter, options)
+        else:
+            self.backend, self.spec = getattr(segmenter, "name", type(segmenter).__name__), segmenter
+        self.options: dict[str, Any] = {}
+        self.key = hashlib.sha1(pickle.dumps(self.spec)).hexdigest()
+
+    def check(self, prompts: list[str]) -> None:
+        """Build the segmenter on a worker, check the prompts there and learn its options
+        (so a bad model or prompt fails before any work)."""
+        self.options = self.client.submit(_check, self.key, self.spec, prompts, pure=False,
+                                          resources=self.resources).result()
+
+    def stage(self, src: RasterSource, plan: TilePlan, todo: list[int], prompts: list[str], store: TileStore,
+              progress: Progress) -> None:
+        if not src.opened_from_path:
+            raise UsageError(f"{src.path}: with Dask, inputs must be paths or URLs the workers can open")
+        path = src.path if is_remote(src.path) else str(Path(src.path).resolve())
+        grid = (plan.height, plan.width, plan.tile_size, plan.overlap)
+        limits = src.stretch_limits
+        futures = [
+            self.client.submit(_segment_block, self.key, self.spec, path, src.options, limits, grid,
+                               todo[i:i + self.block], prompts, pure=False, resources=self.resources)
+            for i in range(0, len(todo), self.block)
+        ]
+        cols = plan.shape[1]
+        for fut in as_completed(futures):
+            tiles, nodata, packed = fut.result()
+            fut.release()
+            pieces = [Piece(label, score, tile, row, col, staging.unpack(blob, *shape))
+                      for label, score, tile, row, col, shape, blob in packed]
+            store.put(tiles, pieces, cols, nodata)
+            progress.advance(len(tiles), len(pieces))
+
+
+def connect(*, workers: int | None = None, scheduler: str | None = None,
+            resources: dict[str, float] | None = None, timeout: str = "10s") -> Client:
+    """A client of the cluster at `scheduler`, or of a new LocalCluster of
+    `workers` processes (one thread each) on 127.0.0.1."""
+    if scheduler is not None:
+        try:
+            return Client(scheduler, timeout=timeout)
+        except OSError as e:
+            raise UsageError(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({e})") from None
+    cluster = LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address=None, resources=resources)
+    return Client(cluster)
+
+
+def parse_resources(text: str | None) -> dict[str, float] | None:
+    """'GPU=1,MEM=8e9' -> {'GPU': 1.0, 'MEM': 8e9}."""
+    if not text:
+        return None
+    try:
+        return {k.strip(): float(v) for k, v in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        raise UsageError(f"--resources {text!r}: give NAME=AMOUNT pairs, e.g. --resources GPU=1") from None
+

@@ -1,0 +1,89 @@
+"""Progress of a run: tqdm bars on a terminal, plain log lines elsewhere.
+
+On a terminal, one bar per file (tiles done/total, km², detections, ETA) and,
+with several files, one overall bar. The same figures go to the
+"geoseg.progress" logger as a line every `every` seconds and at the end of each
+file: the CLI shows them on stderr when it is not a terminal (CI, batch jobs)
+and writes them to --log-file.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from datetime import timedelta
+
+from tqdm import tqdm
+
+log = logging.getLogger("geoseg.progress")
+
+
+def _eta(seconds: float) -> str:
+    return str(timedelta(seconds=round(seconds))) if seconds == seconds and seconds < 1e7 else "?"
+
+
+class Progress:
+    """Counts tiles, area and detections of a run over `n_files` files.
+
+    Args:
+        bars: draw tqdm bars (else only log lines).
+        total_tiles: tiles of all files, for the overall bar.
+    """
+
+    def __init__(self, *, bars: bool, n_files: int = 1, total_tiles: int = 0, every: float = 10.0) -> None:
+        self.bars = bars
+        self.every = every
+        self.overall = None
+        if bars and n_files > 1:
+            self.overall = tqdm(total=total_tiles, desc="all files", unit="tile", position=0, file=sys.stderr,
+                                dynamic_ncols=True)
+        self.bar: tqdm | None = None
+        self.name = ""
+
+    def start(self, name: str, total: int, done: int, km2_per_tile: float) -> None:
+        """A file begins: `done` of its `total` tiles are already staged."""
+        self.name, self.total, self.done, self.km2_per_tile = name, total, done, km2_per_tile
+        self.detections = 0
+        self.t0 = self.last = time.monotonic()
+        self.done0 = done
+        if self.overall is not None:
+            self.overall.update(done)
+        if self.bars:
+            self.bar = tqdm(total=total, initial=done, desc=name, unit="tile", leave=False, file=sys.stderr,
+                            position=1 if self.overall is not None else 0, dynamic_ncols=True)
+        if done:
+            log.info("%s: resuming, %d of %d tiles already done", name, done, total)
+
+    def advance(self, tiles: int, detections: int) -> None:
+        self.done += tiles
+        self.detections += detections
+        if self.overall is not None:
+            self.overall.update(tiles)
+        if self.bar is not None:
+            self.bar.update(tiles)
+            self.bar.set_postfix_str(f"{self.done * self.km2_per_tile:.3g} km², {self.detections} detections",
+                                     refresh=False)
+        if time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            log.info("%s", self.line())
+
+    def line(self) -> str:
+        rate = (self.done - self.done0) / max(time.monotonic() - self.t0, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        pct = 100 * self.done / max(self.total, 1)
+        return (f"{self.name}: {self.done}/{self.total} tiles ({pct:.0f} %), {self.done * self.km2_per_tile:.3g} km², "
+                f"{self.detections} detections, ETA {_eta(eta)}")
+
+    def finish(self) -> None:
+        """The file's tiles are all staged."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        log.info("%s", self.line())
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.overall is not None:
+            self.overall.close()

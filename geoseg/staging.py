@@ -1,0 +1,133 @@
+"""On-disk staging of per-tile detections: one SQLite file per input raster.
+
+A batch of tiles is committed in one transaction (its pieces, and its tiles
+marked done), so a run killed at any moment keeps every finished batch and
+nothing half written. Masks are stored bit-packed and compressed; the merge
+reads them back one row of tiles at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import zlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geoseg.merge import Piece
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tiles (tile INTEGER PRIMARY KEY, pieces INTEGER NOT NULL, nodata INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS pieces (
+    tile INTEGER NOT NULL, seq INTEGER NOT NULL, trow INTEGER NOT NULL,
+    label TEXT NOT NULL, score REAL NOT NULL,
+    row INTEGER NOT NULL, col INTEGER NOT NULL, height INTEGER NOT NULL, width INTEGER NOT NULL,
+    mask BLOB NOT NULL,
+    PRIMARY KEY (tile, seq)
+);
+CREATE INDEX IF NOT EXISTS pieces_trow ON pieces (trow);
+"""
+
+
+def pack(mask: np.ndarray) -> bytes:
+    """A boolean mask as compressed bits (its shape is stored beside it)."""
+    return zlib.compress(np.packbits(mask, axis=None).tobytes(), 1)
+
+
+def unpack(blob: bytes, height: int, width: int) -> np.ndarray:
+    bits = np.frombuffer(zlib.decompress(blob), np.uint8)
+    return np.unpackbits(bits, count=height * width).reshape(height, width).astype(bool)
+
+
+class TileStore:
+    """The staged detections of one raster, in a SQLite file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # WAL: a committed batch survives kill -9; NORMAL: no fsync per batch
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def get(self, key: str) -> Any:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def set(self, key: str, value: Any) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def done(self) -> set[int]:
+        """Indices of the tiles already segmented (nodata tiles included)."""
+        return {t for (t,) in self._db.execute("SELECT tile FROM tiles")}
+
+    def put(self, tiles: Iterable[int], pieces: Sequence[Piece], grid_cols: int, nodata: Iterable[int] = ()) -> None:
+        """Stage `pieces` and mark `tiles` done (`nodata`: those without a valid pixel), in one transaction.
+
+        Pieces keep their order within a tile (`seq`), so reading them back
+        gives the same order whatever order the tiles were done in.
+        """
+        tiles, empty = list(tiles), set(nodata)
+        seq: dict[int, int] = {}
+        rows = []
+        for p in pieces:
+            k = seq.get(p.tile, 0)
+            seq[p.tile] = k + 1
+            rows.append((p.tile, k, p.tile // grid_cols, p.label, p.score, p.row, p.col,
+                         p.mask.shape[0], p.mask.shape[1], pack(p.mask)))
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("DELETE FROM pieces WHERE tile = ?", [(t,) for t in tiles])  # a batch run again
+            self._db.executemany("INSERT INTO pieces VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self._db.executemany("INSERT OR REPLACE INTO tiles VALUES (?, ?, ?)",
+                                 [(t, seq.get(t, 0), t in empty) for t in tiles])
+
+    def counts(self, n_tiles: int) -> np.ndarray:
+        """Number of pieces staged per tile."""
+        out = np.zeros(n_tiles, np.int64)
+        for t, n in self._db.execute("SELECT tile, pieces FROM tiles"):
+            out[t] = n
+        return out
+
+    def index(self) -> dict[str, np.ndarray]:
+        """Every piece's key, tile, label and box, without masks, in key order."""
+        cur = self._db.execute("SELECT tile, label, row, col, row + height, col + width FROM pieces ORDER BY tile, seq")
+        cols: list[list[Any]] = [[], [], [], [], [], []]
+        for rec in cur:
+            for c, v in zip(cols, rec):
+                c.append(v)
+        tile, label, r0, c0, r1, c1 = cols
+        names, codes = np.unique(np.asarray(label, dtype=object).astype(str), return_inverse=True)
+        return {
+            "tile": np.asarray(tile, np.int64), "label": codes.astype(np.int64), "label_names": names,
+            "row": np.asarray(r0, np.int64), "col": np.asarray(c0, np.int64),
+            "row_stop": np.asarray(r1, np.int64), "col_stop": np.asarray(c1, np.int64),
+        }
+
+    def pieces_in_row(self, trow: int, offsets: np.ndarray) -> list[Piece]:
+        """The pieces of one row of tiles; `key` = offsets[tile] + seq (key order)."""
+        cur = self._db.execute(
+            "SELECT tile, seq, label, score, row, col, height, width, mask FROM pieces WHERE trow = ? "
+            "ORDER BY tile, seq", (trow,))
+        return [Piece(label, score, tile, row, col, unpack(blob, h, w), key=int(offsets[tile]) + seq)
+                for tile, seq, label, score, row, col, h, w, blob in cur]
+
+    def nodata(self) -> int:
+        """Number of staged tiles without a valid pixel."""
+        return int(self._db.execute("SELECT COUNT(*) FROM tiles WHERE nodata").fetchone()[0])
+
+    def n_pieces(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM pieces").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> TileStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
