@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ class DaskEngine:
                                           resources=self.resources).result()
 
     def stage(self, src: RasterSource, plan: TilePlan, todo: list[int], prompts: list[str], store: TileStore,
-              progress: Progress) -> None:
+              progress: Progress, staged: Callable[[list[int]], None] = lambda tiles: None) -> None:
         if not src.opened_from_path:
             raise UsageError(f"{src.path}: with Dask, inputs must be paths or URLs the workers can open")
         path = src.path if is_remote(src.path) else str(Path(src.path).resolve())
@@ -114,6 +115,7 @@ class DaskEngine:
             pieces = [Piece(label, score, tile, row, col, staging.unpack(blob, *shape))
                       for label, score, tile, row, col, shape, blob in packed]
             store.put(tiles, pieces, cols, nodata)
+            staged(tiles)
             progress.advance(len(tiles), len(pieces))
 
 

@@ -15,7 +15,8 @@ So the result has no seam, no double edge and no pixel counted twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import heapq
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -190,98 +191,148 @@ def _reach(plan: TilePlan) -> list[int]:
     return [int(np.searchsorted(starts, s + plan.tile_size, side="left")) - 1 for s in starts]
 
 
-def _match(index: dict[str, np.ndarray], load_row: Callable[[int], list[Piece]], plan: TilePlan,
-           iou: float, containment: float) -> np.ndarray:
-    """Pass 1: join the pieces that are one object; the root key of each piece.
+KEY_BITS = 20  #: a piece's key is (tile << KEY_BITS) | its number in the tile
 
-    Rows of tiles are read in order, each with the later rows that overlap it,
-    so only a few rows of pieces are in memory at once.
+
+@dataclass
+class _Group:
+    """Pieces joined so far, with their extent in rows of tiles and pixels."""
+
+    members: list[Piece]
+    first: int
+    last: int
+    r0: int
+    c0: int
+    r1: int
+    c1: int
+
+
+class RowMerger:
+    """Merges pieces into objects as rows of tiles arrive, in bounded memory.
+
+    Feed the rows of tiles in order with `add(t, pieces)`; each call returns
+    the objects completed so far (ordered by label, row, col), and `add` of the
+    last row returns the rest. Row i is matched with the rows overlapping it
+    once they have all arrived; an object is complete once no later row can
+    join it and the rows owning its pixels have arrived. A row is dropped once
+    no open object can need it, so memory follows the rows spanned by the
+    largest object, not the raster. The result depends only on the pieces, not
+    on when rows arrive: a merge running behind the model, a resumed run and a
+    merge of everything at the end give the same objects in the same order.
     """
-    sets = _Sets(len(index["tile"]))
-    cols = plan.shape[1]
-    reach = _reach(plan)
-    cache: dict[int, list[Piece]] = {}
-    for i in range(plan.shape[0]):
-        for j in range(i, reach[i] + 1):
-            if j not in cache:
-                cache[j] = load_row(j)
-        for r in [r for r in cache if r < i]:
-            del cache[r]
-        here = cache[i]
-        near = [p for j in range(i, reach[i] + 1) for p in cache[j]]
+
+    def __init__(self, plan: TilePlan, *, iou: float = 0.5, containment: float = 0.8) -> None:
+        self.plan, self.iou, self.containment = plan, iou, containment
+        self.cols = plan.shape[1]
+        self.reach = _reach(plan)
+        self.rows: dict[int, list[Piece]] = {}
+        self.fed = self.matched = -1
+        self.parent: dict[int, int] = {}
+        self.groups: dict[int, _Group] = {}
+        self.by_last: list[tuple[int, int]] = []  # heaps of (row, root), entries may be stale
+        self.by_first: list[tuple[int, int]] = []
+        self.waiting: list[tuple[int, int]] = []  # closed groups by the last row they need
+        self.closed: set[int] = set()
+
+    def _find(self, k: int) -> int:
+        root = k
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[k] != root:
+            self.parent[k], k = root, self.parent[k]
+        return root
+
+    def _union(self, a: int, b: int) -> None:
+        ra, rb = self._find(a), self._find(b)
+        if ra == rb:
+            return
+        ga, gb = self.groups[ra], self.groups[rb]
+        if len(ga.members) < len(gb.members):
+            ra, rb, ga, gb = rb, ra, gb, ga
+        self.parent[rb] = ra
+        del self.groups[rb]
+        ga.members += gb.members
+        ga.first, ga.last = min(ga.first, gb.first), max(ga.last, gb.last)
+        ga.r0, ga.c0, ga.r1, ga.c1 = min(ga.r0, gb.r0), min(ga.c0, gb.c0), max(ga.r1, gb.r1), max(ga.c1, gb.c1)
+        heapq.heappush(self.by_last, (ga.last, ra))
+        heapq.heappush(self.by_first, (self._from(ga), ra))
+
+    def add(self, t: int, pieces: list[Piece]) -> list[Instance]:
+        """Row `t` of tiles (the next one) with its pieces; the objects now complete."""
+        if t != self.fed + 1:
+            raise ValueError(f"rows of tiles must come in order: got {t} after {self.fed}")
+        self.fed = t
+        self.rows[t] = pieces
+        for p in pieces:
+            self.parent[p.key] = p.key
+            g = self.groups[p.key] = _Group([p], t, t, p.row, p.col, p.row_stop, p.col_stop)
+            heapq.heappush(self.by_last, (t, p.key))
+            heapq.heappush(self.by_first, (self._from(g), p.key))
+        while self.matched < self.fed and self.reach[self.matched + 1] <= self.fed:
+            self._match_row(self.matched + 1)
+            self.matched += 1
+        out = self._emit()
+        self._evict()
+        return out
+
+    def _match_row(self, i: int) -> None:
+        here = self.rows[i]
+        near = [p for j in range(i, self.reach[i] + 1) for p in self.rows[j]]
         if not here or len(near) < 2:
-            continue
-        boxes = _box_array(near)
-        tree = shapely.STRtree(shapely.box(*boxes.T))
+            return
+        tree = shapely.STRtree(shapely.box(*_box_array(near).T))
         a_idx, b_idx = tree.query(shapely.box(*_box_array(here).T), predicate="intersects")
         for a_k, b_k in zip(a_idx.tolist(), b_idx.tolist()):
             a, b = here[a_k], near[b_k]
-            if a.tile == b.tile or a.label != b.label or (b.tile // cols == i and b.key <= a.key):
+            if a.tile == b.tile or a.label != b.label or (b.tile // self.cols == i and b.key <= a.key):
                 continue
             if (max(a.col, b.col) >= min(a.col_stop, b.col_stop)
                     or max(a.row, b.row) >= min(a.row_stop, b.row_stop)):
                 continue  # touching boxes share no pixel
-            if _same_object(a, b, plan, iou, containment):
-                sets.union(a.key, b.key)
-    return np.array([sets.find(k) for k in range(len(index["tile"]))], dtype=np.int64)
+            if _same_object(a, b, self.plan, self.iou, self.containment):
+                self._union(a.key, b.key)
 
+    def _core_row(self, pixel_row: int) -> int:
+        return int(np.searchsorted(self.plan.row_cuts, pixel_row, side="right")) - 1
 
-def merge_rows(
-    index: dict[str, np.ndarray], load_row: Callable[[int], list[Piece]], plan: TilePlan, *,
-    iou: float = 0.5, containment: float = 0.8,
-) -> Iterator[list[Instance]]:
-    """Merge pieces into objects, one row of tiles at a time, in bounded memory.
+    def _from(self, g: _Group) -> int:
+        """The first row of tiles a group needs: its members' and those owning its pixels."""
+        return min(g.first, self._core_row(g.r0))
 
-    `index` describes every piece without its mask, in key order (arrays
-    `tile`, `label` (codes), `row`, `col`, `row_stop`, `col_stop`); `load_row(i)`
-    gives the pieces of row `i` of tiles, with those keys. Yields, for each row
-    of tiles, the objects completed there, ordered by (label, row, col). Only
-    the pieces of objects still open are held: memory follows the largest
-    object, not the raster. Every row is read twice (match, then compose).
-    """
-    n = len(index["tile"])
-    if n == 0:
-        return
-    root = _match(index, load_row, plan, iou, containment)
-    cols = plan.shape[1]
-    order = np.argsort(root, kind="stable")
-    starts = np.flatnonzero(np.r_[True, np.diff(root[order]) != 0])
-    group = np.empty(n, np.int64)
-    group[order] = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, n]))
-    trow = index["tile"] // cols
-    r0 = np.minimum.reduceat(index["row"][order], starts)
-    r1 = np.maximum.reduceat(index["row_stop"][order], starts)
-    c0 = np.minimum.reduceat(index["col"][order], starts)
-    c1 = np.maximum.reduceat(index["col_stop"][order], starts)
-    cuts = np.asarray(plan.row_cuts)
-    # the rows of tiles a group needs: its members' rows and those of the tiles owning its box
-    lo = np.minimum(np.minimum.reduceat(trow[order], starts), np.searchsorted(cuts, r0, side="right") - 1)
-    hi = np.maximum(np.maximum.reduceat(trow[order], starts), np.searchsorted(cuts, r1 - 1, side="right") - 1)
-    label = index["label"][order][starts]
-    members_of: dict[int, list[Piece]] = {}
-    held: dict[int, Piece] = {}
-    last_use: dict[int, int] = {}
-    for t in range(plan.shape[0]):
-        loaded = load_row(t)
-        if loaded:
-            active = np.flatnonzero((lo <= t) & (hi >= t))
-            tree = shapely.STRtree(shapely.box(c0[active], r0[active], c1[active], r1[active]))
-            p_idx, g_idx = tree.query(shapely.box(*_box_array(loaded).T), predicate="intersects")
-            use = np.full(len(loaded), t, np.int64)
-            g = active[g_idx]
-            same = label[g] == index["label"][[loaded[k].key for k in p_idx.tolist()]]
-            np.maximum.at(use, p_idx[same], hi[g[same]])
-            for p, u in zip(loaded, use.tolist()):
-                held[p.key] = p
-                last_use[p.key] = max(u, int(hi[group[p.key]]))
-                members_of.setdefault(int(group[p.key]), []).append(p)
-        done = [g for g in members_of if hi[g] == t]
-        if done:
-            near = _Near(list(held.values()))
-            out = [_compose(sorted(members_of.pop(g), key=lambda p: p.key), plan, near) for g in done]
-            yield sorted((o for o in out if o is not None), key=_order)
-        for k in [k for k, u in last_use.items() if u <= t]:
-            del held[k], last_use[k]
+    def _needs(self, g: _Group) -> int:
+        """The last row of tiles a group needs."""
+        return max(g.last, self._core_row(g.r1 - 1))
+
+    def _emit(self) -> list[Instance]:
+        # groups whose members all lie in matched rows can no longer grow
+        while self.by_last and self.by_last[0][0] <= self.matched:
+            last, root = heapq.heappop(self.by_last)
+            g = self.groups.get(root)
+            if g is not None and g.last == last and self.parent[root] == root and root not in self.closed:
+                self.closed.add(root)
+                heapq.heappush(self.waiting, (self._needs(g), root))
+        ready = []
+        while self.waiting and self.waiting[0][0] <= self.fed:
+            root = heapq.heappop(self.waiting)[1]
+            self.closed.discard(root)
+            ready.append(self.groups.pop(root))
+        if not ready:
+            return []
+        near = _Near([p for row in self.rows.values() for p in row])
+        out = [_compose(sorted(g.members, key=lambda p: p.key), self.plan, near) for g in ready]
+        return sorted((o for o in out if o is not None), key=_order)
+
+    def _evict(self) -> None:
+        # an open object needs the rows from its `_from`; an unmatched row's pieces are open objects
+        while self.by_first:
+            first, root = self.by_first[0]
+            g = self.groups.get(root)
+            if g is not None and self._from(g) == first and self.parent[root] == root:
+                break
+            heapq.heappop(self.by_first)
+        low = self.by_first[0][0] if self.by_first else self.fed + 1
+        for r in [r for r in self.rows if r < low and r <= self.matched]:
+            del self.rows[r]
 
 
 class _Near:
@@ -300,30 +351,18 @@ def _order(inst: Instance) -> tuple[str, int, int, int, int, float]:
     return inst.label, inst.row, inst.col, inst.mask.shape[0], inst.mask.shape[1], -inst.score
 
 
-def index_of(pieces: Sequence[Piece]) -> dict[str, np.ndarray]:
-    """The index `merge_rows` takes, for pieces whose keys are 0..n-1 in order."""
-    names, codes = np.unique(np.array([p.label for p in pieces] or [""], dtype=object).astype(str),
-                             return_inverse=True)
-    return {
-        "tile": np.array([p.tile for p in pieces], np.int64), "label": codes[:len(pieces)].astype(np.int64),
-        "label_names": names,
-        "row": np.array([p.row for p in pieces], np.int64), "col": np.array([p.col for p in pieces], np.int64),
-        "row_stop": np.array([p.row_stop for p in pieces], np.int64),
-        "col_stop": np.array([p.col_stop for p in pieces], np.int64),
-    }
-
-
 def merge(
     pieces: Sequence[Piece], plan: TilePlan, *, iou: float = 0.5, containment: float = 0.8,
 ) -> list[Instance]:
     """Merge pieces seen by overlapping tiles into one instance per object.
 
     The score of a merged object is its best member's score; `n_tiles` counts
-    the tiles that saw it. The in-memory form of `merge_rows`.
+    the tiles that saw it. The in-memory form of `RowMerger`.
     """
-    keyed = [replace(p, key=k) for k, p in enumerate(sorted(pieces, key=lambda p: p.tile))]
     rows: dict[int, list[Piece]] = {}
-    for p in keyed:
-        rows.setdefault(p.tile // plan.shape[1], []).append(p)
-    blocks = merge_rows(index_of(keyed), lambda t: rows.get(t, []), plan, iou=iou, containment=containment)
-    return [inst for block in blocks for inst in block]
+    seq: dict[int, int] = {}
+    for p in sorted(pieces, key=lambda p: p.tile):
+        k = seq[p.tile] = seq.get(p.tile, -1) + 1
+        rows.setdefault(p.tile // plan.shape[1], []).append(replace(p, key=(p.tile << KEY_BITS) | k))
+    merger = RowMerger(plan, iou=iou, containment=containment)
+    return [inst for t in range(plan.shape[0]) for inst in merger.add(t, rows.get(t, []))]

@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -208,8 +210,9 @@ class LocalEngine:
             check(prompts)
 
     def stage(self, src: RasterSource, plan: TilePlan, todo: list[int], prompts: list[str], store: TileStore,
-              progress: Progress) -> None:
-        """Segment the tiles `todo` of `src` and stage their pieces in `store`."""
+              progress: Progress, staged: Callable[[list[int]], None] = lambda tiles: None) -> None:
+        """Segment the tiles `todo` of `src` and stage their pieces in `store`;
+        `staged(tiles)` is called once each batch is committed."""
         segmenter = self.segmenter
         begin = getattr(segmenter, "begin", None)
         if callable(begin):
@@ -225,7 +228,7 @@ class LocalEngine:
                 if pending is not None:
                     pending.result()
                 nodata = set(done) - {tile.index for tile, _, _ in batch}
-                pending = writer.submit(store.put, done, pieces, cols, nodata)
+                pending = writer.submit(_put, store, done, pieces, cols, nodata, staged)
                 progress.advance(len(done), len(pieces))
 
             done: list[int] = []
@@ -241,6 +244,12 @@ class LocalEngine:
                 flush(done, batch)
             if pending is not None:
                 pending.result()
+
+
+def _put(store: TileStore, done: list[int], pieces: list[merge.Piece], cols: int, nodata: set[int],
+         staged: Callable[[list[int]], None]) -> None:
+    store.put(done, pieces, cols, nodata)
+    staged(done)
 
 
 @dataclass
@@ -296,24 +305,69 @@ def fingerprint(settings: Settings, engine: Any) -> dict[str, Any]:
     return out
 
 
-def _merge_file(store: TileStore, plan: TilePlan, src_info: dict[str, Any], settings: Settings,
-                result: Path) -> tuple[int, float]:
-    """Merge a raster's staged pieces row by row into polygons, written to `result`."""
-    index = store.index()
-    offsets = np.concatenate([[0], np.cumsum(store.counts(len(plan)))])[:-1]
-    blocks = merge.merge_rows(index, lambda t: store.pieces_in_row(t, offsets), plan, iou=settings.match_iou)
-    transform, crs, name, utm = src_info["transform"], src_info["crs"], src_info["name"], src_info["utm"]
-    n, area = 0, 0.0
-    with export.Writer(result, layer="objects", overwrite=True, multi=False) as w:
-        for instances in blocks:
-            gdf = vectorize.to_frame(instances, transform, crs, source=name, simplify=settings.simplify)
-            gdf = vectorize.finish(gdf, transform, settings.dst_crs, settings.min_area, utm=utm)
-            w.write(gdf)
-            n += len(gdf)
-            area += float(np.nansum(gdf["area_m2"]))
-        empty = vectorize.finish(vectorize.to_frame([], transform, crs, source=name), transform, settings.dst_crs)
-        w.commit(empty)
-    return n, area
+class _FileMerge:
+    """Merges a raster's staged rows of tiles in a background thread as they
+    complete (behind the model), vectorising each batch of finished objects
+    into `target`. Rows are fed with `feed(n)`: rows 0..n-1 are staged."""
+
+    def __init__(self, store_path: Path, plan: TilePlan, info: dict[str, Any], settings: Settings,
+                 target: Path) -> None:
+        self.store_path, self.plan, self.info, self.settings, self.target = store_path, plan, info, settings, target
+        self.rows: queue.Queue[int | None] = queue.Queue()
+        self.next = 0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="geoseg-merge", daemon=True)
+        self.thread.start()
+
+    def feed(self, complete: int) -> None:
+        while self.next < complete:
+            self.rows.put(self.next)
+            self.next += 1
+
+    def abort(self) -> None:
+        self.rows.put(None)
+
+    def join(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        info, settings = self.info, self.settings
+        transform, crs, name, utm = info["transform"], info["crs"], info["name"], info["utm"]
+        merger = merge.RowMerger(self.plan, iou=settings.match_iou)
+        try:
+            with TileStore(self.store_path) as store, \
+                    export.Writer(self.target, layer="objects", overwrite=True, multi=False) as w:
+                for t in iter(self.rows.get, None):
+                    instances = merger.add(t, store.pieces_in_row(t))
+                    if instances:
+                        gdf = vectorize.to_frame(instances, transform, crs, source=name, simplify=settings.simplify)
+                        w.write(vectorize.finish(gdf, transform, settings.dst_crs, settings.min_area, utm=utm))
+                    if t == self.plan.shape[0] - 1:
+                        empty = vectorize.to_frame([], transform, crs, source=name)
+                        w.commit(vectorize.finish(empty, transform, settings.dst_crs))
+                        return
+        except BaseException as e:  # handed to the caller by join()
+            self.error = e
+
+
+class _Rows:
+    """Which rows of tiles are completely staged (tiles arrive in any order)."""
+
+    def __init__(self, plan: TilePlan, done: set[int]) -> None:
+        self.cols = plan.shape[1]
+        self.left = [self.cols] * plan.shape[0]
+        self.complete = 0
+        self.add(done)
+
+    def add(self, tiles: Iterable[int]) -> int:
+        """Count `tiles` as staged; the number of leading rows complete."""
+        for k in tiles:
+            self.left[k // self.cols] -= 1
+        while self.complete < len(self.left) and self.left[self.complete] == 0:
+            self.complete += 1
+        return self.complete
 
 
 def _read_chunks(path: Path, chunk: int = 100_000) -> Iterator[gpd.GeoDataFrame]:
@@ -440,7 +494,7 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Any, work:
                                                        else None)["features"]
                 continue
             try:
-                stage_one(p, settings, engine, work, infos[k], progress)
+                merging = stage_one(p, settings, engine, work, infos[k], progress)
             except GeosegError as e:
                 if not several:
                     raise
@@ -448,7 +502,7 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Any, work:
                 work.fail(p, str(e))
                 log.error("%s: %s", source_name(p), e)
                 continue
-            merges[k] = merger.submit(_finish_one, p, settings, engine, work, infos[k], results[k],
+            merges[k] = merger.submit(_finish_one, p, settings, engine, work, infos[k], results[k], merging,
                                       outputs.get(k), layer)
         for k, fut in merges.items():
             try:
@@ -493,40 +547,47 @@ def _empty_frame() -> gpd.GeoDataFrame:
 
 
 def stage_one(path: Any, settings: Settings, engine: Any, work: WorkDir, info: dict[str, Any],
-              progress: Progress) -> None:
-    """Stage the detections of one raster's tiles not yet staged."""
+              progress: Progress) -> _FileMerge | None:
+    """Stage the detections of one raster's tiles not yet staged, merging the
+    rows of tiles behind the model as they complete; the running merge (None
+    when an earlier run merged this raster)."""
     plan = info["plan"]
     if work.result_path(path).exists():
-        return  # merged by an earlier run
+        return None
     work.fail(path, None)
     store = work.store(path, len(plan), plan.shape)
+    merging = _FileMerge(store.path, plan, info, settings, work.result_path(path))
     try:
         done = store.done()
+        rows = _Rows(plan, done)
+        merging.feed(rows.complete)
         todo = [k for k in range(len(plan)) if k not in done]
         progress.start(source_name(path), len(plan), len(done), _km2_per_tile(info))
         if todo:
             with RasterSource(path, settings.read) as src:
-                engine.stage(src, plan, todo, settings.prompts, store, progress)
+                engine.stage(src, plan, todo, settings.prompts, store, progress,
+                             staged=lambda tiles: merging.feed(rows.add(tiles)))
         progress.finish()
+        info["all_nodata"] = store.nodata() == len(plan)
+    except BaseException:
+        merging.abort()
+        raise
     finally:
         store.close()
+    return merging
 
 
 def _finish_one(path: Any, settings: Settings, engine: Any, work: WorkDir, info: dict[str, Any],
-                result: FileResult, output: Path | None, layer: str) -> None:
-    """Merge one staged raster (unless an earlier run did), then write its own output if it has one."""
+                result: FileResult, merging: _FileMerge | None, output: Path | None, layer: str) -> None:
+    """Wait for one raster's merge, then write its own output if it has one."""
     t0 = time.perf_counter()
-    plan = info["plan"]
+    if merging is not None:
+        merging.join()
     target = work.result_path(path)
-    if not target.exists():
-        with work.store(path, len(plan), plan.shape) as store:
-            if len(store.done()) < len(plan):
-                raise RunError(f"{path}: {len(plan) - len(store.done())} tiles are not staged")
-            result.all_nodata = store.nodata() == len(plan)
-            _merge_file(store, plan, info, settings, target)
     result.objects = int(pyogrio.read_info(target, layer="objects")["features"])
     result.area_m2 = _area(target)
-    result.tiles, result.state = len(plan), "done"
+    result.tiles, result.state = info["tiles"], "done"
+    result.all_nodata = bool(info.get("all_nodata"))
     if output is not None:
         with export.Writer(output, layer=layer, overwrite=True,
                            provenance=provenance(engine, settings, [path]),

@@ -81,8 +81,16 @@ def open_dataset(path: str | os.PathLike[str]) -> Any:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(path)
     except RasterioIOError as e:
-        reason = str(e).split("\n")[0]
-        raise RasterError(f"{path}: not a readable raster ({reason}): give a GeoTIFF or another GDAL raster") from None
+        raise _open_error(path, str(e).split("\n")[0]) from None
+
+
+def _open_error(path: str, reason: str) -> RasterError:
+    """The one line for a raster GDAL cannot open: a URL that fails (404, no
+    connection) is told apart from a file that is not a raster."""
+    if is_remote(path) and ("HTTP response code" in reason or "CURL error" in reason):
+        return RasterError(f"{path}: cannot fetch the remote raster ({reason}): "
+                           f"check the URL, the network and any credentials it needs")
+    return RasterError(f"{path}: not a readable raster ({reason}): give a GeoTIFF or another GDAL raster")
 
 
 def _default_bands(ds: Any, path: str) -> tuple[int, ...]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from geoseg.merge import Piece
+from geoseg.merge import KEY_BITS, Piece
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -86,34 +86,12 @@ class TileStore:
             self._db.executemany("INSERT OR REPLACE INTO tiles VALUES (?, ?, ?)",
                                  [(t, seq.get(t, 0), t in empty) for t in tiles])
 
-    def counts(self, n_tiles: int) -> np.ndarray:
-        """Number of pieces staged per tile."""
-        out = np.zeros(n_tiles, np.int64)
-        for t, n in self._db.execute("SELECT tile, pieces FROM tiles"):
-            out[t] = n
-        return out
-
-    def index(self) -> dict[str, np.ndarray]:
-        """Every piece's key, tile, label and box, without masks, in key order."""
-        cur = self._db.execute("SELECT tile, label, row, col, row + height, col + width FROM pieces ORDER BY tile, seq")
-        cols: list[list[Any]] = [[], [], [], [], [], []]
-        for rec in cur:
-            for c, v in zip(cols, rec):
-                c.append(v)
-        tile, label, r0, c0, r1, c1 = cols
-        names, codes = np.unique(np.asarray(label, dtype=object).astype(str), return_inverse=True)
-        return {
-            "tile": np.asarray(tile, np.int64), "label": codes.astype(np.int64), "label_names": names,
-            "row": np.asarray(r0, np.int64), "col": np.asarray(c0, np.int64),
-            "row_stop": np.asarray(r1, np.int64), "col_stop": np.asarray(c1, np.int64),
-        }
-
-    def pieces_in_row(self, trow: int, offsets: np.ndarray) -> list[Piece]:
-        """The pieces of one row of tiles; `key` = offsets[tile] + seq (key order)."""
+    def pieces_in_row(self, trow: int) -> list[Piece]:
+        """The pieces of one row of tiles, in (tile, seq) order, keyed (tile << KEY_BITS) | seq."""
         cur = self._db.execute(
             "SELECT tile, seq, label, score, row, col, height, width, mask FROM pieces WHERE trow = ? "
             "ORDER BY tile, seq", (trow,))
-        return [Piece(label, score, tile, row, col, unpack(blob, h, w), key=int(offsets[tile]) + seq)
+        return [Piece(label, score, tile, row, col, unpack(blob, h, w), key=(tile << KEY_BITS) | seq)
                 for tile, seq, label, score, row, col, h, w, blob in cur]
 
     def nodata(self) -> int:
