@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | Non
     log_to(log_file, quiet)
     settings = Settings.of(prompts, tile_size=tile_size, overlap=overlap, bands=bands, resolution=resolution,
                            stretch=_stretch(stretch), pixel_coords=pixel_coords, dst_crs=dst_crs,
-                           simplify=simplify, min_area=min_area, progress=not quiet)
+                           simplify=simplify, min_area=min_area, progress=not quiet and sys.stderr.isatty())
     paths = pipeline.list_inputs(inputs)
     if len(paths) == 1:  # a bad single input fails before the model loads
         pipeline.inspect(paths[0], tile_size=tile_size, overlap=overlap, read=settings.read)

@@ -83,10 +83,11 @@ class DaskEngine:
                  block: int = 8, resources: dict[str, float] | None = None) -> None:
         self.client, self.block, self.resources = client, block, resources
         options = {k: v for k, v in (options or {}).items() if v is not None}
+        self.spec: Any = (segmenter, options) if isinstance(segmenter, str) else segmenter
         if isinstance(segmenter, str):
-            self.backend, self.spec = segmenter, (segmenter, options)
+            self.backend = segmenter
         else:
-            self.backend, self.spec = getattr(segmenter, "name", type(segmenter).__name__), segmenter
+            self.backend = getattr(segmenter, "name", type(segmenter).__name__)
         self.options: dict[str, Any] = {}
         self.key = hashlib.sha1(pickle.dumps(self.spec)).hexdigest()
 

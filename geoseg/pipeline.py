@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import queue
-import sys
 import tempfile
 import threading
 import time
@@ -315,6 +314,7 @@ class _FileMerge:
         self.store_path, self.plan, self.info, self.settings, self.target = store_path, plan, info, settings, target
         self.rows: queue.Queue[int | None] = queue.Queue()
         self.next = 0
+        self.objects, self.area_m2 = 0, 0.0
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="geoseg-merge", daemon=True)
         self.thread.start()
@@ -343,7 +343,10 @@ class _FileMerge:
                     instances = merger.add(t, store.pieces_in_row(t))
                     if instances:
                         gdf = vectorize.to_frame(instances, transform, crs, source=name, simplify=settings.simplify)
-                        w.write(vectorize.finish(gdf, transform, settings.dst_crs, settings.min_area, utm=utm))
+                        gdf = vectorize.finish(gdf, transform, settings.dst_crs, settings.min_area, utm=utm)
+                        w.write(gdf)
+                        self.objects += len(gdf)
+                        self.area_m2 += float(np.nansum(gdf["area_m2"]))
                     if t == self.plan.shape[0] - 1:
                         empty = vectorize.to_frame([], transform, crs, source=name)
                         w.commit(vectorize.finish(empty, transform, settings.dst_crs))
@@ -479,7 +482,7 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Any, work:
         crss = {str(i["crs"]) for i in infos.values()}
         if len(crss) > 1:
             raise RasterError("the inputs have different CRSs: pass --dst-crs to put them in one, or use --output-dir")
-    progress = Progress(bars=settings.progress and sys.stderr.isatty(), n_files=len(paths),
+    progress = Progress(bars=settings.progress, n_files=len(paths),
                         total_tiles=sum(i["tiles"] for i in infos.values()))
     merger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-merge")
     merges: dict[int, Future[None]] = {}
@@ -581,11 +584,13 @@ def _finish_one(path: Any, settings: Settings, engine: Any, work: WorkDir, info:
                 result: FileResult, merging: _FileMerge | None, output: Path | None, layer: str) -> None:
     """Wait for one raster's merge, then write its own output if it has one."""
     t0 = time.perf_counter()
+    target = work.result_path(path)
     if merging is not None:
         merging.join()
-    target = work.result_path(path)
-    result.objects = int(pyogrio.read_info(target, layer="objects")["features"])
-    result.area_m2 = _area(target)
+        result.objects, result.area_m2 = merging.objects, merging.area_m2
+    else:  # merged by an earlier run
+        result.objects = int(pyogrio.read_info(target, layer="objects")["features"])
+        result.area_m2 = _area(target)
     result.tiles, result.state = info["tiles"], "done"
     result.all_nodata = bool(info.get("all_nodata"))
     if output is not None:

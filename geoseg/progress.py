@@ -14,7 +14,7 @@ import sys
 import time
 from datetime import timedelta
 
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 log = logging.getLogger("geoseg.progress")
 

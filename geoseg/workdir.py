@@ -99,11 +99,11 @@ class WorkDir:
         store = TileStore(self.path / f"{self.name(source)}.sqlite")
         ident = identity(source)
         plan = {"tiles": n_tiles, "grid": list(grid)}
-        old = store.get("input")
+        old = store.load("input")
         if old is None:
-            store.set("input", ident)
-            store.set("plan", plan)
-        elif old != ident or store.get("plan") != plan:
+            store.save("input", ident)
+            store.save("plan", plan)
+        elif old != ident or store.load("plan") != plan:
             store.close()
             raise RasterError(
                 f"{source_name(source)} changed since the interrupted run in {self.path} (size or time differs): "
@@ -141,7 +141,7 @@ class WorkDir:
         out = []
         for db in sorted(path.glob("*.sqlite")):
             with TileStore(db) as store:
-                ident, plan = store.get("input") or {}, store.get("plan") or {}
+                ident, plan = store.load("input") or {}, store.load("plan") or {}
                 out.append({
                     "source": ident.get("path", db.stem), "tiles": plan.get("tiles"), "done": len(store.done()),
                     "detections": store.n_pieces(), "merged": db.with_suffix(".objects.gpkg").exists(),
