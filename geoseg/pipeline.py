@@ -404,6 +404,13 @@ class _Assembler:
         return combine_frames(self.frames or ([self.empty] if self.empty is not None else []), crs, number=False)
 
 
+def default_work_dir(output: Any = None, output_dir: Any = None) -> Path:
+    """Where a run stages its work: OUTPUT.geoseg-work, or OUTPUT_DIR/.geoseg-work."""
+    if output_dir is not None:
+        return Path(output_dir) / ".geoseg-work"
+    return Path(str(output) + ".geoseg-work")
+
+
 def _km2_per_tile(info: dict[str, Any]) -> float:
     return float(info["area_km2"] or 0.0) / max(info["tiles"], 1)
 
@@ -436,9 +443,7 @@ def run(
     if output_dir is not None:
         out_dir = Path(output_dir)
         outputs = {k: out_dir / (Path(source_name(p)).stem + export.FORMATS[fmt]) for k, p in enumerate(paths)}
-        default_work = out_dir / ".geoseg-work"
-    elif output is not None:
-        default_work = Path(str(output) + ".geoseg-work")
+    default_work = default_work_dir(output, output_dir)
     temporary = work_dir is None and output is None and output_dir is None
     if temporary:
         work_dir = tempfile.mkdtemp(prefix="geoseg-work-")
@@ -475,9 +480,7 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Any, work:
         except GeosegError as e:
             if not several:
                 raise
-            results[k].state, results[k].error = "failed", str(e)
-            work.fail(p, str(e))
-            log.error("%s: %s", source_name(p), e)
+            _failed(results[k], work, p, e)
     if output is not None and several and settings.dst_crs is None:
         crss = {str(i["crs"]) for i in infos.values()}
         if len(crss) > 1:
@@ -498,24 +501,20 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Any, work:
                 continue
             try:
                 merging = stage_one(p, settings, engine, work, infos[k], progress)
-            except GeosegError as e:
+            except Exception as e:  # with several inputs, any failure is that file's
                 if not several:
                     raise
-                results[k].state, results[k].error = "failed", str(e)
-                work.fail(p, str(e))
-                log.error("%s: %s", source_name(p), e)
+                _failed(results[k], work, p, e)
                 continue
             merges[k] = merger.submit(_finish_one, p, settings, engine, work, infos[k], results[k], merging,
                                       outputs.get(k), layer)
         for k, fut in merges.items():
             try:
                 fut.result()
-            except GeosegError as e:
+            except Exception as e:
                 if not several:
                     raise
-                results[k].state, results[k].error = "failed", str(e)
-                work.fail(paths[k], str(e))
-                log.error("%s: %s", source_name(paths[k]), e)
+                _failed(results[k], work, paths[k], e)
     finally:
         merger.shutdown(wait=True, cancel_futures=True)
         progress.close()
@@ -543,6 +542,13 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Any, work:
         if collect:
             summary.frame = assembler.frame(settings.dst_crs)
     return summary
+
+
+def _failed(result: FileResult, work: WorkDir, path: Any, error: Exception) -> None:
+    message = str(error) if isinstance(error, GeosegError) else f"{type(error).__name__}: {error}"
+    result.state, result.error = "failed", message
+    work.fail(path, message)
+    log.error("%s: %s", result.source, message)
 
 
 def _empty_frame() -> gpd.GeoDataFrame:
@@ -678,8 +684,9 @@ def segment(
     settings = Settings.of(prompts, tile_size=tile_size, overlap=overlap, bands=bands, resolution=resolution,
                            stretch=stretch, pixel_coords=pixel_coords, dst_crs=dst_crs, simplify=simplify,
                            min_area=min_area, progress=progress)
-    if output is not None:
-        export.check_output(output, overwrite or work_dir is not None or Path(str(output) + ".geoseg-work").exists())
+    if output is not None:  # before the model loads; `run` checks again
+        own = workdir.written(work_dir if work_dir is not None else default_work_dir(output))
+        export.check_output(output, overwrite or str(output) in own)
     paths = list_inputs(source)
     for path in paths[:1] if len(paths) == 1 else []:  # a single bad input fails before the model loads
         RasterSource(path, settings.read).close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import urllib.parse
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -125,6 +126,8 @@ def source_name(source: Any) -> str:
         return str(source.name) if source.name is not None else "DataArray"
     if _is_dataset(source):
         return Path(str(source.name)).name
+    if is_remote(str(source)):  # no query string: a signed URL's signature stays out of outputs
+        return Path(urllib.parse.urlsplit(str(source).split("/vsicurl/")[-1]).path).name
     return Path(str(source)).name
 
 
@@ -294,7 +297,9 @@ class RasterSource:
             shape = (len(self.bands), max(1, ds.height // scale), max(1, ds.width // scale))
             samples = [ds.read(self.bands, out_shape=shape, masked=True)]
         else:
-            samples = [ds.read(self.bands, window=w, masked=True) for w in _sample_windows(ds.height, ds.width)]
+            block = getattr(ds, "block_shapes", [(256, 256)])[self.bands[0] - 1]
+            samples = [ds.read(self.bands, window=w, masked=True)
+                       for w in _sample_windows(ds.height, ds.width, block)]
         limits = np.zeros((len(self.bands), 2))
         for b in range(len(self.bands)):
             values = np.concatenate([s[b].compressed() for s in samples]).astype(np.float64)
@@ -319,7 +324,9 @@ class RasterSource:
             mask = self._ds.dataset_mask(window=rio_window) > 0
         except RasterioIOError as e:
             reason = str(e).split("\n")[0]
-            raise RasterError(f"{self.path}: cannot read pixels ({reason}): the file is corrupt or truncated") from None
+            cause = "the network failed or the file is corrupt" if is_remote(self.path) else \
+                "the file is corrupt or truncated"
+            raise RasterError(f"{self.path}: cannot read pixels ({reason}): {cause}") from None
         if self.stretch_limits is not None:
             if data.dtype.kind == "f":
                 mask &= np.all(np.isfinite(data), axis=0)
@@ -376,10 +383,15 @@ class RasterSource:
         self.close()
 
 
-def _sample_windows(height: int, width: int, grid: int = 16, size: int = 128) -> list[RioWindow]:
-    """A grid of small windows spread over the raster, for the stretch."""
+def _sample_windows(height: int, width: int, block: tuple[int, int] = (256, 256), grid: int = 8,
+                    size: int = 256) -> list[RioWindow]:
+    """A grid of windows spread over the raster, for the stretch: each inside one
+    block of the file, so that at most grid² blocks are read (or fetched over
+    the network), whatever the raster's size."""
     if height * width <= (grid * size) ** 2:
         return [RioWindow(0, 0, width, height)]
-    rows = np.linspace(0, max(0, height - size), grid).astype(int)
-    cols = np.linspace(0, max(0, width - size), grid).astype(int)
-    return [RioWindow(int(c), int(r), min(size, width), min(size, height)) for r in rows for c in cols]
+    bh, bw = block if min(block) >= size else (size, size)  # strips: windows on a virtual grid
+    rows = np.unique(np.linspace(0, (height - 1) // bh, grid).round().astype(int)) * bh
+    cols = np.unique(np.linspace(0, (width - 1) // bw, grid).round().astype(int)) * bw
+    return [RioWindow(int(c), int(r), min(size, width - int(c)), min(size, height - int(r)))
+            for r in rows for c in cols]

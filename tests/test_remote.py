@@ -12,6 +12,7 @@ from conftest import one_line_error, run
 from rasterio.windows import Window
 
 import geoseg
+from geoseg.raster import RasterSource, ReadOptions, source_name
 from geoseg.testing import ColorSegmenter, make_scene
 from geoseg.testing.http import RangeServer
 
@@ -192,3 +193,29 @@ def test_missing_url_is_one_clear_line(tmp_path, form):
         assert any(r.path == "/missing.tif" and r.status == 404 for r in server.requests)
     assert source in line and "404" in line and "check the URL" in line
     assert not out.exists()
+
+
+def test_remote_uint16_without_overviews_fetches_a_sample_for_the_stretch(tmp_path):
+    """The scene-wide stretch reads a few windows, each inside one block: not the whole file."""
+    rng = np.random.default_rng(1)
+    data = rng.integers(200, 4000, (2, 4096, 4096), dtype=np.uint16)  # noise: blocks do not compress away
+    path = tmp_path / "u16.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=4096, height=4096, count=2, dtype="uint16",
+                       crs="EPSG:32617", transform=rasterio.Affine(0.5, 0, 404000, 0, -0.5, 3286000),
+                       tiled=True, blockxsize=256, blockysize=256, compress="deflate", photometric="MINISBLACK") as dst:
+        dst.write(data)
+    with RasterSource(path, ReadOptions(bands=(1,))) as src:
+        local = src.stretch_limits
+    with RangeServer(tmp_path) as server:
+        with RasterSource(server.url("u16.tif"), ReadOptions(bands=(1,))) as src:
+            remote = src.stretch_limits
+        sent = server.bytes_sent
+    assert np.array_equal(local, remote)  # the same stretch, local or remote
+    assert 200 < local[0][0] < local[0][1] < 4000
+    assert sent < 0.4 * os.path.getsize(path)  # 8 x 8 sample windows: 64 of the 256 blocks
+
+
+def test_signed_url_query_stays_out_of_the_source_column():
+    assert source_name("https://bucket.example/scenes/a.tif?X-Amz-Signature=secret&X-Amz-Date=1") == "a.tif"
+    assert source_name("/vsicurl/https://host/b.tif?sig=secret") == "b.tif"
+    assert source_name("/vsis3/bucket/c.tif") == "c.tif"
