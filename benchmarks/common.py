@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import re
 from pathlib import Path
 
 
@@ -15,3 +16,14 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def write_section(title: str, section: str) -> None:
+    """Put `section` (which starts with "## title") into benchmarks/README.md, replacing the old one."""
+    readme = Path(__file__).resolve().parent / "README.md"
+    body = readme.read_text() if readme.exists() else "# Benchmarks\n"
+    if f"## {title}\n" in body:
+        body = re.sub(rf"## {re.escape(title)}\n.*?(?=\n## |\Z)", lambda _: section, body, flags=re.S)
+    else:
+        body = body.rstrip() + "\n\n" + section
+    readme.write_text(body)

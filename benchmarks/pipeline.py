@@ -17,13 +17,12 @@ import argparse
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import cpu_name
+from common import cpu_name, write_section
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / ".data"
@@ -79,21 +78,16 @@ def main() -> None:
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "pipeline.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
     if args.write:
-        readme = HERE / "README.md"
-        body = readme.read_text() if readme.exists() else "# Benchmarks\n"
         section = (f"## Pipeline\n\n`python benchmarks/pipeline.py` ({time.strftime('%Y-%m-%d')}, {machine()}; "
                    f"`colors` test segmenter, 3 prompts, tile 1008, overlap 128, deflate-compressed tiled GeoTIFF):\n\n"
                    f"{text}\n\n"
                    "Time is the wall time of `geoseg.segment` in a fresh process (imports excluded): read, "
                    "segment, merge, vectorise, areas. Peak RSS is the process maximum, about 170 MB of which is the "
                    "imported libraries. Targets: >= 20 Mpx/s and < 1 GB at 20k². At 2k² (9 tiles) fixed costs "
-                   "dominate. Memory beyond that grows with the number of detections (kept as cropped masks until "
-                   "the merge); GDAL's block cache is bounded to about one row of tiles.\n")
-        if "## Pipeline\n" in body:
-            body = re.sub(r"## Pipeline\n.*?(?=\n## |\Z)", section, body, flags=re.S)
-        else:
-            body = body.rstrip() + "\n\n" + section
-        readme.write_text(body)
+                   "dominate. Detections are staged on disk and merged one row of tiles at a time, so memory does "
+                   "not grow with their number (see the Scale section); GDAL's block cache is bounded to about one "
+                   "row of tiles.\n")
+        write_section("Pipeline", section)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import argparse
 import gc
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -35,7 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import cpu_name
+from common import cpu_name, write_section
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
@@ -198,14 +197,7 @@ def write_readme() -> None:
             "\nNo GPU figures yet (none was available): on a CUDA machine, `python benchmarks/sam3_throughput.py "
             "--write` runs the full-size model at batch 1/4/8/16, 1/2/4 prompts, bf16 and fp32, and adds its table.\n"
         )
-    readme = HERE / "README.md"
-    body = readme.read_text() if readme.exists() else "# Benchmarks\n"
-    section = f"## SAM 3 throughput\n\n{tables}\n{NOTES}\n"
-    if "## SAM 3 throughput\n" in body:
-        body = re.sub(r"## SAM 3 throughput\n.*?(?=\n## |\Z)", lambda _: section, body, flags=re.S)
-    else:
-        body = body.rstrip() + "\n\n" + section
-    readme.write_text(body)
+    write_section("SAM 3 throughput", f"## SAM 3 throughput\n\n{tables}\n{NOTES}\n")
 
 
 def main() -> None:

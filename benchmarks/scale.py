@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from common import write_section
 from pipeline import machine
 
 HERE = Path(__file__).resolve().parent
@@ -125,8 +125,6 @@ def main() -> None:
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "scale.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
     if args.write:
-        readme = HERE / "README.md"
-        body = readme.read_text()
         section = (
             f"## Scale\n\n`python benchmarks/scale.py` ({time.strftime('%Y-%m-%d')}, {machine()}; sparse "
             f"generated rasters, {args.per_mpx:g} discs per Mpx, deflate-compressed tiled GeoTIFF; `colors` test "
@@ -144,11 +142,7 @@ def main() -> None:
             "read before the model can start, the last rows' merge and writing the output after it ends "
             "(about 0.4 s here).\n"
         )
-        if "## Scale\n" in body:
-            body = re.sub(r"## Scale\n.*?(?=\n## |\Z)", section, body, flags=re.S)
-        else:
-            body = body.rstrip() + "\n\n" + section
-        readme.write_text(body)
+        write_section("Scale", section)
 
 
 if __name__ == "__main__":

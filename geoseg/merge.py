@@ -15,6 +15,7 @@ So the result has no seam, no double edge and no pixel counted twice.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -293,7 +294,7 @@ class RowMerger:
                 self._union(a.key, b.key)
 
     def _core_row(self, pixel_row: int) -> int:
-        return int(np.searchsorted(self.plan.row_cuts, pixel_row, side="right")) - 1
+        return bisect.bisect_right(self.plan.row_cuts, pixel_row) - 1
 
     def _from(self, g: _Group) -> int:
         """The first row of tiles a group needs: its members' and those owning its pixels."""

@@ -2,7 +2,7 @@
 
 A batch of tiles is committed in one transaction (its pieces, and its tiles
 marked done), so a run killed at any moment keeps every finished batch and
-nothing half written. Masks are stored bit-packed and compressed; the merge
+nothing half written. Masks are stored bit-packed (large ones compressed); the merge
 reads them back one row of tiles at a time.
 """
 
@@ -34,12 +34,13 @@ CREATE INDEX IF NOT EXISTS pieces_trow ON pieces (trow);
 
 
 def pack(mask: np.ndarray) -> bytes:
-    """A boolean mask as compressed bits (its shape is stored beside it)."""
-    return zlib.compress(np.packbits(mask, axis=None).tobytes(), 1)
+    """A boolean mask as bits (its shape is stored beside it); large ones compressed."""
+    bits = np.packbits(mask, axis=None).tobytes()
+    return b"z" + zlib.compress(bits, 1) if len(bits) > 4096 else b"b" + bits
 
 
 def unpack(blob: bytes, height: int, width: int) -> np.ndarray:
-    bits = np.frombuffer(zlib.decompress(blob), np.uint8)
+    bits = np.frombuffer(zlib.decompress(blob[1:]) if blob[:1] == b"z" else blob[1:], np.uint8)
     return np.unpackbits(bits, count=height * width).reshape(height, width).astype(bool)
 
 
