@@ -39,6 +39,7 @@ DATA = HERE / ".data"
 CHILD = r"""
 import json, resource, sys, time
 from geoseg import pipeline
+from geoseg.engine import LocalEngine
 from geoseg.testing import ColorSegmenter
 
 class Timed(ColorSegmenter):
@@ -54,7 +55,7 @@ path, out, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
 seg = Timed(batch_size=4, delay=delay)
 settings = pipeline.Settings.of(["red", "green", "blue"])
 t = time.perf_counter()
-summary = pipeline.run([path], settings, pipeline.LocalEngine(seg), output=out)
+summary = pipeline.run([path], settings, LocalEngine(seg), output=out)
 seconds = time.perf_counter() - t
 print(json.dumps({"seconds": seconds, "busy": seg.busy, "objects": summary.files[0].objects,
                   "tiles": summary.files[0].tiles,

@@ -13,9 +13,10 @@ import click
 from geoseg import pipeline
 from geoseg.cli import log_to, main
 from geoseg.cli.options import read_options, tiling_options
+from geoseg.engine import LocalEngine
 from geoseg.errors import OutputError, UsageError
 from geoseg.export import FORMATS
-from geoseg.pipeline import LocalEngine, Settings
+from geoseg.pipeline import Settings
 from geoseg.segmenter import load_segmenter
 
 

@@ -20,9 +20,9 @@ from typing import Any
 from dask.distributed import Client, LocalCluster, as_completed
 
 from geoseg import staging
+from geoseg.engine import batch_size_of, batches, describe_segmenter, read_ahead, segment_batch
 from geoseg.errors import UsageError
 from geoseg.merge import Piece
-from geoseg.pipeline import batch_size_of, batches, describe_segmenter, read_ahead, segment_batch
 from geoseg.progress import Progress
 from geoseg.raster import RasterSource, ReadOptions, is_remote
 from geoseg.segmenter import Segmenter, as_segmenter

@@ -21,18 +21,9 @@ import geopandas as gpd
 import numpy as np
 
 from geoseg import merge, vectorize
+from geoseg.engine import LocalEngine, batch_size_of, batches, read_ahead, segment_batch
 from geoseg.errors import EmptyRasterWarning
-from geoseg.pipeline import (
-    LocalEngine,
-    Settings,
-    batch_size_of,
-    batches,
-    combine_frames,
-    objects,
-    provenance,
-    read_ahead,
-    segment_batch,
-)
+from geoseg.pipeline import Settings, combine_frames, objects, provenance
 from geoseg.raster import RasterSource, ReadOptions, source_name
 from geoseg.segmenter import Segmenter, as_segmenter, check_prompts
 from geoseg.tiling import TilePlan, plan_tiles
