@@ -446,7 +446,7 @@ def stage_one(path: Any, settings: Settings, engine: Any, work: WorkDir, info: d
         rows = _Rows(plan, done)
         merging.feed(rows.complete)
         todo = [k for k in range(len(plan)) if k not in done]
-        progress.start(source_name(path), len(plan), len(done), _km2_per_tile(info))
+        progress.start(source_name(path), len(plan), len(done), _km2_per_tile(info), lambda: merging.objects)
         if todo:
             with RasterSource(path, settings.read) as src:
                 engine.stage(src, plan, todo, settings.prompts, store, progress,

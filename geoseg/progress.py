@@ -1,7 +1,7 @@
 """Progress of a run: tqdm bars on a terminal, plain log lines elsewhere.
 
-On a terminal, one bar per file (tiles done/total, km², detections, ETA) and,
-with several files, one overall bar. The same figures go to the
+On a terminal, one bar per file (tiles done/total, km², objects merged so far,
+ETA) and, with several files, one overall bar. The same figures go to the
 "geoseg.progress" logger as a line every `every` seconds and at the end of each
 file: the CLI shows them on stderr when it is not a terminal (CI, batch jobs)
 and writes them to --log-file.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from tqdm.auto import tqdm
@@ -41,9 +42,12 @@ class Progress:
         self.bar: tqdm | None = None
         self.name = ""
 
-    def start(self, name: str, total: int, done: int, km2_per_tile: float) -> None:
-        """A file begins: `done` of its `total` tiles are already staged."""
+    def start(self, name: str, total: int, done: int, km2_per_tile: float,
+              objects: Callable[[], int] = lambda: 0) -> None:
+        """A file begins: `done` of its `total` tiles are already staged;
+        `objects()` counts the objects merged so far."""
         self.name, self.total, self.done, self.km2_per_tile = name, total, done, km2_per_tile
+        self.objects = objects
         self.detections = 0
         self.t0 = self.last = time.monotonic()
         self.done0 = done
@@ -62,7 +66,7 @@ class Progress:
             self.overall.update(tiles)
         if self.bar is not None:
             self.bar.update(tiles)
-            self.bar.set_postfix_str(f"{self.done * self.km2_per_tile:.3g} km², {self.detections} detections",
+            self.bar.set_postfix_str(f"{self.done * self.km2_per_tile:.3g} km², {self.objects()} objects",
                                      refresh=False)
         if time.monotonic() - self.last >= self.every:
             self.last = time.monotonic()
@@ -73,7 +77,7 @@ class Progress:
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         pct = 100 * self.done / max(self.total, 1)
         return (f"{self.name}: {self.done}/{self.total} tiles ({pct:.0f} %), {self.done * self.km2_per_tile:.3g} km², "
-                f"{self.detections} detections, ETA {_eta(eta)}")
+                f"{self.detections} detections, {self.objects()} objects so far, ETA {_eta(eta)}")
 
     def finish(self) -> None:
         """The file's tiles are all staged."""
