@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from dask.distributed import Client, LocalCluster, as_completed
 
 from geoseg import staging
@@ -27,7 +28,7 @@ from geoseg.progress import Progress
 from geoseg.raster import RasterSource, ReadOptions, is_remote
 from geoseg.segmenter import Segmenter, as_segmenter
 from geoseg.staging import TileStore
-from geoseg.tiling import TilePlan, plan_tiles
+from geoseg.tiling import Tile, TilePlan, plan_tiles
 
 _SEGMENTERS: dict[str, Any] = {}  # per worker process: built once, kept
 
@@ -53,15 +54,19 @@ def _segment_block(key: str, spec: Any, path: str, read: ReadOptions, limits: An
     """On a worker: read and segment `tiles` of `path`; (tiles, nodata tiles, packed pieces)."""
     segmenter = _segmenter(key, spec)
     plan = plan_tiles(*grid)
-    nodata, packed = [], []
+    size = batch_size_of(segmenter)
+    nodata: list[int] = []
+    packed = []
     with RasterSource(path, read, stretch_limits=limits) as src:
-        valid_tiles = []
-        for tile, rgb, valid in read_ahead(src, [plan.tile(k) for k in tiles], depth=2 * batch_size_of(segmenter)):
-            if valid.any():
-                valid_tiles.append((tile, rgb, valid))
-            else:
-                nodata.append(tile.index)
-        for batch in batches(valid_tiles, batch_size_of(segmenter)):
+
+        def valid_tiles() -> Iterator[tuple[Tile, np.ndarray, np.ndarray]]:  # read ahead of the model
+            for tile, rgb, valid in read_ahead(src, [plan.tile(k) for k in tiles], depth=2 * size):
+                if valid.any():
+                    yield tile, rgb, valid
+                else:
+                    nodata.append(tile.index)
+
+        for batch in batches(valid_tiles(), size):
             for p in segment_batch(segmenter, batch, prompts):
                 packed.append((p.label, p.score, p.tile, p.row, p.col, p.mask.shape, staging.pack(p.mask)))
     return tiles, nodata, packed
@@ -110,14 +115,17 @@ class DaskEngine:
             for i in range(0, len(todo), self.block)
         ]
         cols = plan.shape[1]
-        for fut in as_completed(futures):
-            tiles, nodata, packed = fut.result()
-            fut.release()
-            pieces = [Piece(label, score, tile, row, col, staging.unpack(blob, *shape))
-                      for label, score, tile, row, col, shape, blob in packed]
-            store.put(tiles, pieces, cols, nodata)
-            staged(tiles)
-            progress.advance(len(tiles), len(pieces))
+        try:
+            for fut in as_completed(futures):
+                tiles, nodata, packed = fut.result()
+                fut.release()
+                pieces = [Piece(label, score, tile, row, col, staging.unpack(blob, *shape))
+                          for label, score, tile, row, col, shape, blob in packed]
+                store.put(tiles, pieces, cols, nodata)
+                staged(tiles)
+                progress.advance(len(tiles), len(pieces))
+        finally:  # a failed file or an interrupt: its other blocks stop too
+            self.client.cancel([f for f in futures if not f.done()])
 
 
 def connect(*, workers: int | None = None, scheduler: str | None = None,

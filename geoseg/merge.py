@@ -317,6 +317,8 @@ class RowMerger:
             root = heapq.heappop(self.waiting)[1]
             self.closed.discard(root)
             ready.append(self.groups.pop(root))
+            for p in ready[-1].members:  # no later row can reach a closed object's pieces
+                del self.parent[p.key]
         if not ready:
             return []
         near = _Near([p for row in self.rows.values() for p in row])

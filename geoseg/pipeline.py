@@ -436,10 +436,11 @@ def stage_one(path: Any, settings: Settings, engine: Any, work: WorkDir, info: d
     rows of tiles behind the model as they complete; the running merge (None
     when an earlier run merged this raster)."""
     plan = info["plan"]
+    store = work.store(path, len(plan), plan.shape)  # refuses an input changed since an earlier run
     if work.result_path(path).exists():
+        store.close()
         return None
     work.fail(path, None)
-    store = work.store(path, len(plan), plan.shape)
     merging = _FileMerge(store.path, plan, info, settings, work.result_path(path))
     try:
         done = store.done()

@@ -4,6 +4,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pyogrio
@@ -98,3 +99,14 @@ def test_cli_cluster_options_errors(scenes, tmp_path):
     line = one_line_error(run("segment", *base, "--scheduler", "tcp://127.0.0.1:9"))
     assert "cannot reach the Dask scheduler" in line
     assert not (tmp_path / "o.gpkg").exists()
+
+
+def test_a_corrupt_file_on_the_cluster_fails_alone(scenes, client, tmp_path):
+    broken = tmp_path / "broken.tif"
+    data = Path(scenes[0]).read_bytes()
+    broken.write_bytes(data[: len(data) // 3])
+    settings = pipeline.Settings.of(PROMPTS, tile_size=256, overlap=32)
+    summary = pipeline.run([broken, scenes[1]], settings, DaskEngine(client, "colors"), output=tmp_path / "o.gpkg")
+    assert [f.state for f in summary.files] == ["failed", "done"]
+    assert "corrupt or truncated" in summary.files[0].error
+    assert set(pyogrio.read_dataframe(tmp_path / "o.gpkg")["source"]) == {"s1.tif"}
