@@ -318,19 +318,19 @@ def run(
     if output_dir is not None:
         out_dir = Path(output_dir)
         outputs = {k: out_dir / (Path(source_name(p)).stem + export.FORMATS[fmt]) for k, p in enumerate(paths)}
-    default_work = default_work_dir(output, output_dir)
     temporary = work_dir is None and output is None and output_dir is None
-    if temporary:
-        work_dir = tempfile.mkdtemp(prefix="geoseg-work-")
     engine.check(settings.prompts)  # also loads the model where it runs: fails early
-    written = set(workdir.written(work_dir if work_dir is not None else default_work))
-    for out in outputs.values():
-        if str(out) not in written:
-            export.check_output(out, overwrite)
-    if output is not None:
-        export.check_output(output, overwrite or str(output) in written)
-    work = WorkDir(work_dir if work_dir is not None else default_work, fingerprint(settings, engine),
-                   restart=restart and not temporary)
+    if temporary:
+        path = Path(tempfile.mkdtemp(prefix="geoseg-work-"))
+    else:
+        path = Path(work_dir) if work_dir is not None else default_work_dir(output, output_dir)
+        written = set(workdir.written(path))
+        for out in outputs.values():
+            if str(out) not in written:
+                export.check_output(out, overwrite)
+        if output is not None:
+            export.check_output(output, overwrite or str(output) in written)
+    work = WorkDir(path, fingerprint(settings, engine), restart=restart and not temporary)
     try:
         summary = _run(paths, several, settings, engine, work, outputs, output, layer, overwrite, collect)
     except BaseException as e:
@@ -564,8 +564,8 @@ def segment(
         own = workdir.written(work_dir if work_dir is not None else default_work_dir(output))
         export.check_output(output, overwrite or str(output) in own)
     paths = list_inputs(source)
-    for path in paths[:1] if len(paths) == 1 else []:  # a single bad input fails before the model loads
-        RasterSource(path, settings.read).close()
+    if len(paths) == 1:  # a single bad input fails before the model loads
+        RasterSource(paths[0], settings.read).close()
     engine = LocalEngine(as_segmenter(segmenter, **backend_options))
     summary = run(paths, settings, engine, output=output, layer=layer, overwrite=overwrite, work_dir=work_dir,
                   restart=restart, collect=True)
