@@ -105,7 +105,7 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | Non
     if len(summary.files) > 1 or summary.failed:
         click.echo(summary.report(), err=True)
     if summary.failed:
-        where = work_dir or (Path(output_dir) / ".geoseg-work" if output_dir else f"{output}.geoseg-work")
+        where = work_dir or pipeline.default_work_dir(output, output_dir)
         click.echo(f"geoseg: error: {len(summary.failed)} of {len(summary.files)} files failed; rerun the same "
                    f"command to retry them (work kept in {where})", err=True)
         raise SystemExit(1)
