@@ -11,6 +11,9 @@ Each merged object takes every pixel from the tile that owns it (the tile's
 core), where that tile saw the object; pixels owned by a tile that did not see
 it come from the tiles that did, unless the owner saw another object there.
 So the result has no seam, no double edge and no pixel counted twice.
+
+`RowMerger` does this one row of tiles at a time, as rows arrive, holding only
+the rows that open objects still need; `merge` is its in-memory form.
 """
 
 from __future__ import annotations
@@ -85,26 +88,6 @@ def to_piece(det: Detection, tile: Tile, valid: np.ndarray) -> Piece | None:
         return None
     tr, tc, crop = tight
     return Piece(det.label, float(det.score), tile.index, tile.window.row + r + tr, tile.window.col + c + tc, crop)
-
-
-class _Sets:
-    """Union-find over piece indices."""
-
-    def __init__(self, n: int) -> None:
-        self.parent = np.arange(n)
-
-    def find(self, i: int) -> int:
-        root = i
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[i] != root:
-            self.parent[i], i = root, self.parent[i]
-        return int(root)
-
-    def union(self, i: int, j: int) -> None:
-        a, b = self.find(i), self.find(j)
-        if a != b:
-            self.parent[max(a, b)] = min(a, b)
 
 
 def _box_array(pieces: Sequence[Piece]) -> np.ndarray:
