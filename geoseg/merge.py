@@ -322,13 +322,16 @@ class RowMerger:
 
 
 class _Near:
-    """The pieces whose boxes meet a box (rows r0, r1, cols c0, c1)."""
+    """The pieces whose boxes meet a box (rows r0, r1, cols c0, c1). The R-tree
+    is built on first use: most objects need no neighbour's pieces."""
 
     def __init__(self, pieces: list[Piece]) -> None:
         self.pieces = pieces
-        self.tree = shapely.STRtree(shapely.box(*_box_array(pieces).T))
+        self.tree: shapely.STRtree | None = None
 
     def __call__(self, box: tuple[int, int, int, int]) -> list[Piece]:
+        if self.tree is None:
+            self.tree = shapely.STRtree(shapely.box(*_box_array(self.pieces).T))
         r0, r1, c0, c1 = box
         return [self.pieces[k] for k in self.tree.query(shapely.box(c0, r0, c1, r1)).tolist()]
 

@@ -7,7 +7,6 @@ the raster size, and an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import queue
@@ -400,23 +399,31 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Any, work:
     summary = Summary(results)
     done = [k for k, r in enumerate(results) if r.state == "done"]
     summary.outputs = [str(outputs[k]) for k in done if k in outputs]
-    if output is not None or collect:
-        writer = None
-        if output is not None and done:
-            writer = export.Writer(output, layer=layer, overwrite=True,
-                                   provenance=provenance(engine, settings, paths),
-                                   crs_requested=settings.dst_crs is not None)
-        with writer or contextlib.nullcontext():
-            assembler = _Assembler(writer, collect)
-            for k in done:
-                assembler.add(work.result_path(paths[k]))
-            if writer is not None:
-                writer.commit(assembler.empty if assembler.empty is not None else _empty_frame())
-                work.mark_written(output)
-                summary.outputs.append(str(output))
-        if collect:
-            summary.frame = assembler.frame(settings.dst_crs)
+    results_done = [work.result_path(paths[k]) for k in done]
+    if output is not None and done:
+        assembler = _write_output(output, results_done, [paths[k] for k in done], layer, engine, settings, work,
+                                  collect)
+        summary.outputs.append(str(output))
+    elif collect:
+        assembler = _Assembler(None, collect=True)
+        for result in results_done:
+            assembler.add(result)
+    if collect:
+        summary.frame = assembler.frame(settings.dst_crs)
     return summary
+
+
+def _write_output(output: Any, results: list[Path], sources: list[Any], layer: str, engine: Any,
+                  settings: Settings, work: WorkDir, collect: bool = False) -> _Assembler:
+    """Write the per-file `results` into `output` atomically, numbering the objects."""
+    with export.Writer(output, layer=layer, overwrite=True, provenance=provenance(engine, settings, sources),
+                       crs_requested=settings.dst_crs is not None) as w:
+        assembler = _Assembler(w, collect)
+        for result in results:
+            assembler.add(result)
+        w.commit(assembler.empty if assembler.empty is not None else _empty_frame())
+    work.mark_written(output)
+    return assembler
 
 
 def _failed(result: FileResult, work: WorkDir, path: Any, error: Exception) -> None:
@@ -476,13 +483,7 @@ def _finish_one(path: Any, settings: Settings, engine: Any, work: WorkDir, info:
     result.tiles, result.state = info["tiles"], "done"
     result.all_nodata = bool(info.get("all_nodata"))
     if output is not None:
-        with export.Writer(output, layer=layer, overwrite=True,
-                           provenance=provenance(engine, settings, [path]),
-                           crs_requested=settings.dst_crs is not None) as w:
-            assembler = _Assembler(w, collect=False)
-            assembler.add(target)
-            w.commit(assembler.empty if assembler.empty is not None else _empty_frame())
-        work.mark_written(output)
+        _write_output(output, [target], [path], layer, engine, settings, work)
         result.output = str(output)
     result.seconds = time.perf_counter() - t0
     log.info("%s: %d tiles -> %d objects", result.source, result.tiles, result.objects)
@@ -580,21 +581,24 @@ def segment(
 
 def inspect(path: Any, *, tile_size: int, overlap: int, read: ReadOptions) -> dict[str, Any]:
     """Open a raster and plan its tiles, reading no pixel: grid, CRS, area, UTM zone."""
+    with RasterSource(path, read) as src:
+        return _inspect(src, path, tile_size, overlap)
+
+
+def _inspect(src: RasterSource, path: Any, tile_size: int, overlap: int) -> dict[str, Any]:
     import shapely
     from rasterio.windows import bounds
 
-    with RasterSource(path, read) as src:
-        plan = plan_tiles(src.height, src.width, tile_size, overlap)
-        footprint = gpd.GeoSeries([shapely.box(*bounds(((0, src.height), (0, src.width)), src.transform))],
-                                  crs=src.crs)
-        utm = None if src.crs is None else footprint.estimate_utm_crs()
-        area = vectorize.area_m2(footprint, utm)[0]
-        return {
-            "path": str(path), "name": source_name(path), "width": src.width, "height": src.height,
-            "bands": list(src.bands), "dtype": str(src.dtype), "crs": src.crs, "transform": src.transform,
-            "pixel_size": vectorize.pixel_size(src.transform), "nodata": src.nodata, "utm": utm,
-            "area_km2": None if np.isnan(area) else area / 1e6, "plan": plan, "tiles": len(plan),
-        }
+    plan = plan_tiles(src.height, src.width, tile_size, overlap)
+    footprint = gpd.GeoSeries([shapely.box(*bounds(((0, src.height), (0, src.width)), src.transform))], crs=src.crs)
+    utm = None if src.crs is None else footprint.estimate_utm_crs()
+    area = vectorize.area_m2(footprint, utm)[0]
+    return {
+        "path": str(path), "name": source_name(path), "width": src.width, "height": src.height,
+        "bands": list(src.bands), "dtype": str(src.dtype), "crs": src.crs, "transform": src.transform,
+        "pixel_size": vectorize.pixel_size(src.transform), "nodata": src.nodata, "utm": utm,
+        "area_km2": None if np.isnan(area) else area / 1e6, "plan": plan, "tiles": len(plan),
+    }
 
 
 def describe(
@@ -603,8 +607,8 @@ def describe(
 ) -> dict[str, Any]:
     """The plan for one raster, without running any model."""
     read = ReadOptions.of(bands=bands, resolution=resolution, pixel_coords=pixel_coords)
-    info = inspect(path, tile_size=tile_size, overlap=overlap, read=read)
     with RasterSource(path, read) as src:
+        info = _inspect(src, path, tile_size, overlap)
         stretch = None if src.stretch_limits is None else src.stretch_limits.round(3).tolist()
     return {
         "path": str(path), "width": info["width"], "height": info["height"], "bands": info["bands"],

@@ -108,15 +108,14 @@ def to_frame(
     simplify: float | None = None,
 ) -> gpd.GeoDataFrame:
     """Instances -> GeoDataFrame in the raster's CRS, in the order given."""
-    order = range(len(instances))
-    geoms = polygons(list(instances), transform)
+    geoms = polygons(instances, transform)
     if simplify:
         geoms = list(shapely.simplify(np.array(geoms, dtype=object), simplify * pixel_size(transform)))
     return gpd.GeoDataFrame(
         {
-            "label": [instances[k].label for k in order],
-            "score": np.array([instances[k].score for k in order], dtype=float),
-            "n_tiles": np.array([instances[k].n_tiles for k in order], dtype=np.int32),
+            "label": [inst.label for inst in instances],
+            "score": np.array([inst.score for inst in instances], dtype=float),
+            "n_tiles": np.array([inst.n_tiles for inst in instances], dtype=np.int32),
             "source": source,
         },
         geometry=gpd.GeoSeries(geoms, crs=crs),

@@ -32,6 +32,10 @@ def _atomic_json(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
+def _read_json(path: Path, default: Any) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
 def _key(source: Any) -> str:
     # an in-memory input (DataArray, open dataset) is only ever staged by one run
     return f"{source_name(source)}@{id(source)}" if is_raster_object(source) else str(source)
@@ -73,7 +77,7 @@ class WorkDir:
             shutil.rmtree(self.path)
         self.resumed = run_file.exists()
         if self.resumed:
-            old = json.loads(run_file.read_text())["settings"]
+            old = read_settings(self.path) or {}
             for key in sorted(set(old) | set(self.settings)):
                 if old.get(key) != self.settings.get(key):
                     raise UsageError(
@@ -121,23 +125,21 @@ class WorkDir:
 
     def fail(self, source: Any, message: str | None) -> None:
         """Record (or clear, with None) the error that stopped `source`."""
-        failures = self.failures()
+        failures = _read_json(self.path / FAILED_FILE, {})
+        if failures.get(str(source)) == message:
+            return
         if message is None:
-            failures.pop(str(source), None)
+            del failures[str(source)]
         else:
             failures[str(source)] = message
         _atomic_json(self.path / FAILED_FILE, failures)
-
-    def failures(self) -> dict[str, str]:
-        path = self.path / FAILED_FILE
-        return json.loads(path.read_text()) if path.exists() else {}  # type: ignore[no-any-return]
 
     @staticmethod
     def status_of(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         """Per input of the work folder at `path`: tiles done of total, detections,
         merged or not, and the error of a failed one."""
         path = Path(path)
-        failures = json.loads((path / FAILED_FILE).read_text()) if (path / FAILED_FILE).exists() else {}
+        failures = _read_json(path / FAILED_FILE, {})
         out = []
         for db in sorted(path.glob("*.sqlite")):
             with TileStore(db) as store:
@@ -157,13 +159,10 @@ class WorkDir:
 
 def written(path: str | os.PathLike[str]) -> list[str]:
     """The outputs the run in work folder `path` has written (its own to replace)."""
-    file = Path(path) / WRITTEN_FILE
-    return json.loads(file.read_text()) if file.is_file() else []
+    return _read_json(Path(path) / WRITTEN_FILE, [])  # type: ignore[no-any-return]
 
 
 def read_settings(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The settings of the work folder at `path`, or None if it is not one."""
-    run_file = Path(path) / RUN_FILE
-    if not run_file.is_file():
-        return None
-    return json.loads(run_file.read_text())["settings"]  # type: ignore[no-any-return]
+    run = _read_json(Path(path) / RUN_FILE, None)
+    return None if run is None else run["settings"]  # type: ignore[no-any-return]
