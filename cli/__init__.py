@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 import warnings
@@ -71,11 +72,19 @@ class _Progress(logging.Filter):
 
 
 def log_to(log_file: str | None, quiet: bool) -> None:
-    """Progress lines on stderr unless quiet or on a terminal; everything, with times, to `log_file`."""
+    """Progress lines on stderr unless quiet or on a terminal; everything, with times, to `log_file`.
+
+    Quiet leaves only warnings and errors on stderr, also those of the libraries
+    that load the model (Hugging Face's loading bars and notices).
+    """
     log = logging.getLogger("geoseg")
     for h in log.handlers:
         if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
             h.addFilter(_Progress(quiet))
+            if quiet and not log.isEnabledFor(logging.DEBUG):
+                h.setLevel(logging.WARNING)
+    if quiet:
+        _quiet_hugging_face()
     if log_file is not None:
         try:
             handler = logging.FileHandler(log_file)
@@ -85,9 +94,28 @@ def log_to(log_file: str | None, quiet: bool) -> None:
         log.addHandler(handler)
 
 
+def _quiet_hugging_face() -> None:
+    # read when they are imported; set them on the module where it already is
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+
+
+def _verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        logging.getLogger("geoseg").setLevel(logging.DEBUG)
+
+
+VERBOSE_HELP = "Log each file's figures; tracebacks for unexpected errors."
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="geoseg")
-@click.option("-v", "--verbose", is_flag=True, help="Log each file's figures; tracebacks for unexpected errors.")
+@click.option("-v", "--verbose", is_flag=True, help=VERBOSE_HELP)
 def main(verbose: bool) -> None:
     """Text-prompted segmentation of GeoTIFFs with SAM 3, seam-free."""
     log = logging.getLogger("geoseg")
@@ -97,6 +125,18 @@ def main(verbose: bool) -> None:
     warnings.showwarning = _show_warning
 
 
+def _add_verbose(group: click.Group) -> None:
+    """`-v` also after the command name (`geoseg segment ... -v`), on every command."""
+    for cmd in group.commands.values():
+        if isinstance(cmd, click.Group):
+            _add_verbose(cmd)
+        elif not any("--verbose" in p.opts for p in cmd.params):
+            cmd.params.append(click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, is_eager=True,
+                                           callback=_verbose, help=VERBOSE_HELP))
+
+
 from geoseg.cli import evaluate, export_dataset, info, qgis, segment  # noqa: E402,F401  (commands register on main)
+
+_add_verbose(main)
 
 __all__ = ["main", "evaluate", "export_dataset", "info", "qgis", "segment"]

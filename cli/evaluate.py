@@ -8,7 +8,7 @@ import math
 import click
 
 from geoseg.cli import main
-from geoseg.evaluate import ALL, Evaluation, evaluate
+from geoseg.evaluate import ALL, Evaluation, check_errors_path, evaluate, write_errors
 
 
 def _num(v: float, digits: int = 3) -> str:
@@ -52,11 +52,19 @@ def format_table(result: Evaluation) -> str:
 @click.option("--aoi", default=None, help="Polygon file: score only objects whose centroid lies inside.")
 @click.option("--sweep", default=None, help="PRED column (e.g. score): precision/recall/F1 against its threshold.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--errors", "errors", default=None, metavar="FILE.gpkg",
+              help="Write the matches and errors at the first --iou to a GeoPackage: layers tp, fp, fn.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --errors file.")
 def evaluate_cmd(pred: str, ref: str, ious: tuple[float, ...], label_field: str | None, class_agnostic: bool,
-                 aoi: str | None, sweep: str | None, as_json: bool) -> None:
+                 aoi: str | None, sweep: str | None, as_json: bool, errors: str | None, overwrite: bool) -> None:
     """Score predicted polygons PRED against reference polygons REF (object by object, SpaceNet matching)."""
+    if errors is not None:
+        check_errors_path(errors, overwrite)  # before the work: a refused file costs nothing
     result = evaluate(pred, ref, iou=ious or (0.5,), label_field=label_field, class_agnostic=class_agnostic,
                       aoi=aoi, sweep=sweep)
+    if errors is not None:
+        path = write_errors(result, errors, overwrite=overwrite)
+        click.echo(f"{path}: layers tp ({len(result.tp)}), fp ({len(result.fp)}), fn ({len(result.fn)})", err=True)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import shlex
+from typing import Any
 
 import click
 
+from geoseg.area import Area
 from geoseg.cli import main
-from geoseg.cli.options import read_options, tiling_options
+from geoseg.cli.options import area_options, read_options, tiling_options
+from geoseg.errors import OutsideAreaError
 from geoseg.pipeline import describe, list_inputs
 from geoseg.segmenter import check_prompts
-from geoseg.workdir import WorkDir, read_settings, show
+from geoseg.workdir import WorkDir, read_settings
 
 
 @main.command()
@@ -18,9 +22,11 @@ from geoseg.workdir import WorkDir, read_settings, show
 @click.option("-p", "--prompt", "prompts", multiple=True, help="Prompts to check (no model is run).")
 @tiling_options
 @read_options
+@area_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info(inputs: tuple[str, ...], prompts: tuple[str, ...], tile_size: int, overlap: int, bands: str | None,
-         resolution: float | None, pixel_coords: bool, as_json: bool) -> None:
+         resolution: float | None, pixel_coords: bool, bbox: str | None, bbox_crs: str | None, aoi: str | None,
+         as_json: bool) -> None:
     """Show size, CRS, dtype, nodata, tiles and area of rasters, or the status of
     an interrupted run's work folder (OUT.geoseg-work)."""
     works = [i for i in inputs if read_settings(i) is not None]
@@ -28,23 +34,48 @@ def info(inputs: tuple[str, ...], prompts: tuple[str, ...], tile_size: int, over
         _work_status(works, as_json)
         return
     checked = check_prompts(prompts) if prompts else []
-    plans = [describe(p, tile_size=tile_size, overlap=overlap, bands=bands, resolution=resolution,
-                      pixel_coords=pixel_coords) for p in list_inputs(inputs)]
+    area = Area.of(bbox=bbox, bbox_crs=bbox_crs, aoi=aoi, margin=overlap)
+    paths = list_inputs(inputs)
+    plans = [_describe(p, len(paths) > 1, tile_size=tile_size, overlap=overlap, bands=bands, resolution=resolution,
+                       pixel_coords=pixel_coords, area=area) for p in paths]
+    if area is not None and all(d.get("outside") for d in plans):
+        raise OutsideAreaError(f"{area.describe()} overlaps none of the {len(paths)} inputs: check the coordinates")
     if as_json:
         click.echo(json.dumps({"prompts": checked, "rasters": plans}, indent=2))
         return
     for d in plans:
-        area = "unknown (no CRS)" if d["area_km2"] is None else f"{d['area_km2']:.4f} km²"
+        if d.get("outside"):
+            click.echo(f"{d['path']}\n  outside the area: would be skipped")
+            continue
+        km2 = "unknown (no CRS)" if d["area_km2"] is None else f"{d['area_km2']:.4f} km²"
         click.echo(f"{d['path']}\n"
                    f"  size       {d['width']} x {d['height']} px, bands {d['bands']}, {d['dtype']}\n"
                    f"  crs        {d['crs'] or 'none (pixel coordinates)'}, pixel {d['pixel_size']:.6g}\n"
                    f"  nodata     {d['nodata']}\n"
                    f"  stretch    {'none (uint8 passed through)' if d['stretch'] is None else d['stretch']}\n"
-                   f"  area       {area}\n"
+                   f"  area       {km2}{'' if area is None else ' in ' + area.describe()}\n"
+                   + _window_line(d) +
                    f"  tiles      {d['tiles']} ({d['tile_grid'][0]} x {d['tile_grid'][1]}) of {d['tile_size']} px,"
-                   f" overlap {d['overlap']} px")
+                   f" overlap {d['overlap']} px" + ("" if area is None else ", to segment"))
     if checked:
         click.echo(f"prompts: {', '.join(checked)}")
+
+
+def _window_line(d: dict[str, Any]) -> str:
+    if d["window"] is None:
+        return ""
+    col, row, width, height = d["window"]
+    return f"  window     {width} x {height} px at col {col}, row {row} (the area plus {d['overlap']} px)\n"
+
+
+def _describe(path: str, several: bool, **kwargs: Any) -> dict[str, Any]:
+    """`describe`, where with several inputs one outside the area is marked so, not an error."""
+    try:
+        return describe(path, **kwargs)
+    except OutsideAreaError:
+        if not several:
+            raise
+        return {"path": str(path), "outside": True}
 
 
 def _work_status(paths: list[str], as_json: bool) -> None:
@@ -54,7 +85,7 @@ def _work_status(paths: list[str], as_json: bool) -> None:
         click.echo(json.dumps(status, indent=2))
         return
     for w in status:
-        opts = " ".join(f"{k} {show(v)}" for k, v in w["settings"].items() if v not in (None, False))
+        opts = cli_args(w["settings"])
         click.echo(f"{w['work_dir']}: interrupted run (resume with the same command, or --restart)")
         click.echo(f"  settings   {opts}")
         for f in w["files"]:
@@ -65,3 +96,24 @@ def _work_status(paths: list[str], as_json: bool) -> None:
             else:
                 state = f"{f['done']}/{f['tiles']} tiles staged, {f['detections']} detections"
             click.echo(f"  {f['source']}: {state}")
+
+
+_DTYPES = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}
+
+
+def cli_args(settings: dict[str, Any]) -> str:
+    """A work folder's settings as `geoseg segment` options to paste into a shell:
+    one `--prompt` per prompt, flags bare, defaults left out."""
+    words: list[str] = []
+    for option, value in settings.items():
+        if value is None or value is False:
+            continue
+        if value is True:
+            words.append(option)
+        elif option == "--prompt":
+            for prompt in value:
+                words += [option, shlex.quote(prompt)]
+        else:
+            text = ",".join(str(v) for v in value) if isinstance(value, list) else _DTYPES.get(str(value), str(value))
+            words += [option, shlex.quote(text)]
+    return " ".join(words)

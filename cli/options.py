@@ -25,3 +25,13 @@ def read_options(f: F) -> F:
                      help="Resample on read to this pixel size, in the raster's CRS units.")(f)
     f = click.option("--bands", default=None, help="1-based bands to use as R,G,B (e.g. 4,3,2), or one for grey.")(f)
     return f
+
+
+def area_options(f: F) -> F:
+    f = click.option("--aoi", default=None,
+                     help="Segment only inside the polygons of this vector file (any CRS; not with --bbox).")(f)
+    f = click.option("--bbox-crs", default=None,
+                     help="CRS of --bbox, e.g. EPSG:4326 for lon/lat [default: the raster's].")(f)
+    f = click.option("--bbox", default=None, metavar="MINX,MINY,MAXX,MAXY",
+                     help="Segment only this box, in --bbox-crs (objects kept whole when their centroid is in it).")(f)
+    return f

@@ -12,6 +12,7 @@ import click
 
 from geoseg.cli import main
 from geoseg.errors import OutputError, UsageError
+from geoseg.qgis.runner import RECORD
 
 PLUGIN = "geoseg_qgis"
 
@@ -24,7 +25,9 @@ def plugin_source() -> Path:
 
 
 def plugin_files(source: Path) -> list[Path]:
-    return sorted(p for p in source.iterdir() if p.is_file() and p.suffix in (".py", ".txt", ".png", ".svg"))
+    # RECORD names this machine's Python: never copied into a zip or another install
+    return sorted(p for p in source.iterdir()
+                  if p.is_file() and p.suffix in (".py", ".txt", ".png", ".svg") and p.name != RECORD)
 
 
 def qgis_root() -> Path:
@@ -69,6 +72,17 @@ def install_into(source: Path, folder: Path, link: bool) -> Path:
     return target
 
 
+def record_python(target: Path, python: str) -> Path | None:
+    """Write `python` into the installed plugin, where its runner looks for geoseg's Python.
+    A linked plugin is this geoseg's own folder: the record goes there. None when it cannot be written."""
+    record = target / RECORD
+    try:
+        record.write_text(python + "\n", encoding="utf-8")
+    except OSError:
+        return None
+    return record
+
+
 @main.group()
 def qgis() -> None:
     """The QGIS plugin: a Processing provider with "Text-prompted segmentation"."""
@@ -83,7 +97,9 @@ def install(profile: str, plugins_dir: str | None, link: bool, zip_path: str | N
     """Install the geoseg plugin into a QGIS profile (or build a zip)."""
     source = plugin_source()
     if not (source / "metadata.txt").is_file():
-        raise OutputError(f"{source}: the plugin files are missing from this geoseg install: reinstall geoseg")
+        raise OutputError(f"{source}: the plugin files are missing from this geoseg install: reinstall geoseg with "
+                          f'{sys.executable} -m pip install "geoseg[sam3] @ git+https://github.com/geoseg/geoseg" '
+                          '(from a clone: python -m pip install ".[sam3]")')
     if zip_path is not None:
         if link or plugins_dir is not None:
             raise UsageError("--zip builds a file only: drop --link and --plugins-dir")
@@ -96,8 +112,11 @@ def install(profile: str, plugins_dir: str | None, link: bool, zip_path: str | N
     folder = Path(plugins_dir) if plugins_dir is not None else profile_plugins_dir(profile)
     target = install_into(source, folder, link)
     python = sys.executable
+    record = record_python(target, python)
+    where = (f"recorded in {record}: the plugin uses it unless the provider setting or GEOSEG_PYTHON names "
+             "another" if record is not None else f"could not be recorded in {target}: set it in Settings › "
+             "Options › Processing › Providers › geoseg › geoseg Python, or in the environment variable GEOSEG_PYTHON")
     click.echo(f"{target}: geoseg plugin {'linked' if link else 'installed'}.\n"
                "Next: enable it in QGIS (Plugins › Manage and Install Plugins › Installed › geoseg), "
                f"or run: qgis_process plugins enable {PLUGIN}\n"
-               f"geoseg's Python is {python}: if QGIS does not find it, set it in Settings › Options › Processing › "
-               "Providers › geoseg › geoseg Python, or set the environment variable GEOSEG_PYTHON.", err=True)
+               f"geoseg's Python is {python}, {where}.", err=True)

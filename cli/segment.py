@@ -10,9 +10,9 @@ from typing import Any
 
 import click
 
-from geoseg import pipeline
+from geoseg import pipeline, rasterize
 from geoseg.cli import log_to, main
-from geoseg.cli.options import read_options, tiling_options
+from geoseg.cli.options import area_options, read_options, tiling_options
 from geoseg.engine import LocalEngine
 from geoseg.errors import OutputError, UsageError
 from geoseg.export import FORMATS
@@ -32,12 +32,17 @@ def _stretch(text: str) -> tuple[float, float]:
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-p", "--prompt", "prompts", multiple=True, required=True,
               help="Text prompt; repeat for several (-p building -p 'swimming pool').")
-@click.option("-o", "--output", default=None, help="Output file: .gpkg, .geojson, .fgb or .parquet.")
+@click.option("-o", "--output", default=None,
+              help="Output file: .gpkg, .geojson, .fgb, .parquet or .shp (GeoParquet needs GDAL >= 3.8 to open: "
+                   "older QGIS cannot read it).")
 @click.option("--output-dir", default=None, help="One output file per input raster, in this folder.")
 @click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), default="gpkg", show_default=True,
-              help="Format of the files written with --output-dir.")
-@click.option("--layer", default="detections", show_default=True, help="GeoPackage layer name.")
-@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+              help="Format of the files written with --output-dir (parquet needs GDAL >= 3.8 to open: older QGIS "
+                   "cannot read it).")
+@click.option("--layer", default="detections", show_default=True,
+              help="GeoPackage layer; added to an existing GeoPackage, its other layers kept.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace existing output files (in a GeoPackage: only the --layer).")
 @click.option("--backend", default="sam3", show_default=True, help="Segmenter backend (see `geoseg backends`).")
 @click.option("--model", default=None, help="Hugging Face id or local folder [backend default: facebook/sam3].")
 @click.option("--device", default=None, help="cuda, cuda:1, mps or cpu [default: best available].")
@@ -51,11 +56,16 @@ def _stretch(text: str) -> tuple[float, float]:
 @click.option("--nms-iou", type=click.FloatRange(0, 1), default=None, help="Within-tile mask NMS at this IoU.")
 @tiling_options
 @read_options
+@area_options
 @click.option("--stretch", default="2,98", show_default=True,
               help="Percentiles of the scene-wide stretch for non-uint8 rasters.")
 @click.option("--dst-crs", default=None, help="Output CRS: EPSG code, WKT or PROJ string [default: the raster's].")
 @click.option("--simplify", type=click.FloatRange(min=0), default=None, help="Simplify polygons, tolerance in pixels.")
 @click.option("--min-area", type=click.FloatRange(min=0), default=None, help="Drop objects smaller than this, in m².")
+@click.option("--raster-out", default=None,
+              help="Also write a label raster (COG): a .tif file, or a folder for one NAME.tif per input.")
+@click.option("--raster-values", type=click.Choice(rasterize.VALUES), default=None,
+              help="Label raster values: each object's id, or its prompt's number [default: instance].")
 @click.option("--work-dir", default=None,
               help="Where detections are staged [default: OUT.geoseg-work, or DIR/.geoseg-work with --output-dir].")
 @click.option("--restart", is_flag=True, help="Discard the work folder of an interrupted run and start over.")
@@ -69,8 +79,10 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | Non
             layer: str, overwrite: bool, backend: str, model: str | None, device: str | None, dtype: str | None,
             batch_size: int | None, score_threshold: float | None, mask_threshold: float | None,
             max_detections: int | None, nms_iou: float | None, tile_size: int, overlap: int, bands: str | None,
-            resolution: float | None, pixel_coords: bool, stretch: str, dst_crs: str | None,
-            simplify: float | None, min_area: float | None, work_dir: str | None, restart: bool,
+            resolution: float | None, pixel_coords: bool, bbox: str | None, bbox_crs: str | None, aoi: str | None,
+            stretch: str, dst_crs: str | None,
+            simplify: float | None, min_area: float | None, raster_out: str | None, raster_values: str | None,
+            work_dir: str | None, restart: bool,
             workers: int | None, scheduler: str | None, resources: str | None, log_file: str | None,
             quiet: bool) -> None:
     """Find the objects named by PROMPTs in INPUTS (rasters, folders or URLs) and write polygons.
@@ -88,20 +100,25 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | Non
     log_to(log_file, quiet)
     settings = Settings.of(prompts, tile_size=tile_size, overlap=overlap, bands=bands, resolution=resolution,
                            stretch=_stretch(stretch), pixel_coords=pixel_coords, dst_crs=dst_crs,
-                           simplify=simplify, min_area=min_area, progress=not quiet and sys.stderr.isatty())
+                           simplify=simplify, min_area=min_area, progress=not quiet and sys.stderr.isatty(),
+                           bbox=bbox, bbox_crs=bbox_crs, aoi=aoi)
     paths = pipeline.list_inputs(inputs)
-    if len(paths) == 1:  # a bad single input fails before the model loads
-        pipeline.inspect(paths[0], tile_size=tile_size, overlap=overlap, read=settings.read)
+    pipeline.check_run(paths, settings, output=output, output_dir=output_dir, fmt=fmt, layer=layer,
+                       overwrite=overwrite, work_dir=work_dir, raster_out=raster_out,
+                       raster_values=raster_values)  # before the model loads
     options = dict(model=model, device=device, dtype=dtype, batch_size=batch_size, score_threshold=score_threshold,
                    mask_threshold=mask_threshold, max_detections=max_detections, nms_iou=nms_iou)
     with _engine(backend, options, workers, scheduler, resources) as engine:
         summary = pipeline.run(paths, settings, engine, output=output, output_dir=output_dir, fmt=fmt, layer=layer,
-                               overwrite=overwrite, work_dir=work_dir, restart=restart)
+                               overwrite=overwrite, work_dir=work_dir, restart=restart, raster_out=raster_out,
+                               raster_values=raster_values)
     for f in summary.files:
         if f.state == "done" and f.output:
             click.echo(f"{f.output}: {f.objects} objects" + (" (done before)" if f.reused else ""), err=True)
     if output is not None and summary.outputs:
         click.echo(f"{output}: {sum(f.objects for f in summary.files if f.state == 'done')} objects", err=True)
+    for r in summary.rasters:
+        click.echo(f"{r}: label raster", err=True)
     if len(summary.files) > 1 or summary.failed:
         click.echo(summary.report(), err=True)
     if summary.failed:
@@ -123,7 +140,7 @@ def _engine(backend: str, options: dict[str, Any], workers: int | None, schedule
     try:
         from geoseg import distributed
     except ImportError:
-        raise UsageError("--workers and --scheduler need Dask: pip install 'geoseg[dask]'") from None
+        raise UsageError("--workers and --scheduler need Dask: pip install 'dask[distributed]'") from None
     needs = distributed.parse_resources(resources)
     client = distributed.connect(workers=workers, scheduler=scheduler, resources=needs)
     try:

@@ -33,6 +33,11 @@ def __getattr__(name: str):  # type: ignore[no-untyped-def]
     raise AttributeError(f"module 'geoseg' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    # the lazy names too, so tab completion and dir() show them before first use
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
     "Detection",
     "EmptyRasterWarning",

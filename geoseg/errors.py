@@ -24,6 +24,10 @@ class RasterError(UsageError, OSError):
     """A raster that is missing, unreadable, corrupt or not georeferenced."""
 
 
+class OutsideAreaError(UsageError):
+    """The area asked for (--bbox, --aoi) does not overlap the raster."""
+
+
 class OutputError(UsageError, OSError):
     """An output path that exists, has an unknown format or cannot be written."""
 

@@ -27,18 +27,22 @@ centroid is inside, and is ignored otherwise.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeAlias
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyogrio
 import shapely
 from pyproj import CRS
 
-from geoseg.errors import UsageError
+from geoseg.errors import OutputError, UsageError
+from geoseg.export import check_output
 
 COCO_IOUS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))  # 0.50:0.95
 ALL = "all"
@@ -420,6 +424,42 @@ def _sweep(score: np.ndarray, steps: int, t: float, i: np.ndarray, j: np.ndarray
         sc = Scores(ALL, t, tp, fp, n_ref - tp, math.nan, 0, 0)
         rows.append(SweepRow(float(s), int(keep.sum()), tp, fp, n_ref - tp, sc.precision, sc.recall, sc.f1))
     return rows
+
+
+ERROR_LAYERS = ("tp", "fp", "fn")
+
+
+def check_errors_path(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """Check, before any work, that the error layers can be written to `path` (a new .gpkg)."""
+    if Path(path).suffix.lower() != ".gpkg":
+        raise OutputError(f"--errors {path}: give a .gpkg file name (it holds three layers: tp, fp, fn)")
+    try:
+        return check_output(path, overwrite)
+    except OutputError as e:
+        raise OutputError(f"--errors {e}") from None
+
+
+def write_errors(result: Evaluation, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write the matches and errors at the first IoU threshold to a GeoPackage, atomically.
+
+    Layers (in PRED's CRS): `tp`, the prediction of each matched pair with `pred_index`,
+    `ref_index`, `label`, `iou` and the reference as WKT in `ref_geometry`; `fp`, the
+    unmatched predictions with their columns, `pred_index` and `best_iou`; `fn`, the
+    unmatched references likewise with `ref_index`. An existing file is replaced only
+    with `overwrite`; a failure leaves nothing behind.
+    """
+    target = check_errors_path(path, overwrite)
+    tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.gpkg")
+    meta = json.dumps({"geoseg": "evaluate", "iou": result.thresholds[0], "crs": result.crs})
+    tmp.unlink(missing_ok=True)  # layers are added to the file one by one: start from nothing
+    try:
+        for name in ERROR_LAYERS:
+            pyogrio.write_dataframe(getattr(result, name), tmp, layer=name, driver="GPKG", promote_to_multi=True,
+                                    geometry_type="MultiPolygon", layer_metadata={"geoseg": meta})
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 def summary_frame(result: Evaluation) -> pd.DataFrame:

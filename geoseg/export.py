@@ -3,12 +3,21 @@
 A result is first written to a hidden temporary file beside the target and
 renamed into place only once complete, so a failed run leaves nothing half
 written and an existing file is replaced only with `overwrite`.
+
+A GeoPackage holds many layers: writing one into an existing GeoPackage adds
+it (or, with `overwrite`, replaces only that layer). The existing file is
+copied to the temporary file, the layer written there, and the copy renamed
+over the original: every other layer is kept as it was, and a failed write
+leaves the original untouched. Other formats hold one layer per file.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import secrets
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -18,18 +27,59 @@ import geopandas as gpd
 import pandas as pd
 import pyogrio
 from pyproj import CRS
+from shapely.geometry import MultiPolygon
 
-from geoseg.errors import OutputCRSWarning, OutputError
+from geoseg.errors import OutputCRSWarning, OutputError, RunError
 
-DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf", ".parquet": "Parquet"}
-FORMATS = {"gpkg": ".gpkg", "geojson": ".geojson", "fgb": ".fgb", "parquet": ".parquet"}
+DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf", ".parquet": "Parquet",
+           ".shp": "ESRI Shapefile"}
+FORMATS = {"gpkg": ".gpkg", "geojson": ".geojson", "fgb": ".fgb", "parquet": ".parquet", "shp": ".shp"}
+SHP_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
+SHP_INDEXES = (".qix", ".sbn", ".sbx")  # spatial indexes of an old shapefile: wrong for a new one
+# GPKG: replace a layer whose name differs only in case (checked first: overwrite was given)
+OPTIONS: dict[str, dict[str, str]] = {"GeoJSON": {"RFC7946": "YES"}, "ESRI Shapefile": {"2GB_LIMIT": "YES"},
+                                      "GPKG": {"OVERWRITE": "YES"}}
 
 
-def check_output(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
-    """Check before any work that `path` can be written; return it as a Path."""
+def parts(path: Path) -> list[Path]:
+    """The files an output is made of: a shapefile is several."""
+    if path.suffix.lower() == ".shp":
+        return [path.with_suffix(ext) for ext in SHP_PARTS]
+    return [path]
+
+
+def gpkg_layers(path: Path) -> set[str] | None:
+    """The layer names of an existing GeoPackage, lower case (SQLite table
+    names ignore case); None when `path` is not a GeoPackage."""
+    try:
+        return {str(name).lower() for name in pyogrio.list_layers(path)[:, 0]}
+    except pyogrio.errors.DataSourceError:
+        return None
+
+
+def output_key(path: str | os.PathLike[str], layer: str) -> str:
+    """What a run records as written: the file, or the layer of a GeoPackage."""
+    return f"{path}#{layer}" if Path(path).suffix.lower() == ".gpkg" else str(path)
+
+
+def has_output(path: str | os.PathLike[str], layer: str) -> bool:
+    """Whether `path` exists and, for a GeoPackage, holds `layer`."""
+    path = Path(path)
+    if path.suffix.lower() != ".gpkg":
+        return path.exists()
+    return path.exists() and layer.lower() in (gpkg_layers(path) or set())
+
+
+def check_output(path: str | os.PathLike[str], overwrite: bool = False, layer: str | None = None) -> Path:
+    """Check before any work that `path` (and `layer`, for a GeoPackage) can be
+    written; return it as a Path.
+
+    A GeoPackage that exists takes a new `layer` without `overwrite`; an
+    existing layer of that name needs `overwrite`, which replaces only it.
+    """
     path = Path(path)
     if path.suffix.lower() not in DRIVERS:
-        raise OutputError(f"{path}: unknown output format {path.suffix!r}: use .gpkg, .geojson, .fgb or .parquet")
+        raise OutputError(f"{path}: unknown output format {path.suffix!r}: use .gpkg, .geojson, .fgb, .parquet or .shp")
     parent = path.parent
     if not parent.is_dir():
         raise OutputError(f"{path}: folder {str(parent)!r} does not exist: create it first")
@@ -38,11 +88,33 @@ def check_output(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
             pass
     except OSError:
         raise OutputError(f"{path}: folder {str(parent)!r} is not writable: choose another output") from None
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path} exists: pass --overwrite to replace it, or choose another name")
     if path.is_dir():
         raise OutputError(f"{path} is a folder: give a file name such as out.gpkg")
+    if DRIVERS[path.suffix.lower()] == "GPKG" and layer is not None:
+        _check_layer(path, layer, overwrite)
+        return path
+    existing = [p for p in parts(path) if p.exists()]
+    if existing and not overwrite:
+        raise OutputError(f"{existing[0]} exists: pass --overwrite to replace it, or choose another name")
     return path
+
+
+def _check_layer(path: Path, layer: str, overwrite: bool) -> None:
+    if not layer.strip() or layer.lower().startswith(("gpkg_", "rtree_", "sqlite_")):
+        raise OutputError(f"--layer {layer!r}: give a layer name, not empty and not starting with gpkg_, rtree_ "
+                          f"or sqlite_ (names GeoPackage keeps for itself)")
+    if not path.exists():
+        return
+    if Path(f"{path}-wal").exists():  # SQLite's write-ahead log: another program has it open
+        raise OutputError(f"{path} is open in another program ({path.name}-wal is beside it): close it there "
+                          f"(e.g. remove its layers from QGIS) and rerun")
+    layers = gpkg_layers(path)
+    if layers is None and not overwrite:
+        raise OutputError(f"{path} exists: pass --overwrite to replace it (it is not a GeoPackage: it has no "
+                          f"layers to keep), or choose another name")
+    if layers is not None and layer.lower() in layers and not overwrite:
+        raise OutputError(f"{path} already has a layer {layer!r}: pass --overwrite to replace that layer "
+                          f"(the other layers are kept), or choose another --layer")
 
 
 def sidecar(path: Path) -> Path:
@@ -50,26 +122,60 @@ def sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".geoseg.json")
 
 
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def as_multi(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Polygons as one-part MultiPolygons, so that every geometry has one type."""
+    geoms = [MultiPolygon([g]) if g is not None and g.geom_type == "Polygon" else g for g in gdf.geometry]
+    return gdf.set_geometry(gpd.GeoSeries(geoms, index=gdf.index, crs=gdf.crs, name=gdf.geometry.name))
+
+
 class Writer:
     """Writes a result chunk by chunk to a hidden temporary file beside `path`;
     `commit()` renames it into place, so a failed run writes nothing.
 
     GeoJSON is written in EPSG:4326 (RFC 7946); a warning says so when another
-    CRS was asked for (`crs_requested`). GeoPackage, GeoJSON and FlatGeobuf are
-    appended to chunk by chunk; GeoParquet is written whole at `commit()`.
+    CRS was asked for (`crs_requested`). GeoPackage, GeoJSON, FlatGeobuf and
+    Shapefile are appended to chunk by chunk; GeoParquet is written whole at
+    `commit()`. Into an existing GeoPackage only `layer` is written (see the
+    module docstring); the layer of other formats is named after the file.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, layer: str = "detections", overwrite: bool = False,
                  provenance: dict[str, Any] | None = None, crs_requested: bool = False, multi: bool = True) -> None:
-        self.path = check_output(path, overwrite)
+        self.path = check_output(path, overwrite, layer)
+        self.overwrite = overwrite
         self.multi = multi  # False: keep Polygons and MultiPolygons as they are (a staging file)
         self.driver = DRIVERS[self.path.suffix.lower()]
-        self.layer, self.crs_requested = layer, crs_requested
+        self.layer = layer if self.driver == "GPKG" else self.path.stem
+        self.crs_requested = crs_requested
         self.meta = json.dumps(provenance or {}, default=str)
-        self.tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp{self.path.suffix}")
+        # every temporary file starts so; unique per writer, so that aborting one never removes another's
+        self.prefix = f".{self.path.stem}.{os.getpid()}.{secrets.token_hex(3)}.tmp."
+        self.tmp = self.path.with_name(self.prefix + self.path.suffix[1:])
         self._chunks: list[gpd.GeoDataFrame] = []  # Parquet only
         self._written = False
         self._warned = False
+        self._original: tuple[int, int] | None = None  # the GeoPackage as the write began: size, mtime
+
+    def _start(self) -> None:
+        """Copy an existing GeoPackage to the temporary file: the layer goes in beside the others."""
+        if self.driver != "GPKG":
+            return
+        self._original = _stat(self.path)
+        if self._original is None or gpkg_layers(self.path) is None:  # new, or not a GeoPackage to keep
+            return
+        try:  # again: the file may have changed since the check before the run
+            _check_layer(self.path, self.layer, self.overwrite)
+        except OutputError as e:  # a RunError: the run's work folder is kept for the rerun
+            raise RunError(str(e)) from None
+        shutil.copy2(self.path, self.tmp)  # copy2: the file keeps its mode
 
     def write(self, gdf: gpd.GeoDataFrame) -> None:
         if self.driver == "GeoJSON" and gdf.crs is not None and not CRS(gdf.crs).equals(CRS.from_epsg(4326)):
@@ -84,10 +190,14 @@ class Writer:
         if self._written and gdf.empty:
             return
         first = not self._written
+        if first:
+            self._start()
+        # an empty result still declares MultiPolygon (GDAL would make an empty shapefile of lines)
+        geometry_type = ("MultiPolygon" if gdf.empty else None) if self.multi else "Unknown"
         pyogrio.write_dataframe(
-            gdf, self.tmp, layer=self.layer if self.driver == "GPKG" else None, driver=self.driver,
-            promote_to_multi=self.multi, geometry_type=None if self.multi else "Unknown", append=not first,
-            layer_options={"RFC7946": "YES"} if first and self.driver == "GeoJSON" else None,
+            gdf, self.tmp, layer=self.layer, driver=self.driver,
+            promote_to_multi=self.multi, geometry_type=geometry_type, append=not first,
+            layer_options=OPTIONS.get(self.driver) if first else None,
             layer_metadata={"geoseg": self.meta} if first and self.driver == "GPKG" else None,
         )
         self._written = True
@@ -97,23 +207,38 @@ class Writer:
         try:
             if self.driver == "Parquet":
                 frames = [f for f in self._chunks if not f.empty] or [empty]
-                gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs).to_parquet(
-                    self.tmp, index=False)
+                gdf = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs)
+                (as_multi(gdf) if self.multi else gdf).to_parquet(self.tmp, index=False)
             elif not self._written:
                 self.write(empty)
+            if self.driver == "GPKG" and _stat(self.path) != self._original:
+                raise RunError(f"{self.path} was changed by another program while geoseg wrote layer "
+                               f"{self.layer!r}: nothing written; rerun to write it again")
             if self.driver != "GPKG":
                 side_tmp = sidecar(self.tmp)
                 side_tmp.write_text(self.meta)
                 os.replace(side_tmp, sidecar(self.path))
-            os.replace(self.tmp, self.path)
+            self._move_into_place()
         except BaseException:
             self.abort()
             raise
         return self.path
 
+    def _move_into_place(self) -> None:
+        if self.driver != "ESRI Shapefile":
+            os.replace(self.tmp, self.path)
+            return
+        made = sorted(self.path.parent.glob(glob.escape(self.prefix) + "*"), key=lambda p: p.suffix.lower() == ".shp")
+        for part in made:  # the .shp last: readers look for it first
+            os.replace(part, self.path.with_suffix(part.suffix))
+        kept = {p.suffix.lower() for p in made}
+        for ext in SHP_PARTS + SHP_INDEXES:  # what the replaced shapefile had and this one has not
+            if ext not in kept:
+                self.path.with_suffix(ext).unlink(missing_ok=True)
+
     def abort(self) -> None:
-        """Remove the temporary file."""
-        for leftover in (self.tmp, sidecar(self.tmp)):
+        """Remove the temporary files (with a shapefile's parts and SQLite's journals)."""
+        for leftover in self.path.parent.glob(glob.escape(self.prefix) + "*"):
             leftover.unlink(missing_ok=True)
 
     def __enter__(self) -> Writer:
@@ -134,7 +259,7 @@ def write(
 
 
 def read_provenance(path: str | os.PathLike[str], layer: str = "detections") -> dict[str, Any]:
-    """The provenance geoseg stored with an output file."""
+    """The provenance geoseg stored with an output file (with `layer` of a GeoPackage)."""
     path = Path(path)
     if path.suffix.lower() == ".gpkg":
         meta = pyogrio.read_info(path, layer=layer).get("layer_metadata") or {}

@@ -16,7 +16,19 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 
+from geoseg.errors import UsageError
 from geoseg.raster import RasterSource, ReadOptions
+
+
+def _pyplot() -> Any:
+    """matplotlib.pyplot, or one line saying how to install it (it is an optional dependency)."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        # geoseg is not on PyPI: name what installs from anywhere, and the extra for a clone
+        raise UsageError('geoseg.plot needs matplotlib, which is not installed: pip install matplotlib '
+                         '(or, in a clone of geoseg, pip install ".[plot]")') from None
+    return plt
 
 
 def _nice_length(span: float) -> float:
@@ -79,8 +91,7 @@ def plot(
         alpha, edgecolor, linewidth, cmap: polygon style; edges default to the fill colour.
         legend, scale_bar, title: decorations. Axes are in map units (pixels without CRS).
     """
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     read = ReadOptions.of(bands=bands, stretch=stretch)
     try:
         src = RasterSource(raster, read)
@@ -118,7 +129,7 @@ def plot(
 
 def _draw(ax: Any, gdf: gpd.GeoDataFrame, column: str | None, *, alpha: float, edgecolor: str | None,
           linewidth: float, cmap: str | None, legend: bool) -> None:
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     from matplotlib.patches import Patch
 
     if column is None:

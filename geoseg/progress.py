@@ -1,23 +1,30 @@
 """Progress of a run: tqdm bars on a terminal, plain log lines elsewhere.
 
-On a terminal, one bar per file (tiles done/total, km², objects merged so far,
+On a terminal (or in Jupyter with ipywidgets), one bar per file (tiles done/total, km², objects merged so far,
 ETA) and, with several files, one overall bar. The same figures go to the
 "geoseg.progress" logger as a line every `every` seconds and at the end of each
 file: the CLI shows them on stderr when it is not a terminal (CI, batch jobs)
-and writes them to --log-file.
+and writes them to --log-file. In Jupyter without ipywidgets, tqdm would fall
+back to a terminal bar whose cursor escapes show up as garbage in the cell's
+output: there the bars are replaced by the same plain lines, printed.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 import time
 from collections.abc import Callable
 from datetime import timedelta
-
-from tqdm.auto import tqdm
+from typing import Any
 
 log = logging.getLogger("geoseg.progress")
+
+
+def plain_lines_only() -> bool:
+    """True in a Jupyter kernel without ipywidgets (tqdm's test for a notebook)."""
+    return "ipykernel.zmqshell" in sys.modules and importlib.util.find_spec("ipywidgets") is None
 
 
 def _eta(seconds: float) -> str:
@@ -33,13 +40,18 @@ class Progress:
     """
 
     def __init__(self, *, bars: bool, n_files: int = 1, total_tiles: int = 0, every: float = 10.0) -> None:
-        self.bars = bars
+        self.printed = bars and plain_lines_only()  # the log lines, printed, instead of bars
+        self.bars = bars and not self.printed
         self.every = every
-        self.overall = None
-        if bars and n_files > 1:
+        self.overall: Any = None
+        if self.bars:
+            from tqdm.auto import tqdm  # imported here: in Jupyter it picks the widget bars
+
+            self._tqdm = tqdm
+        if self.bars and n_files > 1:
             self.overall = tqdm(total=total_tiles, desc="all files", unit="tile", position=0, file=sys.stderr,
                                 dynamic_ncols=True)
-        self.bar: tqdm | None = None
+        self.bar: Any = None
         self.name = ""
 
     def start(self, name: str, total: int, done: int, km2_per_tile: float,
@@ -54,10 +66,10 @@ class Progress:
         if self.overall is not None:
             self.overall.update(done)
         if self.bars:
-            self.bar = tqdm(total=total, initial=done, desc=name, unit="tile", leave=False, file=sys.stderr,
-                            position=1 if self.overall is not None else 0, dynamic_ncols=True)
+            self.bar = self._tqdm(total=total, initial=done, desc=name, unit="tile", leave=False, file=sys.stderr,
+                                  position=1 if self.overall is not None else 0, dynamic_ncols=True)
         if done:
-            log.info("%s: resuming, %d of %d tiles already done", name, done, total)
+            self._say("%s: resuming, %d of %d tiles already done", name, done, total)
 
     def advance(self, tiles: int, detections: int) -> None:
         self.done += tiles
@@ -70,7 +82,7 @@ class Progress:
                                      refresh=False)
         if time.monotonic() - self.last >= self.every:
             self.last = time.monotonic()
-            log.info("%s", self.line())
+            self._say("%s", self.line())
 
     def line(self) -> str:
         rate = (self.done - self.done0) / max(time.monotonic() - self.t0, 1e-9)
@@ -84,7 +96,12 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        log.info("%s", self.line())
+        self._say("%s", self.line())
+
+    def _say(self, fmt: str, *args: Any) -> None:
+        log.info(fmt, *args)
+        if self.printed:
+            print(fmt % args, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

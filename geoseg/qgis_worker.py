@@ -6,10 +6,11 @@ geoseg's environment. Protocol: one JSON job on stdin, JSON lines on stdout::
 
     job:    {"inputs": [...], "prompts": [...], "output": "out.gpkg", "backend": "sam3", "model": ...,
              "device": ..., "score_threshold": ..., "tile_size": ..., "overlap": ..., "bands": ...,
-             "dst_crs": ..., "min_area": ...}
+             "dst_crs": ..., "min_area": ..., "resolution": ..., "mask_threshold": ...,
+             "bbox": [minx, miny, maxx, maxy], "bbox_crs": ..., "aoi": "aoi.gpkg"}   (optional keys may be absent)
     lines:  {"type": "info" | "warning", "text": ...}
             {"type": "progress", "value": 0.0 .. 1.0}
-            {"type": "done", "output": ..., "objects": N, "crs": ...}
+            {"type": "done", "output": ..., "objects": N, "crs": ..., "provenance": {...}}
             {"type": "error", "kind": "usage" | "model" | "environment" | "run", "text": ...}
 
 Exit code 0 on success, 2 for a usage error (bad input, missing model), 1 for a
@@ -98,18 +99,20 @@ def run(job: dict[str, Any], emit: Emit) -> int:
     try:
         inputs = pipeline.list_inputs(job["inputs"])
         backend = job.get("backend") or "sam3"
-        options = {k: job.get(k) for k in ("model", "device", "score_threshold")}
+        options = {k: job.get(k) for k in ("model", "device", "score_threshold", "mask_threshold")}
         if backend == "colors":  # the test backend has no model
             options.pop("model")
         model = options.get("model") or "its default model"
         emit("info", text=f"loading the {backend} backend" + ("" if backend == "colors" else f" ({model})"))
         inner = load_segmenter(backend, **options)
         segmenter = ProgressSegmenter(inner, len(inputs), emit)
+        # Only the keys given: a geoseg without them still runs the jobs that do not use them.
+        where = {k: job[k] for k in ("bbox", "bbox_crs", "aoi") if job.get(k) is not None}
         gdf = pipeline.segment(
             inputs, job["prompts"], segmenter=segmenter, tile_size=int(job.get("tile_size") or 1008),
-            overlap=int(job.get("overlap", 128)), bands=job.get("bands") or None,
+            overlap=int(job.get("overlap", 128)), bands=job.get("bands") or None, resolution=job.get("resolution"),
             dst_crs=job.get("dst_crs") or None, min_area=job.get("min_area"), output=job["output"],
-            layer=job.get("layer") or "detections", overwrite=bool(job.get("overwrite")),
+            layer=job.get("layer") or "detections", overwrite=bool(job.get("overwrite")), **where,
         )
     except ModelLoadError as e:
         emit("error", kind="model", text=str(e))
@@ -122,7 +125,9 @@ def run(job: dict[str, Any], emit: Emit) -> int:
         return 1
     except ImportError as e:  # e.g. the sam3 backend without torch/transformers
         emit("error", kind="environment", text=f"{e}: geoseg's Python ({sys.executable}) lacks a dependency; "
-                                               f"install it with: {sys.executable} -m pip install 'geoseg[sam3]'")
+                                               f'install the sam3 extra: {sys.executable} -m pip install '
+                                               f'"geoseg[sam3] @ git+https://github.com/geoseg/geoseg" (from a '
+                                               f'clone: {sys.executable} -m pip install ".[sam3]")')
         return 2
     except Exception as e:  # unforeseen: one line for the dialog, the traceback on stderr
         import traceback
@@ -131,7 +136,8 @@ def run(job: dict[str, Any], emit: Emit) -> int:
         emit("error", kind="run", text=f"{type(e).__name__}: {e}")
         return 1
     emit("progress", value=1.0)
-    emit("done", output=str(job["output"]), objects=len(gdf), crs=None if gdf.crs is None else gdf.crs.to_string())
+    emit("done", output=str(job["output"]), objects=len(gdf), crs=None if gdf.crs is None else gdf.crs.to_string(),
+         provenance=json.loads(json.dumps(gdf.attrs.get("geoseg", {}), default=str)))
     return 0
 
 

@@ -22,12 +22,15 @@ import numpy as np
 import rasterio
 import rasterio.coords
 import rasterio.io
+import shapely
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.transform import array_bounds
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window as RioWindow
 
-from geoseg.errors import RasterError, UsageError
+from geoseg.area import Area, pixel_window
+from geoseg.errors import OutsideAreaError, RasterError, UsageError
 from geoseg.tiling import Window
 
 
@@ -39,14 +42,17 @@ class ReadOptions:
     resolution: float | None = None
     stretch: tuple[float, float] = (2.0, 98.0)
     pixel_coords: bool = False
+    area: Area | None = None  #: read only the window of this area (see `RasterSource`)
 
     @classmethod
     def of(cls, *, bands: str | Sequence[int] | None = None, resolution: float | None = None,
-           stretch: tuple[float, float] = (2.0, 98.0), pixel_coords: bool = False) -> ReadOptions:
+           stretch: tuple[float, float] = (2.0, 98.0), pixel_coords: bool = False,
+           area: Area | None = None) -> ReadOptions:
         """Options from the API's loose types: bands as "4,3,2" or (4, 3, 2)."""
         return cls(
             bands=parse_bands(bands) if isinstance(bands, (str, type(None))) else tuple(int(b) for b in bands),
             resolution=resolution, stretch=(float(stretch[0]), float(stretch[1])), pixel_coords=pixel_coords,
+            area=area,
         )
 
 
@@ -179,11 +185,12 @@ class _DataArrayDataset:
     def read(self, bands: Sequence[int], window: RioWindow | None = None, masked: bool = False,
              out_shape: tuple[int, int, int] | None = None) -> np.ndarray:
         if out_shape is not None:  # decimated: every k-th pixel, enough for a preview or statistics
-            step_r = max(1, self.height // out_shape[1])
-            step_c = max(1, self.width // out_shape[2])
+            (r0, r1), (c0, c1) = (window or RioWindow(0, 0, self.width, self.height)).toranges()
+            step_r = max(1, int(r1 - r0) // out_shape[1])
+            step_c = max(1, int(c1 - c0) // out_shape[2])
             sub = self._da.isel({self._da.dims[0]: [b - 1 for b in bands],
-                                 self._da.dims[1]: slice(None, None, step_r),
-                                 self._da.dims[2]: slice(None, None, step_c)})
+                                 self._da.dims[1]: slice(int(r0), int(r1), step_r),
+                                 self._da.dims[2]: slice(int(c0), int(c1), step_c)})
             data = np.asarray(sub.values)
         else:
             data = self._window(bands, window)
@@ -207,6 +214,9 @@ class RasterSource:
 
     Use as a context manager. `transform`, `crs`, `height`, `width` describe
     the grid the tiles are read on (after `resolution` resampling, if any).
+    With an `area` in the options that grid is the window of the area's bounds
+    grown by `area.margin` pixels and clipped to the raster (`window`, in the
+    full grid); `zone` is the area in the raster's CRS. The stretch stays scene-wide.
     """
 
     def __init__(self, source: Any, options: ReadOptions = ReadOptions(),
@@ -256,6 +266,11 @@ class RasterSource:
         self.height, self.width = self._ds.height, self._ds.width
         self.transform = rasterio.Affine.identity() if o.pixel_coords else self._ds.transform
         self.crs = None if o.pixel_coords else self._ds.crs
+        self.grid_shape = (self.height, self.width)  # of the whole raster, before any area's window
+        self.zone: shapely.Geometry | None = None
+        self.window: Window | None = None
+        if o.area is not None:
+            self._place(o.area)
         self.nodata = src.nodata
         # GDAL's block cache (5 % of RAM by default) would grow with the raster;
         # tiles go row by row, so blocks of about one tile row are all worth keeping
@@ -265,6 +280,21 @@ class RasterSource:
         lo_pct, hi_pct = o.stretch
         if not 0 <= lo_pct < hi_pct <= 100:
             raise UsageError(f"--stretch {lo_pct},{hi_pct}: need 0 <= low < high <= 100, e.g. 2,98")
+
+    def _place(self, area: Area) -> None:
+        """Narrow the grid to the window of `area` (refused when it misses the raster)."""
+        zone = area.in_crs(self.crs, self.path)
+        h, w, full = self.height, self.width, self.transform
+        corners = [full @ xy for xy in ((0, 0), (w, 0), (w, h), (0, h))]
+        if shapely.intersection(zone, shapely.Polygon(corners)).area <= 0:
+            left, bottom, right, top = array_bounds(h, w, full)
+            hint = " and --bbox-crs" if area.option == "--bbox" else ""
+            raise OutsideAreaError(f"{area.describe()} does not overlap {self.path} (bounds {left:.15g},{bottom:.15g},"
+                                   f"{right:.15g},{top:.15g} in its CRS): check the coordinates{hint}")
+        self.window = pixel_window(zone, full, h, w, area.margin)
+        self.zone = zone
+        self.height, self.width = self.window.height, self.window.width
+        self.transform = full @ rasterio.Affine.translation(self.window.col, self.window.row)
 
     @functools.cached_property
     def stretch_limits(self) -> np.ndarray | None:
@@ -318,7 +348,8 @@ class RasterSource:
         inside = window.intersection(Window(0, 0, self.height, self.width))
         if inside is None:
             return rgb, valid
-        rio_window = RioWindow(inside.col, inside.row, inside.width, inside.height)
+        off = self.window or Window(0, 0, 0, 0)  # reads are offset into the area's window
+        rio_window = RioWindow(inside.col + off.col, inside.row + off.row, inside.width, inside.height)
         try:
             data = self._ds.read(self.bands, window=rio_window)
             mask = self._ds.dataset_mask(window=rio_window) > 0
@@ -354,7 +385,8 @@ class RasterSource:
         stretch; returns (rgb, valid, transform of the preview grid)."""
         scale = max(1, math.ceil(max(self.height, self.width) / max_size))
         h, w = max(1, self.height // scale), max(1, self.width // scale)
-        data = self._ds.read(self.bands, out_shape=(len(self.bands), h, w), masked=True)
+        win = None if self.window is None else RioWindow(self.window.col, self.window.row, self.width, self.height)
+        data = self._ds.read(self.bands, window=win, out_shape=(len(self.bands), h, w), masked=True)
         h, w = data.shape[1:]
         valid = np.asarray(~np.ma.getmaskarray(data).all(axis=0))
         values = np.ma.getdata(data)

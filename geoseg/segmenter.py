@@ -7,6 +7,7 @@ tile, the instances it found as `Detection`s in that tile's pixel grid.
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -43,13 +44,82 @@ class Segmenter(Protocol):
     """Anything with this method can segment for geoseg.
 
     `tiles` is a uint8 array (N, H, W, 3); the result has one list per tile.
-    Optional: `check_prompts(prompts)`, called before any tile is read, to
-    reject prompts it cannot take (raise `PromptError`); `begin(n_tiles,
-    prompts)`, called once per raster before its first tile; and an int
-    attribute `batch_size`, the number of tiles the pipeline passes per call.
+    The optional parts a segmenter may add are listed in `FullSegmenter`;
+    geoseg reads them only through `Backend`.
     """
 
     def segment(self, tiles: np.ndarray, prompts: Sequence[str]) -> list[list[Detection]]: ...
+
+
+class FullSegmenter(Segmenter, Protocol):
+    """The whole contract: `segment` and every optional part, with what it means.
+
+    Attributes:
+        name: the backend's name, for provenance and the resume check
+            (default: the class name).
+        batch_size: tiles per `segment` call (default 4).
+        max_objects: the most instances one call can return for one tile and
+            one prompt (SAM 3: its query count), or None for no limit.
+    """
+
+    name: str
+    batch_size: int
+    max_objects: int | None
+
+    def check_prompts(self, prompts: Sequence[str]) -> None:
+        """Raise `PromptError` for prompts it cannot take; called before any tile is read."""
+
+    def begin(self, n_tiles: int, prompts: list[str]) -> None:
+        """Called once per raster, before its first tile, with the number of tiles to segment."""
+
+    def config(self) -> dict[str, Any]:
+        """Every setting that changes what it finds (model, precision, thresholds),
+        JSON-able, keyed by keyword option name: recorded in each output's
+        provenance, and an interrupted run resumes only with the same values."""
+
+
+class Backend:
+    """A segmenter seen through the contract: its optional parts, or their
+    defaults where it has none. The one place that looks them up."""
+
+    def __init__(self, segmenter: Segmenter) -> None:
+        if not callable(getattr(segmenter, "segment", None)):
+            raise UsageError(f"{type(segmenter).__name__} has no segment(tiles, prompts) method: it is no segmenter")
+        self.segmenter = segmenter
+        self.name = str(getattr(segmenter, "name", None) or type(segmenter).__name__)
+
+    @property
+    def batch_size(self) -> int:
+        return max(1, int(getattr(self.segmenter, "batch_size", None) or 4))
+
+    @property
+    def max_objects(self) -> int | None:
+        value = getattr(self.segmenter, "max_objects", None)
+        return None if value is None else int(value)
+
+    def check_prompts(self, prompts: Sequence[str]) -> None:
+        check = getattr(self.segmenter, "check_prompts", None)
+        if callable(check):
+            check(prompts)
+
+    def begin(self, n_tiles: int, prompts: list[str]) -> None:
+        begin = getattr(self.segmenter, "begin", None)
+        if callable(begin):
+            begin(n_tiles, prompts)
+
+    def config(self) -> dict[str, Any]:
+        """The segmenter's `config()`, checked to be JSON-able; {} without one."""
+        config = getattr(self.segmenter, "config", None)
+        if not callable(config):
+            return {}
+        value = config()
+        try:
+            return dict(json.loads(json.dumps(value)))
+        except (TypeError, ValueError):
+            raise UsageError(f"{self.name}: config() must return a dict of JSON values, got {value!r}") from None
+
+    def segment(self, tiles: np.ndarray, prompts: Sequence[str]) -> list[list[Detection]]:
+        return self.segmenter.segment(tiles, prompts)
 
 
 def check_prompts(prompts: Sequence[str] | str) -> list[str]:

@@ -175,3 +175,88 @@ def test_click_usage_errors_are_one_line_too(scene_path, tmp_path, args, match):
     r = run("segment", scene_path, "-o", tmp_path / "o.gpkg")
     assert "'-p' / '--prompt'" in one_line_error(r)
     assert not (tmp_path / "o.gpkg").exists()
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_verbose_before_or_after_the_command_shows_the_traceback(scene_path, tmp_path, monkeypatch, where):
+    from geoseg import pipeline
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(pipeline, "run", broken)  # an unforeseen failure inside the library
+    args = ["segment", scene_path, "-p", "red", "--backend", "colors", "-o", tmp_path / "o.gpkg"]
+    r = run(*(["-v", *args] if where == "before" else [*args, "-v"]))
+    assert r.exit_code == 1 and "Traceback" in r.output and "RuntimeError: boom" in r.output
+    r = run(*args)
+    assert "Traceback" not in one_line_error(r, code=1) and "run with -v for details" in r.output
+
+
+def test_quiet_silences_model_loading_but_not_warnings(scene_path, tmp_path):
+    from geoseg.testing import build_tiny_sam3
+
+    model = build_tiny_sam3(tmp_path / "tiny")
+    geoseg = os.path.join(os.path.dirname(sys.executable), "geoseg")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+    base = [geoseg, "segment", str(scene_path), "-p", "red", "--model", str(model), "--device", "cpu",
+            "--tile-size", "1200"]
+    loud = subprocess.run([*base, "-o", str(tmp_path / "a.gpkg")], capture_output=True, text=True, env=env)
+    quiet = subprocess.run([*base, "-o", str(tmp_path / "b.gpkg"), "-q"], capture_output=True, text=True, env=env)
+    assert loud.returncode == 0 and quiet.returncode == 0, loud.stderr + quiet.stderr
+    assert "Loading weights" in loud.stderr and "loaded SAM 3" in loud.stderr
+    assert "Loading weights" not in quiet.stderr and "loaded SAM 3" not in quiet.stderr
+    assert "running on the CPU" in quiet.stderr  # warnings stay
+    n = len(pyogrio.read_dataframe(tmp_path / "b.gpkg"))
+    assert quiet.stderr.strip().splitlines()[-1] == f"{tmp_path / 'b.gpkg'}: {n} objects"
+
+
+def test_info_on_a_work_folder_prints_options_the_cli_takes(scene_path, tmp_path):
+    import shlex
+
+    from geoseg.cli import main
+    from geoseg.workdir import WorkDir
+
+    settings = {"--prompt": ["tree", "swimming pool"], "--backend": "sam3", "--model": "facebook/sam3",
+                "--dtype": "torch.bfloat16", "--score-threshold": 0.4, "--mask-threshold": None,
+                "--tile-size": 1008, "--overlap": 128, "--bands": [4, 3, 2], "--stretch": [2.0, 98.0],
+                "--pixel-coords": True, "--resolution": None}
+    WorkDir(tmp_path / "out.gpkg.geoseg-work", settings)
+    r = run("info", tmp_path / "out.gpkg.geoseg-work")
+    assert r.exit_code == 0, r.output
+    line = next(x for x in r.output.splitlines() if x.strip().startswith("settings"))
+    args = shlex.split(line.split("settings", 1)[1])
+    assert "torch" not in line and "True" not in line and "(default)" not in line
+    ctx = main.commands["segment"].make_context("segment", [str(scene_path), "-o", "x.gpkg", *args])
+    p = ctx.params
+    assert p["prompts"] == ("tree", "swimming pool") and p["dtype"] == "bf16" and p["bands"] == "4,3,2"
+    assert p["pixel_coords"] is True and p["score_threshold"] == 0.4 and p["stretch"] == "2.0,98.0"
+
+
+@pytest.mark.parametrize("case,match", [
+    ("ext", "unknown output format '.xyz'"),
+    ("out-folder", "does not exist"),
+    ("exists", "exists: pass --overwrite"),
+    ("truncated", "corrupt or truncated"),
+    ("layer-exists", "already has a layer 'detections'"),
+])
+def test_output_and_input_checks_come_before_the_model_loads(scene_path, tmp_path, case, match):
+    """A model that cannot load would fail first if it were loaded first: these must name the output or input."""
+    out = tmp_path / "out.gpkg"
+    source, target = {
+        "ext": (scene_path, tmp_path / "out.xyz"),
+        "out-folder": (scene_path, tmp_path / "missing_dir" / "out.gpkg"),
+        "exists": (scene_path, out),
+        "truncated": (_truncated(tmp_path), out),
+        "layer-exists": (scene_path, out),
+    }[case]
+    if case == "exists":
+        out.write_bytes(b"keep me")
+    if case == "layer-exists":
+        assert run("segment", scene_path, "-p", "red", *COLORS, "-o", out, "--tile-size", "1200").exit_code == 0
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    for extra in ([], ["--output-dir", tmp_path] if case == "truncated" else []):
+        args = ["-o", target] if not extra else extra
+        r = run("segment", source, "-p", "tree", *args, "--model", tmp_path / "no_model_here", "-q")
+        assert match in one_line_error(r), r.output
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import geopandas as gpd
@@ -223,3 +224,83 @@ def test_errors_are_one_line(scene, tmp_path):
     assert "Point" in one_line_error(run("export-dataset", raster, points, "-o", tmp_path / "y", *base))
     assert "--image-format" in one_line_error(run("export-dataset", raster, vec, "-o", tmp_path / "y",
                                                   "--image-format", "jpg"))
+
+
+def _ultralytics_dirs(yaml_path):
+    """The image folders as ultralytics' check_det_dataset resolves them: against `path`, or, without
+    it, the yaml's own folder."""
+    data = yaml.safe_load(yaml_path.read_text())
+    root = Path(data.get("path") or yaml_path.parent)
+    return {s: (root / data[s]).resolve() for s in ("train", "val", "test") if data.get(s)}
+
+
+def test_yolo_dataset_still_resolves_after_the_folder_is_moved(scene, tmp_path):
+    raster, vec, _ = scene
+    out = tmp_path / "yolo"
+    export_dataset(raster, vec, out, fmt="yolo", chip_size=128, block_size=1, split="0.5,0.5")
+    text = (out / "data.yaml").read_text()
+    assert str(tmp_path) not in text and "path:" not in text  # no absolute path, no root key to go stale
+    moved = tmp_path / "elsewhere" / "renamed"
+    moved.parent.mkdir()
+    out.rename(moved)
+    dirs = _ultralytics_dirs(moved / "data.yaml")
+    assert set(dirs) == {"train", "val"}
+    for split, folder in dirs.items():
+        assert folder == moved / "images" / split
+        images = sorted(folder.glob("*.png"))
+        assert images
+        for image in images:  # and each image finds its label file the YOLO way (images/ -> labels/)
+            assert (moved / "labels" / split / (image.stem + ".txt")).is_file()
+
+
+def test_default_options_work_on_the_bundled_samples(tmp_path):
+    """Both samples are smaller than two default blocks (4 chips of 512 px): OSBS (400 px) is even smaller
+    than one chip. Alone or together, the defaults give a dataset."""
+    import geoseg
+
+    osbs, seam = SAMPLE / "OSBS_029.tif", SAMPLE / "seam_scene.tif"
+    trees = SAMPLE / "OSBS_029_trees.gpkg"
+    with pytest.warns(geoseg.GeosegWarning, match="smaller than --chip-size 512"):
+        with pytest.warns(geoseg.GeosegWarning, match="val stays empty"):
+            s = export_dataset(osbs, trees, tmp_path / "osbs")
+    assert s.chips == {"train": 1, "val": 0} and s.objects["train"] == 61
+    with rasterio.open(tmp_path / "osbs" / "images" / "train" / "OSBS_029_r0_c0.png") as chip:
+        assert (chip.width, chip.height) == (512, 512)
+        assert not chip.read()[:, 400:, :].any() and chip.read()[:, :400, :400].any()  # padded below and right
+    shapes = tmp_path / "shapes.gpkg"
+    geoseg.segment(seam, ["red", "green", "blue"], segmenter="colors", output=shapes)
+    r = run("export-dataset", seam, shapes, "-o", tmp_path / "seam")
+    assert r.exit_code == 0, r.output
+    seam_manifest = json.loads((tmp_path / "seam" / "dataset.json").read_text())
+    assert seam_manifest["block_size_chips"] == 2  # 4 chips of 512 px would be one block: halved
+    assert {c["split"] for c in seam_manifest["chips"]} == {"train", "val"} and len(seam_manifest["chips"]) == 16
+    # both in one dataset, one given through a folder: two blocks, one per raster
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "seam_scene.tif").symlink_to(seam)
+    r = run("export-dataset", osbs, folder, trees, "-o", tmp_path / "both", "--format", "yolo")
+    assert r.exit_code == 0, r.output
+    assert "overlap" in r.output  # OSBS lies inside the seam scene's footprint: the same trees in two splits
+    manifest = json.loads((tmp_path / "both" / "dataset.json").read_text())
+    assert [m["name"] for m in manifest["rasters"]] == ["OSBS_029", "seam_scene"]
+    by_source = {}
+    for c in manifest["chips"]:
+        assert Path(c["file"]).name.startswith(c["source"] + "_r")
+        by_source.setdefault(c["source"], set()).add(c["split"])
+    assert by_source["OSBS_029"] != by_source["seam_scene"] and all(len(v) == 1 for v in by_source.values())
+    assert sum(c["objects"] for c in manifest["chips"]) == 2 * 61  # the reference trees are on both rasters
+
+
+def test_rasters_of_one_name_give_chips_of_different_names(scene, tmp_path):
+    raster, vec, _ = scene
+    for year in ("2020", "2021"):
+        (tmp_path / year).mkdir()
+        shutil.copy(raster, tmp_path / year / "scene.tif")  # two dates of one place, say
+    out = tmp_path / "ds"
+    s = export_dataset([tmp_path / "2020", tmp_path / "2021"], vec, out, chip_size=128, block_size=1)
+    files = [c["file"] for c in json.loads((out / "dataset.json").read_text())["chips"]]
+    assert len(files) == len(set(files)) == 8 and sum(s.chips.values()) == 8
+    assert {Path(f).name.split("_r")[0] for f in files} == {"2020_scene", "2021_scene"}
+    coco = [json.loads(p.read_text()) for p in (out / "annotations").glob("*.json")]
+    assert {i["source"] for c in coco for i in c["images"]} == {"2020_scene", "2021_scene"}
+    assert sum(len(c["annotations"]) for c in coco) == 2 * 4  # each object in each copy (the bar in two pieces)

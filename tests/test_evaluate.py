@@ -7,6 +7,7 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pyogrio
 import pytest
 import shapely
 from conftest import one_line_error, run
@@ -217,3 +218,35 @@ def test_cli_errors(tmp_path):
     assert "no CRS" in one_line_error(run("evaluate", good, nocrs))
     assert "--sweep" in one_line_error(run("evaluate", good, good, "--sweep", "score"))
     assert "--iou" in one_line_error(run("evaluate", good, good, "--iou", "0"))
+
+
+def test_cli_writes_the_error_layers(tmp_path):
+    # pred 0 matches ref 0 shifted 2 m (IoU 2/3); pred 1 is a false alarm; ref 1 is missed
+    pred = _write(frame([sq(2, 0), sq(100, 100)], score=[0.9, 0.4]), tmp_path / "pred.gpkg")
+    ref = _write(frame([sq(0, 0), sq(50, 50)], kind=["oak", "pine"]).to_crs(4326), tmp_path / "ref.geojson")
+    errors = tmp_path / "errors.gpkg"
+    r = run("evaluate", pred, ref, "--errors", errors)
+    assert r.exit_code == 0, r.output
+    assert [name for name, _ in pyogrio.list_layers(errors)] == ["tp", "fp", "fn"]
+    tp = pyogrio.read_dataframe(errors, layer="tp")
+    fp = pyogrio.read_dataframe(errors, layer="fp")
+    fn = pyogrio.read_dataframe(errors, layer="fn")
+    assert tp.crs.to_epsg() == 32617 and fn.crs.to_epsg() == 32617  # all in PRED's CRS
+    assert (tp["pred_index"].tolist(), tp["ref_index"].tolist()) == ([0], [0])
+    assert tp["iou"].tolist() == pytest.approx([2 / 3])
+    assert tp.geometry[0].equals(sq(2, 0))
+    assert shapely.from_wkt(tp["ref_geometry"][0]).hausdorff_distance(sq(0, 0)) < 1e-3
+    assert fp["pred_index"].tolist() == [1] and fp["score"].tolist() == [0.4] and fp.geometry[0].equals(sq(100, 100))
+    assert fn["ref_index"].tolist() == [1] and fn["kind"].tolist() == ["pine"] and fn["best_iou"].tolist() == [0]
+    assert fn.geometry[0].hausdorff_distance(sq(50, 50)) < 1e-3  # back from lon/lat
+    # an existing file is refused, before any work, and left as it was
+    before = errors.read_bytes()
+    assert "--overwrite" in one_line_error(run("evaluate", pred, ref, "--errors", errors))
+    assert errors.read_bytes() == before
+    r = run("evaluate", ref, ref, "--errors", errors, "--overwrite")  # a perfect match: fp and fn are empty
+    assert r.exit_code == 0, r.output
+    assert len(pyogrio.read_dataframe(errors, layer="tp")) == 2
+    assert len(pyogrio.read_dataframe(errors, layer="fp")) == len(pyogrio.read_dataframe(errors, layer="fn")) == 0
+    assert "--errors" in one_line_error(run("evaluate", pred, ref, "--errors", tmp_path / "errors.geojson"))
+    assert "does not exist" in one_line_error(run("evaluate", pred, ref, "--errors", tmp_path / "no" / "e.gpkg"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["errors.gpkg", "pred.gpkg", "ref.geojson"]

@@ -1,15 +1,18 @@
+import json
+
 import geopandas as gpd
+import numpy as np
 import pyogrio
 import pytest
 from shapely.geometry import Point
 
 import geoseg
-from geoseg.errors import OutputCRSWarning, OutputError
-from geoseg.export import read_provenance, write
-from geoseg.testing import ColorSegmenter
+from geoseg.errors import OutputCRSWarning, OutputError, RunError
+from geoseg.export import Writer, read_provenance, write
+from geoseg.testing import ColorSegmenter, disc, draw, rectangle, write_geotiff
 
 
-@pytest.mark.parametrize("ext", [".gpkg", ".geojson", ".fgb", ".parquet"])
+@pytest.mark.parametrize("ext", [".gpkg", ".geojson", ".fgb", ".parquet", ".shp"])
 def test_each_format_round_trips_with_provenance(scene_path, tmp_path, ext):
     out = tmp_path / f"out{ext}"
     gdf = geoseg.segment(scene_path, ["red", "green"], segmenter=ColorSegmenter(), tile_size=512, overlap=64,
@@ -35,7 +38,7 @@ def test_geojson_says_it_is_wgs84(scene_path, tmp_path):
 def test_existing_output_is_kept_without_overwrite(scene_path, tmp_path):
     out = tmp_path / "o.gpkg"
     out.write_bytes(b"precious")
-    with pytest.raises(OutputError, match="exists: pass --overwrite"):
+    with pytest.raises(OutputError, match="exists: pass --overwrite to replace it .it is not a GeoPackage"):
         geoseg.segment(scene_path, "red", segmenter=ColorSegmenter(), output=out)
     assert out.read_bytes() == b"precious"
     geoseg.segment(scene_path, "red", segmenter=ColorSegmenter(), output=out, overwrite=True)
@@ -53,7 +56,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 
 
 @pytest.mark.parametrize("name,match", [
-    ("o.shp", "unknown output format '.shp'"),
+    ("o.kml", "unknown output format '.kml'"),
     ("missing/o.gpkg", "does not exist"),
 ])
 def test_bad_outputs(scene_path, tmp_path, name, match):
@@ -65,3 +68,82 @@ def test_bad_outputs(scene_path, tmp_path, name, match):
 def test_unwritable_folder():
     with pytest.raises(OutputError, match="not writable"):
         write(gpd.GeoDataFrame(geometry=[]), "/proc/o.gpkg")
+
+
+def test_the_layer_is_named_after_the_output_not_the_temporary_file(scene_path, tmp_path):
+    for ext in (".geojson", ".fgb", ".shp"):
+        geoseg.segment(scene_path, "red", segmenter=ColorSegmenter(), tile_size=512, overlap=64,
+                       output=tmp_path / f"trees{ext}")
+        assert [str(name) for name in pyogrio.list_layers(tmp_path / f"trees{ext}")[:, 0]] == ["trees"]
+    assert json.loads((tmp_path / "trees.geojson").read_text())["name"] == "trees"
+
+
+@pytest.fixture
+def split_scene(tmp_path):
+    """A red square cut in two by a blue bar (a MultiPolygon) beside a red disc (a Polygon)."""
+    objs = [rectangle("red", 1, 20, 20, 60, 60), rectangle("blue", 2, 45, 10, 10, 80), disc("red", 3, 150, 150, 20)]
+    return write_geotiff(tmp_path / "split.tif", draw(200, 200, objs))
+
+
+def test_geoparquet_is_multipolygon_only(split_scene, tmp_path):
+    gdf = geoseg.segment(split_scene, "red", segmenter=ColorSegmenter(), tile_size=128, overlap=32,
+                         output=tmp_path / "o.parquet")
+    assert set(gdf.geom_type) == {"Polygon", "MultiPolygon"}  # the scene has both kinds
+    back = gpd.read_parquet(tmp_path / "o.parquet")
+    assert len(back) == 2 and list(back.geometry.geom_type.unique()) == ["MultiPolygon"]
+    assert back.geometry.area.sort_values().tolist() == pytest.approx(gdf.geometry.area.sort_values().tolist())
+
+
+def test_shapefile_round_trip_replaces_all_its_parts_only_with_overwrite(scene_path, tmp_path):
+    out = tmp_path / "o.shp"
+    foreign = gpd.GeoDataFrame({"name": ["old"]}, geometry=[Point(0, 0).buffer(1)], crs=3857)
+    pyogrio.write_dataframe(foreign, out)
+    (tmp_path / "o.qix").write_bytes(b"an index of the old shapefile")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("o.")}
+    assert set(before) == {"o.shp", "o.shx", "o.dbf", "o.prj", "o.cpg", "o.qix"}
+    with pytest.raises(OutputError, match="o.shp exists: pass --overwrite"):
+        geoseg.segment(scene_path, "red", segmenter=ColorSegmenter(), tile_size=512, overlap=64, output=out)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("o.")} == before
+
+    gdf = geoseg.segment(scene_path, "red", segmenter=ColorSegmenter(), tile_size=512, overlap=64, output=out,
+                         overwrite=True)
+    back = pyogrio.read_dataframe(out)
+    assert len(back) == len(gdf) > 0 and list(back.columns) == list(gdf.columns)
+    assert back.crs.equals("EPSG:32617") and set(back["label"]) == {"red"}
+    assert back.geometry.area.sum() == pytest.approx(gdf.geometry.area.sum())
+    assert read_provenance(out)["prompts"] == ["red"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("o.", "."))) == [
+        "o.cpg", "o.dbf", "o.prj", "o.shp", "o.shp.geoseg.json", "o.shx"]  # the stale index is gone
+
+
+def test_a_writer_stopped_before_commit_leaves_nothing(tmp_path):
+    gdf = gpd.GeoDataFrame({"label": ["a"]}, geometry=[Point(0, 0).buffer(1)], crs=32617)
+    for ext in (".shp", ".gpkg", ".fgb"):
+        with Writer(tmp_path / f"o{ext}") as w:
+            w.write(gdf)
+            assert any(p.name.startswith(".o.") for p in tmp_path.iterdir())  # written, not yet in place
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_made_by_another_program_during_the_run_is_kept(scene_path, tmp_path):
+    out = tmp_path / "o.fgb"
+
+    class Meddler(ColorSegmenter):
+        def segment(self, tiles, prompts):
+            if not out.exists():
+                out.write_bytes(b"theirs")
+            return super().segment(tiles, prompts)
+
+    with pytest.raises(RunError, match="o.fgb exists: pass --overwrite"):
+        geoseg.segment(scene_path, "red", segmenter=Meddler(), tile_size=512, overlap=64, output=out)
+    assert out.read_bytes() == b"theirs" and (tmp_path / "o.fgb.geoseg-work").is_dir()
+
+
+def test_an_empty_result_is_still_a_polygon_layer(tmp_path):
+    blank = write_geotiff(tmp_path / "blank.tif", np.full((300, 300, 3), 40, np.uint8))
+    for ext, kind in ((".shp", "Polygon"), (".gpkg", "MultiPolygon"), (".fgb", "MultiPolygon")):
+        gdf = geoseg.segment(blank, "red", segmenter=ColorSegmenter(), tile_size=256, overlap=32,
+                             output=tmp_path / f"e{ext}")
+        info = pyogrio.read_info(tmp_path / f"e{ext}")
+        assert len(gdf) == len(pyogrio.read_dataframe(tmp_path / f"e{ext}")) == 0
+        assert info["geometry_type"] == kind and "label" in info["fields"]

@@ -96,3 +96,20 @@ def test_float_dataarray_with_nodata_is_stretched_scene_wide():
         assert not valid[:, :101].any() and valid[:, 101:].all() and rgb.dtype == np.uint8
     with pytest.raises(geoseg.UsageError, match="rio.reproject"):
         RasterSource(da, geoseg.raster.ReadOptions(resolution=1.0))
+
+
+def test_without_matplotlib_one_line_names_the_install():
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "import geoseg, geoseg.plot\n"
+            "try:\n"
+            f"    geoseg.plot({SCENE!r})\n"
+            "except geoseg.UsageError as e:\n"
+            "    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert "needs matplotlib" in out and "pip install matplotlib" in out and '".[plot]"' in out
+
+
+def test_lazy_names_are_listed_by_dir():
+    assert {"plot", "Segmentation", "stats", "segment"} <= set(dir(geoseg))
+    code = "import geoseg; assert 'Segmentation' in dir(geoseg) and 'plot' in dir(geoseg)"
+    subprocess.run([sys.executable, "-c", code], check=True)

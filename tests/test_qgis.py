@@ -1,7 +1,8 @@
 """The QGIS plugin: its worker and installer (always), and the provider in a real headless QGIS (marker `qgis`).
 
 QGIS runs under its own Python (Debian: /usr/bin/python3 with python3-qgis), so the QGIS tests start it in
-a subprocess (tests/qgis/run_algorithm.py, qgis_process) with GEOSEG_PYTHON pointing back to this Python.
+a subprocess (tests/qgis/run_algorithm.py, qgis_process); the plugin finds this Python through the record
+`geoseg qgis install` writes (no GEOSEG_PYTHON, no setting).
 """
 
 from __future__ import annotations
@@ -17,11 +18,18 @@ import zipfile
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
+import pyogrio
 import pytest
+import rasterio
+import shapely
+from rasterio.transform import Affine
 
 import geoseg
-from geoseg.qgis.runner import Cancelled, WorkerError, run_worker
+from geoseg.export import read_provenance
+from geoseg.qgis.runner import RECORD, Cancelled, WorkerError, check_python, find_python, run_worker
 from geoseg.testing import build_tiny_sam3, make_scene
+from geoseg.testing.scenes import draw, random_objects, write_geotiff
 
 HERE = Path(__file__).parent
 PLUGIN = Path(geoseg.__file__).parent / "qgis"
@@ -73,7 +81,9 @@ def test_worker_runs_the_library_call_and_reports_progress(scene, expected, tmp_
     assert code == 0, lines
     progress = [line["value"] for line in lines if line["type"] == "progress"]
     assert progress == sorted(progress) and progress[-1] == 1.0 and len(progress) > 2
-    assert lines[-1] == {"type": "done", "output": str(out), "objects": len(expected), "crs": "EPSG:32617"}
+    done = lines[-1]
+    assert done.pop("provenance") == read_provenance(out)
+    assert done == {"type": "done", "output": str(out), "objects": len(expected), "crs": "EPSG:32617"}
     got = gpd.read_file(out)
     assert list(got.columns) == [*FIELDS, "geometry"] and len(got) == len(expected)
 
@@ -124,7 +134,7 @@ def test_runner_says_how_to_fix_a_missing_environment(tmp_path):
 
 
 def test_plugin_imports_only_stdlib_and_qgis():
-    allowed = set(sys.stdlib_module_names) | {"qgis", "processing", "PyQt5"}
+    allowed = set(sys.stdlib_module_names) | {"qgis", "processing", "PyQt5", "osgeo"}  # QGIS ships GDAL's bindings
     for path in PLUGIN.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
@@ -139,7 +149,19 @@ def test_plugin_imports_only_stdlib_and_qgis():
     assert "hasProcessingProvider=yes" in meta and f"version={geoseg.__version__}" in meta
 
 
-def test_install_copy_link_and_zip(tmp_path):
+@pytest.fixture
+def source_record():
+    """`geoseg qgis install --link` records the Python in geoseg's own plugin folder: put back what was there."""
+    record = PLUGIN / RECORD
+    before = record.read_bytes() if record.exists() else None
+    yield record
+    if before is None:
+        record.unlink(missing_ok=True)
+    else:
+        record.write_bytes(before)
+
+
+def test_install_copy_link_and_zip(tmp_path, source_record):
     from click.testing import CliRunner
 
     from geoseg.cli import main
@@ -157,6 +179,58 @@ def test_install_copy_link_and_zip(tmp_path):
     names = zipfile.ZipFile(tmp_path / "geoseg_qgis.zip").namelist()
     assert "geoseg_qgis/metadata.txt" in names and "geoseg_qgis/__init__.py" in names
     assert not any("__pycache__" in n for n in names)
+
+
+def test_install_records_its_python_for_the_plugin(tmp_path, source_record):
+    from click.testing import CliRunner
+
+    from geoseg.cli import main
+
+    env = {"QGIS_CUSTOM_CONFIG_PATH": str(tmp_path / "cfg")}
+    r = CliRunner().invoke(main, ["qgis", "install"], env=env)
+    assert r.exit_code == 0, r.output
+    target = tmp_path / "cfg" / "profiles" / "default" / "python" / "plugins" / "geoseg_qgis"
+    assert (target / RECORD).read_text().strip() == sys.executable
+    assert f"geoseg's Python is {sys.executable}, recorded in {target / RECORD}" in r.output
+    # a linked plugin is geoseg's own folder: the record goes there, and never into a copy or a zip
+    r = CliRunner().invoke(main, ["qgis", "install", "--link"], env=env)
+    assert r.exit_code == 0 and source_record.read_text().strip() == sys.executable, r.output
+    r = CliRunner().invoke(main, ["qgis", "install", "--zip", str(tmp_path / "p.zip")])
+    assert r.exit_code == 0 and f"geoseg_qgis/{RECORD}" not in zipfile.ZipFile(tmp_path / "p.zip").namelist()
+
+
+def test_find_python_order(tmp_path, monkeypatch):
+    """The provider setting, then $GEOSEG_PYTHON, then the install's record, then `geoseg` on PATH."""
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv("GEOSEG_PYTHON", raising=False)
+    assert find_python("", tmp_path) is None
+    (tmp_path / RECORD).write_text("/env/recorded/python\n")
+    assert find_python("", tmp_path) == ("/env/recorded/python", "recorded by `geoseg qgis install`")
+    monkeypatch.setenv("GEOSEG_PYTHON", "/env/variable/python")
+    assert find_python("", tmp_path) == ("/env/variable/python", "$GEOSEG_PYTHON")
+    assert find_python(" /env/setting/python ", tmp_path) == ("/env/setting/python", "the provider setting")
+
+
+def test_check_python_says_the_fix(tmp_path):
+    assert check_python(sys.executable, "$GEOSEG_PYTHON") is None
+    missing = check_python(str(tmp_path / "nope"), "recorded by `geoseg qgis install`")
+    assert missing.startswith(f"cannot start geoseg's Python '{tmp_path / 'nope'}' (recorded by `geoseg qgis install`")
+    assert "run `geoseg qgis install` from geoseg's environment" in missing
+    python = no_geoseg_python(tmp_path)
+    assert check_python(python, "$GEOSEG_PYTHON").startswith(f"{python} has no geoseg installed: install it there")
+
+
+def test_install_texts_name_a_real_install():
+    """geoseg is not on PyPI: every hint installs it from git or from a clone."""
+    texts = {p.name: p.read_text() for p in [*PLUGIN.iterdir(), PLUGIN.parent / "qgis_worker.py"] if p.is_file()}
+    texts["cli/qgis.py"] = (PLUGIN.parents[1] / "cli" / "qgis.py").read_text()
+    for name, text in texts.items():
+        for wrong in ("pip install geoseg", "pip install 'geoseg", 'pip install "geoseg[sam3]"'):
+            assert wrong not in text, f"{name} says {wrong}"
+    for name in ("metadata.txt", "runner.py", "qgis_worker.py", "cli/qgis.py"):
+        assert '"geoseg[sam3] @ git+https://github.com/geoseg/geoseg"' in texts[name].replace("{GIT_URL}", (
+            "git+https://github.com/geoseg/geoseg")), name
+        assert '".[sam3]"' in texts[name] or name == "metadata.txt" and "\".[sam3]\"" in texts[name], name
 
 
 # --- the provider in a real headless QGIS ------------------------------------------------------------------------
@@ -184,8 +258,8 @@ def qgis_profile(tmp_path_factory):
     from geoseg.cli import main
 
     cfg = tmp_path_factory.mktemp("qgis_config")
-    env = {**outside_venv(), "QGIS_CUSTOM_CONFIG_PATH": str(cfg), "QT_QPA_PLATFORM": "offscreen",
-           "GEOSEG_PYTHON": sys.executable, "XDG_RUNTIME_DIR": str(cfg)}
+    env = {k: v for k, v in outside_venv().items() if k != "GEOSEG_PYTHON"}  # the install's record finds it
+    env.update(QGIS_CUSTOM_CONFIG_PATH=str(cfg), QT_QPA_PLATFORM="offscreen", XDG_RUNTIME_DIR=str(cfg))
     r = CliRunner().invoke(main, ["qgis", "install"], env={"QGIS_CUSTOM_CONFIG_PATH": str(cfg)})
     assert r.exit_code == 0, r.output
     enable = subprocess.run([QGIS_PROCESS, "plugins", "enable", "geoseg_qgis"], env=env, capture_output=True,
@@ -220,8 +294,11 @@ def test_processing_run_writes_the_layer(qgis_profile, scene, expected, tmp_path
 def test_processing_run_with_a_local_sam3_folder(qgis_profile, tiny_sam3, tmp_path):
     model, small = tiny_sam3
     got = run_in_qgis(qgis_profile, {"INPUT": small, "PROMPTS": "tree", "MODEL": model, "DEVICE": "cpu",
-                                     "TILE_SIZE": 256, "OVERLAP": 32, "OUTPUT": str(tmp_path / "o.gpkg")})
+                                     "TILE_SIZE": 256, "OVERLAP": 32, "MASK_THRESHOLD": 0.7,
+                                     "OUTPUT": str(tmp_path / "o.gpkg")})
     assert got["error"] is None and got["valid"] and got["crs"] == "EPSG:32617", got
+    prov = read_provenance(tmp_path / "o.gpkg", "o")
+    assert (prov["backend"], prov["model"], prov["mask_threshold"]) == ("sam3", model, 0.7), prov
 
 
 @pytest.mark.qgis
@@ -262,3 +339,151 @@ def test_qgis_process_runs_the_algorithm(qgis_profile, scene, expected, tmp_path
     assert len(got) == len(expected) and got.crs.to_epsg() == 3857
     assert [c for c in got.columns if c != "geometry"] == FIELDS
     assert time.monotonic() - start < 120
+
+
+def centroids(gdf):
+    """(label, x, y) of each object, sorted, to compare two results object by object."""
+    c = gdf.geometry.centroid
+    return sorted(zip(gdf["label"], np.round(c.x, 2), np.round(c.y, 2)))
+
+
+@pytest.mark.qgis
+def test_not_found_error_appears_once_with_the_fix(qgis_profile, scene, tmp_path):
+    env, plugins = qgis_profile
+    (plugins / "geoseg_qgis" / RECORD).rename(tmp_path / RECORD)  # as after an install from a zip
+    try:
+        proc = subprocess.run([QGIS_PROCESS, "run", "geoseg:segment", "--", f"INPUT={scene}", "PROMPTS=red",
+                               "BACKEND=colors", f"OUTPUT={tmp_path / 'o.gpkg'}"], env=env, capture_output=True,
+                              text=True, timeout=120)
+    finally:
+        (tmp_path / RECORD).rename(plugins / "geoseg_qgis" / RECORD)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and text.count("geoseg's Python environment was not found") == 1, text
+    assert "run `geoseg qgis install` from geoseg's environment" in text and not (tmp_path / "o.gpkg").exists()
+
+
+@pytest.mark.qgis
+@pytest.mark.parametrize("name", ["out.gpkg", "out.shp"])
+def test_processing_output_keeps_the_provenance(qgis_profile, scene, tmp_path, name):
+    out = tmp_path / name
+    got = run_in_qgis(qgis_profile, {"INPUT": scene, "PROMPTS": "red, green\nblue", **COLORS, "OUTPUT": str(out)})
+    assert got["error"] is None, got
+    layer = pyogrio.list_layers(out)[0][0] if name.endswith(".gpkg") else "detections"
+    prov = read_provenance(out, layer)
+    assert prov["prompts"] == ["red", "green", "blue"] and prov["backend"] == "colors", prov
+    assert (prov["tile_size"], prov["overlap"], prov["sources"]) == (256, 32, ["scene.tif"])
+    assert prov["geoseg_version"] == geoseg.__version__ and prov["qgis"]["algorithm"] == "geoseg:segment"
+
+
+@pytest.fixture(scope="module")
+def spots(tmp_path_factory):
+    """A 600² px scene of small objects (all smaller than the overlap, so whole in any read), and what the
+    library finds in it."""
+    path = write_geotiff(tmp_path_factory.mktemp("spots") / "spots.tif",
+                         draw(600, 600, random_objects(600, 600, 60, seed=5, r_range=(5, 12))))
+    return path, geoseg.segment(path, ["red", "green", "blue"], segmenter="colors", tile_size=256, overlap=32)
+
+
+@pytest.mark.qgis
+def test_processing_extent_aoi_bands_resolution(qgis_profile, spots, tmp_path):
+    scene, expected = spots
+    base = {"INPUT": scene, "PROMPTS": "red,green,blue", **COLORS}
+    # EXTENT in the raster's CRS, QGIS's order: xmin,xmax,ymin,ymax [CRS]
+    box = (404040.0, 3285840.0, 404260.0, 3285960.0)
+    extent = f"{box[0]},{box[2]},{box[1]},{box[3]} [EPSG:32617]"
+    got = run_in_qgis(qgis_profile, {**base, "EXTENT": extent, "OUTPUT": str(tmp_path / "extent.gpkg")})
+    assert got["error"] is None, got
+    inside = box_inside = expected[expected.geometry.centroid.within(shapely.box(*box))]
+    assert 0 < len(inside) < len(expected)
+    assert centroids(gpd.read_file(tmp_path / "extent.gpkg")) == centroids(inside)
+    # an AOI layer in lon/lat: its polygons go to the worker through a temporary GeoPackage
+    triangle = shapely.Polygon([(404000, 3286000), (404300, 3286000), (404000, 3285700)])
+    aoi = gpd.GeoDataFrame(geometry=[triangle], crs=32617).to_crs(4326)
+    aoi.to_file(tmp_path / "aoi.gpkg")
+    got = run_in_qgis(qgis_profile, {**base, "AOI": str(tmp_path / "aoi.gpkg"), "OUTPUT": str(tmp_path / "aoi_o.gpkg")})
+    assert got["error"] is None, got
+    inside = aoi_inside = expected[expected.geometry.centroid.within(triangle.buffer(1e-6))]
+    assert 0 < len(inside) < len(expected)
+    assert centroids(gpd.read_file(tmp_path / "aoi_o.gpkg")) == centroids(inside)
+    assert read_provenance(tmp_path / "aoi_o.gpkg", "aoi_o")["area"] == "--aoi aoi (QGIS layer)"
+    # both: geoseg takes one area, so the plugin passes their intersection
+    got = run_in_qgis(qgis_profile, {**base, "AOI": str(tmp_path / "aoi.gpkg"), "EXTENT": extent,
+                                     "OUTPUT": str(tmp_path / "both.gpkg")})
+    assert got["error"] is None, got
+    inside = expected[expected.geometry.centroid.within(triangle.intersection(shapely.box(*box)).buffer(1e-6))]
+    assert 0 < len(inside) < min(len(aoi_inside), len(box_inside))
+    assert centroids(gpd.read_file(tmp_path / "both.gpkg")) == centroids(inside)
+    # BANDS 3,2,1: the red objects show blue; as a string or as a list of bands
+    blue = expected[expected["label"] == "blue"]
+    for bands in ("3,2,1", [3, 2, 1]):
+        got = run_in_qgis(qgis_profile, {**base, "PROMPTS": "red", "BANDS": bands, "OUTPUT": str(tmp_path / "b.gpkg")})
+        assert got["error"] is None and got["count"] == len(blue), (bands, got)
+        (tmp_path / "b.gpkg").unlink()
+    # RESOLUTION resamples the 0.5 m raster to 1 m on read, as the library does
+    got = run_in_qgis(qgis_profile, {**base, "RESOLUTION": 1.0, "OUTPUT": str(tmp_path / "r.gpkg")})
+    assert got["error"] is None, got
+    coarse = geoseg.segment(scene, ["red", "green", "blue"], segmenter="colors", tile_size=256, overlap=32,
+                            resolution=1.0)
+    assert centroids(gpd.read_file(tmp_path / "r.gpkg")) == centroids(coarse)
+    assert read_provenance(tmp_path / "r.gpkg", "r")["resolution"] == 1.0
+
+
+ZOOM, TILE = 17, 256
+WEB_MERCATOR = 20037508.342789244
+
+
+def write_xyz_scene(folder, x0=36000, y0=52000, n=3):
+    """A scene of n × n XYZ tiles at ZOOM as {z}/{x}/{y}.png under `folder`, and the same pixels as a
+    Web Mercator GeoTIFF (the truth). Returns (tile URL template, GeoTIFF path)."""
+    size = n * TILE
+    rgb = draw(size, size, random_objects(size, size, 40, seed=7, r_range=(5, 14))).transpose(2, 0, 1)
+    px = 2 * WEB_MERCATOR / (TILE * 2 ** ZOOM)
+    transform = Affine(px, 0, -WEB_MERCATOR + x0 * TILE * px, 0, -px, WEB_MERCATOR - y0 * TILE * px)
+    tif = folder / "truth.tif"
+    with rasterio.open(tif, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:3857",
+                       transform=transform) as dst:
+        dst.write(rgb)
+    for i in range(n):
+        for j in range(n):
+            (folder / "tiles" / str(ZOOM) / str(x0 + i)).mkdir(parents=True, exist_ok=True)
+            with rasterio.open(folder / "tiles" / str(ZOOM) / str(x0 + i) / f"{y0 + j}.png", "w", driver="PNG",
+                               width=TILE, height=TILE, count=3, dtype="uint8") as dst:
+                dst.write(rgb[:, j * TILE:(j + 1) * TILE, i * TILE:(i + 1) * TILE])
+    return f"file://{folder}/tiles/{{z}}/{{x}}/{{y}}.png", str(tif)
+
+
+@pytest.mark.qgis
+def test_processing_renders_a_web_layer(qgis_profile, tmp_path):
+    url, tif = write_xyz_scene(tmp_path)
+    xyz = {"xyz": f"type=xyz&url={url}&zmin={ZOOM}&zmax={ZOOM}"}
+    with rasterio.open(tif) as src:
+        b = src.bounds
+        lat = np.degrees(np.arctan(np.sinh((b.top + b.bottom) / 2 / WEB_MERCATOR * np.pi)))
+        ground = src.res[0] * np.cos(np.radians(lat))  # metres on the ground of one tile pixel
+    # EXTENT in lon/lat, inside the tiles: the layer is rendered in its CRS (EPSG:3857) around it
+    inner = shapely.box(b.left + 150 * src.res[0], b.bottom + 120 * src.res[0], b.right - 100 * src.res[0],
+                        b.top - 90 * src.res[0])
+    lonlat = gpd.GeoSeries([inner], crs=3857).to_crs(4326).total_bounds
+    extent = f"{lonlat[0]},{lonlat[2]},{lonlat[1]},{lonlat[3]} [EPSG:4326]"
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    params = {"INPUT": xyz, "PROMPTS": "red,green,blue", "BACKEND": "colors", "TILE_SIZE": 256, "OVERLAP": 32,
+              "EXTENT": extent, "WEB_RESOLUTION": round(ground, 4), "OUTPUT": str(tmp_path / "web.gpkg")}
+    got = run_in_qgis(qgis_profile, params, TMPDIR=str(temp))
+    assert got["error"] is None and got["crs"] == "EPSG:3857", got
+    assert any("rendering" in line for line in got["lines"]) and not list(temp.glob("geoseg_qgis_*"))  # removed
+    truth = geoseg.segment(tif, ["red", "green", "blue"], segmenter="colors", tile_size=256, overlap=32)
+    truth = truth[truth.geometry.centroid.within(inner)]
+    found = gpd.read_file(tmp_path / "web.gpkg")
+    assert len(truth) > 5 and len(found) == len(truth)
+    for label, x, y in centroids(truth):  # each object found in its place, within a tile pixel
+        assert any(lb == label and abs(x - x2) < src.res[0] and abs(y - y2) < src.res[0]
+                   for lb, x2, y2 in centroids(found)), (label, x, y)
+    prov = read_provenance(tmp_path / "web.gpkg", "web")
+    assert prov["sources"] == ["web tiles"] and prov["web_layer"]["provider"] == "wms"
+    # a web layer needs EXTENT and WEB_RESOLUTION: one line each, before any work
+    for drop, words in (("EXTENT", "EXTENT: web tiles is a web layer"), ("WEB_RESOLUTION", "WEB_RESOLUTION: web")):
+        got = run_in_qgis(qgis_profile, {k: v for k, v in params.items() if k != drop})
+        assert got["error"].count(words) == 1 and got["pid"] is None, got
+    got = run_in_qgis(qgis_profile, {**params, "WEB_RESOLUTION": 0.01})  # 40 000 pixels a side: refused
+    assert "more than 25000 a side: choose a coarser WEB_RESOLUTION" in got["error"] and got["pid"] is None, got

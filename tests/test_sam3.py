@@ -268,11 +268,24 @@ def test_defaults(tiny_dir, caplog):
         assert sum("running on the CPU" in r.getMessage() for r in caplog.records) == 1
 
 
-def test_begin_logs_a_cpu_estimate(seg, caplog):
+def test_cpu_estimate_is_measured_after_warming_up(seg, caplog):
+    import re
+    import time
+
+    tiles = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
     with caplog.at_level(logging.WARNING, logger="geoseg"):
         seg.begin(120, ["red", "green"])
+        seg.segment(tiles, ["red", "green"])  # warms up: nothing measured yet
+        assert not [r for r in caplog.records if "estimated" in r.getMessage()]
+        t0 = time.perf_counter()
+        seg.segment(tiles, ["red", "green"])
+        took = time.perf_counter() - t0
+        seg.segment(tiles, ["red", "green"])  # logged once per run
     [record] = [r for r in caplog.records if "estimated" in r.getMessage()]
-    assert "120 tile(s) x 2 prompt(s)" in record.getMessage()
+    message = record.getMessage()
+    assert "116 tile(s) x 2 prompt(s) left of 120" in message
+    per_tile = float(re.search(r"\(([0-9.e+-]+) s per tile", message).group(1))
+    assert 0.5 * took / 2 <= per_tile <= took / 2 * 1.01
 
 
 @pytest.mark.parametrize(("option", "value", "match"), [("dtype", "fp8", "--dtype"), ("device", "tpu9", "--device")])

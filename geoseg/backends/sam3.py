@@ -33,12 +33,6 @@ LICENCE_FIX = (
 )
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
-# Measured with the full model (840M parameters, fp32) on 2 Xeon cores, 1008 px tiles
-# (benchmarks/sam3_throughput.py --size full on the CPU).
-CPU_SECONDS_PER_TILE = 25.5
-CPU_SECONDS_PER_EXTRA_PROMPT = 3.4
-FULL_MODEL_PARAMS = 840e6
-
 # Rough GPU memory per 1008 px tile (activations of the encoder and of one prompt's
 # heads, plus post-processing); the OOM back-off in `segment` covers a wrong guess.
 GPU_BYTES_PER_TILE = {"bfloat16": 1.0 * 2**30, "float16": 1.0 * 2**30, "float32": 2.0 * 2**30}
@@ -92,6 +86,7 @@ class Sam3Segmenter:
 
         config = self.model.config
         self.input_size: int = int(config.vision_config.image_size)
+        self.max_objects: int = int(config.detr_decoder_config.num_queries)
         self.max_tokens: int = int(config.text_config.max_position_embeddings)
         self.n_params = sum(p.numel() for p in self.model.parameters())
         images = self.processor.image_processor
@@ -113,6 +108,12 @@ class Sam3Segmenter:
 
     # -- the contract --------------------------------------------------------------
 
+    def config(self) -> dict[str, Any]:
+        """The settings that change what SAM 3 finds (device and batch size do not)."""
+        short = {v: k for k, v in DTYPES.items()}
+        return {"model": self.model_id, "dtype": short[_name(self.dtype)], "score_threshold": self.score_threshold,
+                "mask_threshold": self.mask_threshold, "max_detections": self.max_detections, "nms_iou": self.nms_iou}
+
     def check_prompts(self, prompts: Sequence[str]) -> None:
         """Raise PromptError for an empty prompt or one longer than the text encoder takes."""
         for prompt in check_prompts(prompts):
@@ -124,24 +125,24 @@ class Sam3Segmenter:
                 )
 
     def begin(self, n_tiles: int, prompts: list[str]) -> None:
-        """Log a time estimate on CPU, where a run can take hours.
+        """On CPU, where a run can take hours, log a time estimate once the second
+        batch has run: measured, since a guess from the model's size misses the
+        fixed costs per tile, and the first batch also pays for warming up."""
+        self._estimate = [n_tiles, len(prompts), 0, 0] if self.device.type == "cpu" and n_tiles > 0 else None
 
-        The estimate scales the full model's measured CPU time by this model's
-        parameter count and by the number of CPU threads (measured with 2).
-        """
-        if self.device.type != "cpu" or n_tiles <= 0:
+    def _log_estimate(self, n_done: int, seconds: float) -> None:
+        if getattr(self, "_estimate", None) is None or n_done == 0:
             return
-        import torch
-
-        per_tile = CPU_SECONDS_PER_TILE + CPU_SECONDS_PER_EXTRA_PROMPT * max(len(prompts) - 1, 0)
-        per_tile *= (self.n_params / FULL_MODEL_PARAMS) * (2 / max(torch.get_num_threads(), 1))
-        log.warning(
-            "estimated CPU time: %s for %d tile(s) x %d prompt(s) (~%.1f s per tile)",
-            _duration(per_tile * n_tiles),
-            n_tiles,
-            len(prompts),
-            per_tile,
-        )
+        n_tiles, n_prompts, calls, seen = self._estimate
+        calls, seen = calls + 1, seen + n_done
+        self._estimate[2:] = [calls, seen]
+        if calls < 2:
+            return
+        self._estimate = None
+        per_tile, left = seconds / n_done, max(n_tiles - seen, 0)
+        if left:
+            log.warning("estimated CPU time: %s more for the %d tile(s) x %d prompt(s) left of %d "
+                        "(%.2g s per tile, measured)", _duration(per_tile * left), left, n_prompts, n_tiles, per_tile)
 
     def segment(self, tiles: np.ndarray, prompts: Sequence[str]) -> list[list[Detection]]:
         """Segment `tiles` (uint8, N x H x W x 3) with each prompt; one list per tile.
@@ -158,6 +159,7 @@ class Sam3Segmenter:
         self.check_prompts(prompts)
         results: list[list[Detection]] = []
         start, size, lowered = 0, max(1, self.batch_size), False
+        started = time.perf_counter()
         while start < len(tiles):
             batch = tiles[start : start + size]
             try:
@@ -180,6 +182,7 @@ class Sam3Segmenter:
         if lowered:
             log.warning("out of GPU memory: batch size lowered from %d to %d", self.batch_size, size)
             self.batch_size = size
+        self._log_estimate(len(results), time.perf_counter() - started)
         return results
 
     # -- reusing vision features (geoseg.Segmentation) ------------------------------

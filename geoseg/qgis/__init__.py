@@ -2,8 +2,8 @@
 
 Installed into a QGIS profile as the plugin folder `geoseg_qgis` (`geoseg qgis
 install`), so its modules import each other relatively and import nothing but
-the standard library and qgis: the work runs in geoseg's own Python
-(`geoseg.qgis_worker`), never in QGIS's.
+the standard library, qgis and the GDAL bindings QGIS ships (osgeo): the work
+runs in geoseg's own Python (`geoseg.qgis_worker`), never in QGIS's.
 """
 
 from __future__ import annotations

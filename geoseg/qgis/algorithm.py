@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from qgis.core import (
-    QgsCoordinateReferenceSystem,
+    Qgis,
     QgsFeature,
     QgsFeatureSink,
     QgsFields,
@@ -18,7 +18,9 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingParameterCrs,
     QgsProcessingParameterDefinition,
+    QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterFeatureSource,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
@@ -26,19 +28,26 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
-from .runner import Cancelled, WorkerError, find_python, not_found_message, run_worker
+from .layers import Render, crs_text, export_aoi, is_file_layer, plan_render, render, stamp
+from .runner import Cancelled, WorkerError, check_python, find_python, not_found_message, run_worker
 
 HELP = """Finds the objects named by the prompts in a raster layer with SAM 3 and writes one polygon per object, \
 with the fields label, score, area_m2, n_tiles and source (as `geoseg segment` does).
 
+<b>Raster layer</b>: a file QGIS reads with GDAL, or a web layer (XYZ, WMS/WMTS ...): a web layer is rendered \
+over <b>Extent</b> at <b>Web layer resolution</b> into a temporary GeoTIFF first; both are then required.
 <b>Prompts</b>: comma-separated or one per line ("building, swimming pool").
 <b>Model</b>: a Hugging Face id (facebook/sam3: accept its licence and run `hf auth login` once) or a local folder.
+<b>Extent</b>, <b>Area of interest</b>: keep the objects whose centre lies inside (as --bbox and --aoi).
 <b>Tile size</b>, <b>overlap</b>: tiling in pixels; objects crossing tile seams are merged into one.
+<b>Mask threshold</b>: SAM 3 turns mask probabilities above it into object pixels (empty: 0.5).
 <b>Bands</b>: 1-based bands used as red, green, blue ("4,3,2"), or one band for grey; empty: the first three.
+<b>Resolution</b>: resample a file raster on read to this pixel size (units of its CRS).
 <b>Target CRS</b>: of the output (default: the project's; the raster's when the project has none).
 
-The work runs in geoseg's own Python environment, in a separate process; set its interpreter in \
-Settings › Options › Processing › Providers › geoseg when it is not found."""
+The output keeps geoseg's provenance (a GeoPackage layer's metadata, else a file OUT.geoseg.json beside it).
+The work runs in geoseg's own Python environment, in a separate process: `geoseg qgis install` records it; \
+else set its interpreter in Settings › Options › Processing › Providers › geoseg."""
 
 
 def split_prompts(text: str) -> list[str]:
@@ -50,15 +59,21 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
     INPUT = "INPUT"
     PROMPTS = "PROMPTS"
     MODEL = "MODEL"
+    EXTENT = "EXTENT"
+    AOI = "AOI"
     TILE_SIZE = "TILE_SIZE"
     OVERLAP = "OVERLAP"
     SCORE_THRESHOLD = "SCORE_THRESHOLD"
+    MASK_THRESHOLD = "MASK_THRESHOLD"
     BANDS = "BANDS"
+    RESOLUTION = "RESOLUTION"
+    WEB_RESOLUTION = "WEB_RESOLUTION"
     TARGET_CRS = "TARGET_CRS"
     MIN_AREA = "MIN_AREA"
     BACKEND = "BACKEND"
     DEVICE = "DEVICE"
     OUTPUT = "OUTPUT"
+    prepared: tuple[dict[str, Any], Render | None, str]  # the job, a web layer's render, geoseg's Python
 
     def name(self) -> str:
         return "segment"
@@ -73,23 +88,34 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         return SegmentAlgorithm()
 
     def initAlgorithm(self, config: Any = None) -> None:  # noqa: N802
-        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Raster layer"))
+        double, integer = QgsProcessingParameterNumber.Double, QgsProcessingParameterNumber.Integer
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Raster layer (a file, or a web layer)"))
         self.addParameter(QgsProcessingParameterString(self.PROMPTS, "Prompts (comma-separated or one per line)",
                                                        multiLine=True))
         self.addParameter(QgsProcessingParameterString(self.MODEL, "Model (Hugging Face id or folder)",
                                                        defaultValue="facebook/sam3"))
-        self.addParameter(QgsProcessingParameterNumber(self.TILE_SIZE, "Tile size (pixels)",
-                                                       QgsProcessingParameterNumber.Integer, 1008, minValue=16))
-        self.addParameter(QgsProcessingParameterNumber(self.OVERLAP, "Overlap (pixels)",
-                                                       QgsProcessingParameterNumber.Integer, 128, minValue=0))
-        self.addParameter(QgsProcessingParameterNumber(self.SCORE_THRESHOLD, "Score threshold",
-                                                       QgsProcessingParameterNumber.Double, 0.5, minValue=0,
-                                                       maxValue=1))
+        self.addParameter(QgsProcessingParameterExtent(
+            self.EXTENT, "Extent (objects whose centre is inside; required for web layers)", optional=True))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            self.AOI, "Area of interest (objects whose centre is in its polygons)", [QgsProcessing.TypeVectorPolygon],
+            optional=True))
+        self.addParameter(QgsProcessingParameterNumber(self.TILE_SIZE, "Tile size (pixels)", integer, 1008,
+                                                       minValue=16))
+        self.addParameter(QgsProcessingParameterNumber(self.OVERLAP, "Overlap (pixels)", integer, 128, minValue=0))
+        self.addParameter(QgsProcessingParameterNumber(self.SCORE_THRESHOLD, "Score threshold", double, 0.5,
+                                                       minValue=0, maxValue=1))
+        self.addParameter(QgsProcessingParameterNumber(self.MASK_THRESHOLD, "Mask threshold (empty: the model's, 0.5)",
+                                                       double, optional=True, minValue=0, maxValue=1))
         self.addParameter(QgsProcessingParameterString(self.BANDS, "Bands as red,green,blue (e.g. 4,3,2)",
                                                        optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.RESOLUTION, "Resolution: resample a file raster to this pixel size (its CRS units)", double,
+            optional=True, minValue=0))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.WEB_RESOLUTION, "Web layer resolution (m on the ground; web layers only)", double, optional=True,
+            minValue=0))
         self.addParameter(QgsProcessingParameterCrs(self.TARGET_CRS, "Target CRS", "ProjectCrs", optional=True))
-        self.addParameter(QgsProcessingParameterNumber(self.MIN_AREA, "Minimum area (m²)",
-                                                       QgsProcessingParameterNumber.Double, optional=True,
+        self.addParameter(QgsProcessingParameterNumber(self.MIN_AREA, "Minimum area (m²)", double, optional=True,
                                                        minValue=0))
         for name, label, default in ((self.BACKEND, "Backend (sam3; colors is the test backend)", "sam3"),
                                      (self.DEVICE, "Device (cuda, cuda:1, mps, cpu; empty: best available)", None)):
@@ -99,52 +125,126 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, "Segmented objects",
                                                             QgsProcessing.TypeVectorPolygon))
 
-    def job(self, parameters: dict[str, Any], context: Any) -> dict[str, Any]:
-        """The worker's job: the same options as `geoseg segment`."""
+    def number(self, parameters: dict[str, Any], name: str, context: Any) -> float | None:
+        """An optional number: None when left empty."""
+        if parameters.get(name) in (None, ""):
+            return None
+        return float(self.parameterAsDouble(parameters, name, context))
+
+    def plan(self, parameters: dict[str, Any], context: Any) -> tuple[dict[str, Any], Render | None]:
+        """The worker's job (the same options as `geoseg segment`) and, for a web layer, its render.
+
+        Raises QgsProcessingException with one line that names the parameter and the fix.
+        """
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None:
-            raise QgsProcessingException("Raster layer: no such layer or file")
-        if layer.providerType() != "gdal":
-            raise QgsProcessingException(f"{layer.name()}: geoseg reads GDAL rasters; save the layer as a GeoTIFF")
+            raise QgsProcessingException("INPUT: no such raster layer or file")
         prompts = split_prompts(self.parameterAsString(parameters, self.PROMPTS, context))
         if not prompts:
-            raise QgsProcessingException("Prompts: give at least one, e.g. building, tree crown")
+            raise QgsProcessingException("PROMPTS: give at least one, e.g. building, tree crown")
         crs = self.parameterAsCrs(parameters, self.TARGET_CRS, context)
-        dst_crs = None
-        if crs.isValid():
-            dst_crs = crs.authid() or crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED)
         min_area = self.parameterAsDouble(parameters, self.MIN_AREA, context)
-        return {
+        resolution = self.number(parameters, self.RESOLUTION, context)
+        job: dict[str, Any] = {
             "inputs": [layer.source()],
             "prompts": prompts,
             "backend": self.parameterAsString(parameters, self.BACKEND, context).strip() or "sam3",
             "model": self.parameterAsString(parameters, self.MODEL, context).strip() or None,
             "device": self.parameterAsString(parameters, self.DEVICE, context).strip() or None,
             "score_threshold": self.parameterAsDouble(parameters, self.SCORE_THRESHOLD, context),
+            "mask_threshold": self.number(parameters, self.MASK_THRESHOLD, context),
             "tile_size": self.parameterAsInt(parameters, self.TILE_SIZE, context),
             "overlap": self.parameterAsInt(parameters, self.OVERLAP, context),
             "bands": self.parameterAsString(parameters, self.BANDS, context).strip() or None,
-            "dst_crs": dst_crs,
+            "resolution": resolution if resolution else None,
+            "dst_crs": crs_text(crs) if crs.isValid() else None,
             "min_area": min_area if min_area > 0 else None,
         }
+        extent = None
+        if parameters.get(self.EXTENT) not in (None, ""):
+            extent = self.parameterAsExtent(parameters, self.EXTENT, context)
+        extent_crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
+        if extent is not None and not extent.isNull():
+            if not extent_crs.isValid():  # "xmin,xmax,ymin,ymax" without [CRS]: the raster's
+                extent_crs = layer.crs()
+            job["bbox"] = [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()]
+            job["bbox_crs"] = crs_text(extent_crs)
+        if is_file_layer(layer):
+            return job, None
+        web_resolution = self.number(parameters, self.WEB_RESOLUTION, context)
+        kind = f"{layer.name()} is a web layer ({layer.providerType()}): geoseg segments a render of it"
+        if "bbox" not in job:
+            raise QgsProcessingException(f"EXTENT: {kind}, so give the extent to render (e.g. the map canvas)")
+        if not web_resolution:
+            raise QgsProcessingException(f"WEB_RESOLUTION: {kind}, so give its ground resolution in metres, "
+                                         "e.g. 0.5 (about the layer's finest zoom)")
+        if resolution:
+            raise QgsProcessingException(f"RESOLUTION: {kind}: set its pixel size with WEB_RESOLUTION instead")
+        return job, plan_render(layer, extent, extent_crs, web_resolution, job["overlap"], context)
 
-    def processAlgorithm(self, parameters: dict[str, Any], context: Any, feedback: Any) -> dict[str, Any]:  # noqa: N802
+    def python(self) -> str:
+        """geoseg's Python, checked to have geoseg; raises QgsProcessingException saying the fix."""
         from .provider import configured_python
 
-        job = self.job(parameters, context)
-        python = find_python(configured_python())
-        if python is None:
+        found = find_python(configured_python())
+        if found is None:
             raise QgsProcessingException(not_found_message())
-        folder = tempfile.mkdtemp(prefix="geoseg_qgis_")
+        problem = check_python(*found)
+        if problem:
+            raise QgsProcessingException(problem)
+        return found[0]
+
+    def checkParameterValues(self, parameters: dict[str, Any], context: Any) -> tuple[bool, str]:  # noqa: N802
+        """Usage errors, before any work: QGIS shows the message once (from processAlgorithm it shows it
+        three times)."""
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
         try:
-            job["output"] = str(Path(folder) / "objects.fgb")  # FlatGeobuf: QGIS's older GDAL reads it quietly
+            self.plan(parameters, context)
+            self.python()
+        except QgsProcessingException as e:
+            return False, str(e)
+        return True, ""
+
+    def prepareAlgorithm(self, parameters: dict[str, Any], context: Any, feedback: Any) -> bool:  # noqa: N802
+        # on the main thread: layers (and the clone of a web layer's provider) are read here, not in the worker thread
+        self.prepared = (*self.plan(parameters, context), self.python())
+        return True
+
+    def processAlgorithm(self, parameters: dict[str, Any], context: Any, feedback: Any) -> dict[str, Any]:  # noqa: N802
+        job, web, python = self.prepared
+        aoi = self.parameterAsSource(parameters, self.AOI, context)
+        folder = Path(tempfile.mkdtemp(prefix="geoseg_qgis_"))  # the render, the AOI, the worker's output
+        try:
+            if web is not None:
+                job["inputs"] = [render(web, folder / "web_layer.tif", context, feedback)]
+            box, box_crs = job.get("bbox"), job.get("bbox_crs")
+            if aoi is not None:  # with an EXTENT too, their intersection (geoseg takes one area)
+                job.pop("bbox", None)
+                job.pop("bbox_crs", None)
+                job["aoi"] = export_aoi(aoi, folder / "aoi.gpkg", context, box, box_crs)
+            job["output"] = str(folder / "objects.fgb")  # FlatGeobuf: QGIS's older GDAL reads it quietly
             try:
-                run_worker(python, job, lambda event: self.show(event, feedback), feedback.isCanceled)
+                done = run_worker(python, job, lambda event: self.show(event, feedback), feedback.isCanceled)
             except Cancelled as e:
                 raise QgsProcessingException(str(e)) from None
             except WorkerError as e:
                 raise QgsProcessingException(f"geoseg: {e}") from None
-            return {self.OUTPUT: self.copy(job["output"], parameters, context, feedback)}
+            dest = self.copy(job["output"], parameters, context, feedback)
+            provenance = {**done.get("provenance", {}), "qgis": {"version": Qgis.QGIS_VERSION,
+                                                                 "algorithm": "geoseg:segment"}}
+            if web is not None:  # the render is gone: name the layer it came from
+                provenance["sources"] = [web.name]
+                provenance["web_layer"] = {"name": web.name, "provider": web.provider_type,
+                                           "crs": crs_text(web.crs), "resolution_m": web.resolution,
+                                           "pixels": [web.cols, web.rows]}
+            if aoi is not None:  # the temporary file is gone: name the layer
+                within = f" within EXTENT {','.join(f'{v:.15g}' for v in box)} [{box_crs}]" if box else ""
+                provenance["area"] = f"--aoi {aoi.sourceName()} (QGIS layer){within}"
+            where = stamp(dest, provenance)
+            feedback.pushInfo(f"provenance: {where}" if where else "provenance: not stored (not a file output)")
+            return {self.OUTPUT: dest}
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -186,5 +286,5 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             out.setAttributes([feature[f.name()] for f in fields])
             sink.addFeature(out, QgsFeatureSink.FastInsert)
         feedback.setProgress(100)
-        del layer
+        del sink, layer  # closes the output file, so that its provenance can be written
         return str(dest)

@@ -27,7 +27,8 @@ class GeosegProvider(QgsProcessingProvider):
         ProcessingConfig.settingIcons[self.name()] = self.icon()
         ProcessingConfig.addSetting(Setting(
             self.name(), SETTING, "geoseg Python (the interpreter of geoseg's environment; empty: "
-            "$GEOSEG_PYTHON or the `geoseg` command on PATH)", "", valuetype=Setting.FILE))
+            "$GEOSEG_PYTHON, else the one `geoseg qgis install` recorded, else the `geoseg` command on PATH)", "",
+            valuetype=Setting.FILE))
         ProcessingConfig.readSettings()
         self.refreshAlgorithms()
         return True

@@ -20,7 +20,11 @@ from typing import Any
 
 SETTING = "GEOSEG_PYTHON"
 SETTING_PLACE = "Settings › Options › Processing › Providers › geoseg › geoseg Python"
-INSTALL_HINT = "python3 -m venv ~/geoseg-env && ~/geoseg-env/bin/pip install 'geoseg[sam3]'"
+# `geoseg qgis install` writes the Python it ran from into this file of the installed plugin.
+RECORD = "geoseg_python.txt"
+GIT_URL = "git+https://github.com/geoseg/geoseg"
+INSTALL_HINT = (f'python3 -m venv ~/geoseg-env && ~/geoseg-env/bin/python -m pip install "geoseg[sam3] @ {GIT_URL}" '
+                "&& ~/geoseg-env/bin/geoseg qgis install")
 # Variables QGIS sets for its own Python, GDAL and PROJ: they would break the wheels' in geoseg's environment.
 FOREIGN_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "GDAL_DATA", "GDAL_DRIVER_PATH", "PROJ_LIB", "PROJ_DATA")
 
@@ -37,33 +41,72 @@ class Cancelled(Exception):
     """The user cancelled: the worker was stopped and wrote nothing."""
 
 
-def find_python(configured: str = "") -> str | None:
-    """geoseg's Python: the provider setting, else $GEOSEG_PYTHON, else the one behind `geoseg` on PATH."""
-    for choice in (configured, os.environ.get(SETTING, "")):
+def recorded_python(folder: Path | None = None) -> str:
+    """The Python `geoseg qgis install` recorded in the plugin folder ("" when none)."""
+    try:
+        return (Path(folder or Path(__file__).parent) / RECORD).read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
+
+
+def find_python(configured: str = "", folder: Path | None = None) -> tuple[str, str] | None:
+    """geoseg's Python and where it came from, first found of: the provider setting, $GEOSEG_PYTHON,
+    the Python recorded by `geoseg qgis install`, the one behind the `geoseg` command on PATH.
+
+    Explicit choices come before the recorded one, so a setting or variable still overrides an install.
+    """
+    choices = ((configured, "the provider setting"), (os.environ.get(SETTING, ""), f"${SETTING}"),
+               (recorded_python(folder), "recorded by `geoseg qgis install`"))
+    for choice, origin in choices:
         if choice and choice.strip():
-            return choice.strip()
+            return choice.strip(), origin
     exe = shutil.which("geoseg")
     if exe is None:
         return None
     folder = Path(exe).resolve().parent
     for name in ("python.exe", "python3", "python"):
         if (folder / name).is_file():
-            return str(folder / name)
+            return str(folder / name), "the `geoseg` command on PATH"
     try:  # a pip console script names its interpreter on the first line
         first = Path(exe).resolve().read_bytes().split(b"\n", 1)[0].decode("utf-8", "replace")
     except OSError:
         return None
     if first.startswith("#!") and os.path.isfile(first[2:].strip()):
-        return first[2:].strip()
+        return first[2:].strip(), "the `geoseg` command on PATH"
     return None
 
 
 def not_found_message() -> str:
     return (
-        "geoseg's Python environment was not found. Point the provider to the Python that has geoseg installed: "
-        f"{SETTING_PLACE}, or the environment variable {SETTING}, or put the `geoseg` command on PATH. "
-        f"To create one: {INSTALL_HINT}"
+        "geoseg's Python environment was not found: run `geoseg qgis install` from geoseg's environment (it "
+        f"records its Python for the plugin), or set the Python that has geoseg in {SETTING_PLACE} or in the "
+        f"environment variable {SETTING}. To create one: {INSTALL_HINT}"
     )
+
+
+def no_geoseg_message(python: str) -> str:
+    return (f'{python} has no geoseg installed: install it there ({python} -m pip install "geoseg[sam3] @ '
+            f'{GIT_URL}", or from a clone: {python} -m pip install ".[sam3]"), or point the provider to the '
+            f"Python that has it: {SETTING_PLACE}, or ${SETTING}")
+
+
+def check_python(python: str, origin: str) -> str | None:
+    """Why `python` cannot run the worker (one line with the fix), or None when it can; takes a fraction
+    of a second: it looks geoseg up without importing it."""
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('geoseg') is None)"
+    try:
+        proc = subprocess.run([python, "-c", probe], capture_output=True, env=_clean_env(), timeout=60,
+                              creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+    except (OSError, subprocess.SubprocessError) as e:
+        reason = getattr(e, "strerror", None) or e
+        return f"cannot start geoseg's Python {python!r} ({origin}: {reason}). " + not_found_message()
+    if proc.returncode == 1:
+        return no_geoseg_message(python)
+    if proc.returncode != 0:
+        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        return (f"geoseg's Python {python!r} ({origin}) fails to start ({err[-1] if err else proc.returncode}). "
+                + not_found_message())
+    return None
 
 
 def _clean_env() -> dict[str, str]:
@@ -172,8 +215,7 @@ def run_worker(python: str, job: dict[str, Any], on_event: Callable[[dict[str, A
 def _explain(python: str, code: int, stderr: list[str]) -> str:
     text = "\n".join(stderr)
     if "No module named geoseg" in text or "No module named 'geoseg'" in text:
-        return (f"{python} has no geoseg installed: install it there ({python} -m pip install 'geoseg[sam3]'), "
-                f"or point the provider to the Python that has it: {SETTING_PLACE}, or ${SETTING}")
+        return no_geoseg_message(python)
     tail = "\n".join(stderr[-10:]) or "(nothing on stderr)"
     return f"the geoseg worker ({python} -m geoseg.qgis_worker) stopped with exit code {code}:\n{tail}"
 

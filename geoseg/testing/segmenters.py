@@ -34,6 +34,9 @@ class ColorSegmenter:
         self.batch_size = batch_size
         self.delay = delay
 
+    def config(self) -> dict[str, Any]:
+        return {"score_threshold": self.score_threshold}
+
     def check_prompts(self, prompts: Sequence[str]) -> None:
         for p in prompts:
             if p not in LABELS:

@@ -2,7 +2,8 @@
 
 Runs under QGIS's Python (Debian: /usr/bin/python3), not geoseg's:
     python3 run_algorithm.py PLUGINS_DIR PARAMS_JSON [--cancel]
-PLUGINS_DIR holds the installed plugin `geoseg_qgis`; geoseg's Python comes from $GEOSEG_PYTHON.
+PLUGINS_DIR holds the installed plugin `geoseg_qgis` (with the Python `geoseg qgis install` recorded).
+An INPUT of {"xyz": URI} is an XYZ tile layer ("wms" provider) of that URI ("type=xyz&url=...").
 With --cancel, the run is cancelled at the first progress past 0.
 """
 
@@ -17,6 +18,7 @@ from qgis.core import (  # noqa: E402
     QgsApplication,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsRasterLayer,
     QgsVectorLayer,
 )
 
@@ -71,6 +73,8 @@ def main():
             feedback.cancel()
 
     feedback.progressChanged.connect(on_progress)
+    if isinstance(params.get("INPUT"), dict):
+        params["INPUT"] = QgsRasterLayer(params["INPUT"]["xyz"], "web tiles", "wms")
     result = {"error": None}
     try:
         out = processing.run("geoseg:segment", params, feedback=feedback)
