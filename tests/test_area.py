@@ -16,7 +16,7 @@ from pyproj import Transformer
 import geoseg
 from geoseg import pipeline
 from geoseg.errors import OutsideAreaError, UsageError
-from geoseg.testing import ColorSegmenter
+from geoseg.testing import ColorSegmenter, CountingSegmenter
 from geoseg.testing.scenes import draw, random_objects, write_geotiff
 from geoseg.tiling import plan_tiles
 
@@ -27,18 +27,6 @@ T = Affine(0.5, 0, 404000.0, 0, -0.5, 3286000.0)  # write_geotiff's default grid
 # pixel rows 300..450, cols 400..600: a box in the middle of the scene
 BBOX = (404000 + 0.5 * 400, 3286000 - 0.5 * 450, 404000 + 0.5 * 600, 3286000 - 0.5 * 300)
 BBOX_TEXT = ",".join(f"{v:.15g}" for v in BBOX)
-
-
-class CountingSegmenter(ColorSegmenter):
-    """The colors test backend, counting the tiles it is given."""
-
-    def __init__(self, **kw):
-        super().__init__(**kw)
-        self.tiles = 0
-
-    def segment(self, tiles, prompts):
-        self.tiles += len(tiles)
-        return super().segment(tiles, prompts)
 
 
 class FailingSegmenter(ColorSegmenter):

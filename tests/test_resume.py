@@ -14,7 +14,7 @@ import pytest
 from conftest import one_line_error, run
 
 import geoseg
-from geoseg.testing import ColorSegmenter, make_scene
+from geoseg.testing import ColorSegmenter, CountingSegmenter, make_scene
 
 PROMPTS = ["red", "green", "blue"]
 TILING = dict(tile_size=256, overlap=32)
@@ -27,18 +27,6 @@ scene, out = sys.argv[1:3]
 geoseg.segment(scene, ["red", "green", "blue"], segmenter=ColorSegmenter(delay=0.05, batch_size=2),
                tile_size=256, overlap=32, output=out)
 """
-
-
-class CountingSegmenter(ColorSegmenter):
-    """The colors test backend, counting the tiles it is given."""
-
-    def __init__(self, **kw):
-        super().__init__(**kw)
-        self.tiles = 0
-
-    def segment(self, tiles, prompts):
-        self.tiles += len(tiles)
-        return super().segment(tiles, prompts)
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,11 @@ from geoseg.testing.scenes import (
     ring,
     write_geotiff,
 )
-from geoseg.testing.segmenters import ColorSegmenter, pieces_in_memory
+from geoseg.testing.segmenters import ColorSegmenter, CountingSegmenter, pieces_in_memory
 
 __all__ = [
     "ColorSegmenter",
+    "CountingSegmenter",
     "SceneObject",
     "build_tiny_sam3",
     "color_of",

@@ -76,6 +76,18 @@ class ColorSegmenter:
         return dets
 
 
+class CountingSegmenter(ColorSegmenter):
+    """The colors test backend, counting the tiles it is given."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tiles = 0
+
+    def segment(self, tiles: np.ndarray, prompts: Sequence[str]) -> list[list[Detection]]:
+        self.tiles += len(tiles)
+        return super().segment(tiles, prompts)
+
+
 def pieces_in_memory(rgb: np.ndarray, plan: TilePlan, segmenter: Any, prompts: Sequence[str]) -> list[Piece]:
     """Run `segmenter` over an in-memory (H, W, 3) image tiled by `plan`: the
     pipeline's read and segment steps without a file."""
