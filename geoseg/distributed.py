@@ -6,69 +6,57 @@ sends back compact detections (bit-packed masks). The client stages them in the
 run's work folder as they arrive, so resume works as in a local run, and merges
 each file once. A task lost with its worker is run again elsewhere by Dask.
 
-Needs `pip install "geoseg[dask]"`; imported only when a cluster is asked for.
+Needs Dask's distributed scheduler (the `dask` extra); imported only when a cluster is asked for.
 """
 
 from __future__ import annotations
 
 import hashlib
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from dask.distributed import Client, LocalCluster, as_completed
 
 from geoseg import staging
-from geoseg.engine import batch_size_of, batches, describe_segmenter, read_ahead, segment_batch
+from geoseg.engine import segment_tiles
 from geoseg.errors import UsageError
 from geoseg.merge import Piece
 from geoseg.progress import Progress
 from geoseg.raster import RasterSource, ReadOptions, is_remote
-from geoseg.segmenter import Segmenter, as_segmenter
+from geoseg.segmenter import Backend, Segmenter, as_segmenter
 from geoseg.staging import TileStore
-from geoseg.tiling import Tile, TilePlan, plan_tiles
+from geoseg.tiling import TilePlan, plan_tiles
 
-_SEGMENTERS: dict[str, Any] = {}  # per worker process: built once, kept
+_SEGMENTERS: dict[str, Backend] = {}  # per worker process: built once, kept
 
 
-def _segmenter(key: str, spec: Any) -> Any:
+def _segmenter(key: str, spec: Any) -> Backend:
     seg = _SEGMENTERS.get(key)
     if seg is None:
-        seg = spec if not isinstance(spec, tuple) else as_segmenter(spec[0], **spec[1])
+        seg = Backend(spec if not isinstance(spec, tuple) else as_segmenter(spec[0], **spec[1]))
         _SEGMENTERS[key] = seg
     return seg
 
 
 def _check(key: str, spec: Any, prompts: list[str]) -> dict[str, Any]:
     segmenter = _segmenter(key, spec)
-    check = getattr(segmenter, "check_prompts", None)
-    if callable(check):
-        check(prompts)
-    return describe_segmenter(segmenter)
+    segmenter.check_prompts(prompts)
+    return segmenter.config()
 
 
 def _segment_block(key: str, spec: Any, path: str, read: ReadOptions, limits: Any, grid: tuple[int, int, int, int],
                    tiles: list[int], prompts: list[str]) -> tuple[list[int], list[int], list[tuple[Any, ...]]]:
     """On a worker: read and segment `tiles` of `path`; (tiles, nodata tiles, packed pieces)."""
-    segmenter = _segmenter(key, spec)
     plan = plan_tiles(*grid)
-    size = batch_size_of(segmenter)
     nodata: list[int] = []
     packed = []
     with RasterSource(path, read, stretch_limits=limits) as src:
-
-        def valid_tiles() -> Iterator[tuple[Tile, np.ndarray, np.ndarray]]:  # read ahead of the model
-            for tile, rgb, valid in read_ahead(src, [plan.tile(k) for k in tiles], depth=2 * size):
-                if valid.any():
-                    yield tile, rgb, valid
-                else:
-                    nodata.append(tile.index)
-
-        for batch in batches(valid_tiles(), size):
-            for p in segment_batch(segmenter, batch, prompts):
-                packed.append((p.label, p.score, p.tile, p.row, p.col, p.mask.shape, staging.pack(p.mask)))
+        for batch in segment_tiles(src, plan, tiles, _segmenter(key, spec), prompts):
+            nodata += batch.nodata
+            packed += [(p.label, p.score, p.tile, p.row, p.col, p.mask.shape, staging.pack(p.mask))
+                       for p in batch.pieces]
     return tiles, nodata, packed
 
 
@@ -89,10 +77,7 @@ class DaskEngine:
         self.client, self.block, self.resources = client, block, resources
         options = {k: v for k, v in (options or {}).items() if v is not None}
         self.spec: Any = (segmenter, options) if isinstance(segmenter, str) else segmenter
-        if isinstance(segmenter, str):
-            self.backend = segmenter
-        else:
-            self.backend = getattr(segmenter, "name", type(segmenter).__name__)
+        self.backend = segmenter if isinstance(segmenter, str) else Backend(segmenter).name
         self.options: dict[str, Any] = {}
         self.key = hashlib.sha1(pickle.dumps(self.spec)).hexdigest()
 

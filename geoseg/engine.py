@@ -6,15 +6,16 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from geoseg import merge
-from geoseg.errors import RunError
+from geoseg.errors import GeosegError, RunError
 from geoseg.progress import Progress
 from geoseg.raster import RasterSource
-from geoseg.segmenter import Segmenter
+from geoseg.segmenter import Backend, Segmenter, as_backend
 from geoseg.staging import TileStore
 from geoseg.tiling import Tile, TilePlan
 
@@ -42,11 +43,6 @@ def read_ahead(src: RasterSource, tiles: list[Tile], depth: int) -> Iterator[tup
             yield tile, rgb, valid
 
 
-def batch_size_of(segmenter: Segmenter) -> int:
-    """Tiles per `segment` call: the segmenter's `batch_size`, else 4."""
-    return max(1, int(getattr(segmenter, "batch_size", 4) or 4))
-
-
 def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
     """`items` in lists of `size` (the last may be shorter)."""
     batch: list[T] = []
@@ -66,24 +62,67 @@ def segment_batch(segmenter: Segmenter, batch: list[tuple[Tile, np.ndarray, np.n
     if len(results) != len(batch):
         raise RunError(f"the segmenter returned {len(results)} results for {len(batch)} tiles")
     pieces = []
-    for (tile, _, valid), dets in zip(batch, results):
-        for det in dets:
-            piece = merge.to_piece(det, tile, valid)
-            if piece is not None:
-                pieces.append(piece)
+    for (tile, _, valid), dets in zip(batch, results):  # per tile: a list of Detection or a Detections
+        pieces.extend(merge.to_pieces(dets, tile, valid))
     return pieces
 
 
-def _plain(value: Any) -> Any:
-    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+@dataclass
+class Batch:
+    """What one call of the segmenter gave."""
+
+    tiles: list[int]  #: every tile read since the batch before, in order
+    nodata: list[int]  #: those of `tiles` without a valid pixel, never segmented
+    pieces: list[merge.Piece]
 
 
-SEGMENTER_OPTIONS = ("model", "dtype", "score_threshold", "mask_threshold", "max_detections", "nms_iou")
+def segment_tiles(src: RasterSource, plan: TilePlan, todo: list[int], backend: Backend,
+                  prompts: list[str]) -> Iterator[Batch]:
+    """The one read -> skip nodata -> batch -> segment loop (local, Dask, session):
+    tiles `todo` of `src` read ahead in a thread, those with valid pixels
+    segmented `backend.batch_size` at a time."""
+    size = backend.batch_size
+    done: list[int] = []
+    nodata: list[int] = []
+    batch: list[tuple[Tile, np.ndarray, np.ndarray]] = []
+    for tile, rgb, valid in read_ahead(src, [plan.tile(k) for k in todo], depth=2 * size):
+        done.append(tile.index)
+        if valid.any():
+            batch.append((tile, rgb, valid))
+        else:
+            nodata.append(tile.index)
+        if len(batch) == size:
+            yield Batch(done, nodata, _segment(backend, batch, prompts))
+            done, nodata, batch = [], [], []
+    if done:
+        yield Batch(done, nodata, _segment(backend, batch, prompts) if batch else [])
 
 
-def describe_segmenter(segmenter: Any) -> dict[str, Any]:
-    """The options that decide what a segmenter finds, read off its attributes."""
-    return {k: _plain(getattr(segmenter, "model_id" if k == "model" else k, None)) for k in SEGMENTER_OPTIONS}
+def _segment(backend: Backend, batch: list[tuple[Tile, np.ndarray, np.ndarray]],
+             prompts: list[str]) -> list[merge.Piece]:
+    try:
+        return segment_batch(backend, batch, prompts)
+    except GeosegError:
+        raise
+    except Exception as e:  # the backend's own failure: one geoseg error naming where it happened
+        tiles = ", ".join(str(t.index) for t, _, _ in batch)
+        raise RunError(f"the {backend.name} segmenter failed on tile(s) {tiles}: {type(e).__name__}: {e}") from e
+
+
+class Engine(Protocol):
+    """Where a run's segmenter runs: in this process (`LocalEngine`) or on a
+    Dask cluster (`geoseg.distributed.DaskEngine`)."""
+
+    backend: str  #: the backend's name
+    options: dict[str, Any]  #: its `config()`, known once `check` has run
+
+    def check(self, prompts: list[str]) -> None:
+        """Make the segmenter ready (load the model where it runs) and check the prompts."""
+
+    def stage(self, src: RasterSource, plan: TilePlan, todo: list[int], prompts: list[str], store: TileStore,
+              progress: Progress, staged: Callable[[list[int]], None] = ...) -> None:
+        """Segment the tiles `todo` of `src` and stage their pieces in `store`;
+        `staged(tiles)` once each batch is committed."""
 
 
 class LocalEngine:
@@ -92,49 +131,27 @@ class LocalEngine:
     another behind it, so the model never waits on I/O.
     """
 
-    def __init__(self, segmenter: Segmenter) -> None:
-        self.segmenter = segmenter
-        self.backend = getattr(segmenter, "name", type(segmenter).__name__)
-        self.options = describe_segmenter(segmenter)
+    def __init__(self, segmenter: Segmenter | Backend) -> None:
+        self.segmenter = as_backend(segmenter)
+        self.backend = self.segmenter.name
+        self.options = self.segmenter.config()
 
     def check(self, prompts: list[str]) -> None:
-        check = getattr(self.segmenter, "check_prompts", None)
-        if callable(check):
-            check(prompts)
+        self.segmenter.check_prompts(prompts)
 
     def stage(self, src: RasterSource, plan: TilePlan, todo: list[int], prompts: list[str], store: TileStore,
               progress: Progress, staged: Callable[[list[int]], None] = lambda tiles: None) -> None:
         """Segment the tiles `todo` of `src` and stage their pieces in `store`;
         `staged(tiles)` is called once each batch is committed."""
-        segmenter = self.segmenter
-        begin = getattr(segmenter, "begin", None)
-        if callable(begin):
-            begin(len(todo), prompts)
-        size = batch_size_of(segmenter)
+        self.segmenter.begin(len(todo), prompts)
         cols = plan.shape[1]
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-stage") as writer:
             pending: Future[None] | None = None
-
-            def flush(done: list[int], batch: list[tuple[Tile, np.ndarray, np.ndarray]]) -> None:
-                nonlocal pending
-                pieces = segment_batch(segmenter, batch, prompts) if batch else []
+            for batch in segment_tiles(src, plan, todo, self.segmenter, prompts):
                 if pending is not None:
                     pending.result()
-                nodata = set(done) - {tile.index for tile, _, _ in batch}
-                pending = writer.submit(_put, store, done, pieces, cols, nodata, staged)
-                progress.advance(len(done), len(pieces))
-
-            done: list[int] = []
-            batch: list[tuple[Tile, np.ndarray, np.ndarray]] = []
-            for tile, rgb, valid in read_ahead(src, [plan.tile(k) for k in todo], depth=2 * size):
-                done.append(tile.index)
-                if valid.any():
-                    batch.append((tile, rgb, valid))
-                if len(batch) == size:
-                    flush(done, batch)
-                    done, batch = [], []
-            if done:
-                flush(done, batch)
+                pending = writer.submit(_put, store, batch.tiles, batch.pieces, cols, set(batch.nodata), staged)
+                progress.advance(len(batch.tiles), len(batch.pieces))
             if pending is not None:
                 pending.result()
 

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 import shapely
 
+from geoseg.detections import Detections
 from geoseg.segmenter import Detection
 from geoseg.tiling import Tile, TilePlan
 
@@ -79,15 +80,30 @@ def to_piece(det: Detection, tile: Tile, valid: np.ndarray) -> Piece | None:
     past the raster edge), so padding never yields detections.
     """
     r, c = det.origin
-    mask = np.asarray(det.mask, dtype=bool)
+    return _place(det.label, det.score, r, c, np.asarray(det.mask, dtype=bool), tile, valid)
+
+
+def to_pieces(dets: Detections | Iterable[Detection], tile: Tile, valid: np.ndarray) -> list[Piece]:
+    """`to_piece` for one tile's detections, a list or a `Detections`; those
+    with no valid pixel are dropped. Columns are read as they are: no
+    `Detection` is made and no mask copied but by the clip to `valid`."""
+    if not isinstance(dets, Detections):
+        return [p for p in (to_piece(d, tile, valid) for d in dets) if p is not None]
+    placed = (_place(label, score, r, c, mask, tile, valid) for label, score, (r, c), mask
+              in zip(dets.labels.tolist(), dets.scores.tolist(), dets.origins.tolist(), dets.masks))
+    return [p for p in placed if p is not None]
+
+
+def _place(label: str, score: float, r: int, c: int, mask: np.ndarray, tile: Tile, valid: np.ndarray,
+           ) -> Piece | None:
     h, w = mask.shape
     if r < 0 or c < 0 or r + h > valid.shape[0] or c + w > valid.shape[1]:
-        raise ValueError(f"detection mask {mask.shape} at {det.origin} falls outside the {valid.shape} tile")
+        raise ValueError(f"detection mask {mask.shape} at {(r, c)} falls outside the {valid.shape} tile")
     tight = _tight(mask & valid[r:r + h, c:c + w])
     if tight is None:
         return None
     tr, tc, crop = tight
-    return Piece(det.label, float(det.score), tile.index, tile.window.row + r + tr, tile.window.col + c + tc, crop)
+    return Piece(label, float(score), tile.index, tile.window.row + r + tr, tile.window.col + c + tc, crop)
 
 
 def _box_array(pieces: Sequence[Piece]) -> np.ndarray:

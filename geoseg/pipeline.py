@@ -7,108 +7,39 @@ the raster size, and an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import queue
 import tempfile
-import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
-import numpy as np
-import pandas as pd
 import pyogrio
-import shapely
 
-from geoseg import export, merge, rasterize, vectorize, workdir
-from geoseg.area import Area, cut_by_window, tiles_apart
-from geoseg.engine import SEGMENTER_OPTIONS, LocalEngine
+from geoseg import export, rasterize, workdir
+from geoseg.assemble import Assembler, area_of, combine_frames, objects, provenance, write_output, write_raster
+from geoseg.engine import Engine, LocalEngine
 from geoseg.errors import EmptyRasterWarning, GeosegError, OutsideAreaError, RasterError, RunError, UsageError
 from geoseg.inputs import RASTER_SUFFIXES, list_inputs, output_names, unique_names
+from geoseg.inspection import RasterInfo, check_area, describe, inspect, outside_all
 from geoseg.progress import Progress
-from geoseg.raster import RasterSource, ReadOptions, is_remote, source_name
-from geoseg.segmenter import Segmenter, as_segmenter, check_prompts
-from geoseg.staging import TileStore
-from geoseg.tiling import TilePlan, Window, plan_tiles
+from geoseg.raster import RasterSource, is_remote
+from geoseg.rowmerge import FileMerge, Rows
+from geoseg.segmenter import Segmenter, as_segmenter
+from geoseg.settings import Settings
+from geoseg.tiling import Window
 from geoseg.workdir import WorkDir
 
 log = logging.getLogger("geoseg")
 
-__all__ = ["RASTER_SUFFIXES", "list_inputs"]  # kept here for callers of pipeline.list_inputs
-
-
-@dataclass
-class Settings:
-    """Everything a run needs besides the inputs and the segmenter."""
-
-    prompts: list[str]
-    tile_size: int = 1008
-    overlap: int = 128
-    read: ReadOptions = field(default_factory=ReadOptions)
-    dst_crs: Any = None
-    simplify: float | None = None
-    min_area: float | None = None
-    match_iou: float = 0.5
-    progress: bool = False
-
-    @classmethod
-    def of(cls, prompts: str | Sequence[str], *, tile_size: int = 1008, overlap: int = 128,
-           bands: str | Sequence[int] | None = None, resolution: float | None = None,
-           stretch: tuple[float, float] = (2.0, 98.0), pixel_coords: bool = False, dst_crs: Any = None,
-           simplify: float | None = None, min_area: float | None = None, progress: bool = False,
-           bbox: Any = None, bbox_crs: Any = None, aoi: Any = None) -> Settings:
-        """Settings from the API's loose types, checked (prompts, tiling, CRS, area) before any work."""
-        plan_tiles(tile_size, tile_size, tile_size, overlap)
-        # the area's window is grown by the overlap, so objects crossing its edge are read whole
-        area = Area.of(bbox=bbox, bbox_crs=bbox_crs, aoi=aoi, margin=overlap)
-        return cls(
-            prompts=check_prompts(prompts), tile_size=tile_size, overlap=overlap,
-            read=ReadOptions.of(bands=bands, resolution=resolution, stretch=stretch, pixel_coords=pixel_coords,
-                                area=area),
-            dst_crs=None if dst_crs is None else vectorize.parse_crs(dst_crs),
-            simplify=simplify, min_area=min_area, progress=progress,
-        )
-
-
-def objects(pieces: list[merge.Piece], plan: TilePlan, transform: Any, crs: Any, source: str,
-            settings: Settings) -> gpd.GeoDataFrame:
-    """Pieces -> merged objects as polygons, with area_m2, in dst_crs."""
-    instances = merge.merge(pieces, plan, iou=settings.match_iou)
-    gdf = vectorize.to_frame(instances, transform, crs, source=source, simplify=settings.simplify)
-    return vectorize.finish(gdf, transform, settings.dst_crs, settings.min_area)
-
-
-def provenance(engine: Any, settings: Settings, sources: list[Any]) -> dict[str, Any]:
-    """What made an output: stored with it. `engine` tells the backend and its options."""
-    from geoseg import __version__
-
-    return {
-        "geoseg_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "backend": engine.backend,
-        "model": engine.options.get("model"),
-        "score_threshold": engine.options.get("score_threshold"),
-        "mask_threshold": engine.options.get("mask_threshold"),
-        "prompts": settings.prompts,
-        "tile_size": settings.tile_size,
-        "overlap": settings.overlap,
-        "bands": settings.read.bands,
-        "resolution": settings.read.resolution,
-        "stretch": settings.read.stretch,
-        "dst_crs": None if settings.dst_crs is None else settings.dst_crs.to_string(),
-        "simplify": settings.simplify,
-        "min_area": settings.min_area,
-        "area": None if settings.read.area is None else settings.read.area.describe(),
-        "sources": unique_names(sources),
-    }
+# what callers found here before the stages had their own modules
+__all__ = ["RASTER_SUFFIXES", "Settings", "check_area", "combine_frames", "describe", "inspect", "list_inputs",
+           "objects", "provenance", "run", "segment"]
 
 
 @dataclass
@@ -157,11 +88,12 @@ class Summary:
         return "\n".join(lines)
 
 
-def fingerprint(settings: Settings, engine: Any) -> dict[str, Any]:
-    """The settings that decide what is staged, by CLI option name."""
+def fingerprint(settings: Settings, engine: Engine) -> dict[str, Any]:
+    """The settings that decide what is staged, by CLI option name (a backend's
+    `config()` keys as `--key-name`)."""
     read = settings.read
     out: dict[str, Any] = {"--prompt": settings.prompts, "--backend": engine.backend}
-    out.update({"--" + k.replace("_", "-"): engine.options.get(k) for k in SEGMENTER_OPTIONS})
+    out.update({"--" + k.replace("_", "-"): v for k, v in engine.options.items()})
     out.update({
         "--tile-size": settings.tile_size, "--overlap": settings.overlap,
         "--bands": None if read.bands is None else list(read.bands), "--resolution": read.resolution,
@@ -172,118 +104,6 @@ def fingerprint(settings: Settings, engine: Any) -> dict[str, Any]:
     return out
 
 
-class _FileMerge:
-    """Merges a raster's staged rows of tiles in a background thread as they
-    complete (behind the model), vectorising each batch of finished objects
-    into `target`. Rows are fed with `feed(n)`: rows 0..n-1 are staged."""
-
-    def __init__(self, store_path: Path, plan: TilePlan, info: dict[str, Any], settings: Settings,
-                 target: Path) -> None:
-        self.store_path, self.plan, self.info, self.settings, self.target = store_path, plan, info, settings, target
-        self.rows: queue.Queue[int | None] = queue.Queue()
-        self.next = 0
-        self.objects, self.area_m2, self.cut = 0, 0.0, 0
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="geoseg-merge", daemon=True)
-        self.thread.start()
-
-    def feed(self, complete: int) -> None:
-        while self.next < complete:
-            self.rows.put(self.next)
-            self.next += 1
-
-    def abort(self) -> None:
-        self.rows.put(None)
-
-    def join(self) -> None:
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-
-    def _run(self) -> None:
-        info, settings = self.info, self.settings
-        transform, crs, name, utm = info["transform"], info["crs"], info["name"], info["utm"]
-        zone = info.get("zone")
-        if zone is not None:
-            shapely.prepare(zone)
-        merger = merge.RowMerger(self.plan, iou=settings.match_iou)
-        try:
-            with TileStore(self.store_path) as store, \
-                    export.Writer(self.target, layer="objects", overwrite=True, multi=False) as w:
-                for t in iter(self.rows.get, None):
-                    instances = merger.add(t, store.pieces_in_row(t))
-                    if instances:
-                        gdf = vectorize.to_frame(instances, transform, crs, source=name, simplify=settings.simplify)
-                        if zone is not None:  # kept whole when the centroid is in the area, else dropped
-                            keep = shapely.contains(zone, shapely.centroid(gdf.geometry.values))
-                            self.cut += int((keep & cut_by_window(instances, info["window"], info["grid"])).sum())
-                            gdf = gdf[keep]
-                    if instances and len(gdf):
-                        gdf = vectorize.finish(gdf, transform, settings.dst_crs, settings.min_area, utm=utm)
-                        w.write(gdf)
-                        self.objects += len(gdf)
-                        self.area_m2 += float(np.nansum(gdf["area_m2"]))
-                    if t == self.plan.shape[0] - 1:
-                        if self.cut:
-                            log.warning("%s: %d objects kept reach the edge of the window read (--overlap %d px "
-                                        "around the area) and may be cut there: raise --overlap to read them whole",
-                                        name, self.cut, settings.overlap)
-                        empty = vectorize.to_frame([], transform, crs, source=name)
-                        w.commit(vectorize.finish(empty, transform, settings.dst_crs))
-                        return
-        except BaseException as e:  # handed to the caller by join()
-            self.error = e
-
-
-class _Rows:
-    """Which rows of tiles are completely staged (tiles arrive in any order)."""
-
-    def __init__(self, plan: TilePlan, done: set[int]) -> None:
-        self.cols = plan.shape[1]
-        self.left = [self.cols] * plan.shape[0]
-        self.complete = 0
-        self.add(done)
-
-    def add(self, tiles: Iterable[int]) -> int:
-        """Count `tiles` as staged; the number of leading rows complete."""
-        for k in tiles:
-            self.left[k // self.cols] -= 1
-        while self.complete < len(self.left) and self.left[self.complete] == 0:
-            self.complete += 1
-        return self.complete
-
-
-def _read_chunks(path: Path, chunk: int = 100_000) -> Iterator[gpd.GeoDataFrame]:
-    total = pyogrio.read_info(path, layer="objects")["features"]
-    for start in range(0, max(total, 1), chunk):
-        yield pyogrio.read_dataframe(path, layer="objects", skip_features=start, max_features=chunk)
-
-
-class _Assembler:
-    """Writes per-file results into one output (or a frame), numbering objects."""
-
-    def __init__(self, writer: export.Writer | None, collect: bool) -> None:
-        self.writer, self.collect = writer, collect
-        self.next_id = 1
-        self.frames: list[gpd.GeoDataFrame] = []
-        self.empty: gpd.GeoDataFrame | None = None
-
-    def add(self, result: Path) -> None:
-        for gdf in _read_chunks(result):
-            gdf.insert(0, "id", np.arange(self.next_id, self.next_id + len(gdf), dtype=np.int64))
-            gdf = gdf[[*vectorize.COLUMNS, "geometry"]]
-            self.next_id += len(gdf)
-            if self.empty is None:
-                self.empty = gdf.iloc[:0]
-            if self.writer is not None:
-                self.writer.write(gdf)
-            if self.collect:
-                self.frames.append(gdf)
-
-    def frame(self, crs: Any) -> gpd.GeoDataFrame:
-        return combine_frames(self.frames or ([self.empty] if self.empty is not None else []), crs, number=False)
-
-
 def default_work_dir(output: Any = None, output_dir: Any = None) -> Path:
     """Where a run stages its work: OUTPUT.geoseg-work, or OUTPUT_DIR/.geoseg-work."""
     if output_dir is not None:
@@ -291,14 +111,10 @@ def default_work_dir(output: Any = None, output_dir: Any = None) -> Path:
     return Path(str(output) + ".geoseg-work")
 
 
-def _km2_per_tile(info: dict[str, Any]) -> float:
-    return float(info["area_km2"] or 0.0) / max(info["tiles"], 1)
-
-
 def run(
     sources: Any,
     settings: Settings,
-    engine: Any,
+    engine: Engine,
     *,
     output: str | os.PathLike[str] | None = None,
     output_dir: str | os.PathLike[str] | None = None,
@@ -389,18 +205,18 @@ def _probe(out: Path) -> Path:
     return folder / f".geoseg-{os.getpid()}{out.suffix}"
 
 
-def _run(paths: list[Any], several: bool, settings: Settings, engine: Any, work: WorkDir,
+def _run(paths: list[Any], several: bool, settings: Settings, engine: Engine, work: WorkDir,
          outputs: dict[int, Path], output: Any, layer: str, overwrite: bool, collect: bool,
          rasters: dict[int, rasterize.LabelRaster] | None = None) -> Summary:
     rasters = rasters or {}
     written = set(workdir.written(work.path))
     names = unique_names(paths)
     results = [FileResult(n) for n in names]
-    infos: dict[int, dict[str, Any]] = {}
+    infos: dict[int, RasterInfo] = {}
     for k, p in enumerate(paths):  # fail on a bad input before any tile is read
         try:
-            infos[k] = inspect(p, tile_size=settings.tile_size, overlap=settings.overlap, read=settings.read)
-            infos[k]["name"] = names[k]
+            info = inspect(p, tile_size=settings.tile_size, overlap=settings.overlap, read=settings.read)
+            infos[k] = replace(info, name=names[k])
         except OutsideAreaError as e:  # with several inputs, one outside the area is skipped, not failed
             if not several:
                 raise
@@ -410,13 +226,13 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Any, work:
                 raise
             _failed(results[k], work, p, e)
     if several and all(r.state == "skipped" for r in results):
-        raise _outside_all(settings.read, len(paths))
+        raise outside_all(settings.read, len(paths))
     if output is not None and several and settings.dst_crs is None:
-        crss = {str(i["crs"]) for i in infos.values()}
+        crss = {str(i.crs) for i in infos.values()}
         if len(crss) > 1:
             raise RasterError("the inputs have different CRSs: pass --dst-crs to put them in one, or use --output-dir")
     progress = Progress(bars=settings.progress, n_files=len(paths),
-                        total_tiles=sum(i["tiles"] for i in infos.values()))
+                        total_tiles=sum(i.tiles for i in infos.values()))
     merger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-merge")
     merges: dict[int, Future[None]] = {}
     try:
@@ -426,11 +242,11 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Any, work:
             if (k in outputs and export.output_key(outputs[k], layer) in written
                     and export.has_output(outputs[k], layer)):
                 results[k].state, results[k].reused, results[k].output = "done", True, str(outputs[k])
-                results[k].tiles = infos[k]["tiles"]
+                results[k].tiles = infos[k].tiles
                 results[k].objects = pyogrio.read_info(outputs[k], layer=layer if outputs[k].suffix == ".gpkg"
                                                        else None)["features"]
                 if k in rasters and str(rasters[k].path) not in written:  # --raster-out added on the rerun
-                    _write_raster(rasters[k], infos[k], work.result_path(p), p, settings, engine, work)
+                    write_raster(rasters[k], infos[k], work.result_path(p), p, settings, engine, work)
                 continue
             try:
                 merging = stage_one(p, settings, engine, work, infos[k], progress)
@@ -462,11 +278,11 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Any, work:
     summary.outputs = [str(outputs[k]) for k in done if k in outputs]
     results_done = [work.result_path(paths[k]) for k in done]
     if output is not None and done:
-        assembler = _write_output(output, results_done, [paths[k] for k in done], layer, engine, settings, work,
+        assembler = write_output(output, results_done, [paths[k] for k in done], layer, engine, settings, work,
                                   collect, overwrite=overwrite or export.output_key(output, layer) in written)
         summary.outputs.append(str(output))
     elif collect:
-        assembler = _Assembler(None, collect=True)
+        assembler = Assembler(None, collect=True)
         for result in results_done:
             assembler.add(result)
     if collect:
@@ -475,50 +291,10 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Any, work:
         first = 1
         for k in done:
             result = work.result_path(paths[k])
-            _write_raster(rasters[k], infos[k], result, paths[k], settings, engine, work, first)
+            write_raster(rasters[k], infos[k], result, paths[k], settings, engine, work, first)
             first += int(pyogrio.read_info(result, layer="objects")["features"])
     summary.rasters = [str(rasters[k].path) for k in done if k in rasters]
     return summary
-
-
-def _write_output(output: Any, results: list[Path], sources: list[Any], layer: str, engine: Any,
-                  settings: Settings, work: WorkDir, collect: bool = False, *, overwrite: bool) -> _Assembler:
-    """Write the per-file `results` into `output` atomically, numbering the objects. `overwrite`:
-    what was allowed before the run (also a layer that appeared since is replaced only so)."""
-    try:
-        w = export.Writer(output, layer=layer, overwrite=overwrite, provenance=provenance(engine, settings, sources),
-                          crs_requested=settings.dst_crs is not None)
-    except UsageError as e:  # the output appeared during the run: a failure of the run, whose work is kept
-        raise RunError(str(e)) from None
-    with w:
-        assembler = _Assembler(w, collect)
-        for result in results:
-            assembler.add(result)
-        w.commit(assembler.empty if assembler.empty is not None else _empty_frame())
-    work.mark_written(export.output_key(output, layer))
-    return assembler
-
-
-def check_area(paths: list[Any], read: ReadOptions) -> None:
-    """Refuse an area that overlaps none of several `paths`, before any model
-    loads (opening files, reading no pixel). A single input is checked by opening it."""
-    if read.area is None or len(paths) < 2:
-        return
-    for p in paths:
-        try:
-            RasterSource(p, read).close()
-            return
-        except OutsideAreaError:
-            continue
-        except GeosegError:  # reported with its file by the run
-            return
-    raise _outside_all(read, len(paths))
-
-
-def _outside_all(read: ReadOptions, n: int) -> OutsideAreaError:
-    assert read.area is not None
-    hint = " and --bbox-crs" if read.area.option == "--bbox" else " and the CRS of the --aoi file"
-    return OutsideAreaError(f"{read.area.describe()} overlaps none of the {n} inputs: check the coordinates{hint}")
 
 
 def _failed(result: FileResult, work: WorkDir, path: Any, error: Exception) -> None:
@@ -528,39 +304,34 @@ def _failed(result: FileResult, work: WorkDir, path: Any, error: Exception) -> N
     log.error("%s: %s", result.source, message)
 
 
-def _empty_frame() -> gpd.GeoDataFrame:
-    return gpd.GeoDataFrame({c: [] for c in vectorize.COLUMNS}, geometry=[])
-
-
-def stage_one(path: Any, settings: Settings, engine: Any, work: WorkDir, info: dict[str, Any],
-              progress: Progress) -> _FileMerge | None:
+def stage_one(path: Any, settings: Settings, engine: Engine, work: WorkDir, info: RasterInfo,
+              progress: Progress) -> FileMerge | None:
     """Stage the detections of one raster's tiles not yet staged, merging the
     rows of tiles behind the model as they complete; the running merge (None
     when an earlier run merged this raster)."""
-    plan = info["plan"]
+    plan = info.plan
     store = work.store(path, len(plan), plan.shape)  # refuses an input changed since an earlier run
     if work.result_path(path).exists():
         store.close()
         return None
     work.fail(path, None)
-    merging = _FileMerge(store.path, plan, info, settings, work.result_path(path))
+    merging = FileMerge(store.path, info, settings, work.result_path(path))
     try:
         done = store.done()
-        away = info.get("skip", [])
+        away = list(info.skip)
         if set(away) - done:  # tiles away from the area: staged empty, never read, so their rows complete
             store.put(away, [], plan.shape[1], nodata=away)
             done |= set(away)
-        rows = _Rows(plan, done)
+        rows = Rows(plan, done)
         merging.feed(rows.complete)
         todo = [k for k in range(len(plan)) if k not in done]
-        progress.start(source_name(path), len(plan) - len(away), len(done) - len(away), _km2_per_tile(info),
-                       lambda: merging.objects)
+        progress.start(info.name, info.tiles, len(done) - len(away), info.km2_per_tile, lambda: merging.objects)
         if todo:
             with RasterSource(path, settings.read) as src:
                 engine.stage(src, plan, todo, settings.prompts, store, progress,
                              staged=lambda tiles: merging.feed(rows.add(tiles)))
         progress.finish()
-        info["all_nodata"] = store.nodata() == len(plan)
+        merging.all_nodata = store.nodata() == len(plan)
     except BaseException:
         merging.abort()
         raise
@@ -569,8 +340,8 @@ def stage_one(path: Any, settings: Settings, engine: Any, work: WorkDir, info: d
     return merging
 
 
-def _finish_one(path: Any, settings: Settings, engine: Any, work: WorkDir, info: dict[str, Any],
-                result: FileResult, merging: _FileMerge | None, output: Path | None, layer: str,
+def _finish_one(path: Any, settings: Settings, engine: Engine, work: WorkDir, info: RasterInfo,
+                result: FileResult, merging: FileMerge | None, output: Path | None, layer: str,
                 raster: rasterize.LabelRaster | None = None, *, overwrite: bool = False) -> None:
     """Wait for one raster's merge, then write its own output if it has one."""
     t0 = time.perf_counter()
@@ -578,44 +349,19 @@ def _finish_one(path: Any, settings: Settings, engine: Any, work: WorkDir, info:
     if merging is not None:
         merging.join()
         result.objects, result.area_m2 = merging.objects, merging.area_m2
+        result.all_nodata = merging.all_nodata
     else:  # merged by an earlier run
         result.objects = int(pyogrio.read_info(target, layer="objects")["features"])
-        result.area_m2 = _area(target)
-    result.tiles, result.state = info["tiles"], "done"
-    result.all_nodata = bool(info.get("all_nodata"))
+        result.area_m2 = area_of(target)
+    result.tiles, result.state = info.tiles, "done"
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)  # a subfolder mirroring the input's
         if raster is not None:  # before the output: a file done before has its raster
-            _write_raster(raster, info, target, path, settings, engine, work)
-        _write_output(output, [target], [path], layer, engine, settings, work, overwrite=overwrite)
+            write_raster(raster, info, target, path, settings, engine, work)
+        write_output(output, [target], [path], layer, engine, settings, work, overwrite=overwrite)
         result.output = str(output)
     result.seconds = time.perf_counter() - t0
     log.info("%s: %d tiles -> %d objects", result.source, result.tiles, result.objects)
-
-
-def _write_raster(raster: rasterize.LabelRaster, info: dict[str, Any], result: Path, source: Any,
-                  settings: Settings, engine: Any, work: WorkDir, first_id: int = 1) -> None:
-    """Burn one input's objects into its label raster, on the grid its tiles were read on."""
-    grid = rasterize.Grid(info["transform"], info["width"], info["height"], info["crs"])
-    meta = json.dumps(provenance(engine, settings, [source]), default=str)
-    raster.write(result, grid, first_id=first_id, tags={"geoseg": meta})
-    work.mark_written(raster.path)
-
-
-def _area(result: Path) -> float:
-    table = pyogrio.read_dataframe(result, layer="objects", columns=["area_m2"], read_geometry=False)
-    return float(np.nansum(table["area_m2"])) if len(table) else 0.0
-
-
-def combine_frames(frames: list[gpd.GeoDataFrame], crs: Any, number: bool = True) -> gpd.GeoDataFrame:
-    """One frame of all inputs' objects, numbered from 1 unless `number` is False."""
-    frames = [f for f in frames if not f.empty] or frames[:1] or [_empty_frame()]
-    if len({str(f.crs) for f in frames}) > 1:
-        raise RasterError("the inputs have different CRSs: pass --dst-crs to put them in one, or use --output-dir")
-    gdf = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs if crs is None else crs)
-    if number:
-        gdf.insert(0, "id", np.arange(1, len(gdf) + 1, dtype=np.int64))
-    return gdf[[*vectorize.COLUMNS, "geometry"]]
 
 
 def segment(
@@ -704,52 +450,3 @@ def segment(
     assert gdf is not None
     gdf.attrs["geoseg"] = provenance(engine, settings, paths)
     return gdf
-
-
-def inspect(path: Any, *, tile_size: int, overlap: int, read: ReadOptions) -> dict[str, Any]:
-    """Open a raster and plan its tiles, reading no pixel: grid, CRS, area, UTM zone."""
-    with RasterSource(path, read) as src:
-        return _inspect(src, path, tile_size, overlap)
-
-
-def _inspect(src: RasterSource, path: Any, tile_size: int, overlap: int) -> dict[str, Any]:
-    from rasterio.windows import bounds
-
-    plan = plan_tiles(src.height, src.width, tile_size, overlap)
-    box = shapely.box(*bounds(((0, src.height), (0, src.width)), src.transform))
-    skip: list[int] = []
-    if src.zone is not None and src.options.area is not None:  # only the tiles near the area are read
-        box = shapely.intersection(box, src.zone)
-        skip = tiles_apart(src.zone, plan, src.transform, src.options.area.margin)
-    footprint = gpd.GeoSeries([box], crs=src.crs)
-    utm = None if src.crs is None else footprint.estimate_utm_crs()
-    area = vectorize.area_m2(footprint, utm)[0]
-    return {"zone": src.zone, "window": src.window, "grid": src.grid_shape, "skip": skip,
-        "path": str(path), "name": source_name(path), "width": src.width, "height": src.height,
-        "bands": list(src.bands), "dtype": str(src.dtype), "crs": src.crs, "transform": src.transform,
-        "pixel_size": vectorize.pixel_size(src.transform), "nodata": src.nodata, "utm": utm,
-        "area_km2": None if np.isnan(area) else area / 1e6, "plan": plan, "tiles": len(plan) - len(skip),
-    }
-
-
-def describe(
-    path: str | os.PathLike[str], *, tile_size: int = 1008, overlap: int = 128,
-    bands: str | Sequence[int] | None = None, resolution: float | None = None, pixel_coords: bool = False,
-    area: Area | None = None,
-) -> dict[str, Any]:
-    """The plan for one raster, without running any model. With an `area`
-    (`Area.of(bbox=...)`), `window` is its pixel window [col, row, width, height]
-    in the grid read, and `tiles` and `area_km2` count only what would be segmented."""
-    read = ReadOptions.of(bands=bands, resolution=resolution, pixel_coords=pixel_coords, area=area)
-    with RasterSource(path, read) as src:
-        info = _inspect(src, path, tile_size, overlap)
-        stretch = None if src.stretch_limits is None else src.stretch_limits.round(3).tolist()
-        (height, width), win = src.grid_shape, src.window
-    return {
-        "window": None if win is None else [win.col, win.row, win.width, win.height],
-        "path": str(path), "width": width, "height": height, "bands": info["bands"],
-        "dtype": info["dtype"], "crs": None if info["crs"] is None else info["crs"].to_string(),
-        "pixel_size": info["pixel_size"], "nodata": info["nodata"], "stretch": stretch,
-        "area_km2": info["area_km2"], "tile_size": tile_size, "overlap": overlap,
-        "tile_grid": list(info["plan"].shape), "tiles": info["tiles"],
-    }

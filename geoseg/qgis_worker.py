@@ -41,15 +41,28 @@ class ProgressSegmenter:
         self.tiles = 1
         self.done = 0
 
-    def __getattr__(self, name: str) -> Any:  # batch_size, name, model_id, check_prompts, ... of the inner one
-        return getattr(self.__dict__["inner"], name)
+    @property
+    def name(self) -> str:
+        return self.inner.name
 
-    def begin(self, n_tiles: int, prompts: Sequence[str]) -> None:
+    @property
+    def batch_size(self) -> int:
+        return self.inner.batch_size
+
+    @property
+    def max_objects(self) -> int | None:
+        return self.inner.max_objects
+
+    def check_prompts(self, prompts: Sequence[str]) -> None:
+        self.inner.check_prompts(prompts)
+
+    def config(self) -> dict[str, Any]:
+        return self.inner.config()
+
+    def begin(self, n_tiles: int, prompts: list[str]) -> None:
         self.raster += 1
         self.tiles, self.done = max(1, n_tiles), 0
-        begin = getattr(self.inner, "begin", None)
-        if callable(begin):
-            begin(n_tiles, prompts)
+        self.inner.begin(n_tiles, prompts)
         self._report()
 
     def segment(self, tiles: Any, prompts: Sequence[str]) -> Any:
@@ -84,7 +97,7 @@ def run(job: dict[str, Any], emit: Emit) -> int:
     """Run one job, reporting through `emit`; return the exit code."""
     from geoseg import pipeline
     from geoseg.errors import GeosegError, GeosegWarning, ModelLoadError, UsageError
-    from geoseg.segmenter import load_segmenter
+    from geoseg.segmenter import Backend, load_segmenter
 
     log = logging.getLogger("geoseg")
     log.handlers[:] = [_LogToProtocol(emit)]
@@ -104,7 +117,7 @@ def run(job: dict[str, Any], emit: Emit) -> int:
             options.pop("model")
         model = options.get("model") or "its default model"
         emit("info", text=f"loading the {backend} backend" + ("" if backend == "colors" else f" ({model})"))
-        inner = load_segmenter(backend, **options)
+        inner = Backend(load_segmenter(backend, **options))
         segmenter = ProgressSegmenter(inner, len(inputs), emit)
         # Only the keys given: a geoseg without them still runs the jobs that do not use them.
         where = {k: job[k] for k in ("bbox", "bbox_crs", "aoi") if job.get(k) is not None}

@@ -43,7 +43,8 @@ class Detection:
 class Segmenter(Protocol):
     """Anything with this method can segment for geoseg.
 
-    `tiles` is a uint8 array (N, H, W, 3); the result has one list per tile.
+    `tiles` is a uint8 array (N, H, W, 3); the result has, per tile, a list
+    of `Detection` or one `geoseg.detections.Detections` (the same in columns).
     The optional parts a segmenter may add are listed in `FullSegmenter`;
     geoseg reads them only through `Backend`.
     """
@@ -76,6 +77,13 @@ class FullSegmenter(Segmenter, Protocol):
         """Every setting that changes what it finds (model, precision, thresholds),
         JSON-able, keyed by keyword option name: recorded in each output's
         provenance, and an interrupted run resumes only with the same values."""
+
+    def vision_features(self, tiles: np.ndarray) -> list[Any]:
+        """With `segment_features`: encode tiles once, so that `geoseg.Segmentation`
+        runs later prompts on the kept features (one object per tile)."""
+
+    def segment_features(self, features: list[Any], prompts: Sequence[str]) -> list[list[Detection]]:
+        """`segment` on features from `vision_features`."""
 
 
 class Backend:
@@ -118,8 +126,25 @@ class Backend:
         except (TypeError, ValueError):
             raise UsageError(f"{self.name}: config() must return a dict of JSON values, got {value!r}") from None
 
+    @property
+    def reuses_features(self) -> bool:
+        """Whether it can encode tiles once and run prompts on the kept features."""
+        return callable(getattr(self.segmenter, "vision_features", None)) and callable(
+            getattr(self.segmenter, "segment_features", None))
+
+    def vision_features(self, tiles: np.ndarray) -> list[Any]:
+        return self.segmenter.vision_features(tiles)  # type: ignore[attr-defined, no-any-return]
+
+    def segment_features(self, features: list[Any], prompts: Sequence[str]) -> list[list[Detection]]:
+        return self.segmenter.segment_features(features, prompts)  # type: ignore[attr-defined, no-any-return]
+
     def segment(self, tiles: np.ndarray, prompts: Sequence[str]) -> list[list[Detection]]:
         return self.segmenter.segment(tiles, prompts)
+
+
+def as_backend(segmenter: Segmenter | Backend) -> Backend:
+    """`segmenter` seen through the contract (a `Backend` is returned as it is)."""
+    return segmenter if isinstance(segmenter, Backend) else Backend(segmenter)
 
 
 def check_prompts(prompts: Sequence[str] | str) -> list[str]:

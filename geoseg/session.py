@@ -21,11 +21,12 @@ import geopandas as gpd
 import numpy as np
 
 from geoseg import merge, vectorize
-from geoseg.engine import LocalEngine, batch_size_of, batches, read_ahead, segment_batch
+from geoseg.assemble import combine_frames, objects, provenance
+from geoseg.engine import LocalEngine, batches, read_ahead, segment_tiles
 from geoseg.errors import EmptyRasterWarning
-from geoseg.pipeline import Settings, combine_frames, objects, provenance
 from geoseg.raster import RasterSource, ReadOptions, source_name
-from geoseg.segmenter import Segmenter, as_segmenter, check_prompts
+from geoseg.segmenter import Backend, Segmenter, as_segmenter, check_prompts
+from geoseg.settings import Settings
 from geoseg.tiling import TilePlan, plan_tiles
 
 
@@ -65,7 +66,7 @@ class Segmentation:
         with RasterSource(source, self.read) as src:  # fails on a bad input before the model loads
             self.plan: TilePlan = plan_tiles(src.height, src.width, tile_size, overlap)
             self.transform, self.crs = src.transform, src.crs
-        self.segmenter = as_segmenter(segmenter, **backend_options)
+        self.segmenter = Backend(as_segmenter(segmenter, **backend_options))
         self.name = source_name(source)
         #: per-tile vision features, by tile index (only tiles with valid pixels)
         self.features: dict[int, Any] = {}
@@ -75,25 +76,24 @@ class Segmentation:
     @property
     def caches_features(self) -> bool:
         """Whether the backend lets the session reuse vision features across prompts."""
-        return callable(getattr(self.segmenter, "vision_features", None)) and callable(
-            getattr(self.segmenter, "segment_features", None)
-        )
+        return self.segmenter.reuses_features
 
-    def _tiles(self) -> Any:
+    def _bar(self) -> Any:
         from tqdm.auto import tqdm
 
-        with RasterSource(self.source, self.read) as src:
-            bar = tqdm(total=len(self.plan), desc=self.name, unit="tile", disable=not self.progress, leave=False)
-            with bar:
-                for tile, rgb, valid in read_ahead(src, list(self.plan), depth=4):
-                    bar.update(1)
-                    if valid.any():
-                        yield tile, rgb, valid
+        return tqdm(total=len(self.plan), desc=self.name, unit="tile", disable=not self.progress, leave=False)
+
+    def _tiles(self) -> Any:
+        with RasterSource(self.source, self.read) as src, self._bar() as bar:
+            for tile, rgb, valid in read_ahead(src, list(self.plan), depth=4):
+                bar.update(1)
+                if valid.any():
+                    yield tile, rgb, valid
 
     def _encode(self) -> None:
         """Read every tile once and keep its vision features (the encoder's only run)."""
-        for batch in batches(self._tiles(), batch_size_of(self.segmenter)):
-            feats = self.segmenter.vision_features(np.stack([rgb for _, rgb, _ in batch]))  # type: ignore[attr-defined]
+        for batch in batches(self._tiles(), self.segmenter.batch_size):
+            feats = self.segmenter.vision_features(np.stack([rgb for _, rgb, _ in batch]))
             for (tile, _, valid), f in zip(batch, feats, strict=True):
                 self.features[tile.index] = f
                 self._valid[tile.index] = valid
@@ -101,12 +101,16 @@ class Segmentation:
 
     def _pieces(self, prompts: list[str]) -> list[merge.Piece]:
         if not self.caches_features:
-            return [piece for batch in batches(self._tiles(), batch_size_of(self.segmenter))
-                    for piece in segment_batch(self.segmenter, batch, prompts)]
+            pieces = []
+            with RasterSource(self.source, self.read) as src, self._bar() as bar:
+                for batch in segment_tiles(src, self.plan, list(range(len(self.plan))), self.segmenter, prompts):
+                    bar.update(len(batch.tiles))
+                    pieces += batch.pieces
+            return pieces
         if not self._encoded:
             self._encode()
         order = sorted(self.features)
-        results = self.segmenter.segment_features([self.features[k] for k in order], prompts)  # type: ignore[attr-defined]
+        results = self.segmenter.segment_features([self.features[k] for k in order], prompts)
         pieces = []
         for k, dets in zip(order, results, strict=True):
             tile = self.plan.tile(k)
@@ -131,9 +135,7 @@ class Segmentation:
             prompts=check_prompts(prompts), tile_size=self.tile_size, overlap=self.overlap, read=self.read,
             dst_crs=None if dst_crs is None else vectorize.parse_crs(dst_crs), simplify=simplify, min_area=min_area,
         )
-        check = getattr(self.segmenter, "check_prompts", None)
-        if callable(check):
-            check(settings.prompts)
+        self.segmenter.check_prompts(settings.prompts)
         pieces = self._pieces(settings.prompts)
         if self._encoded and not self.features:
             warnings.warn(f"{self.name}: every pixel is nodata: no object can be found", EmptyRasterWarning,
@@ -160,6 +162,6 @@ class Segmentation:
     def __repr__(self) -> str:
         return (
             f"Segmentation({self.name!r}, {len(self.plan)} tiles {self.plan.shape}, "
-            f"backend {getattr(self.segmenter, 'name', type(self.segmenter).__name__)}, "
+            f"backend {self.segmenter.name}, "
             f"{len(self.features)} tiles' features cached)"
         )

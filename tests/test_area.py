@@ -75,11 +75,29 @@ def assert_same_objects(got, want):
         shapely.union_all(want.geometry.values)).area < 1e-6
 
 
-def test_bbox_reads_only_the_tiles_near_it_and_keeps_objects_whole(scene, full):
+@pytest.fixture
+def reads(monkeypatch):
+    """The number of pixels of each window RasterSource reads (the real read runs)."""
+    from geoseg.raster import RasterSource
+
+    sizes = []
+    real_read = RasterSource.read
+
+    def read(self, window):
+        sizes.append(window.height * window.width)
+        return real_read(self, window)
+
+    monkeypatch.setattr(RasterSource, "read", read)
+    return sizes
+
+
+def test_bbox_reads_only_the_tiles_near_it_and_keeps_objects_whole(scene, full, reads):
     seg = CountingSegmenter()
     got = geoseg.segment(scene, PROMPTS, segmenter=seg, bbox=BBOX, **TILING)
     # the window: the box grown by the 32 px margin (rows 268..482, cols 368..632), tiled on its own
     assert seg.tiles == len(plan_tiles(482 - 268, 632 - 368, **TILING)) == 2
+    # two tiles' pixels (and a pixel or two the checks probe), not the 25 tiles of the raster
+    assert sum(reads) <= 2 * 256 * 256 + 4 and reads.count(256 * 256) == 2
     assert len(plan_tiles(SIZE, SIZE, **TILING)) == 25
     box = shapely.box(*BBOX)
     want = centroid_in(full, box)
@@ -109,13 +127,13 @@ def l_shape_geojson(tmp_path_factory):
     return path, utm
 
 
-def test_aoi_polygon_in_another_crs_skips_tiles_away_from_it(scene, full, l_shape_geojson, tmp_path):
+def test_aoi_polygon_in_another_crs_skips_tiles_away_from_it(scene, full, l_shape_geojson, tmp_path, reads):
     path, utm = l_shape_geojson
     seg = CountingSegmenter()
     got = geoseg.segment(scene, PROMPTS, segmenter=seg, aoi=path, **TILING)
     # window rows/cols 168..832: 3 x 3 tiles; the top-right one is 76 px from the L (> 32 px): never read
     assert len(plan_tiles(832 - 168, 832 - 168, **TILING)) == 9
-    assert seg.tiles == 8
+    assert seg.tiles == 8 and reads.count(256 * 256) == 8
     assert_same_objects(got, centroid_in(full, utm))
 
     out = tmp_path / "l.gpkg"  # the CLI does the same, and writes it

@@ -125,12 +125,20 @@ def test_pieces_are_cropped_not_full_tiles():
     from geoseg.testing import pieces_in_memory
     from geoseg.tiling import plan_tiles
 
+    class FullMasks:
+        """Answers with full-tile masks, as a segmenter that knows no boxes does."""
+
+        def segment(self, tiles, prompts):
+            return [[Detection("red", 0.9, tile[..., 0] >= 192)] if (tile[..., 0] >= 192).any() else []
+                    for tile in tiles]
+
     rgb = draw(1000, 1000, [disc("red", 1, 300, 300, 10)])
     plan = plan_tiles(1000, 1000, 512, 64)
-    full = [[Detection("red", 0.9, tile[..., 0] >= 192)] for tile in [np.zeros((512, 512, 3), np.uint8)]]
-    assert full[0][0].mask.shape == (512, 512)
-    pieces = pieces_in_memory(rgb, plan, ColorSegmenter(), ["red"])
-    assert pieces and all(p.mask.shape[0] <= 21 and p.mask.shape[1] <= 21 for p in pieces)
+    pieces = pieces_in_memory(rgb, plan, FullMasks(), ["red"])
+    # every 512 x 512 mask is kept as its object's tight box, at the object's place in the raster
+    assert len(pieces) == 1 and pieces[0].mask.shape == (20, 20)
+    assert (pieces[0].row, pieces[0].col) == (290, 290)
+    assert np.array_equal(pieces[0].mask, rgb[290:310, 290:310, 0] >= 192)
 
 
 def test_full_tile_masks_are_accepted_and_padding_never_yields_pixels():

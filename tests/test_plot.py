@@ -74,11 +74,55 @@ def test_open_dataset_is_read_and_left_open(gdf):
     assert got.geometry.equals(gdf.geometry) and got["source"].iloc[0] == "seam_scene.tif"
 
 
+def recording_chunks(da):
+    """`da` (dask-backed) with every chunk computation recorded as its (band, y, x) chunk location."""
+    computed = []
+
+    def record(block, block_info=None):
+        if block_info is not None:  # None: dask probing the function, no chunk computed
+            computed.append(tuple(block_info[None]["chunk-location"]))
+        return block
+
+    data = da.data.map_blocks(record, dtype=da.dtype, meta=np.array((), da.dtype))
+    return da.copy(data=data), computed
+
+
+def chunks_of(window, size=256, n=8):
+    """The (band, y, x) chunk locations of 256 px chunks that a tile window touches."""
+    rows = range(max(window.row, 0) // size, min((window.row_stop - 1) // size, n - 1) + 1)
+    cols = range(max(window.col, 0) // size, min((window.col_stop - 1) // size, n - 1) + 1)
+    return {(0, i, j) for i in rows for j in cols}
+
+
 def test_dask_dataarray_is_read_lazily_window_by_window(gdf):
     rioxarray = pytest.importorskip("rioxarray")
     pytest.importorskip("dask")
-    da = rioxarray.open_rasterio(SCENE, chunks={"x": 256, "y": 256})
-    got = geoseg.segment(da, PROMPTS, segmenter="colors")
+    from geoseg.testing import ColorSegmenter
+    from geoseg.tiling import plan_tiles
+
+    da, computed = recording_chunks(rioxarray.open_rasterio(SCENE, chunks={"x": 256, "y": 256}))
+    assert da.data.numblocks == (1, 8, 8)
+    with RasterSource(da) as src:
+        assert computed == []  # opening reads nothing
+        src.read(Window(300, 600, 200, 300))  # rows 300-500, cols 600-900
+        assert set(computed) == {(0, 1, 2), (0, 1, 3)}  # only the chunks the window touches
+
+    class FirstCall(ColorSegmenter):
+        seen = None
+
+        def segment(self, tiles, prompts):
+            if self.seen is None:
+                self.seen = set(computed)
+            return super().segment(tiles, prompts)
+
+    computed.clear()
+    seg = FirstCall(batch_size=1)
+    got = geoseg.segment(da, PROMPTS, segmenter=seg)
+    tiles = list(plan_tiles(2048, 2048))  # the default 1008 px tiles: 3 x 3
+    # at the first tile's segmentation, only the chunks of that tile and of the
+    # tiles read ahead (2 x batch_size) were computed: never the whole array
+    assert chunks_of(tiles[0].window) <= seg.seen <= set().union(*(chunks_of(t.window) for t in tiles[:3]))
+    assert len(seg.seen) < 64 and len(set(computed)) == 64
     assert got.geometry.equals(gdf.geometry)
     with RasterSource(SCENE) as a, RasterSource(da) as b:
         w = Window(-10, 900, 300, 400)  # reaches past the edge

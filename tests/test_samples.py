@@ -47,5 +47,22 @@ def test_neon_sample_pixels_reach_the_segmenter_unchanged_and_nodata_is_masked()
     white = (raw == 255).all(axis=2)
     assert np.array_equal(inside[~white], raw[~white]) and not valid[:400, :400][white].any()
     assert not valid[400:, :].any() and not valid[:, 400:].any()  # the padding
+
+    class Recorder(ColorSegmenter):
+        def __init__(self):
+            super().__init__()
+            self.tiles = []
+
+        def segment(self, tiles, prompts):
+            self.tiles.extend(t.copy() for t in tiles)
+            return super().segment(tiles, prompts)
+
+    rec = Recorder()
+    geoseg.segment(path, "red", segmenter=rec)
+    assert len(rec.tiles) == 1 and rec.tiles[0].shape == (1008, 1008, 3) and rec.tiles[0].dtype == np.uint8
+    seen = rec.tiles[0]
+    # what the segmenter gets: the file's pixels as they are, nodata and padding zeroed
+    assert np.array_equal(seen[:400, :400][~white], raw[~white])
+    assert not seen[:400, :400][white].any() and not seen[400:].any() and not seen[:, 400:].any()
     plan = geoseg.pipeline.describe(path)
     assert plan["tiles"] == 1 and plan["area_km2"] == pytest.approx(0.0016)

@@ -52,11 +52,21 @@ def test_cover_never_exceeds_the_area_holding_the_objects():
     assert table.loc["all", "area_m2_sum"] == pytest.approx(2000)
 
 
-def test_union_area_only_unions_overlapping_objects():
+def test_union_area_only_unions_overlapping_objects(monkeypatch):
     xs = np.arange(2000) * 20.0
     geoms = shapely.box(xs, 0, xs + 10, 10)  # 2000 apart squares of 100 m²
     geoms = np.concatenate([geoms, [box(5, 0, 15, 10), None, shapely.Polygon()]])  # one overlaps the first by half
+    unions = []
+    union_all = shapely.union_all
+
+    def spy(parts, *args, **kwargs):  # the real union, recording what it was given
+        unions.append(len(parts))
+        return union_all(parts, *args, **kwargs)
+
+    monkeypatch.setattr(shapely, "union_all", spy)
     assert stats.union_area(geoms) == pytest.approx(2000 * 100 + 50)
+    assert unions == [2]  # the first square and the one overlapping it; the 1999 others are summed
+    monkeypatch.undo()
     bowtie = shapely.Polygon([(0, 0), (10, 10), (10, 0), (0, 10)])  # invalid: repaired, two triangles of 25 m²
     assert stats.union_area([bowtie, bowtie]) == pytest.approx(50)
     assert stats.union_area([]) == 0.0

@@ -39,6 +39,8 @@ GPU_BYTES_PER_TILE = {"bfloat16": 1.0 * 2**30, "float16": 1.0 * 2**30, "float32"
 MAX_AUTO_BATCH = 16
 # Upsample at most this many mask pixels at once (float32: 256 MB).
 UPSAMPLE_PIXELS = 2**26
+# Seconds to wait for the hub when a hub id is not cached (see `_check_hub`).
+HUB_TIMEOUT = 2.0
 
 
 class Sam3Segmenter:
@@ -72,13 +74,14 @@ class Sam3Segmenter:
         max_detections: int | None = None,
         nms_iou: float | None = None,
     ) -> None:
+        local_only = _check_hub(str(model))  # before torch loads: a missing model fails in a second
         import torch
 
         self.name = "sam3"
         self.model_id = str(model)
         self.device = _pick_device(device)
         self.dtype = _pick_dtype(dtype, self.device)
-        self.processor, self.model = _load(str(model), self.device, self.dtype)
+        self.processor, self.model = _load(str(model), self.device, self.dtype, local_only=local_only)
         self.score_threshold = float(score_threshold)
         self.mask_threshold = float(mask_threshold)
         self.max_detections = max_detections
@@ -438,8 +441,9 @@ def _looks_like_path(model: str) -> bool:
     )
 
 
-def _load(model: str, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
-    """Processor and model from a hub id or a folder, on `device` in `dtype`."""
+def _load(model: str, device: torch.device, dtype: torch.dtype, *, local_only: bool = False) -> tuple[Any, Any]:
+    """Processor and model from a hub id or a folder, on `device` in `dtype`; from the
+    Hugging Face cache alone with `local_only`."""
     from transformers import Sam3Model, Sam3Processor
 
     folder = os.path.expanduser(model)
@@ -457,13 +461,81 @@ def _load(model: str, device: torch.device, dtype: torch.dtype) -> tuple[Any, An
     started = time.perf_counter()
     try:
         # The model first: its errors keep the hub's cause (gated, offline), the processor's don't.
-        net = Sam3Model.from_pretrained(model, dtype=dtype)
-        processor = Sam3Processor.from_pretrained(model)
+        net = Sam3Model.from_pretrained(model, dtype=dtype, local_files_only=local_only)
+        processor = Sam3Processor.from_pretrained(model, local_files_only=local_only)
     except Exception as err:  # any failure here means no usable weights: say which and the fix
         raise ModelLoadError(_why_not_loaded(model, err)) from err
     net = net.to(device).eval()  # type: ignore[arg-type]  # transformers types `to` oddly
     log.info("loaded SAM 3 %s on %s (%s) in %.1f s", model, device, _name(dtype), time.perf_counter() - started)
     return processor, net
+
+
+def _check_hub(model: str) -> bool:
+    """For a hub id, ask the hub once, briefly, before transformers does: transformers
+    retries every file for ~25 s with log noise when the hub cannot be reached.
+
+    Raises ModelLoadError when the model is not cached and the hub cannot give it
+    (HF_HUB_OFFLINE, no answer, gated, not found). Returns True when it is cached but
+    the hub cannot be reached, so loading must not ask the hub. Folders are left to
+    `_load`; HF_HUB_OFFLINE with a cached model costs no request, other hub ids one.
+    """
+    if os.path.isdir(os.path.expanduser(model)) or _looks_like_path(model):
+        return False
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
+    try:
+        cached = isinstance(try_to_load_from_cache(model, "config.json"), str)
+    except HFValidationError:
+        return False  # not a hub id: transformers says why
+    if constants.HF_HUB_OFFLINE:
+        if cached:
+            return False  # transformers reads the cache alone already
+        raise ModelLoadError(_not_cached(model, offline=True))
+    answer = _ask_hub(model)
+    if cached:
+        if answer is None:
+            log.info("the Hugging Face hub cannot be reached: loading %s from the cache", model)
+        return answer is None
+    if answer is None:
+        raise ModelLoadError(_not_cached(model, offline=False))
+    if isinstance(answer, (GatedRepoError, RepositoryNotFoundError)):
+        raise ModelLoadError(_why_not_loaded(model, answer)) from answer
+    return False
+
+
+def _ask_hub(model: str, timeout: float = HUB_TIMEOUT) -> BaseException | bool | None:
+    """HEAD `model`'s config.json once, no retries: True, the hub's HTTP error, or None
+    when no answer came within `timeout` seconds. A thread bounds the wait, since a slow
+    DNS lookup escapes the HTTP client's timeout."""
+    import threading
+
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    answer: list[BaseException | bool | None] = [None]
+
+    def head() -> None:
+        try:
+            get_hf_file_metadata(hf_hub_url(model, "config.json"), timeout=timeout)
+            answer[0] = True
+        except HfHubHTTPError as err:  # the hub answered: gated, not found, ...
+            answer[0] = err
+        except Exception as err:  # no answer: DNS, refused, timeout, proxy, TLS
+            log.debug("the Hugging Face hub cannot be reached: %s", err)
+
+    probe = threading.Thread(target=head, daemon=True)
+    probe.start()
+    probe.join(timeout + 0.5)
+    return answer[0]
+
+
+def _not_cached(model: str, *, offline: bool) -> str:
+    where = "HF_HUB_OFFLINE=1 is set" if offline else "the hub cannot be reached"
+    return (
+        f"--model {model}: not in the Hugging Face cache and {where}; download it once online "
+        f"(`hf download {model}`; for {HUB_ID} first {LICENCE_FIX.split(', or ')[0]}), or pass --model DIR"
+    )
 
 
 def _why_not_loaded(model: str, err: BaseException) -> str:
@@ -479,11 +551,7 @@ def _why_not_loaded(model: str, err: BaseException) -> str:
     if any(isinstance(e, GatedRepoError) for e in chain):
         return f"--model {model}: the repository is gated and this account has no access; {LICENCE_FIX}"
     if any(isinstance(e, LocalEntryNotFoundError) for e in chain):
-        where = "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else "the hub cannot be reached"
-        return (
-            f"--model {model}: not in the Hugging Face cache and {where}; download it once online "
-            f"(`hf download {model}`; for {HUB_ID} first {LICENCE_FIX.split(', or ')[0]}), or pass --model DIR"
-        )
+        return _not_cached(model, offline=constants.HF_HUB_OFFLINE)
     if any(isinstance(e, RepositoryNotFoundError) for e in chain):
         return (
             f"--model {model}: neither a local folder nor a model on the Hugging Face hub "

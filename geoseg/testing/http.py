@@ -84,11 +84,6 @@ class RangeServer:
         return out
 
     @property
-    def range_requests(self) -> list[Request]:
-        """The requests answered with 206 Partial Content."""
-        return [r for r in self.requests if r.status == 206]
-
-    @property
     def bytes_sent(self) -> int:
         """Body bytes sent since the start (or the last `clear()`)."""
         return sum(r.bytes_sent for r in self.requests)

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from geoseg.detections import Detections
 from geoseg.errors import PromptError
 from geoseg.merge import Piece, to_piece
-from geoseg.segmenter import Detection
 from geoseg.testing.scenes import LABELS
 from geoseg.tiling import TilePlan
 
@@ -42,24 +42,24 @@ class ColorSegmenter:
             if p not in LABELS:
                 raise PromptError(f"the test backend 'colors' knows the prompts red, green and blue, not {p!r}")
 
-    def segment(self, tiles: np.ndarray, prompts: Sequence[str]) -> list[list[Detection]]:
+    def segment(self, tiles: np.ndarray, prompts: Sequence[str]) -> list[Detections]:
         if self.delay:
             time.sleep(self.delay)
         return [self._one(tile, prompts) for tile in tiles]
 
-    def _one(self, tile: np.ndarray, prompts: Sequence[str]) -> list[Detection]:
+    def _one(self, tile: np.ndarray, prompts: Sequence[str]) -> Detections:
         # decode every object pixel's colour once, for all prompts
         dom = np.maximum(np.maximum(tile[..., 0], tile[..., 1]), tile[..., 2])
         idx = np.flatnonzero(dom >= 192)
         if idx.size == 0:
-            return []
+            return Detections.empty()
         px = tile.reshape(-1, 3)[idx].astype(np.int32)
         codes = (px[:, 0] << 16) | (px[:, 1] << 8) | px[:, 2]
         codes_u, compact = np.unique(codes, return_inverse=True)
         labels = np.zeros(tile.shape[:2], np.int32)
         labels.reshape(-1)[idx] = compact + 1
         wanted = {LABELS.index(p): p for p in prompts}
-        dets: list[Detection] = []
+        names, scores, origins, masks = [], [], [], []
         for k, box in enumerate(ndimage.find_objects(labels)):
             if box is None:
                 continue
@@ -72,8 +72,11 @@ class ColorSegmenter:
             score = 0.5 + 0.5 * ((number * 37) % 101) / 100
             if score < self.score_threshold:
                 continue
-            dets.append(Detection(wanted[ch], score, labels[box] == k + 1, (box[0].start, box[1].start)))
-        return dets
+            names.append(wanted[ch])
+            scores.append(score)
+            origins.append((box[0].start, box[1].start))
+            masks.append(labels[box] == k + 1)
+        return Detections(names, scores, origins, masks)
 
 
 class CountingSegmenter(ColorSegmenter):
@@ -83,7 +86,7 @@ class CountingSegmenter(ColorSegmenter):
         super().__init__(**kwargs)
         self.tiles = 0
 
-    def segment(self, tiles: np.ndarray, prompts: Sequence[str]) -> list[list[Detection]]:
+    def segment(self, tiles: np.ndarray, prompts: Sequence[str]) -> list[Detections]:
         self.tiles += len(tiles)
         return super().segment(tiles, prompts)
 

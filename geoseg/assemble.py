@@ -1,0 +1,136 @@
+"""Output assembly: per-input results numbered into one output (or a frame),
+with the provenance stored beside them; label rasters burnt from them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyogrio
+
+from geoseg import export, merge, rasterize, vectorize
+from geoseg.engine import Engine
+from geoseg.errors import RasterError, RunError, UsageError
+from geoseg.inputs import unique_names
+from geoseg.inspection import RasterInfo
+from geoseg.settings import Settings
+from geoseg.tiling import TilePlan
+from geoseg.workdir import WorkDir
+
+
+def provenance(engine: Engine, settings: Settings, sources: list[Any]) -> dict[str, Any]:
+    """What made an output: stored with it. The backend's `config()` (model,
+    thresholds, ...) is laid out beside geoseg's own settings, which win a clash."""
+    from geoseg import __version__
+
+    return {
+        "geoseg_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "backend": engine.backend,
+        **engine.options,
+        "prompts": settings.prompts,
+        "tile_size": settings.tile_size,
+        "overlap": settings.overlap,
+        "bands": settings.read.bands,
+        "resolution": settings.read.resolution,
+        "stretch": settings.read.stretch,
+        "dst_crs": None if settings.dst_crs is None else settings.dst_crs.to_string(),
+        "simplify": settings.simplify,
+        "min_area": settings.min_area,
+        "area": None if settings.read.area is None else settings.read.area.describe(),
+        "sources": unique_names(sources),
+    }
+
+
+def objects(pieces: list[merge.Piece], plan: TilePlan, transform: Any, crs: Any, source: str,
+            settings: Settings) -> gpd.GeoDataFrame:
+    """Pieces held in memory -> merged objects as polygons, with area_m2, in dst_crs."""
+    instances = merge.merge(pieces, plan, iou=settings.match_iou)
+    gdf = vectorize.to_frame(instances, transform, crs, source=source, simplify=settings.simplify)
+    return vectorize.finish(gdf, transform, settings.dst_crs, settings.min_area)
+
+
+def empty_frame() -> gpd.GeoDataFrame:
+    return gpd.GeoDataFrame({c: [] for c in vectorize.COLUMNS}, geometry=[])
+
+
+def combine_frames(frames: list[gpd.GeoDataFrame], crs: Any, number: bool = True) -> gpd.GeoDataFrame:
+    """One frame of all inputs' objects, numbered from 1 unless `number` is False."""
+    frames = [f for f in frames if not f.empty] or frames[:1] or [empty_frame()]
+    if len({str(f.crs) for f in frames}) > 1:
+        raise RasterError("the inputs have different CRSs: pass --dst-crs to put them in one, or use --output-dir")
+    gdf = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs if crs is None else crs)
+    if number:
+        gdf.insert(0, "id", np.arange(1, len(gdf) + 1, dtype=np.int64))
+    return gdf[[*vectorize.COLUMNS, "geometry"]]
+
+
+def read_chunks(path: Path, chunk: int = 100_000) -> Iterator[gpd.GeoDataFrame]:
+    """A per-input result, in chunks of features."""
+    total = pyogrio.read_info(path, layer="objects")["features"]
+    for start in range(0, max(total, 1), chunk):
+        yield pyogrio.read_dataframe(path, layer="objects", skip_features=start, max_features=chunk)
+
+
+def area_of(result: Path) -> float:
+    """The summed area (m²) of a per-input result's objects."""
+    table = pyogrio.read_dataframe(result, layer="objects", columns=["area_m2"], read_geometry=False)
+    return float(np.nansum(table["area_m2"])) if len(table) else 0.0
+
+
+class Assembler:
+    """Writes per-input results into one output (or a frame), numbering objects."""
+
+    def __init__(self, writer: export.Writer | None, collect: bool) -> None:
+        self.writer, self.collect = writer, collect
+        self.next_id = 1
+        self.frames: list[gpd.GeoDataFrame] = []
+        self.empty: gpd.GeoDataFrame | None = None
+
+    def add(self, result: Path) -> None:
+        for gdf in read_chunks(result):
+            gdf.insert(0, "id", np.arange(self.next_id, self.next_id + len(gdf), dtype=np.int64))
+            gdf = gdf[[*vectorize.COLUMNS, "geometry"]]
+            self.next_id += len(gdf)
+            if self.empty is None:
+                self.empty = gdf.iloc[:0]
+            if self.writer is not None:
+                self.writer.write(gdf)
+            if self.collect:
+                self.frames.append(gdf)
+
+    def frame(self, crs: Any) -> gpd.GeoDataFrame:
+        return combine_frames(self.frames or ([self.empty] if self.empty is not None else []), crs, number=False)
+
+
+def write_output(output: Any, results: list[Path], sources: list[Any], layer: str, engine: Engine,
+                 settings: Settings, work: WorkDir, collect: bool = False, *, overwrite: bool) -> Assembler:
+    """Write the per-input `results` into `output` atomically, numbering the objects. `overwrite`:
+    what was allowed before the run (also a layer that appeared since is replaced only so)."""
+    try:
+        w = export.Writer(output, layer=layer, overwrite=overwrite, provenance=provenance(engine, settings, sources),
+                          crs_requested=settings.dst_crs is not None)
+    except UsageError as e:  # the output appeared during the run: a failure of the run, whose work is kept
+        raise RunError(str(e)) from None
+    with w:
+        assembler = Assembler(w, collect)
+        for result in results:
+            assembler.add(result)
+        w.commit(assembler.empty if assembler.empty is not None else empty_frame())
+    work.mark_written(export.output_key(output, layer))
+    return assembler
+
+
+def write_raster(raster: rasterize.LabelRaster, info: RasterInfo, result: Path, source: Any, settings: Settings,
+                 engine: Engine, work: WorkDir, first_id: int = 1) -> None:
+    """Burn one input's objects into its label raster, on the grid its tiles were read on."""
+    grid = rasterize.Grid(info.transform, info.width, info.height, info.crs)
+    meta = json.dumps(provenance(engine, settings, [source]), default=str)
+    raster.write(result, grid, first_id=first_id, tags={"geoseg": meta})
+    work.mark_written(raster.path)

@@ -1,0 +1,46 @@
+"""What a run needs besides its inputs and its segmenter, as one checked value."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from geoseg import vectorize
+from geoseg.area import Area
+from geoseg.raster import ReadOptions
+from geoseg.segmenter import check_prompts
+from geoseg.tiling import plan_tiles
+
+
+@dataclass
+class Settings:
+    """Everything a run needs besides the inputs and the segmenter."""
+
+    prompts: list[str]
+    tile_size: int = 1008
+    overlap: int = 128
+    read: ReadOptions = field(default_factory=ReadOptions)
+    dst_crs: Any = None
+    simplify: float | None = None
+    min_area: float | None = None
+    match_iou: float = 0.5
+    progress: bool = False
+
+    @classmethod
+    def of(cls, prompts: str | Sequence[str], *, tile_size: int = 1008, overlap: int = 128,
+           bands: str | Sequence[int] | None = None, resolution: float | None = None,
+           stretch: tuple[float, float] = (2.0, 98.0), pixel_coords: bool = False, dst_crs: Any = None,
+           simplify: float | None = None, min_area: float | None = None, progress: bool = False,
+           bbox: Any = None, bbox_crs: Any = None, aoi: Any = None) -> Settings:
+        """Settings from the API's loose types, checked (prompts, tiling, CRS, area) before any work."""
+        plan_tiles(tile_size, tile_size, tile_size, overlap)
+        # the area's window is grown by the overlap, so objects crossing its edge are read whole
+        area = Area.of(bbox=bbox, bbox_crs=bbox_crs, aoi=aoi, margin=overlap)
+        return cls(
+            prompts=check_prompts(prompts), tile_size=tile_size, overlap=overlap,
+            read=ReadOptions.of(bands=bands, resolution=resolution, stretch=stretch, pixel_coords=pixel_coords,
+                                area=area),
+            dst_crs=None if dst_crs is None else vectorize.parse_crs(dst_crs),
+            simplify=simplify, min_area=min_area, progress=progress,
+        )
