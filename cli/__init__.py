@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from geoseg import __version__
+from geoseg import __version__, errors
 from geoseg.errors import GeosegError, GeosegWarning, UsageError
 
 
@@ -25,6 +25,7 @@ class _Group(click.Group):
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
+        before, errors.cli_terms = errors.cli_terms, True  # library messages name --flags here
         try:
             rv = super().main(*args, **kwargs)
         except click.UsageError as e:  # click's own: bad option values, missing arguments
@@ -37,6 +38,8 @@ class _Group(click.Group):
         except click.Abort:
             click.echo("geoseg: aborted", err=True)
             sys.exit(1)
+        finally:
+            errors.cli_terms = before
         sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:

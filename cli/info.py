@@ -12,7 +12,8 @@ from geoseg.area import Area
 from geoseg.cli import main
 from geoseg.cli.options import area_options, read_options, tiling_options
 from geoseg.errors import OutsideAreaError
-from geoseg.pipeline import describe, list_inputs
+from geoseg.inputs import list_inputs
+from geoseg.inspection import describe
 from geoseg.segmenter import check_prompts
 from geoseg.workdir import WorkDir, read_settings
 

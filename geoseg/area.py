@@ -22,7 +22,8 @@ from affine import Affine
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 
-from geoseg.errors import UsageError
+from geoseg import errors
+from geoseg.errors import UsageError, option
 from geoseg.tiling import TilePlan, Window
 
 
@@ -55,7 +56,7 @@ class Area:
         with a CRS, or a shapely geometry (in `bbox_crs`, default the raster's CRS).
         """
         if bbox is not None and aoi is not None:
-            raise UsageError("give either --bbox or --aoi, not both")
+            raise UsageError(f"give either {option('bbox')} or {option('aoi')}, not both")
         crs = None if bbox_crs is None else _crs(bbox_crs)
         if bbox is not None:
             numbers = _bbox(bbox)
@@ -63,13 +64,15 @@ class Area:
             return cls(shapely.box(*numbers), crs, "--bbox", label, margin)
         if aoi is None:
             if bbox_crs is not None:
-                raise UsageError(f"--bbox-crs {bbox_crs} goes with --bbox: add --bbox minx,miny,maxx,maxy")
+                raise UsageError(f"{option('bbox_crs', str(bbox_crs))} goes with {option('bbox')}: "
+                                 f"add {option('bbox', 'minx,miny,maxx,maxy')}")
             return None
         if isinstance(aoi, shapely.Geometry):
-            geom = _polygonal(aoi, "aoi geometry")
+            geom = _polygonal(aoi, f"the geometry given as {option('aoi')}")
             return cls(geom, crs, "--aoi", f"geometry {_digest(geom)}", margin)
         if bbox_crs is not None:
-            raise UsageError("--bbox-crs goes with --bbox: an --aoi file carries its own CRS")
+            raise UsageError(f"{option('bbox_crs')} goes with {option('bbox')}: "
+                             f"the {option('aoi')} file carries its own CRS")
         return _from_vector(aoi, margin)
 
     def in_crs(self, crs: Any, path: str) -> shapely.Geometry:
@@ -77,8 +80,8 @@ class Area:
         if self.crs is None:
             return self.geometry
         if crs is None:
-            raise UsageError(f"{self.option} {self.label} has a CRS but {path} is read in pixel coordinates: "
-                             f"give the area in pixel coordinates (no --bbox-crs)")
+            raise UsageError(f"{self.named()} has a CRS but {path} is read in pixel coordinates: "
+                             f"give the area in pixel coordinates (no {option('bbox_crs')})")
         if CRS.from_user_input(crs).equals(CRS.from_wkt(self.crs)):
             return self.geometry
         # densify first: a straight edge in one CRS is a curve in another
@@ -87,7 +90,7 @@ class Area:
         moved = gpd.GeoSeries([dense], crs=self.crs).to_crs(crs).iloc[0]
         if moved is None or moved.is_empty or not shapely.is_valid(moved) or not all(
                 math.isfinite(v) for v in moved.bounds):
-            raise UsageError(f"{self.option} {self.label} cannot be placed in the CRS of {path}: "
+            raise UsageError(f"{self.named()} cannot be placed in the CRS of {path}: "
                              f"check the coordinates and their CRS")
         return moved
 
@@ -99,29 +102,46 @@ class Area:
         return {"--bbox": None, "--bbox-crs": None, "--aoi": f"{self.label} ({_digest(self.geometry)})"}
 
     def describe(self) -> str:
+        """The area by CLI option, as the output's provenance records it."""
         crs = "" if self.crs is None or self.option == "--aoi" else f" --bbox-crs {CRS.from_wkt(self.crs).to_string()}"
         return f"{self.option} {self.label}{crs}"
+
+    def named(self) -> str:
+        """The area in the caller's terms, for messages: `bbox='...'` or `--bbox ...`."""
+        name = self.option.lstrip("-")
+        if self.label == "GeoDataFrame" or self.label.startswith("geometry "):  # only the API passes these
+            return f"the {self.label} given as {option(name)}"
+        return option(name, self.label)
+
+    def shown(self) -> str:
+        """`named()` with the CRS of a bbox given in another CRS."""
+        if self.crs is None or self.option == "--aoi":
+            return self.named()
+        sep = " " if errors.cli_terms else ", "
+        return f"{self.named()}{sep}{option('bbox_crs', CRS.from_wkt(self.crs).to_string())}"
 
 
 def _crs(value: Any) -> str:
     try:
         return CRS.from_user_input(value).to_wkt()
     except CRSError:
-        raise UsageError(f"--bbox-crs {value!r} is not a CRS: give e.g. EPSG:4326, a WKT or a PROJ string") from None
+        shown = value if isinstance(value, str) else str(value)
+        raise UsageError(f"{option('bbox_crs', shown)} is not a CRS: "
+                         "give e.g. EPSG:4326, a WKT or a PROJ string") from None
 
 
 def _bbox(value: str | Sequence[float]) -> tuple[float, float, float, float]:
-    example = "e.g. --bbox 404100,3285400,404300,3285600"
+    example = f"e.g. {option('bbox', '404100,3285400,404300,3285600')}"
     try:
         parts = value.split(",") if isinstance(value, str) else list(value)
         numbers = tuple(float(v) for v in parts)
     except (TypeError, ValueError):
-        raise UsageError(f"--bbox {value!r}: give four numbers minx,miny,maxx,maxy, {example}") from None
+        raise UsageError(f"{option('bbox', value)}: give four numbers minx,miny,maxx,maxy, {example}") from None
     if len(numbers) != 4 or not all(math.isfinite(v) for v in numbers):
-        raise UsageError(f"--bbox {value!r}: give four numbers minx,miny,maxx,maxy, {example}")
+        raise UsageError(f"{option('bbox', value)}: give four numbers minx,miny,maxx,maxy, {example}")
     minx, miny, maxx, maxy = numbers
     if minx >= maxx or miny >= maxy:
-        raise UsageError(f"--bbox {value!r}: need minx < maxx and miny < maxy (order minx,miny,maxx,maxy)")
+        raise UsageError(f"{option('bbox', value)}: need minx < maxx and miny < maxy (order minx,miny,maxx,maxy)")
     return minx, miny, maxx, maxy
 
 
@@ -129,7 +149,7 @@ def _polygonal(geom: Any, what: str) -> shapely.Geometry:
     parts = [p for p in shapely.get_parts(shapely.make_valid(geom)) if p.geom_type in ("Polygon", "MultiPolygon")]
     union = shapely.union_all(parts) if parts else None
     if union is None or union.is_empty or union.area <= 0:
-        raise UsageError(f"--aoi {what}: holds no polygon: give polygons (buffer points or lines first)")
+        raise UsageError(f"{what}: holds no polygon: give polygons (buffer points or lines first)")
     return shapely.normalize(union)
 
 
@@ -139,14 +159,15 @@ def _from_vector(aoi: Any, margin: int) -> Area:
     if isinstance(aoi, gpd.GeoSeries):
         aoi = gpd.GeoDataFrame(geometry=aoi)
     label = "GeoDataFrame" if isinstance(aoi, gpd.GeoDataFrame) else os.path.basename(str(aoi))
-    gdf = read_vector(aoi, "--aoi")
+    gdf = read_vector(aoi, name="aoi")
     shown = label if isinstance(aoi, gpd.GeoDataFrame) else str(aoi)
+    named = f"the GeoDataFrame given as {option('aoi')}" if isinstance(aoi, gpd.GeoDataFrame) else option("aoi", shown)
     geoms = gdf.geometry[~(gdf.geometry.isna() | gdf.geometry.is_empty)]
     if geoms.empty:
-        raise UsageError(f"--aoi {shown}: holds no polygon: give a file of polygons")
+        raise UsageError(f"{named}: holds no polygon: give a file of polygons")
     if gdf.crs is None:
-        raise UsageError(f"--aoi {shown} has no CRS: set one (e.g. ogr2ogr -a_srs EPSG:4326 out.gpkg in.gpkg)")
-    geom = _polygonal(shapely.union_all(geoms.values), shown)
+        raise UsageError(f"{named} has no CRS: set one (e.g. ogr2ogr -a_srs EPSG:4326 out.gpkg in.gpkg)")
+    geom = _polygonal(shapely.union_all(geoms.values), named)
     return Area(geom, gdf.crs.to_wkt(), "--aoi", label, margin)
 
 

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pyogrio
 
-from geoseg import export, merge, rasterize, vectorize
+from geoseg import errors, export, merge, rasterize, vectorize
 from geoseg.engine import Engine
-from geoseg.errors import RasterError, RunError, UsageError
+from geoseg.errors import RasterError, RunError, UsageError, option
 from geoseg.inputs import unique_names
 from geoseg.inspection import RasterInfo
 from geoseg.settings import Settings
@@ -60,11 +60,17 @@ def empty_frame() -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame({c: [] for c in vectorize.COLUMNS}, geometry=[])
 
 
+def mixed_crs_error() -> RasterError:
+    """Inputs in several CRSs cannot share one output file."""
+    other = "use --output-dir" if errors.cli_terms else "segment them one by one"
+    return RasterError(f"the inputs have different CRSs: pass {option('dst_crs')} to put them in one, or {other}")
+
+
 def combine_frames(frames: list[gpd.GeoDataFrame], crs: Any, number: bool = True) -> gpd.GeoDataFrame:
     """One frame of all inputs' objects, numbered from 1 unless `number` is False."""
     frames = [f for f in frames if not f.empty] or frames[:1] or [empty_frame()]
     if len({str(f.crs) for f in frames}) > 1:
-        raise RasterError("the inputs have different CRSs: pass --dst-crs to put them in one, or use --output-dir")
+        raise mixed_crs_error()
     gdf = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs if crs is None else crs)
     if number:
         gdf.insert(0, "id", np.arange(1, len(gdf) + 1, dtype=np.int64))

@@ -46,7 +46,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import array_bounds
 from rasterio.warp import transform_bounds
 
-from geoseg.errors import GeosegWarning, OutputError, UsageError
+from geoseg.errors import GeosegWarning, OutputError, UsageError, option
 from geoseg.evaluate import polygons_only, read_vector
 from geoseg.inputs import list_inputs, unique_names
 from geoseg.raster import RasterSource, ReadOptions, parse_bands
@@ -92,9 +92,10 @@ def parse_split(text: str | tuple[float, ...]) -> tuple[float, ...]:
     try:
         parts = tuple(float(v) for v in (text.split(",") if isinstance(text, str) else text))
     except ValueError:
-        raise UsageError(f"--split {text!r}: give 2 or 3 fractions, e.g. --split 0.8,0.2") from None
+        raise UsageError(f"{option('split', text)}: give 2 or 3 fractions, e.g. {option('split', '0.8,0.2')}") from None
     if len(parts) not in (2, 3) or any(p <= 0 for p in parts) or abs(sum(parts) - 1) > 1e-6:
-        raise UsageError(f"--split {text!r}: give 2 or 3 positive fractions summing to 1, e.g. 0.8,0.2 or 0.7,0.2,0.1")
+        raise UsageError(f"{option('split', text)}: give 2 or 3 positive fractions summing to 1, "
+                         "e.g. 0.8,0.2 or 0.7,0.2,0.1")
     return parts
 
 
@@ -113,8 +114,8 @@ def assign_splits(blocks: list[Any], fractions: tuple[float, ...], seed: int, *,
     """
     names = sorted(set(blocks))
     if strict and len(names) < len(fractions):
-        raise UsageError(f"--split needs {len(fractions)} spatial blocks and the rasters hold {len(names)}: "
-                         "use a smaller --block-size (or --chip-size)")
+        raise UsageError(f"{option('split')} needs {len(fractions)} spatial blocks and the rasters hold {len(names)}: "
+                         f"use a smaller {option('block_size')} (or {option('chip_size')})")
     size = {b: blocks.count(b) for b in names}
     target = np.asarray(fractions) * len(blocks)
     have = np.zeros(len(fractions))
@@ -196,17 +197,19 @@ def _yolo_lines(pieces: list[Piece], size: tuple[int, int]) -> tuple[list[str], 
 def check_out_dir(out_dir: str | os.PathLike[str], overwrite: bool) -> Path:
     """The output folder must not exist, be empty, or be a dataset geoseg wrote (with `overwrite`)."""
     out = Path(out_dir)
+    shown = option("out_dir", str(out), flag="-o")
     if not out.parent.is_dir():
-        raise OutputError(f"-o {out}: folder {str(out.parent)!r} does not exist: create it first")
+        raise OutputError(f"{shown}: folder {str(out.parent)!r} does not exist: create it first")
     if out.exists() and not out.is_dir():
-        raise OutputError(f"-o {out} is a file: give a folder for the dataset")
+        raise OutputError(f"{shown} is a file: give a folder for the dataset")
     if out.is_dir() and any(out.iterdir()):
         if not (out / MANIFEST).is_file():
-            raise OutputError(f"-o {out} is not empty and holds no geoseg dataset: choose a new or empty folder")
+            raise OutputError(f"{shown} is not empty and holds no geoseg dataset: choose a new or empty folder")
         if not overwrite:
-            raise OutputError(f"-o {out} holds a dataset: pass --overwrite to replace it, or choose another folder")
+            raise OutputError(f"{shown} holds a dataset: pass {option('overwrite', True)} to replace it, "
+                              "or choose another folder")
     if not os.access(out.parent, os.W_OK):
-        raise OutputError(f"-o {out}: folder {str(out.parent)!r} is not writable: choose another output")
+        raise OutputError(f"{shown}: folder {str(out.parent)!r} is not writable: choose another output")
     return out
 
 
@@ -253,7 +256,7 @@ def _categories(gdf: gpd.GeoDataFrame, label_field: str | None) -> tuple[list[st
         label_field = "label"
     elif label_field not in gdf.columns:
         cols = ", ".join(c for c in gdf.columns if c != gdf.geometry.name) or "none"
-        raise UsageError(f"--label-field {label_field}: VECTOR has no such column (columns: {cols})")
+        raise UsageError(f"{option('label_field', label_field)}: VECTOR has no such column (columns: {cols})")
     values = gdf[label_field].astype(str).to_numpy()
     names = sorted(set(values))
     return names, np.searchsorted(names, values)
@@ -310,7 +313,8 @@ def _deal(rasters: list[_Raster], chip_size: int, block_size: float | None, frac
     what = f"{rasters[0].path} holds" if len(rasters) == 1 else f"the {len(rasters)} rasters hold"
     warnings.warn(f"{what} {n} chip{'s' * (n > 1)} of {chip_size} px for {len(fractions)} splits: "
                   f"{', '.join(SPLITS[n:len(fractions)])} stay{'s' * (len(fractions) - n == 1)} empty; use a smaller "
-                  f"--chip-size (e.g. {max(16, chip_size // 4)}) or more rasters", GeosegWarning, stacklevel=3)
+                  f"{option('chip_size')} (e.g. {max(16, chip_size // 4)}) or more rasters",
+                  GeosegWarning, stacklevel=3)
     return sizes[-1], assign_splits(blocks, fractions, seed, strict=False)  # type: ignore[arg-type]
 
 
@@ -351,11 +355,11 @@ def export_dataset(
     See the module docstring for the rules. Returns what was written.
     """
     if fmt not in FORMATS:
-        raise UsageError(f"--format {fmt!r}: use coco or yolo")
+        raise UsageError(f"{option('fmt', fmt, flag='--format')}: use coco or yolo")
     if image_format not in IMAGE_FORMATS:
-        raise UsageError(f"--image-format {image_format!r}: use png or tif")
+        raise UsageError(f"{option('image_format', image_format)}: use png or tif")
     if (block_size is not None and block_size <= 0) or min_area < 0:
-        raise UsageError("--block-size must be > 0 and --min-area >= 0")
+        raise UsageError(f"{option('block_size')} must be > 0 and {option('min_area')} >= 0")
     fractions = parse_split(split)
     out = check_out_dir(out_dir, overwrite)
     paths = list_inputs(rasters)
@@ -374,7 +378,7 @@ def export_dataset(
     size, deal = _deal(planned, chip_size, block_size, fractions, seed)
     for r in planned:  # warned only now: a refused input gives one line, no warning before it
         if r.height < chip_size or r.width < chip_size:
-            warnings.warn(f"{r.path} ({r.width} x {r.height} px) is smaller than --chip-size {chip_size}: "
+            warnings.warn(f"{r.path} ({r.width} x {r.height} px) is smaller than {option('chip_size', chip_size)}: "
                           f"its chips are padded to {chip_size} x {chip_size} px with nodata (0)",
                           GeosegWarning, stacklevel=2)
     _warn_shared_ground(planned, deal)

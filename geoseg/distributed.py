@@ -21,7 +21,7 @@ from dask.distributed import Client, LocalCluster, as_completed
 
 from geoseg import staging
 from geoseg.engine import segment_tiles
-from geoseg.errors import UsageError
+from geoseg.errors import UsageError, option
 from geoseg.merge import Piece
 from geoseg.progress import Progress
 from geoseg.raster import RasterSource, ReadOptions, is_remote
@@ -121,7 +121,7 @@ def connect(*, workers: int | None = None, scheduler: str | None = None,
         try:
             return Client(scheduler, timeout=timeout)
         except OSError as e:
-            raise UsageError(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({e})") from None
+            raise UsageError(f"{option('scheduler', scheduler)}: cannot reach the Dask scheduler ({e})") from None
     cluster = LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True, host="127.0.0.1",
                            dashboard_address=None, resources=resources)
     return Client(cluster)
@@ -134,5 +134,6 @@ def parse_resources(text: str | None) -> dict[str, float] | None:
     try:
         return {k.strip(): float(v) for k, v in (item.split("=") for item in text.split(","))}
     except ValueError:
-        raise UsageError(f"--resources {text!r}: give NAME=AMOUNT pairs, e.g. --resources GPU=1") from None
+        raise UsageError(f"{option('resources', text)}: give NAME=AMOUNT pairs, "
+                         f"e.g. {option('resources', 'GPU=1')}") from None
 

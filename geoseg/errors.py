@@ -7,6 +7,32 @@ Every message names the file or option and the fix.
 
 from __future__ import annotations
 
+import shlex
+from typing import Any
+
+cli_terms = False  # set by geoseg.cli while a command runs
+
+_NO_VALUE = object()
+
+
+def option(name: str, value: Any = _NO_VALUE, *, flag: str | None = None) -> str:
+    """A parameter as the caller names it. Python: `bands=`, `bands='7,2,1'`, `overwrite=True`.
+    Command line: `--bands`, `--bands 7,2,1`, `--overwrite` (a True flag is bare).
+
+    `name` is the Python parameter name; `flag` the command line's where it is
+    not `name` spelt with dashes (`fmt` is `--format`). On the command line the value is
+    written as typed in a shell: a tuple or list comma-separated, as the
+    options take it, and quoted where needed (`--layer ' '`).
+    """
+    if not cli_terms:
+        return f"{name}=" if value is _NO_VALUE else f"{name}={value!r}"
+    flag = flag or "--" + name.replace("_", "-")
+    if value is _NO_VALUE or value is True:
+        return flag
+    if isinstance(value, (tuple, list)):
+        value = ",".join(str(v) for v in value)
+    return f"{flag} {shlex.quote(str(value))}"
+
 
 class GeosegError(Exception):
     """Base class of all geoseg errors."""
@@ -34,6 +60,13 @@ class OutputError(UsageError, OSError):
 
 class ModelLoadError(UsageError, OSError):
     """Model weights that cannot be had (gated, offline, wrong folder)."""
+
+
+class NotFoundError(UsageError, KeyError):
+    """A name or key looked up that is not there (a label, an IoU threshold)."""
+
+    def __str__(self) -> str:  # KeyError would show the message quoted
+        return str(self.args[0]) if self.args else ""
 
 
 class RunError(GeosegError, RuntimeError):

@@ -41,7 +41,8 @@ import pyogrio
 import shapely
 from pyproj import CRS
 
-from geoseg.errors import OutputError, UsageError
+from geoseg import errors
+from geoseg.errors import NotFoundError, OutputError, UsageError, option
 from geoseg.export import check_output
 
 COCO_IOUS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))  # 0.50:0.95
@@ -52,20 +53,24 @@ _POLYGONAL = ("Polygon", "MultiPolygon")
 Vector: TypeAlias = "str | os.PathLike[str] | gpd.GeoDataFrame"
 
 
-def read_vector(source: Vector, what: str = "vector") -> gpd.GeoDataFrame:
-    """Read any vector file geopandas reads (or pass a GeoDataFrame through)."""
+def read_vector(source: Vector, what: str = "vector", *, name: str | None = None) -> gpd.GeoDataFrame:
+    """Read any vector file geopandas reads (or pass a GeoDataFrame through).
+
+    Messages call it `what` (PRED, REF), or the parameter `name` in the caller's terms.
+    """
     if isinstance(source, gpd.GeoDataFrame):
         return source
     path = str(source)
+    shown = f"{what} {path}" if name is None else option(name, path)
     if not os.path.exists(path):
-        raise UsageError(f"{what} {path}: no such file: check the path")
+        raise UsageError(f"{shown}: no such file: check the path")
     if os.path.isdir(path) and not path.lower().endswith(".gdb"):
-        raise UsageError(f"{what} {path}: is a folder, not a vector file")
+        raise UsageError(f"{shown}: is a folder, not a vector file")
     try:
         return gpd.read_file(path)
     except Exception as e:  # pyogrio raises DataSourceError and friends; keep it one line
         reason = str(e).split("\n")[0]
-        raise UsageError(f"{what} {path}: not a readable vector file ({reason}): give a GPKG, GeoJSON, "
+        raise UsageError(f"{shown}: not a readable vector file ({reason}): give a GPKG, GeoJSON, "
                          "Shapefile, FlatGeobuf or GeoParquet") from None
 
 
@@ -181,7 +186,8 @@ class Evaluation:
         for s in self.scores:
             if s.label == label and abs(s.iou - iou) < _EPS:
                 return s
-        raise KeyError((label, iou))
+        raise NotFoundError(f"no scores for label {label!r} at IoU {iou}: the labels are "
+                            f"{sorted({s.label for s in self.scores})}, the thresholds {list(self.thresholds)}")
 
     def to_dict(self) -> dict[str, Any]:
         best = self.best
@@ -246,19 +252,21 @@ def _label_field(pred: gpd.GeoDataFrame, ref: gpd.GeoDataFrame, label_field: str
     for name, gdf in (("PRED", pred), ("REF", ref)):
         if label_field not in gdf.columns:
             cols = ", ".join(c for c in gdf.columns if c != gdf.geometry.name) or "none"
-            raise UsageError(f"--label-field {label_field}: {name} has no such column (columns: {cols})")
+            raise UsageError(f"{option('label_field', label_field)}: {name} has no such column (columns: {cols})")
     return label_field
 
 
 def _aoi_geometry(aoi: Any, crs: Any) -> shapely.Geometry:
     if isinstance(aoi, shapely.Geometry):
         return aoi
-    gdf = polygons_only(read_vector(aoi, "--aoi"), "--aoi")
+    frame = isinstance(aoi, gpd.GeoDataFrame)
+    named = f"the GeoDataFrame given as {option('aoi')}" if frame else option("aoi", str(aoi))
+    gdf = polygons_only(read_vector(aoi, name="aoi"), named)
     if gdf.empty:
-        raise UsageError(f"--aoi {aoi}: holds no polygon")
+        raise UsageError(f"{named}: holds no polygon")
     if crs is not None:
         if gdf.crs is None:
-            raise UsageError(f"--aoi {aoi} has no CRS: set one (e.g. ogr2ogr -a_srs EPSG:XXXX)")
+            raise UsageError(f"{named} has no CRS: set one (e.g. ogr2ogr -a_srs EPSG:XXXX)")
         gdf = gdf.to_crs(crs)
     return shapely.union_all(gdf.geometry.values)
 
@@ -294,17 +302,19 @@ def evaluate(
     """
     thresholds = tuple(float(t) for t in ((iou,) if isinstance(iou, (int, float)) else iou))
     if not thresholds or any(not 0 < t <= 1 for t in thresholds):
-        raise UsageError(f"--iou {thresholds}: IoU thresholds must be in (0, 1], e.g. --iou 0.5")
+        raise UsageError(f"{option('iou', thresholds)}: IoU thresholds must be in (0, 1], e.g. {option('iou', 0.5)}")
     pred_in = polygons_only(read_vector(pred, "PRED"), "PRED")
     ref_in = polygons_only(read_vector(ref, "REF"), "REF")
     field_name = _label_field(pred_in, ref_in, label_field, class_agnostic)
     if sweep is not None and sweep not in pred_in.columns:
-        raise UsageError(f"--sweep {sweep}: PRED has no such column (try --sweep score on geoseg's output)")
+        raise UsageError(f"{option('sweep', sweep)}: PRED has no such column "
+                         f"(try {option('sweep', 'score')} on geoseg's output)")
     ref_in = _check_crs(pred_in, ref_in)
     p_lab, r_lab = _labels(pred_in, field_name), _labels(ref_in, field_name)
     if field_name is not None and len(p_lab) and len(r_lab) and not set(p_lab) & set(r_lab):
-        raise UsageError(f"--label-field {field_name}: PRED labels {sorted(set(p_lab))[:5]} and REF labels "
-                         f"{sorted(set(r_lab))[:5]} have none in common: pass --class-agnostic to ignore labels")
+        raise UsageError(f"{option('label_field', field_name)}: PRED labels {sorted(set(p_lab))[:5]} and REF labels "
+                         f"{sorted(set(r_lab))[:5]} have none in common: "
+                         f"pass {option('class_agnostic', True)} to ignore labels")
     area_crs = None
     if pred_in.crs is not None and (len(pred_in) or len(ref_in)):
         area_crs = (pred_in if len(pred_in) else ref_in).geometry.estimate_utm_crs()
@@ -431,12 +441,13 @@ ERROR_LAYERS = ("tp", "fp", "fn")
 
 def check_errors_path(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
     """Check, before any work, that the error layers can be written to `path` (a new .gpkg)."""
+    shown = option("path", str(path), flag="--errors")  # write_errors(result, path)
     if Path(path).suffix.lower() != ".gpkg":
-        raise OutputError(f"--errors {path}: give a .gpkg file name (it holds three layers: tp, fp, fn)")
+        raise OutputError(f"{shown}: give a .gpkg file name (it holds three layers: tp, fp, fn)")
     try:
         return check_output(path, overwrite)
     except OutputError as e:
-        raise OutputError(f"--errors {e}") from None
+        raise OutputError(f"--errors {e}" if errors.cli_terms else str(e)) from None
 
 
 def write_errors(result: Evaluation, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:

@@ -29,7 +29,7 @@ import pyogrio
 from pyproj import CRS
 from shapely.geometry import MultiPolygon
 
-from geoseg.errors import OutputCRSWarning, OutputError, RunError
+from geoseg.errors import OutputCRSWarning, OutputError, RunError, option
 
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf", ".parquet": "Parquet",
            ".shp": "ESRI Shapefile"}
@@ -95,13 +95,14 @@ def check_output(path: str | os.PathLike[str], overwrite: bool = False, layer: s
         return path
     existing = [p for p in parts(path) if p.exists()]
     if existing and not overwrite:
-        raise OutputError(f"{existing[0]} exists: pass --overwrite to replace it, or choose another name")
+        raise OutputError(f"{existing[0]} exists: pass {option('overwrite', True)} to replace it, "
+                          f"or choose another name")
     return path
 
 
 def _check_layer(path: Path, layer: str, overwrite: bool) -> None:
     if not layer.strip() or layer.lower().startswith(("gpkg_", "rtree_", "sqlite_")):
-        raise OutputError(f"--layer {layer!r}: give a layer name, not empty and not starting with gpkg_, rtree_ "
+        raise OutputError(f"{option('layer', layer)}: give a layer name, not empty and not starting with gpkg_, rtree_ "
                           f"or sqlite_ (names GeoPackage keeps for itself)")
     if not path.exists():
         return
@@ -110,11 +111,11 @@ def _check_layer(path: Path, layer: str, overwrite: bool) -> None:
                           f"(e.g. remove its layers from QGIS) and rerun")
     layers = gpkg_layers(path)
     if layers is None and not overwrite:
-        raise OutputError(f"{path} exists: pass --overwrite to replace it (it is not a GeoPackage: it has no "
-                          f"layers to keep), or choose another name")
+        raise OutputError(f"{path} exists: pass {option('overwrite', True)} to replace it (it is not a GeoPackage: "
+                          f"it has no layers to keep), or choose another name")
     if layers is not None and layer.lower() in layers and not overwrite:
-        raise OutputError(f"{path} already has a layer {layer!r}: pass --overwrite to replace that layer "
-                          f"(the other layers are kept), or choose another --layer")
+        raise OutputError(f"{path} already has a layer {layer!r}: pass {option('overwrite', True)} to replace "
+                          f"that layer (the other layers are kept), or choose another {option('layer')}")
 
 
 def sidecar(path: Path) -> Path:

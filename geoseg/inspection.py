@@ -14,7 +14,7 @@ from rasterio.windows import bounds
 
 from geoseg import vectorize
 from geoseg.area import Area, tiles_apart
-from geoseg.errors import GeosegError, OutsideAreaError
+from geoseg.errors import GeosegError, OutsideAreaError, option
 from geoseg.raster import RasterSource, ReadOptions, source_name
 from geoseg.tiling import TilePlan, Window, plan_tiles
 
@@ -118,5 +118,5 @@ def check_area(paths: list[Any], read: ReadOptions) -> None:
 def outside_all(read: ReadOptions, n: int) -> OutsideAreaError:
     """The error for an area that overlaps none of `n` inputs."""
     assert read.area is not None
-    hint = " and --bbox-crs" if read.area.option == "--bbox" else " and the CRS of the --aoi file"
-    return OutsideAreaError(f"{read.area.describe()} overlaps none of the {n} inputs: check the coordinates{hint}")
+    hint = f" and {option('bbox_crs')}" if read.area.option == "--bbox" else f" and the CRS of the {option('aoi')} file"
+    return OutsideAreaError(f"{read.area.shown()} overlaps none of the {n} inputs: check the coordinates{hint}")

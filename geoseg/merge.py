@@ -27,6 +27,7 @@ import numpy as np
 import shapely
 
 from geoseg.detections import Detections
+from geoseg.errors import RunError, UsageError
 from geoseg.segmenter import Detection
 from geoseg.tiling import Tile, TilePlan
 
@@ -98,7 +99,7 @@ def _place(label: str, score: float, r: int, c: int, mask: np.ndarray, tile: Til
            ) -> Piece | None:
     h, w = mask.shape
     if r < 0 or c < 0 or r + h > valid.shape[0] or c + w > valid.shape[1]:
-        raise ValueError(f"detection mask {mask.shape} at {(r, c)} falls outside the {valid.shape} tile")
+        raise RunError(f"the segmenter returned a mask of {mask.shape} at {(r, c)}, outside the {valid.shape} tile")
     tight = _tight(mask & valid[r:r + h, c:c + w])
     if tight is None:
         return None
@@ -260,7 +261,7 @@ class RowMerger:
     def add(self, t: int, pieces: list[Piece]) -> list[Instance]:
         """Row `t` of tiles (the next one) with its pieces; the objects now complete."""
         if t != self.fed + 1:
-            raise ValueError(f"rows of tiles must come in order: got {t} after {self.fed}")
+            raise UsageError(f"rows of tiles must come in order: got {t} after {self.fed}")
         self.fed = t
         self.rows[t] = pieces
         for p in pieces:

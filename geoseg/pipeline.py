@@ -22,9 +22,18 @@ import geopandas as gpd
 import pyogrio
 
 from geoseg import export, rasterize, workdir
-from geoseg.assemble import Assembler, area_of, combine_frames, objects, provenance, write_output, write_raster
+from geoseg.assemble import (
+    Assembler,
+    area_of,
+    combine_frames,
+    mixed_crs_error,
+    objects,
+    provenance,
+    write_output,
+    write_raster,
+)
 from geoseg.engine import Engine, LocalEngine
-from geoseg.errors import EmptyRasterWarning, GeosegError, OutsideAreaError, RasterError, RunError, UsageError
+from geoseg.errors import EmptyRasterWarning, GeosegError, OutsideAreaError, RunError, UsageError
 from geoseg.inputs import RASTER_SUFFIXES, list_inputs, output_names, unique_names
 from geoseg.inspection import RasterInfo, check_area, describe, inspect, outside_all
 from geoseg.progress import Progress
@@ -230,7 +239,7 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Engine, wo
     if output is not None and several and settings.dst_crs is None:
         crss = {str(i.crs) for i in infos.values()}
         if len(crss) > 1:
-            raise RasterError("the inputs have different CRSs: pass --dst-crs to put them in one, or use --output-dir")
+            raise mixed_crs_error()
     progress = Progress(bars=settings.progress, n_files=len(paths),
                         total_tiles=sum(i.tiles for i in infos.values()))
     merger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-merge")

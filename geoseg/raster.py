@@ -30,7 +30,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window as RioWindow
 
 from geoseg.area import Area, pixel_window
-from geoseg.errors import OutsideAreaError, RasterError, UsageError
+from geoseg.errors import OutsideAreaError, RasterError, UsageError, option
 from geoseg.tiling import Window
 
 
@@ -63,9 +63,11 @@ def parse_bands(text: str | None) -> tuple[int, ...] | None:
     try:
         bands = tuple(int(b) for b in str(text).split(","))
     except ValueError:
-        raise UsageError(f"--bands {text!r} is not a list of band numbers: use e.g. --bands 4,3,2") from None
+        raise UsageError(f"{option('bands', text)} is not a list of band numbers: "
+                         f"use e.g. {option('bands', '4,3,2')}") from None
     if len(bands) not in (1, 3):
-        raise UsageError(f"--bands {text!r} must name 1 band (grey) or 3 (red,green,blue), e.g. --bands 4,3,2")
+        raise UsageError(f"{option('bands', text)} must name 1 band (grey) or 3 (red,green,blue), "
+                         f"e.g. {option('bands', '4,3,2')}")
     return bands
 
 
@@ -105,7 +107,8 @@ def _default_bands(ds: Any, path: str) -> tuple[int, ...]:
     if len(colour) in (1, 3):
         return tuple(colour)
     raise UsageError(
-        f"{path} has {len(colour)} bands: pick three with --bands R,G,B (e.g. --bands 4,3,2) or one with --bands N"
+        f"{path} has {len(colour)} bands: pick three with {option('bands', 'R,G,B')} "
+        f"(e.g. {option('bands', '4,3,2')}) or one with {option('bands', 'N')}"
     )
 
 
@@ -252,12 +255,13 @@ class RasterSource:
         if src.crs is None and not o.pixel_coords:
             raise RasterError(
                 f"{self.path} has no CRS (not georeferenced): assign one "
-                f"(gdal_edit.py -a_srs EPSG:XXXX) or pass --pixel-coords for polygons in pixel coordinates"
+                f"(gdal_edit.py -a_srs EPSG:XXXX) or pass {option('pixel_coords', True)} "
+                f"for polygons in pixel coordinates"
             )
         if o.bands is not None:
             bad = [b for b in o.bands if not 1 <= b <= src.count]
             if bad:
-                raise UsageError(f"--bands {bad[0]} is out of range: {self.path} has bands 1 to {src.count}")
+                raise UsageError(f"{option('bands', bad[0])} is out of range: {self.path} has bands 1 to {src.count}")
         self.bands = o.bands or _default_bands(src, self.path)
         self.dtype = np.dtype(src.dtypes[self.bands[0] - 1])
         self._ds = src
@@ -279,7 +283,8 @@ class RasterSource:
         self._env.__enter__()
         lo_pct, hi_pct = o.stretch
         if not 0 <= lo_pct < hi_pct <= 100:
-            raise UsageError(f"--stretch {lo_pct},{hi_pct}: need 0 <= low < high <= 100, e.g. 2,98")
+            raise UsageError(f"{option('stretch', (lo_pct, hi_pct))}: need 0 <= low < high <= 100, "
+                             f"e.g. {option('stretch', (2, 98))}")
 
     def _place(self, area: Area) -> None:
         """Narrow the grid to the window of `area` (refused when it misses the raster)."""
@@ -288,8 +293,8 @@ class RasterSource:
         corners = [full @ xy for xy in ((0, 0), (w, 0), (w, h), (0, h))]
         if shapely.intersection(zone, shapely.Polygon(corners)).area <= 0:
             left, bottom, right, top = array_bounds(h, w, full)
-            hint = " and --bbox-crs" if area.option == "--bbox" else ""
-            raise OutsideAreaError(f"{area.describe()} does not overlap {self.path} (bounds {left:.15g},{bottom:.15g},"
+            hint = f" and {option('bbox_crs')}" if area.option == "--bbox" else ""
+            raise OutsideAreaError(f"{area.shown()} does not overlap {self.path} (bounds {left:.15g},{bottom:.15g},"
                                    f"{right:.15g},{top:.15g} in its CRS): check the coordinates{hint}")
         self.window = pixel_window(zone, full, h, w, area.margin)
         self.zone = zone
@@ -307,9 +312,9 @@ class RasterSource:
     def _warped(self, resolution: float) -> Any:
         src = self._src
         if resolution <= 0:
-            raise UsageError(f"--resolution {resolution} must be a positive ground distance in CRS units")
+            raise UsageError(f"{option('resolution', resolution)} must be a positive ground distance in CRS units")
         if src.crs is None or not src.transform.is_rectilinear:
-            raise UsageError(f"--resolution needs a north-up georeferenced raster; {self.path} is not one")
+            raise UsageError(f"{option('resolution')} needs a north-up georeferenced raster; {self.path} is not one")
         left, bottom, right, top = src.bounds
         width = max(1, math.ceil((right - left) / resolution))
         height = max(1, math.ceil((top - bottom) / resolution))

@@ -36,7 +36,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from geoseg.errors import OutputError, RunError, UsageError
+from geoseg.errors import OutputError, RunError, UsageError, option
 from geoseg.inputs import output_names, unique_names
 from geoseg.raster import is_remote
 
@@ -107,7 +107,7 @@ class LabelRaster:
         unknown = set(table["label"]) - set(number)
         if unknown:
             raise RunError(f"{self.path}: some objects are labelled {sorted(unknown)[0]!r}, not one of the "
-                           f"prompts: use --raster-values instance")
+                           f"prompts: use {option('raster_values', 'instance')}")
         return table["label"].map(number).to_numpy(np.int64)
 
     def _describe(self, dst: Any, tags: dict[str, str]) -> None:
@@ -145,10 +145,10 @@ def plan(raster_out: str | os.PathLike[str] | None, sources: Sequence[Any], *, v
     `overwrite` or this run wrote it (`written`), and so is an input raster.
     """
     if values is not None and values not in VALUES:
-        raise UsageError(f"--raster-values {values!r}: use instance or class")
+        raise UsageError(f"{option('raster_values', values)}: use instance or class")
     if raster_out is None:
         if values not in (None, "instance"):
-            raise UsageError(f"--raster-values {values} needs --raster-out PATH.tif")
+            raise UsageError(f"{option('raster_values', values)} needs {option('raster_out', 'PATH.tif')}")
         return {}
     path = Path(raster_out)
     if path.is_dir():
@@ -156,29 +156,32 @@ def plan(raster_out: str | os.PathLike[str] | None, sources: Sequence[Any], *, v
         folder = path
     elif len(sources) > 1:
         if path.suffix.lower() in SUFFIXES:
-            raise OutputError(f"--raster-out {path}: {len(sources)} inputs need a folder (one NAME.tif per input "
-                              f"is written there): give an existing folder")
-        raise OutputError(f"--raster-out {path}: no such folder: create it first (one NAME.tif per input goes there)")
+            raise OutputError(f"{option('raster_out', str(path))}: {len(sources)} inputs need a folder "
+                              f"(one NAME.tif per input is written there): give an existing folder")
+        raise OutputError(f"{option('raster_out', str(path))}: no such folder: create it first "
+                          "(one NAME.tif per input goes there)")
     else:
         if path.suffix.lower() not in SUFFIXES:
-            raise OutputError(f"--raster-out {path}: a label raster is a GeoTIFF: give a .tif file name")
+            raise OutputError(f"{option('raster_out', str(path))}: a label raster is a GeoTIFF: give a .tif file name")
         folder = path.parent
         if not folder.is_dir():
-            raise OutputError(f"--raster-out {path}: folder {str(folder)!r} does not exist: create it first")
+            raise OutputError(f"{option('raster_out', str(path))}: folder {str(folder)!r} does not exist: "
+                              "create it first")
         targets = [path]
     try:  # a real write, not os.access: root passes os.access on read-only places
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError:
-        raise OutputError(f"--raster-out {path}: folder {str(folder)!r} is not writable: choose another") from None
+        raise OutputError(f"{option('raster_out', str(path))}: folder {str(folder)!r} is not writable: "
+                          "choose another") from None
     inputs = {os.path.realpath(s) for s in sources if isinstance(s, str) and not is_remote(s)}
     for t in targets:
         if os.path.realpath(t) in inputs:
-            raise OutputError(f"--raster-out {t} is an input raster: choose another name")
+            raise OutputError(f"{option('raster_out', str(t))} is an input raster: choose another name")
         if t.is_dir():
-            raise OutputError(f"--raster-out {t} is a folder: give a file name such as labels.tif")
+            raise OutputError(f"{option('raster_out', str(t))} is a folder: give a file name such as labels.tif")
         if t.exists() and not overwrite and str(t) not in written:
-            raise OutputError(f"{t} exists: pass --overwrite to replace it, or choose another name")
+            raise OutputError(f"{t} exists: pass {option('overwrite', True)} to replace it, or choose another name")
     values = values or "instance"
     return {k: LabelRaster(t, values, tuple(prompts)) for k, t in enumerate(targets)}
 
@@ -211,7 +214,7 @@ def burn(objects: str | os.PathLike[str], dst: Any, grid: Grid, values: Callable
     crs = CRS.from_user_input(info["crs"]) if info["crs"] else None
     reproject = crs is not None and grid.crs is not None and not crs.equals(grid.crs)
     if info["features"] and _fid_range(objects) != (1, info["features"]):
-        raise RunError(f"{objects}: object numbers are not 1..{info['features']}: rerun with --restart")
+        raise RunError(f"{objects}: object numbers are not 1..{info['features']}: rerun with {option('restart', True)}")
     written = 0
     for window in windows(grid.height, grid.width):
         transform = window_transform(window, grid.transform)

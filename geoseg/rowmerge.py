@@ -14,7 +14,7 @@ import shapely
 
 from geoseg import export, merge, vectorize
 from geoseg.area import cut_by_window
-from geoseg.errors import GeosegError, RunError
+from geoseg.errors import GeosegError, RunError, option
 from geoseg.inspection import RasterInfo
 from geoseg.settings import Settings
 from geoseg.staging import TileStore
@@ -96,9 +96,9 @@ class FileMerge:
     def _commit(self, w: export.Writer) -> None:
         info, settings = self.info, self.settings
         if self.cut:
-            log.warning("%s: %d objects kept reach the edge of the window read (--overlap %d px around the area) "
-                        "and may be cut there: raise --overlap to read them whole", info.name, self.cut,
-                        settings.overlap)
+            log.warning("%s: %d objects kept reach the edge of the window read (%s px around the area) "
+                        "and may be cut there: raise %s to read them whole", info.name, self.cut,
+                        option("overlap", settings.overlap), option("overlap"))
         empty = vectorize.to_frame([], info.transform, info.crs, source=info.name)
         w.commit(vectorize.finish(empty, info.transform, settings.dst_crs))
 

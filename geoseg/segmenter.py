@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from geoseg.errors import PromptError, UsageError
+from geoseg.errors import PromptError, UsageError, option
 
 ENTRY_POINT_GROUP = "geoseg.backends"
 
@@ -153,10 +153,10 @@ def check_prompts(prompts: Sequence[str] | str) -> list[str]:
         prompts = [prompts]
     cleaned = [p.strip() if isinstance(p, str) else p for p in prompts]
     if not cleaned:
-        raise PromptError("no prompt given: pass at least one, e.g. -p building")
+        raise PromptError(f"no prompt given: pass at least one, e.g. {option('prompts', 'building', flag='-p')}")
     for p in cleaned:
         if not isinstance(p, str) or not p:
-            raise PromptError(f"empty prompt {p!r}: give some words, e.g. -p 'tree crown'")
+            raise PromptError(f"empty prompt {p!r}: give some words, e.g. {option('prompts', 'tree crown', flag='-p')}")
     # keep the user's order, drop repeats
     return list(dict.fromkeys(cleaned))
 
@@ -195,8 +195,8 @@ def load_segmenter(name: str, **options: Any) -> Segmenter:
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         for key in options:
             if key not in params:
-                flag = "--" + key.replace("_", "-")
-                raise UsageError(f"backend {name!r} does not take {flag}: drop it or pick another --backend")
+                raise UsageError(f"backend {name!r} does not take {option(key)}: drop it or pick another "
+                                 f"{option('segmenter', flag='--backend')}")
     segmenter = factory(**options)
     if not callable(getattr(segmenter, "segment", None)):
         raise UsageError(f"backend {name!r} gave an object without a segment(tiles, prompts) method")
@@ -208,5 +208,5 @@ def as_segmenter(segmenter: Segmenter | str, **options: Any) -> Segmenter:
     if isinstance(segmenter, str):
         return load_segmenter(segmenter, **options)
     if options:
-        raise TypeError(f"backend options {sorted(options)} go with a backend name, not a segmenter object")
+        raise UsageError(f"backend options {sorted(options)} go with a backend name, not a segmenter object")
     return segmenter

@@ -39,7 +39,8 @@ def measure(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
 
 def raster_area_km2(raster: Any) -> float:
     """Area covered by a raster (path, dataset or DataArray), in km² (nodata included)."""
-    from geoseg.pipeline import describe
+    from geoseg.errors import RasterError
+    from geoseg.inspection import describe
     from geoseg.raster import RasterSource, source_name
 
     if isinstance(raster, (str,)) or hasattr(raster, "__fspath__"):
@@ -52,7 +53,7 @@ def raster_area_km2(raster: Any) -> float:
         footprint = shapely.box(*bounds(((0, src.height), (0, src.width)), src.transform))
         value = vectorize.area_m2(gpd.GeoSeries([footprint], crs=src.crs))[0] / 1e6
     if np.isnan(value):
-        raise ValueError(f"{source_name(raster)} has no CRS: its area in km² is unknown")
+        raise RasterError(f"{source_name(raster)} has no CRS: its area in km² is unknown; pass area_km2=")
     return float(value)
 
 

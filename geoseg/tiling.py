@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geoseg.errors import UsageError
+from geoseg.errors import UsageError, option
 
 
 @dataclass(frozen=True)
@@ -116,10 +116,11 @@ class TilePlan:
 def plan_tiles(height: int, width: int, tile_size: int = 1008, overlap: int = 128) -> TilePlan:
     """Plan overlapping tiles over a `height` x `width` raster."""
     if tile_size < 16:
-        raise UsageError(f"--tile-size {tile_size} is too small: use 16 pixels or more (SAM 3 sees 1008)")
+        raise UsageError(f"{option('tile_size', tile_size)} is too small: use 16 pixels or more (SAM 3 sees 1008)")
     if overlap < 0 or overlap >= tile_size:
         raise UsageError(
-            f"--overlap {overlap} must be >= 0 and smaller than --tile-size {tile_size}: try {tile_size // 8}"
+            f"{option('overlap', overlap)} must be >= 0 and smaller than {option('tile_size', tile_size)}: "
+            f"try {option('overlap', tile_size // 8)}"
         )
     if height < 1 or width < 1:
         raise UsageError(f"cannot tile an empty raster ({height} x {width} px)")

@@ -20,18 +20,19 @@ from pyproj.exceptions import CRSError
 from rasterio.features import shapes
 from shapely.geometry import MultiPolygon
 
-from geoseg.errors import UsageError
+from geoseg.errors import UsageError, option
 from geoseg.merge import Instance
 
 COLUMNS = ["id", "label", "score", "area_m2", "n_tiles", "source"]
 
 
-def parse_crs(text: Any) -> CRS:
-    """Any CRS pyproj reads (EPSG code, WKT, PROJ string), or a UsageError."""
+def parse_crs(text: Any, name: str = "dst_crs") -> CRS:
+    """Any CRS pyproj reads (EPSG code, WKT, PROJ string), or a UsageError naming the parameter `name`."""
     try:
         return CRS.from_user_input(text)
     except CRSError:
-        raise UsageError(f"unknown CRS {text!r}: give e.g. EPSG:4326, a WKT string or a PROJ string") from None
+        raise UsageError(f"{option(name, text)}: unknown CRS: give e.g. EPSG:4326, "
+                         "a WKT string or a PROJ string") from None
 
 
 def pixel_size(transform: Affine) -> float:
@@ -144,11 +145,12 @@ def finish(
     gdf["area_m2"] = area_m2(gdf.geometry, utm)
     if min_area:
         if gdf.crs is None:
-            raise UsageError("--min-area is in square metres and needs a georeferenced raster")
+            raise UsageError(f"{option('min_area')} is in square metres and needs a georeferenced raster")
         gdf = gdf[gdf["area_m2"] >= min_area]
     if dst_crs is not None:
         if gdf.crs is None:
-            raise UsageError("--dst-crs needs a georeferenced raster (this one is read in pixel coordinates)")
+            raise UsageError(f"{option('dst_crs')} needs a georeferenced raster "
+                             "(this one is read in pixel coordinates)")
         if not CRS(gdf.crs).equals(dst_crs):
             # densify to a few pixels so reprojected edges follow the projection
             gdf = gdf.set_geometry(_densify(gdf, 4 * pixel_size(transform))).to_crs(dst_crs)

@@ -17,7 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from geoseg.errors import RasterError, UsageError
+from geoseg import errors
+from geoseg.errors import RasterError, UsageError, option
 from geoseg.raster import is_raster_object, source_name
 from geoseg.staging import TileStore
 
@@ -58,6 +59,17 @@ def show(value: Any) -> str:
     return "(default)" if value is None else str(value)
 
 
+_PYTHON_NAMES = {"--prompt": "prompts", "--backend": "segmenter"}  # where geoseg.segment() names it otherwise
+
+
+def _setting(key: str, value: Any = None, *, bare: bool = False) -> str:
+    """A recorded setting (keyed by CLI option) in the caller's terms: `--tile-size 256` or `tile_size=256`."""
+    if errors.cli_terms:
+        return key if bare else f"{key} {show(value)}"
+    name = _PYTHON_NAMES.get(key, key.lstrip("-").replace("-", "_"))
+    return option(name) if bare else option(name, value)
+
+
 class WorkDir:
     """A run's work folder; `settings` maps CLI option names to values.
 
@@ -70,9 +82,9 @@ class WorkDir:
         self.settings = json.loads(json.dumps(settings, default=str))
         run_file = self.path / RUN_FILE
         if self.path.exists() and not self.path.is_dir():
-            raise UsageError(f"work folder {self.path} is a file: remove it or pass another --work-dir")
+            raise UsageError(f"work folder {self.path} is a file: remove it or pass another {option('work_dir')}")
         if self.path.is_dir() and not run_file.exists() and any(self.path.iterdir()):
-            raise UsageError(f"{self.path} is not a geoseg work folder: pass another --work-dir")
+            raise UsageError(f"{self.path} is not a geoseg work folder: pass another {option('work_dir')}")
         if restart and run_file.exists():
             shutil.rmtree(self.path)
         self.resumed = run_file.exists()
@@ -81,9 +93,9 @@ class WorkDir:
             for key in sorted(set(old) | set(self.settings)):
                 if old.get(key) != self.settings.get(key):
                     raise UsageError(
-                        f"{self.path} holds an interrupted run made with {key} {show(old.get(key))}, this run has "
-                        f"{key} {show(self.settings.get(key))}: rerun with the same {key} to resume, "
-                        f"or pass --restart to discard it"
+                        f"{self.path} holds an interrupted run made with {_setting(key, old.get(key))}, this run "
+                        f"has {_setting(key, self.settings.get(key))}: rerun with the same {_setting(key, bare=True)} "
+                        f"to resume, or pass {option('restart', True)} to discard it"
                     )
         else:
             try:
@@ -111,7 +123,7 @@ class WorkDir:
             store.close()
             raise RasterError(
                 f"{source_name(source)} changed since the interrupted run in {self.path} (size or time differs): "
-                f"pass --restart to start over"
+                f"pass {option('restart', True)} to start over"
             )
         return store
 

@@ -192,7 +192,7 @@ def test_api_bad_area_raises_usage_errors(scene):
         geoseg.segment(scene, "red", segmenter=ColorSegmenter(), bbox=BBOX, aoi=shapely.box(*BBOX))
     with pytest.raises(OutsideAreaError, match="does not overlap"):
         geoseg.segment(scene, "red", segmenter=ColorSegmenter(), bbox=(0, 0, 1, 1))
-    with pytest.raises(UsageError, match="--aoi GeoDataFrame has no CRS"):
+    with pytest.raises(UsageError, match="the GeoDataFrame given as aoi= has no CRS"):
         geoseg.segment(scene, "red", segmenter=ColorSegmenter(), aoi=gpd.GeoDataFrame(geometry=[shapely.box(*BBOX)]))
 
 

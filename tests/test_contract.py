@@ -53,7 +53,7 @@ def test_resume_refuses_a_changed_third_party_threshold(scene, tmp_path):
         geoseg.segment(scene, PROMPTS, segmenter=Ripe(0.6, fail_after=8), output=out, **TILING)
     assert (tmp_path / "ripe.gpkg.geoseg-work").is_dir() and not out.exists()
 
-    with pytest.raises(UsageError, match="made with --min-ripeness 0.6, this run has --min-ripeness 0.7"):
+    with pytest.raises(UsageError, match="made with min_ripeness=0.6, this run has min_ripeness=0.7"):
         geoseg.segment(scene, PROMPTS, segmenter=Ripe(0.7), output=out, **TILING)
 
     resumed = Ripe(0.6)

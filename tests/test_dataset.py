@@ -260,7 +260,7 @@ def test_default_options_work_on_the_bundled_samples(tmp_path):
 
     osbs, seam = SAMPLE / "OSBS_029.tif", SAMPLE / "seam_scene.tif"
     trees = SAMPLE / "OSBS_029_trees.gpkg"
-    with pytest.warns(geoseg.GeosegWarning, match="smaller than --chip-size 512"):
+    with pytest.warns(geoseg.GeosegWarning, match="smaller than chip_size=512"):
         with pytest.warns(geoseg.GeosegWarning, match="val stays empty"):
             s = export_dataset(osbs, trees, tmp_path / "osbs")
     assert s.chips == {"train": 1, "val": 0} and s.objects["train"] == 61

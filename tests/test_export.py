@@ -38,7 +38,7 @@ def test_geojson_says_it_is_wgs84(scene_path, tmp_path):
 def test_existing_output_is_kept_without_overwrite(scene_path, tmp_path):
     out = tmp_path / "o.gpkg"
     out.write_bytes(b"precious")
-    with pytest.raises(OutputError, match="exists: pass --overwrite to replace it .it is not a GeoPackage"):
+    with pytest.raises(OutputError, match="exists: pass overwrite=True to replace it .it is not a GeoPackage"):
         geoseg.segment(scene_path, "red", segmenter=ColorSegmenter(), output=out)
     assert out.read_bytes() == b"precious"
     geoseg.segment(scene_path, "red", segmenter=ColorSegmenter(), output=out, overwrite=True)
@@ -101,7 +101,7 @@ def test_shapefile_round_trip_replaces_all_its_parts_only_with_overwrite(scene_p
     (tmp_path / "o.qix").write_bytes(b"an index of the old shapefile")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("o.")}
     assert set(before) == {"o.shp", "o.shx", "o.dbf", "o.prj", "o.cpg", "o.qix"}
-    with pytest.raises(OutputError, match="o.shp exists: pass --overwrite"):
+    with pytest.raises(OutputError, match="o.shp exists: pass overwrite=True"):
         geoseg.segment(scene_path, "red", segmenter=ColorSegmenter(), tile_size=512, overlap=64, output=out)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("o.")} == before
 
@@ -134,7 +134,7 @@ def test_an_output_made_by_another_program_during_the_run_is_kept(scene_path, tm
                 out.write_bytes(b"theirs")
             return super().segment(tiles, prompts)
 
-    with pytest.raises(RunError, match="o.fgb exists: pass --overwrite"):
+    with pytest.raises(RunError, match="o.fgb exists: pass overwrite=True"):
         geoseg.segment(scene_path, "red", segmenter=Meddler(), tile_size=512, overlap=64, output=out)
     assert out.read_bytes() == b"theirs" and (tmp_path / "o.fgb.geoseg-work").is_dir()
 

@@ -184,7 +184,7 @@ def test_python_api_writes_the_raster_and_ids_join_the_frame(scene, tmp_path):
                          raster_out=tmp_path / "g.tif")
     with rasterio.open(tmp_path / "g.tif") as ds:
         assert_is_the_objects(ds.read(1), gdf, scene, ["green"])
-    with pytest.raises(geoseg.UsageError, match="--raster-values 'colour'"):
+    with pytest.raises(geoseg.UsageError, match="raster_values='colour'"):
         geoseg.segment(scene, ["green"], segmenter="colors", raster_out=tmp_path / "h.tif", raster_values="colour")
     assert not (tmp_path / "h.tif").exists()
 

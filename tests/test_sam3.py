@@ -285,10 +285,11 @@ def test_cpu_estimate_is_measured_after_warming_up(seg, caplog):
     message = record.getMessage()
     assert "116 tile(s) x 2 prompt(s) left of 120" in message
     per_tile = float(re.search(r"\(([0-9.e+-]+) s per tile", message).group(1))
-    assert 0.5 * took / 2 <= per_tile <= took / 2 * 1.01
+    assert 0.2 * took / 2 <= per_tile <= took / 2 * 1.1  # measured inside the call timed here (2 digits shown)
 
 
-@pytest.mark.parametrize(("option", "value", "match"), [("dtype", "fp8", "--dtype"), ("device", "tpu9", "--device")])
+@pytest.mark.parametrize(("option", "value", "match"), [("dtype", "fp8", "dtype='fp8'"),
+                                                              ("device", "tpu9", "device='tpu9'")])
 def test_bad_dtype_or_device(tiny_dir, option, value, match):
     with pytest.raises(UsageError, match=match):
         Sam3Segmenter(model=tiny_dir, **{option: value})
@@ -356,13 +357,13 @@ def assert_one_line(err: pytest.ExceptionInfo, *words: str) -> None:
 def test_missing_folder(tmp_path):
     with pytest.raises(ModelLoadError) as err:
         Sam3Segmenter(model=str(tmp_path / "nowhere"))
-    assert_one_line(err, "nowhere", "no such folder", "--model")
+    assert_one_line(err, "nowhere", "no such folder", "model=")
 
 
 def test_folder_without_a_model(tmp_path):
     with pytest.raises(ModelLoadError) as err:
         Sam3Segmenter(model=str(tmp_path))
-    assert_one_line(err, str(tmp_path), "config.json", "--model DIR")
+    assert_one_line(err, str(tmp_path), "config.json", "model='DIR'")
 
 
 def test_folder_with_broken_weights(tiny_dir, tmp_path):
@@ -373,7 +374,7 @@ def test_folder_with_broken_weights(tiny_dir, tmp_path):
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ModelLoadError) as err:
         Sam3Segmenter(model=str(broken))
-    assert_one_line(err, str(broken), "--model DIR")
+    assert_one_line(err, str(broken), "model='DIR'")
 
 
 def test_hub_id_offline_and_not_cached(tmp_path, monkeypatch):
@@ -383,12 +384,22 @@ def test_hub_id_offline_and_not_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(ModelLoadError) as err:
         Sam3Segmenter(model="facebook/sam3")
-    assert_one_line(err, "facebook/sam3", "HF_HUB_OFFLINE=1", "https://huggingface.co/facebook/sam3", "--model DIR")
+    assert_one_line(err, "facebook/sam3", "HF_HUB_OFFLINE=1", "https://huggingface.co/facebook/sam3", "model='DIR'")
 
 
-def test_gated_repo(monkeypatch):
+def test_gated_repo(tmp_path, monkeypatch):
+    from huggingface_hub import constants
     from huggingface_hub.errors import GatedRepoError
     from transformers import Sam3Model
+
+    # Cached config, offline: the load itself meets the gate (a hub that says so: test_sam3_offline).
+    repo = tmp_path / "models--facebook--sam3"
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40) / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
     def gated(*args, **kwargs):
         cause = GatedRepoError.__new__(GatedRepoError)
@@ -398,7 +409,7 @@ def test_gated_repo(monkeypatch):
     monkeypatch.setattr(Sam3Model, "from_pretrained", gated)
     with pytest.raises(ModelLoadError) as err:
         Sam3Segmenter(model="facebook/sam3")
-    assert_one_line(err, "gated", "https://huggingface.co/facebook/sam3", "hf auth login", "--model DIR")
+    assert_one_line(err, "gated", "https://huggingface.co/facebook/sam3", "hf auth login", "model='DIR'")
 
 
 # -- prompts -------------------------------------------------------------------------

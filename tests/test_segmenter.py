@@ -58,9 +58,9 @@ def test_a_backend_from_an_entry_point_is_listed_and_built_with_its_options(plug
 
 
 def test_an_option_the_backend_does_not_take_is_named(plugin):
-    with pytest.raises(UsageError, match=r"backend 'stripes' does not take --mask-threshold: drop it"):
+    with pytest.raises(UsageError, match=r"backend 'stripes' does not take mask_threshold=: drop it"):
         load_segmenter(plugin, mask_threshold=0.3)
-    with pytest.raises(UsageError, match=r"backend 'colors' does not take --model"):
+    with pytest.raises(UsageError, match=r"backend 'colors' does not take model="):
         load_segmenter("colors", model="facebook/sam3")
 
 

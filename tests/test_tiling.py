@@ -52,5 +52,5 @@ def test_small_raster_gets_one_padded_tile():
 
 @pytest.mark.parametrize("size,overlap", [(512, 512), (512, 600), (512, -1), (8, 0)])
 def test_bad_tiling_is_refused(size, overlap):
-    with pytest.raises(UsageError, match="overlap|tile-size"):
+    with pytest.raises(UsageError, match="overlap=|tile_size="):
         plan_tiles(1000, 1000, size, overlap)

@@ -69,5 +69,5 @@ def test_simplify_and_min_area(tmp_path):
 
 
 def test_unknown_crs():
-    with pytest.raises(UsageError, match="unknown CRS 'EPSG:99999999'"):
+    with pytest.raises(UsageError, match="dst_crs='EPSG:99999999': unknown CRS"):
         parse_crs("EPSG:99999999")

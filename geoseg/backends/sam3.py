@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geoseg.errors import ModelLoadError, PromptError, RunError, UsageError
+from geoseg.errors import ModelLoadError, PromptError, RunError, UsageError, option
 from geoseg.segmenter import Detection, check_prompts
 
 if TYPE_CHECKING:
@@ -27,10 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("geoseg")
 
 HUB_ID = "facebook/sam3"
-LICENCE_FIX = (
-    f"accept the licence on https://huggingface.co/{HUB_ID} and run `hf auth login`, "
-    "or pass --model DIR (a folder with the downloaded weights)"
-)
+LICENCE = f"accept the licence on https://huggingface.co/{HUB_ID} and run `hf auth login`"
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 # Rough GPU memory per 1008 px tile (activations of the encoder and of one prompt's
@@ -39,7 +36,7 @@ GPU_BYTES_PER_TILE = {"bfloat16": 1.0 * 2**30, "float16": 1.0 * 2**30, "float32"
 MAX_AUTO_BATCH = 16
 # Upsample at most this many mask pixels at once (float32: 256 MB).
 UPSAMPLE_PIXELS = 2**26
-# Seconds to wait for the hub when a hub id is not cached (see `_check_hub`).
+# Seconds to wait for the hub's answer before loading a hub id (see `_check_hub`).
 HUB_TIMEOUT = 2.0
 
 
@@ -102,7 +99,7 @@ class Sam3Segmenter:
 
         self.batch_size: int = self._default_batch_size() if batch_size is None else int(batch_size)
         if self.batch_size < 1:
-            raise UsageError(f"--batch-size {batch_size}: give 1 or more")
+            raise UsageError(f"{option('batch_size', batch_size)}: give 1 or more")
         if self.device.type == "cpu":
             log.warning(
                 "SAM 3 is running on the CPU: expect ~25 s per tile with the full model on 2 cores; "
@@ -170,8 +167,8 @@ class Sam3Segmenter:
             except torch.cuda.OutOfMemoryError:
                 if size == 1:
                     raise RunError(
-                        "out of GPU memory with one tile per batch: use --dtype bf16, a smaller "
-                        "--tile-size, or free the GPU"
+                        f"out of GPU memory with one tile per batch: use {option('dtype', 'bf16')}, a smaller "
+                        f"{option('tile_size')}, or free the GPU"
                     ) from None
                 size = max(1, min(size, len(batch)) // 2)
                 lowered = True
@@ -404,13 +401,14 @@ def _pick_device(device: str | None) -> torch.device:
     try:
         chosen = torch.device(device)
     except RuntimeError:
-        raise UsageError(f"--device {device!r} is not a torch device: use cuda, cuda:N, mps or cpu") from None
+        raise UsageError(f"{option('device', device)} is not a torch device: use cuda, cuda:N, mps or cpu") from None
     if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: no CUDA GPU is visible to torch; use --device cpu")
+        raise UsageError(f"{option('device', device)}: no CUDA GPU is visible to torch; use {option('device', 'cpu')}")
     if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
-        raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) here (cuda:0 first)")
+        raise UsageError(f"{option('device', device)}: only {torch.cuda.device_count()} CUDA GPU(s) here "
+                         "(cuda:0 first)")
     if chosen.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"--device {device}: MPS is not available here; use --device cpu")
+        raise UsageError(f"{option('device', device)}: MPS is not available here; use {option('device', 'cpu')}")
     return chosen
 
 
@@ -423,7 +421,7 @@ def _pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
         # Pre-Ampere GPUs (T4, V100) have no fast bf16.
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if dtype not in DTYPES:
-        raise UsageError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+        raise UsageError(f"{option('dtype', dtype)}: choose one of {', '.join(DTYPES)}")
     return getattr(torch, DTYPES[dtype])  # type: ignore[no-any-return]
 
 
@@ -450,13 +448,15 @@ def _load(model: str, device: torch.device, dtype: torch.dtype, *, local_only: b
     if os.path.isdir(folder):
         if not os.path.isfile(os.path.join(folder, "config.json")):
             raise ModelLoadError(
-                f"--model {model}: the folder has no config.json, so it holds no saved SAM 3; "
-                f"pass --model DIR with a folder from `hf download {HUB_ID} --local-dir DIR` or save_pretrained"
+                f"{option('model', model)}: the folder has no config.json, so it holds no saved SAM 3; "
+                f"pass {option('model', 'DIR')} with a folder from `hf download {HUB_ID} --local-dir DIR` "
+                f"or save_pretrained"
             )
         model = folder
     elif _looks_like_path(model):
         raise ModelLoadError(
-            f"--model {model}: no such folder; pass an existing folder with SAM 3 weights, or the hub id {HUB_ID}"
+            f"{option('model', model)}: no such folder; pass an existing folder with SAM 3 weights, "
+            f"or the hub id {HUB_ID}"
         )
     started = time.perf_counter()
     try:
@@ -533,8 +533,8 @@ def _ask_hub(model: str, timeout: float = HUB_TIMEOUT) -> BaseException | bool |
 def _not_cached(model: str, *, offline: bool) -> str:
     where = "HF_HUB_OFFLINE=1 is set" if offline else "the hub cannot be reached"
     return (
-        f"--model {model}: not in the Hugging Face cache and {where}; download it once online "
-        f"(`hf download {model}`; for {HUB_ID} first {LICENCE_FIX.split(', or ')[0]}), or pass --model DIR"
+        f"{option('model', model)}: not in the Hugging Face cache and {where}; download it once online "
+        f"(`hf download {model}`; for {HUB_ID} first {LICENCE}), or pass {option('model', 'DIR')}"
     )
 
 
@@ -549,16 +549,18 @@ def _why_not_loaded(model: str, err: BaseException) -> str:
         chain.append(e)
         e = e.__cause__ or e.__context__
     if any(isinstance(e, GatedRepoError) for e in chain):
-        return f"--model {model}: the repository is gated and this account has no access; {LICENCE_FIX}"
+        return (f"{option('model', model)}: the repository is gated and this account has no access; {LICENCE}, "
+                f"or pass {option('model', 'DIR')} (a folder with the downloaded weights)")
     if any(isinstance(e, LocalEntryNotFoundError) for e in chain):
         return _not_cached(model, offline=constants.HF_HUB_OFFLINE)
     if any(isinstance(e, RepositoryNotFoundError) for e in chain):
         return (
-            f"--model {model}: neither a local folder nor a model on the Hugging Face hub "
-            f"(or a private one: run `hf auth login`); use {HUB_ID} or --model DIR"
+            f"{option('model', model)}: neither a local folder nor a model on the Hugging Face hub "
+            f"(or a private one: run `hf auth login`); use {HUB_ID} or {option('model', 'DIR')}"
         )
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return f"--model {model}: cannot load SAM 3 weights ({first}); pass --model DIR with a saved SAM 3 or {HUB_ID}"
+    return (f"{option('model', model)}: cannot load SAM 3 weights ({first}); "
+            f"pass {option('model', 'DIR')} with a saved SAM 3 or {HUB_ID}")
 
 
 def _duration(seconds: float) -> str:
