@@ -29,20 +29,6 @@ BBOX = (404000 + 0.5 * 400, 3286000 - 0.5 * 450, 404000 + 0.5 * 600, 3286000 - 0
 BBOX_TEXT = ",".join(f"{v:.15g}" for v in BBOX)
 
 
-class FailingSegmenter(ColorSegmenter):
-    """The colors test backend that fails (as a GPU may) after `after` tiles."""
-
-    def __init__(self, after, **kw):
-        super().__init__(**kw)
-        self.after, self.tiles = after, 0
-
-    def segment(self, tiles, prompts):
-        self.tiles += len(tiles)
-        if self.tiles > self.after:
-            raise RuntimeError("the device fell over")
-        return super().segment(tiles, prompts)
-
-
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     """Small objects (radius up to 30 px, under the 32 px margin) everywhere; no nodata."""
@@ -209,7 +195,7 @@ def test_resume_refuses_another_bbox(scene, full, tmp_path):
     out = tmp_path / "out.gpkg"
     work = Path(str(out) + ".geoseg-work")
     with pytest.raises(RuntimeError, match="fell over"):  # an interrupted run over the L's window
-        geoseg.segment(scene, PROMPTS, segmenter=FailingSegmenter(after=4, batch_size=2), output=out,
+        geoseg.segment(scene, PROMPTS, segmenter=CountingSegmenter(fail_after=4, batch_size=2), output=out,
                        bbox=(404100, 3285600, 404400, 3285900), **TILING)
     assert work.is_dir() and not out.exists()
     args = [scene, *[a for p in PROMPTS for a in ("-p", p)], "--backend", "colors", "-o", out,

@@ -12,7 +12,7 @@ import geoseg
 from geoseg import errors
 from geoseg.dataset import export_dataset
 from geoseg.errors import UsageError, option
-from geoseg.testing import ColorSegmenter, make_scene
+from geoseg.testing import ColorSegmenter, CountingSegmenter, make_scene
 
 TILING = dict(tile_size=256, overlap=32)
 CLI_TILING = ["--tile-size", "256", "--overlap", "32"]
@@ -21,20 +21,6 @@ CLI_TILING = ["--tile-size", "256", "--overlap", "32"]
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     return make_scene(tmp_path_factory.mktemp("scene") / "scene.tif", size=600, seed=5)
-
-
-class FailingSegmenter(ColorSegmenter):
-    """The colors test backend that fails after `after` tiles, leaving an interrupted run."""
-
-    def __init__(self, after, **kw):
-        super().__init__(**kw)
-        self.after, self.tiles = after, 0
-
-    def segment(self, tiles, prompts):
-        self.tiles += len(tiles)
-        if self.tiles > self.after:
-            raise RuntimeError("the device fell over")
-        return super().segment(tiles, prompts)
 
 
 def test_option_in_python_and_on_the_command_line(monkeypatch):
@@ -119,7 +105,7 @@ def interrupted(scene, tmp_path):
     """An output whose Python run failed part way: its work folder waits to be resumed."""
     out = tmp_path / "out.gpkg"
     with pytest.raises(RuntimeError, match="fell over"):
-        geoseg.segment(scene, ["red", "green"], segmenter=FailingSegmenter(after=2, batch_size=1), output=out,
+        geoseg.segment(scene, ["red", "green"], segmenter=CountingSegmenter(fail_after=2, batch_size=1), output=out,
                        **TILING)
     work = Path(f"{out}.geoseg-work")
     assert work.is_dir() and not out.exists()

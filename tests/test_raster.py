@@ -6,35 +6,23 @@ from affine import Affine
 import geoseg
 from geoseg.errors import EmptyRasterWarning, RasterError, UsageError
 from geoseg.raster import RasterSource, ReadOptions
-from geoseg.testing import ColorSegmenter, disc, draw, write_geotiff
+from geoseg.testing import ColorSegmenter, CountingSegmenter, disc, draw, write_geotiff
 from geoseg.tiling import Window
-
-
-class Recorder(ColorSegmenter):
-    """A ColorSegmenter that keeps every tile it was given."""
-
-    def __init__(self):
-        super().__init__()
-        self.tiles = []
-
-    def segment(self, tiles, prompts):
-        self.tiles.extend(t.copy() for t in tiles)
-        return super().segment(tiles, prompts)
 
 
 def test_uint8_rgb_reaches_the_segmenter_untouched(tmp_path):
     rng = np.random.default_rng(0)
     data = rng.integers(0, 256, (700, 900, 3), dtype=np.uint8)
     path = write_geotiff(tmp_path / "noise.tif", data)
-    rec = Recorder()
+    rec = CountingSegmenter(keep=True)
     geoseg.segment(path, "red", segmenter=rec, tile_size=512, overlap=64)
     with rasterio.open(path) as src:
         raw = np.moveaxis(src.read(), 0, -1)
     assert np.array_equal(raw, data)
     starts_r, starts_c = [0, 188], [0, 388]
     seen = [(r, c) for r in starts_r for c in starts_c]
-    assert len(rec.tiles) == len(seen)
-    for tile, (r, c) in zip(rec.tiles, seen):
+    assert len(rec.seen) == len(seen)
+    for tile, (r, c) in zip(rec.seen, seen):
         assert tile.dtype == np.uint8 and tile.shape == (512, 512, 3)
         assert np.array_equal(tile, data[r:r + 512, c:c + 512])
 
@@ -45,10 +33,10 @@ def test_nodata_is_honoured_and_empty_tiles_are_skipped(tmp_path):
     rgb[1000:1200, 1000:1200] = draw(200, 200, [disc("red", 2, 100, 100, 50)])
     rgb[1100:, 1000:1200] = 0  # half of disc 2 is nodata
     path = write_geotiff(tmp_path / "nd.tif", rgb, nodata=0)
-    rec = Recorder()
+    rec = CountingSegmenter(keep=True)
     gdf = geoseg.segment(path, "red", segmenter=rec, tile_size=512, overlap=64)
     # tiles start at rows 0, 448, 888; the bottom row is all nodata but where disc 2 is
-    assert len(rec.tiles) == 7
+    assert len(rec.seen) == 7
     areas = sorted(gdf["area_m2"].round(2))
     full = np.count_nonzero(disc("red", 1, 300, 300, 50).mask) * 0.25
     assert areas[-1] == pytest.approx(full)

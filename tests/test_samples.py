@@ -9,7 +9,7 @@ from shapely.geometry import Polygon
 
 import geoseg
 from geoseg.raster import RasterSource
-from geoseg.testing import ColorSegmenter
+from geoseg.testing import ColorSegmenter, CountingSegmenter
 from geoseg.tiling import Window
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_data"
@@ -48,19 +48,11 @@ def test_neon_sample_pixels_reach_the_segmenter_unchanged_and_nodata_is_masked()
     assert np.array_equal(inside[~white], raw[~white]) and not valid[:400, :400][white].any()
     assert not valid[400:, :].any() and not valid[:, 400:].any()  # the padding
 
-    class Recorder(ColorSegmenter):
-        def __init__(self):
-            super().__init__()
-            self.tiles = []
 
-        def segment(self, tiles, prompts):
-            self.tiles.extend(t.copy() for t in tiles)
-            return super().segment(tiles, prompts)
-
-    rec = Recorder()
+    rec = CountingSegmenter(keep=True)
     geoseg.segment(path, "red", segmenter=rec)
-    assert len(rec.tiles) == 1 and rec.tiles[0].shape == (1008, 1008, 3) and rec.tiles[0].dtype == np.uint8
-    seen = rec.tiles[0]
+    assert len(rec.seen) == 1 and rec.seen[0].shape == (1008, 1008, 3) and rec.seen[0].dtype == np.uint8
+    seen = rec.seen[0]
     # what the segmenter gets: the file's pixels as they are, nodata and padding zeroed
     assert np.array_equal(seen[:400, :400][~white], raw[~white])
     assert not seen[:400, :400][white].any() and not seen[400:].any() and not seen[:, 400:].any()

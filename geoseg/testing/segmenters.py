@@ -80,14 +80,22 @@ class ColorSegmenter:
 
 
 class CountingSegmenter(ColorSegmenter):
-    """The colors test backend, counting the tiles it is given."""
+    """The colors test backend, counting the tiles it is given (`tiles`);
+    with `keep`, keeping a copy of each (`seen`); with `fail_after`, failing
+    as a GPU may once it has been given more tiles than that."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, keep: bool = False, fail_after: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.tiles = 0
+        self.keep, self.fail_after = keep, fail_after
+        self.seen: list[np.ndarray] = []
 
     def segment(self, tiles: np.ndarray, prompts: Sequence[str]) -> list[Detections]:
         self.tiles += len(tiles)
+        if self.fail_after is not None and self.tiles > self.fail_after:
+            raise RuntimeError("the device fell over")
+        if self.keep:
+            self.seen.extend(t.copy() for t in tiles)
         return super().segment(tiles, prompts)
 
 
