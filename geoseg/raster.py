@@ -157,6 +157,7 @@ class _DataArrayDataset:
         y, x = rio.y_dim, rio.x_dim
         band = next(d for d in da.dims if d not in (y, x))
         self._da = da.transpose(band, y, x)
+        self._last: tuple[tuple[int, int, int, int], np.ndarray] | None = None  # the window read last, all bands
         self.name = source_name(da)
         self.count, self.height, self.width = (int(n) for n in self._da.shape)
         self.dtypes = [str(self._da.dtype)] * self.count
@@ -174,10 +175,11 @@ class _DataArrayDataset:
         if window is None:
             window = RioWindow(0, 0, self.width, self.height)
         (r0, r1), (c0, c1) = window.toranges()
-        sub = self._da.isel({self._da.dims[0]: [b - 1 for b in bands]}).isel(
-            {self._da.dims[1]: slice(int(r0), int(r1)), self._da.dims[2]: slice(int(c0), int(c1))}
-        )
-        return np.asarray(sub.values)
+        key = (int(r0), int(r1), int(c0), int(c1))
+        if self._last is None or self._last[0] != key:  # a tile's pixels and its mask: one computation
+            sub = self._da.isel({self._da.dims[1]: slice(key[0], key[1]), self._da.dims[2]: slice(key[2], key[3])})
+            self._last = (key, np.asarray(sub.values))
+        return self._last[1][[b - 1 for b in bands]]
 
     def _invalid(self, data: np.ndarray) -> np.ndarray:
         bad = np.zeros(data.shape, bool) if self.nodata is None else data == self.nodata

@@ -106,6 +106,7 @@ def test_dask_dataarray_is_read_lazily_window_by_window(gdf):
         assert computed == []  # opening reads nothing
         src.read(Window(300, 600, 200, 300))  # rows 300-500, cols 600-900
         assert set(computed) == {(0, 1, 2), (0, 1, 3)}  # only the chunks the window touches
+        assert len(computed) == 2  # once each: the pixels and their mask come from one computation
 
     class FirstCall(ColorSegmenter):
         seen = None
