@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,12 +11,13 @@ from typing import Any
 
 import click
 
-from geoseg import pipeline, rasterize
+from geoseg import pipeline, rasterize, shards
 from geoseg.cli import log_to, main
 from geoseg.cli.options import area_options, read_options, tiling_options
 from geoseg.engine import LocalEngine
 from geoseg.errors import OutputError, UsageError
 from geoseg.export import FORMATS
+from geoseg.inputs import unique_names
 from geoseg.pipeline import Settings
 from geoseg.segmenter import load_segmenter
 
@@ -67,8 +69,12 @@ def _stretch(text: str) -> tuple[float, float]:
 @click.option("--raster-values", type=click.Choice(rasterize.VALUES), default=None,
               help="Label raster values: each object's id, or its prompt's number [default: instance].")
 @click.option("--work-dir", default=None,
-              help="Where detections are staged [default: OUT.geoseg-work, or DIR/.geoseg-work with --output-dir].")
+              help="Where detections are staged [default: OUT.geoseg-work, or DIR/.geoseg-work with --output-dir, "
+                   "DIR/.geoseg-work-K-of-N with --shard].")
 @click.option("--restart", is_flag=True, help="Discard the work folder of an interrupted run and start over.")
+@click.option("--shard", default=None, metavar="K/N",
+              help="Segment only shard K of N of the inputs (an array job's part; needs --output-dir; "
+                   "see docs/batch.md).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Run on a new local Dask cluster of this many worker processes.")
 @click.option("--scheduler", default=None, help="Run on an existing Dask cluster: its scheduler's address.")
@@ -82,7 +88,7 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | Non
             resolution: float | None, pixel_coords: bool, bbox: str | None, bbox_crs: str | None, aoi: str | None,
             stretch: str, dst_crs: str | None,
             simplify: float | None, min_area: float | None, raster_out: str | None, raster_values: str | None,
-            work_dir: str | None, restart: bool,
+            work_dir: str | None, restart: bool, shard: str | None,
             workers: int | None, scheduler: str | None, resources: str | None, log_file: str | None,
             quiet: bool) -> None:
     """Find the objects named by PROMPTs in INPUTS (rasters, folders or URLs) and write polygons.
@@ -95,6 +101,7 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | Non
         raise UsageError("give either -o OUT.gpkg (one file for all inputs) or --output-dir DIR (one per input)")
     if workers is not None and scheduler is not None:
         raise UsageError("give either --workers N (a local cluster) or --scheduler ADDRESS (an existing one)")
+    part = None if shard is None else shards.check(shards.parse(shard), output, output_dir, raster_out)
     if output_dir is not None and not Path(output_dir).is_dir():
         raise OutputError(f"--output-dir {output_dir}: no such folder: create it first")
     log_to(log_file, quiet)
@@ -103,15 +110,23 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | Non
                            simplify=simplify, min_area=min_area, progress=not quiet and sys.stderr.isatty(),
                            bbox=bbox, bbox_crs=bbox_crs, aoi=aoi)
     paths = pipeline.list_inputs(inputs)
-    pipeline.check_run(paths, settings, output=output, output_dir=output_dir, fmt=fmt, layer=layer,
+    mine, names = paths, None
+    if part is not None:  # named as in one run of the whole collection
+        mine, names = shards.select(paths, unique_names(paths), part)
+        if not mine:
+            logging.getLogger("geoseg").info("shard %s holds none of the %d inputs: nothing to do", shard,
+                                             len(paths))
+            return
+        work_dir = work_dir or str(pipeline.default_work_dir(output, output_dir, part))
+    pipeline.check_run(mine, settings, output=output, output_dir=output_dir, fmt=fmt, layer=layer,
                        overwrite=overwrite, work_dir=work_dir, raster_out=raster_out,
-                       raster_values=raster_values)  # before the model loads
+                       raster_values=raster_values, names=names)  # before the model loads
     options = dict(model=model, device=device, dtype=dtype, batch_size=batch_size, score_threshold=score_threshold,
                    mask_threshold=mask_threshold, max_detections=max_detections, nms_iou=nms_iou)
     with _engine(backend, options, workers, scheduler, resources) as engine:
         summary = pipeline.run(paths, settings, engine, output=output, output_dir=output_dir, fmt=fmt, layer=layer,
                                overwrite=overwrite, work_dir=work_dir, restart=restart, raster_out=raster_out,
-                               raster_values=raster_values)
+                               raster_values=raster_values, shard=part)
     for f in summary.files:
         if f.state == "done" and f.output:
             click.echo(f"{f.output}: {f.objects} objects" + (" (done before)" if f.reused else ""), err=True)

@@ -21,7 +21,7 @@ from typing import Any
 import geopandas as gpd
 import pyogrio
 
-from geoseg import export, rasterize, workdir
+from geoseg import export, rasterize, shards, workdir
 from geoseg.assemble import (
     Assembler,
     area_of,
@@ -113,10 +113,11 @@ def fingerprint(settings: Settings, engine: Engine) -> dict[str, Any]:
     return out
 
 
-def default_work_dir(output: Any = None, output_dir: Any = None) -> Path:
-    """Where a run stages its work: OUTPUT.geoseg-work, or OUTPUT_DIR/.geoseg-work."""
+def default_work_dir(output: Any = None, output_dir: Any = None, shard: tuple[int, int] | None = None) -> Path:
+    """Where a run stages its work: OUTPUT.geoseg-work, or OUTPUT_DIR/.geoseg-work
+    (OUTPUT_DIR/.geoseg-work-K-of-N for shard K of N: shards running at once never share one)."""
     if output_dir is not None:
-        return Path(output_dir) / ".geoseg-work"
+        return Path(output_dir) / (".geoseg-work" if shard is None else f".geoseg-work-{shard[0]}-of-{shard[1]}")
     return Path(str(output) + ".geoseg-work")
 
 
@@ -135,6 +136,7 @@ def run(
     collect: bool = False,
     raster_out: str | os.PathLike[str] | None = None,
     raster_values: str | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Summary:
     """Segment rasters, staging per-tile detections in a work folder; resumable.
 
@@ -142,13 +144,22 @@ def run(
     from the tiles already staged; its output is identical to an uninterrupted
     run's. With several inputs a file that fails is recorded and the others go
     on. The work folder is removed once every file is done and written.
+    `shard=(K, N)` segments only shard K of N of the inputs (see `geoseg.shards`).
     """
     start = time.perf_counter()
     paths = list_inputs(sources)
+    names = unique_names(paths)  # of the whole collection: a shard's outputs are named as in one run
     several = len(paths) > 1
+    if shard is not None:
+        shard = shards.check(shard, output, output_dir, raster_out)
+        paths, names = shards.select(paths, names, shard)
+        work_dir = work_dir if work_dir is not None else default_work_dir(output, output_dir, shard)
+        if not paths:
+            log.info("shard %d/%d holds none of the %d inputs: nothing to do", *shard, len(names))
+            return Summary([])
     outputs, rasters = check_run(paths, settings, output=output, output_dir=output_dir, fmt=fmt, layer=layer,
                                  overwrite=overwrite, work_dir=work_dir, raster_out=raster_out,
-                                 raster_values=raster_values)
+                                 raster_values=raster_values, names=names)
     engine.check(settings.prompts)  # also loads the model where it runs: fails early
     temporary = work_dir is None and output is None and output_dir is None
     if temporary:
@@ -157,7 +168,8 @@ def run(
         path = Path(work_dir) if work_dir is not None else default_work_dir(output, output_dir)
     work = WorkDir(path, fingerprint(settings, engine), restart=restart and not temporary)
     try:
-        summary = _run(paths, several, settings, engine, work, outputs, output, layer, overwrite, collect, rasters)
+        summary = _run(paths, several, settings, engine, work, outputs, output, layer, overwrite, collect, rasters,
+                       names)
     except BaseException as e:
         # a bad input or option in a new run leaves nothing behind; an interrupted run keeps its work
         if temporary or (isinstance(e, UsageError) and not work.resumed):
@@ -171,16 +183,18 @@ def run(
 
 def check_run(paths: list[Any], settings: Settings, *, output: Any = None, output_dir: Any = None, fmt: str = "gpkg",
               layer: str = "detections", overwrite: bool = False, work_dir: Any = None, raster_out: Any = None,
-              raster_values: str | None = None) -> tuple[dict[int, Path], dict[int, rasterize.LabelRaster]]:
+              raster_values: str | None = None,
+              names: list[str] | None = None) -> tuple[dict[int, Path], dict[int, rasterize.LabelRaster]]:
     """Every check a run needs no model for, made before the model loads:
     outputs (format, folder, an existing file or layer), a single input
     (opened, and its last block read, so a truncated file is caught), the area,
     the label rasters. Returns the per-input outputs and label rasters by index.
+    `names`: the inputs' names, where not their `unique_names` (a shard's).
     """
     outputs: dict[int, Path] = {}
     if output_dir is not None:
-        names = output_names(unique_names(paths), export.FORMATS[fmt])
-        outputs = {k: Path(output_dir) / n for k, n in enumerate(names)}
+        files = output_names(unique_names(paths) if names is None else names, export.FORMATS[fmt])
+        outputs = {k: Path(output_dir) / n for k, n in enumerate(files)}
     temporary = work_dir is None and output is None and output_dir is None
     own = set() if temporary else set(workdir.written(work_dir or default_work_dir(output, output_dir)))
     for out in outputs.values():
@@ -216,10 +230,10 @@ def _probe(out: Path) -> Path:
 
 def _run(paths: list[Any], several: bool, settings: Settings, engine: Engine, work: WorkDir,
          outputs: dict[int, Path], output: Any, layer: str, overwrite: bool, collect: bool,
-         rasters: dict[int, rasterize.LabelRaster] | None = None) -> Summary:
+         rasters: dict[int, rasterize.LabelRaster] | None = None, names: list[str] | None = None) -> Summary:
     rasters = rasters or {}
     written = set(workdir.written(work.path))
-    names = unique_names(paths)
+    names = unique_names(paths) if names is None else names
     results = [FileResult(n) for n in names]
     infos: dict[int, RasterInfo] = {}
     for k, p in enumerate(paths):  # fail on a bad input before any tile is read
