@@ -17,16 +17,17 @@ import pyogrio
 from geoseg import errors, export, merge, rasterize, vectorize
 from geoseg.engine import Engine
 from geoseg.errors import RasterError, RunError, UsageError, option
-from geoseg.inputs import unique_names
 from geoseg.inspection import RasterInfo
 from geoseg.settings import Settings
 from geoseg.tiling import TilePlan
 from geoseg.workdir import WorkDir
 
 
-def provenance(engine: Engine, settings: Settings, sources: list[Any]) -> dict[str, Any]:
-    """What made an output: stored with it. The backend's `config()` (model,
-    thresholds, ...) is laid out beside geoseg's own settings, which win a clash."""
+def provenance(engine: Engine, settings: Settings, sources: list[str]) -> dict[str, Any]:
+    """What made an output: stored with it. `sources` are the inputs' names as
+    the run gave them (`geoseg.inputs.unique_names`, the `source` column). The
+    backend's `config()` (model, thresholds, ...) is laid out beside geoseg's own
+    settings, which win a clash."""
     from geoseg import __version__
 
     return {
@@ -44,7 +45,7 @@ def provenance(engine: Engine, settings: Settings, sources: list[Any]) -> dict[s
         "simplify": settings.simplify,
         "min_area": settings.min_area,
         "area": None if settings.read.area is None else settings.read.area.describe(),
-        "sources": unique_names(sources),
+        "sources": list(sources),
     }
 
 
@@ -77,11 +78,12 @@ def combine_frames(frames: list[gpd.GeoDataFrame], crs: Any, number: bool = True
     return gdf[[*vectorize.COLUMNS, "geometry"]]
 
 
-def read_chunks(path: Path, chunk: int = 100_000) -> Iterator[gpd.GeoDataFrame]:
-    """A per-input result, in chunks of features."""
-    total = pyogrio.read_info(path, layer="objects")["features"]
+def read_chunks(path: Path, layer: str | None = "objects", chunk: int = 100_000) -> Iterator[gpd.GeoDataFrame]:
+    """A vector file's `layer` (default: a per-input result's), in chunks of
+    features; at least one chunk, empty for an empty layer."""
+    total = pyogrio.read_info(path, layer=layer, force_feature_count=True)["features"]
     for start in range(0, max(total, 1), chunk):
-        yield pyogrio.read_dataframe(path, layer="objects", skip_features=start, max_features=chunk)
+        yield pyogrio.read_dataframe(path, layer=layer, skip_features=start, max_features=chunk)
 
 
 def area_of(result: Path) -> float:
@@ -115,7 +117,7 @@ class Assembler:
         return combine_frames(self.frames or ([self.empty] if self.empty is not None else []), crs, number=False)
 
 
-def write_output(output: Any, results: list[Path], sources: list[Any], layer: str, engine: Engine,
+def write_output(output: Any, results: list[Path], sources: list[str], layer: str, engine: Engine,
                  settings: Settings, work: WorkDir, collect: bool = False, *, overwrite: bool) -> Assembler:
     """Write the per-input `results` into `output` atomically, numbering the objects. `overwrite`:
     what was allowed before the run (also a layer that appeared since is replaced only so)."""
@@ -133,10 +135,10 @@ def write_output(output: Any, results: list[Path], sources: list[Any], layer: st
     return assembler
 
 
-def write_raster(raster: rasterize.LabelRaster, info: RasterInfo, result: Path, source: Any, settings: Settings,
+def write_raster(raster: rasterize.LabelRaster, info: RasterInfo, result: Path, settings: Settings,
                  engine: Engine, work: WorkDir, first_id: int = 1) -> None:
     """Burn one input's objects into its label raster, on the grid its tiles were read on."""
     grid = rasterize.Grid(info.transform, info.width, info.height, info.crs)
-    meta = json.dumps(provenance(engine, settings, [source]), default=str)
+    meta = json.dumps(provenance(engine, settings, [info.name]), default=str)
     raster.write(result, grid, first_id=first_id, tags={"geoseg": meta})
     work.mark_written(raster.path)

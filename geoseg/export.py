@@ -83,11 +83,8 @@ def check_output(path: str | os.PathLike[str], overwrite: bool = False, layer: s
     parent = path.parent
     if not parent.is_dir():
         raise OutputError(f"{path}: folder {str(parent)!r} does not exist: create it first")
-    try:  # a real write, not os.access: root passes os.access on read-only places
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError:
-        raise OutputError(f"{path}: folder {str(parent)!r} is not writable: choose another output") from None
+    if not writable(parent):
+        raise OutputError(f"{path}: folder {str(parent)!r} is not writable: choose another output")
     if path.is_dir():
         raise OutputError(f"{path} is a folder: give a file name such as out.gpkg")
     if DRIVERS[path.suffix.lower()] == "GPKG" and layer is not None:
@@ -98,6 +95,16 @@ def check_output(path: str | os.PathLike[str], overwrite: bool = False, layer: s
         raise OutputError(f"{existing[0]} exists: pass {option('overwrite', True)} to replace it, "
                           f"or choose another name")
     return path
+
+
+def writable(folder: Path) -> bool:
+    """Whether a file can be made in `folder`: a real write, not os.access,
+    which root passes on read-only places."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def _check_layer(path: Path, layer: str, overwrite: bool) -> None:

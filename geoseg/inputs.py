@@ -12,6 +12,7 @@ import logging
 import os
 import urllib.parse
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -29,22 +30,24 @@ def _is_raster(name: str) -> bool:
     return name.lower().endswith(RASTER_SUFFIXES)
 
 
+def visible_files(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """The files under `folder`, recursively, leaving out hidden files and
+    folders (such as a `.geoseg-work` folder or a temporary file)."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        yield from (Path(root) / f for f in sorted(files) if not f.startswith("."))
+
+
 def _scan(folder: Path) -> list[str]:
-    """The rasters under `folder`, searched recursively (hidden folders and
-    files left out, such as a `.geoseg-work` folder), sorted; other files are
+    """The rasters under `folder` (`visible_files`), sorted; other files are
     logged as skipped."""
     found: list[str] = []
     skipped: list[str] = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for f in sorted(files):
-            if f.startswith("."):
-                continue
-            rel = os.path.relpath(os.path.join(root, f), folder)
-            if _is_raster(f):
-                found.append(os.path.join(root, f))
-            elif not f.lower().endswith(SIDECARS):
-                skipped.append(rel)
+    for path in visible_files(folder):
+        if _is_raster(path.name):
+            found.append(str(path))
+        elif not path.name.lower().endswith(SIDECARS):
+            skipped.append(os.path.relpath(path, folder))
     if skipped:
         shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
         log.info("%s: skipped %d file%s that %s not a raster (%s): %s", folder, len(skipped),

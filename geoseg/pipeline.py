@@ -269,7 +269,7 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Engine, wo
                 results[k].objects = pyogrio.read_info(outputs[k], layer=layer if outputs[k].suffix == ".gpkg"
                                                        else None)["features"]
                 if k in rasters and str(rasters[k].path) not in written:  # --raster-out added on the rerun
-                    write_raster(rasters[k], infos[k], work.result_path(p), p, settings, engine, work)
+                    write_raster(rasters[k], infos[k], work.result_path(p), settings, engine, work)
                 continue
             try:
                 merging = stage_one(p, settings, engine, work, infos[k], progress)
@@ -301,7 +301,7 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Engine, wo
     summary.outputs = [str(outputs[k]) for k in done if k in outputs]
     results_done = [work.result_path(paths[k]) for k in done]
     if output is not None and done:
-        assembler = write_output(output, results_done, [paths[k] for k in done], layer, engine, settings, work,
+        assembler = write_output(output, results_done, [names[k] for k in done], layer, engine, settings, work,
                                   collect, overwrite=overwrite or export.output_key(output, layer) in written)
         summary.outputs.append(str(output))
     elif collect:
@@ -314,7 +314,7 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Engine, wo
         first = 1
         for k in done:
             result = work.result_path(paths[k])
-            write_raster(rasters[k], infos[k], result, paths[k], settings, engine, work, first)
+            write_raster(rasters[k], infos[k], result, settings, engine, work, first)
             first += int(pyogrio.read_info(result, layer="objects")["features"])
     summary.rasters = [str(rasters[k].path) for k in done if k in rasters]
     return summary
@@ -380,8 +380,8 @@ def _finish_one(path: Any, settings: Settings, engine: Engine, work: WorkDir, in
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)  # a subfolder mirroring the input's
         if raster is not None:  # before the output: a file done before has its raster
-            write_raster(raster, info, target, path, settings, engine, work)
-        write_output(output, [target], [path], layer, engine, settings, work, overwrite=overwrite)
+            write_raster(raster, info, target, settings, engine, work)
+        write_output(output, [target], [info.name], layer, engine, settings, work, overwrite=overwrite)
         result.output = str(output)
     result.seconds = time.perf_counter() - t0
     log.info("%s: %d tiles -> %d objects", result.source, result.tiles, result.objects)
@@ -471,5 +471,5 @@ def segment(
                        + "; ".join(f"{f.source}: {f.error}" for f in summary.failed))
     gdf = summary.frame
     assert gdf is not None
-    gdf.attrs["geoseg"] = provenance(engine, settings, paths)
+    gdf.attrs["geoseg"] = provenance(engine, settings, unique_names(paths))
     return gdf

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from geoseg.errors import OutputError, RunError, UsageError, option
+from geoseg.export import writable
 from geoseg.inputs import output_names, unique_names
 from geoseg.raster import is_remote
 
@@ -168,12 +168,9 @@ def plan(raster_out: str | os.PathLike[str] | None, sources: Sequence[Any], *, v
             raise OutputError(f"{option('raster_out', str(path))}: folder {str(folder)!r} does not exist: "
                               "create it first")
         targets = [path]
-    try:  # a real write, not os.access: root passes os.access on read-only places
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError:
+    if not writable(folder):
         raise OutputError(f"{option('raster_out', str(path))}: folder {str(folder)!r} is not writable: "
-                          "choose another") from None
+                          "choose another")
     inputs = {os.path.realpath(s) for s in sources if isinstance(s, str) and not is_remote(s)}
     for t in targets:
         if os.path.realpath(t) in inputs:

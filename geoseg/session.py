@@ -142,7 +142,7 @@ class Segmentation:
                           stacklevel=2)
         gdf = combine_frames([objects(pieces, self.plan, self.transform, self.crs, self.name, settings)],
                              settings.dst_crs)
-        gdf.attrs["geoseg"] = provenance(LocalEngine(self.segmenter), settings, [self.source])
+        gdf.attrs["geoseg"] = provenance(LocalEngine(self.segmenter), settings, [self.name])
         return gdf
 
     def plot(self, gdf: gpd.GeoDataFrame | None = None, **kwargs: Any) -> Any:

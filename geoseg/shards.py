@@ -27,7 +27,9 @@ import shapely
 from pyproj import CRS
 
 from geoseg import export
+from geoseg.assemble import read_chunks
 from geoseg.errors import OutputError, UsageError, option
+from geoseg.inputs import visible_files
 from geoseg.vectorize import parse_crs
 
 log = logging.getLogger("geoseg")
@@ -80,13 +82,7 @@ def find_outputs(folder: Path, exclude: Path | None = None) -> list[Path]:
     """The per-input outputs under `folder`, recursively, by sorted relative
     path; hidden files and folders (work folders, temporary files) left out."""
     skip = exclude.resolve() if exclude is not None else None
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for f in files:
-            path = Path(root) / f
-            if not f.startswith(".") and f.lower().endswith(SUFFIXES) and path.resolve() != skip:
-                found.append(path)
+    found = [p for p in visible_files(folder) if p.name.lower().endswith(SUFFIXES) and p.resolve() != skip]
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
@@ -119,10 +115,7 @@ def _chunks(path: Path, layer: str, chunk: int) -> Iterator[gpd.GeoDataFrame]:
             geometry = shapely.from_wkb(df.pop("geometry"))
             yield gpd.GeoDataFrame(df, geometry=geometry, crs=crs)
         return
-    lyr = _layer(path, layer)
-    total = pyogrio.read_info(path, layer=lyr, force_feature_count=True)["features"]
-    for start in range(0, max(total, 1), chunk):
-        yield pyogrio.read_dataframe(path, layer=lyr, skip_features=start, max_features=chunk)
+    yield from read_chunks(path, _layer(path, layer), chunk)
 
 
 def _sources(path: Path, layer: str) -> list[str]:

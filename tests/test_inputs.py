@@ -5,6 +5,7 @@ import pytest
 from conftest import one_line_error, run
 
 from geoseg.errors import UsageError
+from geoseg.export import read_provenance
 from geoseg.inputs import list_inputs, output_names, unique_names
 from geoseg.testing import make_scene
 
@@ -57,6 +58,7 @@ def test_same_named_inputs_get_their_own_outputs(same_names, tmp_path):
         gdf = pyogrio.read_dataframe(out)
         assert len(gdf) == own[path]
         assert set(gdf["source"]) == {f"{path.parent.name}/a.tif"}
+        assert read_provenance(out)["sources"] == [f"{path.parent.name}/a.tif"]  # as the source column
 
 
 def test_same_named_inputs_are_told_apart_in_one_output(same_names, tmp_path):

@@ -96,6 +96,7 @@ class Sam3Segmenter:
         self._scale = images.rescale_factor / std
         self._shift = -mean / std
         self._text: dict[str, tuple[Any, Any]] = {}
+        self._estimate: list[int] | None = None  # CPU: tiles, prompts, calls and tiles seen (see `begin`)
 
         self.batch_size: int = self._default_batch_size() if batch_size is None else int(batch_size)
         if self.batch_size < 1:
@@ -131,7 +132,7 @@ class Sam3Segmenter:
         self._estimate = [n_tiles, len(prompts), 0, 0] if self.device.type == "cpu" and n_tiles > 0 else None
 
     def _log_estimate(self, n_done: int, seconds: float) -> None:
-        if getattr(self, "_estimate", None) is None or n_done == 0:
+        if self._estimate is None or n_done == 0:
             return
         n_tiles, n_prompts, calls, seen = self._estimate
         calls, seen = calls + 1, seen + n_done
