@@ -26,7 +26,7 @@ COPY geoseg geoseg
 COPY cli cli
 # geoseg itself, its dependencies bounded by pyproject.toml.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[sam3,dask]"
+RUN pip install --no-cache-dir ".[sam3,dask,cloud]"
 
 # The image proper: the virtual environment, without the source or what built it.
 FROM ${BASE}

@@ -51,6 +51,7 @@ protocol_version  # BaseHTTPRequestHandler: HTTP/1.1 keep-alive
 _.do_HEAD  # BaseHTTPRequestHandler dispatch by method name
 _.do_GET  # BaseHTTPRequestHandler dispatch by method name
 _.log_message  # BaseHTTPRequestHandler: silenced
+_.handle_starttag  # html.parser.HTMLParser hook: geoseg/cloud.py reads an https:// folder's index page
 daemon_threads  # ThreadingHTTPServer
 _.handle_error  # socketserver.BaseServer
 
@@ -69,3 +70,6 @@ _.to_supervision  # geoseg.detections.Detections: supervision interop, tests/tes
 # Dataclass fields read through __dict__.
 skipped_empty  # geoseg/dataset.py DatasetSummary: written to the dataset's summary JSON via __dict__
 _.skipped_empty  # geoseg/dataset.py: the same field, incremented
+
+# Fields read and added to by name (getattr/setattr with the stage's name).
+post  # geoseg/profile.py Profile.post: Profile.add("post", ...) in engine.py

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geoseg import shards
+from geoseg import cloud
 from geoseg.cli import main
 
 
@@ -18,6 +18,9 @@ from geoseg.cli import main
 @click.option("--dst-crs", default=None,
               help="Reproject every output to this CRS: needed when they are in different CRSs.")
 def combine(out_dir: str, output: str, layer: str, overwrite: bool, dst_crs: str | None) -> None:
-    """Combine every output under OUT_DIR (the --output-dir of `segment --shard`) into one file, ids from 1."""
-    objects, files = shards.combine(out_dir, output, layer=layer, overwrite=overwrite, dst_crs=dst_crs)
+    """Combine every output under OUT_DIR (the --output-dir of `segment --shard`) into one file, ids from 1.
+
+    With `segment --mosaic --shard`, OUT_DIR holds the parts of one mosaic: they are merged across the shards'
+    boundaries (see docs/mosaic.md)."""
+    objects, files = cloud.combine(out_dir, output, layer=layer, overwrite=overwrite, dst_crs=dst_crs)
     click.echo(f"{output}: {objects} objects from {files} files", err=True)

@@ -11,9 +11,10 @@ import click
 from geoseg.area import Area
 from geoseg.cli import main
 from geoseg.cli.options import area_options, read_options, tiling_options
-from geoseg.errors import OutsideAreaError
+from geoseg.errors import OutsideAreaError, UsageError
 from geoseg.inputs import list_inputs
 from geoseg.inspection import describe
+from geoseg.refine import RESOLVED, object_scale, suggested_zoom
 from geoseg.segmenter import check_prompts
 from geoseg.workdir import WorkDir, read_settings
 
@@ -24,10 +25,12 @@ from geoseg.workdir import WorkDir, read_settings
 @tiling_options
 @read_options
 @area_options
+@click.option("--object-size", type=click.FloatRange(min=0, min_open=True), default=None, metavar="METRES",
+              help="Show how large objects of this size look to SAM 3 at each zoom level, and the --zoom to use.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info(inputs: tuple[str, ...], prompts: tuple[str, ...], tile_size: int, overlap: int, bands: str | None,
          resolution: float | None, pixel_coords: bool, bbox: str | None, bbox_crs: str | None, aoi: str | None,
-         as_json: bool) -> None:
+         object_size: float | None, as_json: bool) -> None:
     """Show size, CRS, dtype, nodata, tiles and area of rasters, or the status of
     an interrupted run's work folder (OUT.geoseg-work)."""
     works = [i for i in inputs if read_settings(i) is not None]
@@ -41,6 +44,10 @@ def info(inputs: tuple[str, ...], prompts: tuple[str, ...], tile_size: int, over
                        pixel_coords=pixel_coords, area=area) for p in paths]
     if area is not None and all(d.get("outside") for d in plans):
         raise OutsideAreaError(f"{area.describe()} overlaps none of the {len(paths)} inputs: check the coordinates")
+    if object_size is not None:
+        for d in plans:
+            if not d.get("outside"):
+                d["object_size"] = _object_size(d, object_size)
     if as_json:
         click.echo(json.dumps({"prompts": checked, "rasters": plans}, indent=2))
         return
@@ -57,9 +64,31 @@ def info(inputs: tuple[str, ...], prompts: tuple[str, ...], tile_size: int, over
                    f"  area       {km2}{'' if area is None else ' in ' + area.describe()}\n"
                    + _window_line(d) +
                    f"  tiles      {d['tiles']} ({d['tile_grid'][0]} x {d['tile_grid'][1]}) of {d['tile_size']} px,"
-                   f" overlap {d['overlap']} px" + ("" if area is None else ", to segment"))
+                   f" overlap {d['overlap']} px" + ("" if area is None else ", to segment")
+                   + _object_line(d.get("object_size")))
     if checked:
         click.echo(f"prompts: {', '.join(checked)}")
+
+
+def _object_size(d: dict[str, Any], metres: float) -> dict[str, Any]:
+    """How large an object of `metres` looks to the model at each level of refinement."""
+    if d["area_km2"] is None:
+        raise UsageError(f"--object-size {metres:g}: {d['path']} has no CRS, so its pixels have no size in metres")
+    w, h = (d["window"][2], d["window"][3]) if d["window"] is not None else (d["width"], d["height"])
+    pixel_m = (d["area_km2"] * 1e6 / (w * h)) ** 0.5  # also right for a CRS in degrees or feet
+    scale = object_scale(metres / pixel_m, d["tile_size"], d["overlap"])
+    return {"metres": metres, "pixels": round(metres / pixel_m, 1), "levels": scale, "zoom": suggested_zoom(scale)}
+
+
+def _object_line(obj: dict[str, Any] | None) -> str:
+    if obj is None:
+        return ""
+    seen = ", ".join(f"{s['model_px']:g} at level {s['level']}" for s in obj["levels"])
+    best = obj["zoom"]
+    advice = ("no zoom needed" if best == 0 else f"use --zoom {best}") if obj["levels"][best]["model_px"] >= RESOLVED \
+        else f"too small even at the deepest level: use --zoom {best} and a smaller --tile-size"
+    return (f"\n  objects    {obj['metres']:g} m = {obj['pixels']:g} px = {seen} model px "
+            f"(SAM 3 resolves {RESOLVED}+): {advice}")
 
 
 def _window_line(d: dict[str, Any]) -> str:

@@ -18,6 +18,18 @@ def tiling_options(f: F) -> F:
     return f
 
 
+def refine_options(f: F) -> F:
+    f = click.option("--zoom", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Start every tile this many levels down (2 x 2 sub-tiles per level): for objects of "
+                          "a few pixels (see `geoseg info --object-size`).")(f)
+    f = click.option("--refine-depth", type=click.IntRange(min=0), default=2, show_default=True,
+                     help="Levels of sub-tiles a saturated tile may be refined in (0: never).")(f)
+    f = click.option("--saturation", type=click.FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
+                     help="A tile is saturated (refined) when a prompt's detections reach this share of the "
+                          "model's object capacity (SAM 3: 200).")(f)
+    return f
+
+
 def read_options(f: F) -> F:
     f = click.option("--pixel-coords", is_flag=True,
                      help="Accept rasters without a CRS; polygons in pixel coordinates.")(f)

@@ -11,9 +11,9 @@ from typing import Any
 
 import click
 
-from geoseg import pipeline, rasterize, shards
+from geoseg import cloud, mosaic, pipeline, rasterize, shards
 from geoseg.cli import log_to, main
-from geoseg.cli.options import area_options, read_options, tiling_options
+from geoseg.cli.options import area_options, read_options, refine_options, tiling_options
 from geoseg.engine import LocalEngine
 from geoseg.errors import OutputError, UsageError
 from geoseg.export import FORMATS
@@ -56,7 +56,10 @@ def _stretch(text: str) -> tuple[float, float]:
 @click.option("--mask-threshold", type=click.FloatRange(0, 1), default=None, help="Mask probability threshold [0.5].")
 @click.option("--max-detections", type=click.IntRange(min=1), default=None, help="Most detections per tile and prompt.")
 @click.option("--nms-iou", type=click.FloatRange(0, 1), default=None, help="Within-tile mask NMS at this IoU.")
+@click.option("--compile", "compile_encoder", is_flag=True,
+              help="Compile SAM 3's vision encoder with torch.compile (see docs/sam3.md).")
 @tiling_options
+@refine_options
 @read_options
 @area_options
 @click.option("--stretch", default="2,98", show_default=True,
@@ -72,6 +75,9 @@ def _stretch(text: str) -> tuple[float, float]:
               help="Where detections are staged [default: OUT.geoseg-work, or DIR/.geoseg-work with --output-dir, "
                    "DIR/.geoseg-work-K-of-N with --shard].")
 @click.option("--restart", is_flag=True, help="Discard the work folder of an interrupted run and start over.")
+@click.option("--mosaic", "as_mosaic", is_flag=True,
+              help="Read INPUTS (adjacent or overlapping tiles, or folders of them) as one raster: objects on file "
+                   "edges come back once and whole (see docs/mosaic.md).")
 @click.option("--shard", default=None, metavar="K/N",
               help="Segment only shard K of N of the inputs (an array job's part; needs --output-dir; "
                    "see docs/batch.md).")
@@ -79,18 +85,29 @@ def _stretch(text: str) -> tuple[float, float]:
               help="Run on a new local Dask cluster of this many worker processes.")
 @click.option("--scheduler", default=None, help="Run on an existing Dask cluster: its scheduler's address.")
 @click.option("--resources", default=None, help="Dask worker resources each task needs, e.g. GPU=1.")
+@click.option("--asset", default=None,
+              help="The asset of STAC items to segment [default: visual, else the first RGB asset] "
+                   "(see docs/cloud.md).")
+@click.option("--cpu-workers", type=click.IntRange(min=0), default=None,
+              help="Worker processes for the CPU work behind the model (vectorising, areas, reprojection) "
+                   "[default: cores - 1; 0: all in this process] (see docs/performance.md).")
+@click.option("--profile", "show_profile", is_flag=True,
+              help="At the end, print the seconds spent in read, model, post-process, stage, merge and "
+                   "vectorise+write, and the share of the time the model sat idle.")
 @click.option("--log-file", default=None, help="Also write log lines, with times, to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress lines.")
 def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | None, output_dir: str | None, fmt: str,
             layer: str, overwrite: bool, backend: str, model: str | None, device: str | None, dtype: str | None,
             batch_size: int | None, score_threshold: float | None, mask_threshold: float | None,
-            max_detections: int | None, nms_iou: float | None, tile_size: int, overlap: int, bands: str | None,
+            max_detections: int | None, nms_iou: float | None, compile_encoder: bool, tile_size: int, overlap: int,
+            saturation: float,
+            refine_depth: int, zoom: int, bands: str | None,
             resolution: float | None, pixel_coords: bool, bbox: str | None, bbox_crs: str | None, aoi: str | None,
             stretch: str, dst_crs: str | None,
             simplify: float | None, min_area: float | None, raster_out: str | None, raster_values: str | None,
-            work_dir: str | None, restart: bool, shard: str | None,
-            workers: int | None, scheduler: str | None, resources: str | None, log_file: str | None,
-            quiet: bool) -> None:
+            work_dir: str | None, restart: bool, as_mosaic: bool, shard: str | None,
+            workers: int | None, scheduler: str | None, resources: str | None, asset: str | None,
+            cpu_workers: int | None, show_profile: bool, log_file: str | None, quiet: bool) -> None:
     """Find the objects named by PROMPTs in INPUTS (rasters, folders or URLs) and write polygons.
 
     An interrupted run started again with the same arguments resumes from its
@@ -102,31 +119,39 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | Non
     if workers is not None and scheduler is not None:
         raise UsageError("give either --workers N (a local cluster) or --scheduler ADDRESS (an existing one)")
     part = None if shard is None else shards.check(shards.parse(shard), output, output_dir, raster_out)
-    if output_dir is not None and not Path(output_dir).is_dir():
+    if output_dir is not None and not cloud.is_url(output_dir) and not Path(output_dir).is_dir():
         raise OutputError(f"--output-dir {output_dir}: no such folder: create it first")
     log_to(log_file, quiet)
     settings = Settings.of(prompts, tile_size=tile_size, overlap=overlap, bands=bands, resolution=resolution,
                            stretch=_stretch(stretch), pixel_coords=pixel_coords, dst_crs=dst_crs,
                            simplify=simplify, min_area=min_area, progress=not quiet and sys.stderr.isatty(),
-                           bbox=bbox, bbox_crs=bbox_crs, aoi=aoi)
-    paths = pipeline.list_inputs(inputs)
+                           bbox=bbox, bbox_crs=bbox_crs, aoi=aoi, saturation=saturation,
+                           refine_depth=refine_depth, zoom=zoom, cpu_workers=cpu_workers)
+    paths = pipeline.list_inputs(inputs, asset)
+    if as_mosaic:
+        paths = [mosaic.from_settings(paths, settings)]
     mine, names = paths, None
-    if part is not None:  # named as in one run of the whole collection
+    if part is not None and not as_mosaic:  # named as in one run of the whole collection (a mosaic: its rows)
         mine, names = shards.select(paths, unique_names(paths), part)
         if not mine:
             logging.getLogger("geoseg").info("shard %s holds none of the %d inputs: nothing to do", shard,
                                              len(paths))
             return
         work_dir = work_dir or str(pipeline.default_work_dir(output, output_dir, part))
-    pipeline.check_run(mine, settings, output=output, output_dir=output_dir, fmt=fmt, layer=layer,
-                       overwrite=overwrite, work_dir=work_dir, raster_out=raster_out,
-                       raster_values=raster_values, names=names)  # before the model loads
+    if part is None or not as_mosaic:  # a mosaic's shard writes a part, checked as it runs
+        pipeline.check_run(mine, settings, output=output, output_dir=output_dir, fmt=fmt, layer=layer,
+                           overwrite=overwrite, work_dir=work_dir, raster_out=raster_out,
+                           raster_values=raster_values, names=names)  # before the model loads
     options = dict(model=model, device=device, dtype=dtype, batch_size=batch_size, score_threshold=score_threshold,
-                   mask_threshold=mask_threshold, max_detections=max_detections, nms_iou=nms_iou)
+                   mask_threshold=mask_threshold, max_detections=max_detections, nms_iou=nms_iou,
+                   compile=compile_encoder or None)  # None: not passed to backends without it
     with _engine(backend, options, workers, scheduler, resources) as engine:
         summary = pipeline.run(paths, settings, engine, output=output, output_dir=output_dir, fmt=fmt, layer=layer,
                                overwrite=overwrite, work_dir=work_dir, restart=restart, raster_out=raster_out,
                                raster_values=raster_values, shard=part)
+    if part is not None and as_mosaic:
+        click.echo(f"{summary.outputs[0]}: shard {shard} of the mosaic staged; once every shard is done: "
+                   f"geoseg combine {output_dir} -o OUT.gpkg", err=True)
     for f in summary.files:
         if f.state == "done" and f.output:
             click.echo(f"{f.output}: {f.objects} objects" + (" (done before)" if f.reused else ""), err=True)
@@ -136,6 +161,12 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | Non
         click.echo(f"{r}: label raster", err=True)
     if len(summary.files) > 1 or summary.failed:
         click.echo(summary.report(), err=True)
+    if show_profile:
+        profiled = [f for f in summary.files if f.profile is not None]
+        for f in profiled:
+            click.echo(f.profile.table(f.source), err=True)  # type: ignore[union-attr]
+        if len(profiled) > 1:  # the run as a whole: its files overlap in time
+            click.echo(summary.profile.table(f"the run ({len(profiled)} files segmented)"), err=True)
     if summary.failed:
         where = work_dir or pipeline.default_work_dir(output, output_dir)
         click.echo(f"geoseg: error: {len(summary.failed)} of {len(summary.files)} files failed; rerun the same "

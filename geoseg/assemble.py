@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pyogrio
 
-from geoseg import errors, export, merge, rasterize, vectorize
+from geoseg import errors, export, merge, rasterize, stac, vectorize
 from geoseg.engine import Engine
 from geoseg.errors import RasterError, RunError, UsageError, option
 from geoseg.inspection import RasterInfo
@@ -23,11 +23,13 @@ from geoseg.tiling import TilePlan
 from geoseg.workdir import WorkDir
 
 
-def provenance(engine: Engine, settings: Settings, sources: list[str]) -> dict[str, Any]:
+def provenance(engine: Engine, settings: Settings, sources: list[str],
+               refined: tuple[int, int, int] | None = None) -> dict[str, Any]:
     """What made an output: stored with it. `sources` are the inputs' names as
     the run gave them (`geoseg.inputs.unique_names`, the `source` column). The
     backend's `config()` (model, thresholds, ...) is laid out beside geoseg's own
-    settings, which win a clash."""
+    settings, which win a clash. `refined`: dense tiles refined, sub-tiles
+    segmented in them, the deepest level (`geoseg.refine`)."""
     from geoseg import __version__
 
     return {
@@ -45,6 +47,9 @@ def provenance(engine: Engine, settings: Settings, sources: list[str]) -> dict[s
         "simplify": settings.simplify,
         "min_area": settings.min_area,
         "area": None if settings.read.area is None else settings.read.area.describe(),
+        "refine": {"saturation": settings.refine.saturation, "depth": settings.refine.depth,
+                   "zoom": settings.refine.zoom, "max_objects": engine.max_objects},
+        "refined": None if refined is None else dict(zip(("tiles", "sub_tiles", "deepest_level"), refined)),
         "sources": list(sources),
     }
 
@@ -75,7 +80,18 @@ def combine_frames(frames: list[gpd.GeoDataFrame], crs: Any, number: bool = True
     gdf = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs if crs is None else crs)
     if number:
         gdf.insert(0, "id", np.arange(1, len(gdf) + 1, dtype=np.int64))
-    return gdf[[*vectorize.COLUMNS, "geometry"]]
+    return gdf[[*vectorize.COLUMNS, *[c for c in stac.COLUMNS if c in gdf.columns], "geometry"]]
+
+
+def stac_columns(gdf: gpd.GeoDataFrame, columns: dict[str, dict[str, Any]]) -> gpd.GeoDataFrame:
+    """`gdf` with the STAC columns of each object's source, before the geometry."""
+    gdf = gdf.copy()
+    at = list(gdf.columns).index(gdf.geometry.name)
+    for k, c in enumerate(stac.COLUMNS):
+        values = [columns.get(src, {}).get(c) for src in gdf["source"]]
+        series = pd.Series(values, index=gdf.index, dtype=object)
+        gdf.insert(at + k, c, pd.to_datetime(series, utc=True) if c == "datetime" else series.astype("string"))
+    return gdf
 
 
 def read_chunks(path: Path, layer: str | None = "objects", chunk: int = 100_000) -> Iterator[gpd.GeoDataFrame]:
@@ -95,8 +111,10 @@ def area_of(result: Path) -> float:
 class Assembler:
     """Writes per-input results into one output (or a frame), numbering objects."""
 
-    def __init__(self, writer: export.Writer | None, collect: bool) -> None:
+    def __init__(self, writer: export.Writer | None, collect: bool,
+                 columns: dict[str, dict[str, Any]] | None = None) -> None:
         self.writer, self.collect = writer, collect
+        self.columns = columns  # per source name, columns added to its objects (a STAC item's id and datetime)
         self.next_id = 1
         self.frames: list[gpd.GeoDataFrame] = []
         self.empty: gpd.GeoDataFrame | None = None
@@ -105,6 +123,8 @@ class Assembler:
         for gdf in read_chunks(result):
             gdf.insert(0, "id", np.arange(self.next_id, self.next_id + len(gdf), dtype=np.int64))
             gdf = gdf[[*vectorize.COLUMNS, "geometry"]]
+            if self.columns:
+                gdf = stac_columns(gdf, self.columns)
             self.next_id += len(gdf)
             if self.empty is None:
                 self.empty = gdf.iloc[:0]
@@ -118,16 +138,19 @@ class Assembler:
 
 
 def write_output(output: Any, results: list[Path], sources: list[str], layer: str, engine: Engine,
-                 settings: Settings, work: WorkDir, collect: bool = False, *, overwrite: bool) -> Assembler:
+                 settings: Settings, work: WorkDir, collect: bool = False, *, overwrite: bool,
+                 columns: dict[str, dict[str, Any]] | None = None,
+                 refined: tuple[int, int, int] | None = None) -> Assembler:
     """Write the per-input `results` into `output` atomically, numbering the objects. `overwrite`:
     what was allowed before the run (also a layer that appeared since is replaced only so)."""
+    meta = provenance(engine, settings, sources, refined)
     try:
-        w = export.Writer(output, layer=layer, overwrite=overwrite, provenance=provenance(engine, settings, sources),
+        w = export.Writer(output, layer=layer, overwrite=overwrite, provenance=meta,
                           crs_requested=settings.dst_crs is not None)
     except UsageError as e:  # the output appeared during the run: a failure of the run, whose work is kept
         raise RunError(str(e)) from None
     with w:
-        assembler = Assembler(w, collect)
+        assembler = Assembler(w, collect, columns)
         for result in results:
             assembler.add(result)
         w.commit(assembler.empty if assembler.empty is not None else empty_frame())

@@ -20,11 +20,12 @@ from typing import Any
 from dask.distributed import Client, LocalCluster, as_completed
 
 from geoseg import staging
-from geoseg.engine import segment_tiles
+from geoseg.engine import AtLimit, segment_tiles
 from geoseg.errors import UsageError, option
 from geoseg.merge import Piece
 from geoseg.progress import Progress
 from geoseg.raster import RasterSource, ReadOptions, is_remote
+from geoseg.refine import Refine
 from geoseg.segmenter import Backend, Segmenter, as_segmenter
 from geoseg.staging import TileStore
 from geoseg.tiling import TilePlan, plan_tiles
@@ -40,24 +41,29 @@ def _segmenter(key: str, spec: Any) -> Backend:
     return seg
 
 
-def _check(key: str, spec: Any, prompts: list[str]) -> dict[str, Any]:
+def _check(key: str, spec: Any, prompts: list[str]) -> tuple[dict[str, Any], int | None]:
     segmenter = _segmenter(key, spec)
     segmenter.check_prompts(prompts)
-    return segmenter.config()
+    return segmenter.config(), segmenter.max_objects
 
 
 def _segment_block(key: str, spec: Any, path: str, read: ReadOptions, limits: Any, grid: tuple[int, int, int, int],
-                   tiles: list[int], prompts: list[str]) -> tuple[list[int], list[int], list[tuple[Any, ...]]]:
-    """On a worker: read and segment `tiles` of `path`; (tiles, nodata tiles, packed pieces)."""
+                   tiles: list[int], prompts: list[str], refine: Refine) -> tuple[Any, ...]:
+    """On a worker: read and segment `tiles` of `path`; (tiles, nodata tiles, packed pieces,
+    tiles refined, tiles still saturated)."""
     plan = plan_tiles(*grid)
     nodata: list[int] = []
     packed = []
+    refined: dict[int, tuple[int, int]] = {}
+    at_limit: dict[int, set[str]] = {}
     with RasterSource(path, read, stretch_limits=limits) as src:
-        for batch in segment_tiles(src, plan, tiles, _segmenter(key, spec), prompts):
+        for batch in segment_tiles(src, plan, tiles, _segmenter(key, spec), prompts, refine):
             nodata += batch.nodata
-            packed += [(p.label, p.score, p.tile, p.row, p.col, p.mask.shape, staging.pack(p.mask))
+            packed += [(p.label, p.score, p.tile, p.row, p.col, p.mask.shape, staging.pack(p.mask), p.level)
                        for p in batch.pieces]
-    return tiles, nodata, packed
+            refined.update(batch.refined)
+            at_limit.update(batch.at_limit)
+    return tiles, nodata, packed, refined, at_limit
 
 
 class DaskEngine:
@@ -79,16 +85,19 @@ class DaskEngine:
         self.spec: Any = (segmenter, options) if isinstance(segmenter, str) else segmenter
         self.backend = segmenter if isinstance(segmenter, str) else Backend(segmenter).name
         self.options: dict[str, Any] = {}
+        self.max_objects: int | None = None
         self.key = hashlib.sha1(pickle.dumps(self.spec)).hexdigest()
 
     def check(self, prompts: list[str]) -> None:
         """Build the segmenter on a worker, check the prompts there and learn its options
         (so a bad model or prompt fails before any work)."""
-        self.options = self.client.submit(_check, self.key, self.spec, prompts, pure=False,
-                                          resources=self.resources).result()
+        self.options, self.max_objects = self.client.submit(_check, self.key, self.spec, prompts, pure=False,
+                                                            resources=self.resources).result()
 
     def stage(self, src: RasterSource, plan: TilePlan, todo: list[int], prompts: list[str], store: TileStore,
-              progress: Progress, staged: Callable[[list[int]], None] = lambda tiles: None) -> None:
+              progress: Progress, staged: Callable[[list[int]], None] = lambda tiles: None, *,
+              refine: Refine | None = None, profile: Any = None) -> None:
+        # `profile`: the stages run on the cluster, not timed here
         if not src.opened_from_path:
             raise UsageError(f"{src.path}: with Dask, inputs must be paths or URLs the workers can open")
         path = src.path if is_remote(src.path) else str(Path(src.path).resolve())
@@ -96,19 +105,23 @@ class DaskEngine:
         limits = src.stretch_limits
         futures = [
             self.client.submit(_segment_block, self.key, self.spec, path, src.options, limits, grid,
-                               todo[i:i + self.block], prompts, pure=False, resources=self.resources)
+                               todo[i:i + self.block], prompts, refine or Refine(), pure=False,
+                               resources=self.resources)
             for i in range(0, len(todo), self.block)
         ]
         cols = plan.shape[1]
+        at_limit = AtLimit(src, plan)
         try:
             for fut in as_completed(futures):
-                tiles, nodata, packed = fut.result()
+                tiles, nodata, packed, refined, saturated = fut.result()
                 fut.release()
-                pieces = [Piece(label, score, tile, row, col, staging.unpack(blob, *shape))
-                          for label, score, tile, row, col, shape, blob in packed]
-                store.put(tiles, pieces, cols, nodata)
+                pieces = [Piece(label, score, tile, row, col, staging.unpack(blob, *shape), level=level)
+                          for label, score, tile, row, col, shape, blob, level in packed]
+                store.put(tiles, pieces, cols, nodata, refined)
                 staged(tiles)
-                progress.advance(len(tiles), len(pieces))
+                progress.advance(len(tiles), len(pieces), sum(n for n, _ in refined.values()))
+                at_limit.add(saturated)
+            at_limit.close()
         finally:  # a failed file or an interrupt: its other blocks stop too
             self.client.cancel([f for f in futures if not f.done()])
 

@@ -3,68 +3,72 @@ batches, stage behind. `distributed` does the same on a Dask cluster."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Protocol
 
 import numpy as np
 
 from geoseg import merge
-from geoseg.errors import GeosegError, RunError
+from geoseg.errors import GeosegError, RunError, option
+from geoseg.profile import Profile
 from geoseg.progress import Progress
-from geoseg.raster import RasterSource
+from geoseg.raster import RasterSource, source_name
+from geoseg.refine import Refine
+from geoseg.refine import segment as segment_refined
 from geoseg.segmenter import Backend, Segmenter, as_backend
 from geoseg.staging import TileStore
-from geoseg.tiling import Tile, TilePlan
+from geoseg.tiling import Tile, TilePlan, Window
 
-T = TypeVar("T")
+log = logging.getLogger("geoseg")
 
 
-def read_ahead(src: RasterSource, tiles: list[Tile], depth: int) -> Iterator[tuple[Tile, np.ndarray, np.ndarray]]:
-    """Read tiles in a background thread, `depth` ahead of the consumer.
+def read_ahead(src: RasterSource, tiles: list[Tile], depth: int,
+               profile: Profile | None = None) -> Iterator[tuple[Tile, np.ndarray, np.ndarray]]:
+    """Read tiles in a background thread, `depth` ahead of the consumer
+    (the time taken counted in `profile`).
 
     One thread only: a GDAL dataset handle must not be read concurrently.
     """
+    read = src.read if profile is None else partial(_timed_read, src, profile)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-read") as pool:
         queue: deque[tuple[Tile, Future[tuple[np.ndarray, np.ndarray]]]] = deque()
         it = iter(tiles)
         for tile in it:
-            queue.append((tile, pool.submit(src.read, tile.window)))
+            queue.append((tile, pool.submit(read, tile.window)))
             if len(queue) >= depth:
                 break
         while queue:
             tile, fut = queue.popleft()
             nxt = next(it, None)
             if nxt is not None:
-                queue.append((nxt, pool.submit(src.read, nxt.window)))
+                queue.append((nxt, pool.submit(read, nxt.window)))
             rgb, valid = fut.result()
             yield tile, rgb, valid
 
 
-def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """`items` in lists of `size` (the last may be shorter)."""
-    batch: list[T] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def _timed_read(src: RasterSource, profile: Profile, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    with profile.time("read"):
+        return src.read(window)
 
 
-def segment_batch(segmenter: Segmenter, batch: list[tuple[Tile, np.ndarray, np.ndarray]],
-                   prompts: list[str]) -> list[merge.Piece]:
-    tiles = np.stack([rgb for _, rgb, _ in batch])
-    results = segmenter.segment(tiles, prompts)
-    if len(results) != len(batch):
-        raise RunError(f"the segmenter returned {len(results)} results for {len(batch)} tiles")
-    pieces = []
-    for (tile, _, valid), dets in zip(batch, results):  # per tile: a list of Detection or a Detections
-        pieces.extend(merge.to_pieces(dets, tile, valid))
-    return pieces
+class _Timed:
+    """A backend whose `segment` calls are counted in a profile as "model"."""
+
+    def __init__(self, backend: Backend, profile: Profile) -> None:
+        self._backend, self._profile = backend, profile
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    def segment(self, tiles: np.ndarray, prompts: list[str]) -> Any:
+        with self._profile.time("model"):
+            return self._backend.segment(tiles, prompts)
 
 
 @dataclass
@@ -74,34 +78,53 @@ class Batch:
     tiles: list[int]  #: every tile read since the batch before, in order
     nodata: list[int]  #: those of `tiles` without a valid pixel, never segmented
     pieces: list[merge.Piece]
+    refined: dict[int, tuple[int, int]] = field(default_factory=dict)  #: see `refine.Outcome`
+    at_limit: dict[int, set[str]] = field(default_factory=dict)  #: see `refine.Outcome`
 
 
 def segment_tiles(src: RasterSource, plan: TilePlan, todo: list[int], backend: Backend,
-                  prompts: list[str]) -> Iterator[Batch]:
+                  prompts: list[str], refine: Refine | None = None, profile: Profile | None = None,
+                  ) -> Iterator[Batch]:
     """The one read -> skip nodata -> batch -> segment loop (local, Dask, session):
     tiles `todo` of `src` read ahead in a thread, those with valid pixels
-    segmented `backend.batch_size` at a time."""
-    size = backend.batch_size
+    segmented `backend.batch_size` at a time, saturated ones refined (`geoseg.refine`).
+    With a `profile`, the time spent reading, in the model and in the rest of
+    the segment step (masks -> pieces) is counted there."""
+    size, refine = backend.batch_size, refine or Refine()
+    step = partial(_segment, backend, prompts=prompts, refine=refine, plan=plan)
+    if profile is not None:
+        step = partial(_profiled, _Timed(backend, profile), profile, prompts=prompts, refine=refine, plan=plan)
     done: list[int] = []
     nodata: list[int] = []
     batch: list[tuple[Tile, np.ndarray, np.ndarray]] = []
-    for tile, rgb, valid in read_ahead(src, [plan.tile(k) for k in todo], depth=2 * size):
+    for tile, rgb, valid in read_ahead(src, [plan.tile(k) for k in todo], depth=2 * size, profile=profile):
         done.append(tile.index)
         if valid.any():
             batch.append((tile, rgb, valid))
         else:
             nodata.append(tile.index)
         if len(batch) == size:
-            yield Batch(done, nodata, _segment(backend, batch, prompts))
+            yield step(batch=batch, done=done, nodata=nodata)
             done, nodata, batch = [], [], []
     if done:
-        yield Batch(done, nodata, _segment(backend, batch, prompts) if batch else [])
+        yield step(batch=batch, done=done, nodata=nodata)
 
 
-def _segment(backend: Backend, batch: list[tuple[Tile, np.ndarray, np.ndarray]],
-             prompts: list[str]) -> list[merge.Piece]:
+def _profiled(backend: _Timed, profile: Profile, **kwargs: Any) -> Batch:
+    t, model = time.perf_counter(), profile.model
     try:
-        return segment_batch(backend, batch, prompts)
+        return _segment(backend, **kwargs)  # type: ignore[arg-type]
+    finally:  # the segment step less the model's calls: stacking tiles, masks -> pieces
+        profile.add("post", time.perf_counter() - t - (profile.model - model))
+
+
+def _segment(backend: Backend, batch: list[tuple[Tile, np.ndarray, np.ndarray]], prompts: list[str],
+             refine: Refine, plan: TilePlan, done: list[int], nodata: list[int]) -> Batch:
+    if not batch:
+        return Batch(done, nodata, [])
+    try:
+        out = segment_refined(backend, batch, prompts, refine, tile_size=plan.tile_size, overlap=plan.overlap)
+        return Batch(done, nodata, [p for pieces in out.pieces for p in pieces], out.refined, out.at_limit)
     except GeosegError:
         raise
     except Exception as e:  # the backend's own failure: one geoseg error naming where it happened
@@ -115,14 +138,17 @@ class Engine(Protocol):
 
     backend: str  #: the backend's name
     options: dict[str, Any]  #: its `config()`, known once `check` has run
+    max_objects: int | None  #: its capacity per tile and prompt, known once `check` has run
 
     def check(self, prompts: list[str]) -> None:
         """Make the segmenter ready (load the model where it runs) and check the prompts."""
 
     def stage(self, src: RasterSource, plan: TilePlan, todo: list[int], prompts: list[str], store: TileStore,
-              progress: Progress, staged: Callable[[list[int]], None] = ...) -> None:
-        """Segment the tiles `todo` of `src` and stage their pieces in `store`;
-        `staged(tiles)` once each batch is committed."""
+              progress: Progress, staged: Callable[[list[int]], None] = ..., *, refine: Refine | None = None,
+              profile: Profile | None = None) -> None:
+        """Segment the tiles `todo` of `src` and stage their pieces in `store`,
+        refining saturated tiles as `refine` says; `staged(tiles)` once each batch is committed.
+        Time spent per stage, where known, goes in `profile`."""
 
 
 class LocalEngine:
@@ -135,28 +161,63 @@ class LocalEngine:
         self.segmenter = as_backend(segmenter)
         self.backend = self.segmenter.name
         self.options = self.segmenter.config()
+        self.max_objects = self.segmenter.max_objects
 
     def check(self, prompts: list[str]) -> None:
         self.segmenter.check_prompts(prompts)
 
     def stage(self, src: RasterSource, plan: TilePlan, todo: list[int], prompts: list[str], store: TileStore,
-              progress: Progress, staged: Callable[[list[int]], None] = lambda tiles: None) -> None:
-        """Segment the tiles `todo` of `src` and stage their pieces in `store`;
-        `staged(tiles)` is called once each batch is committed."""
+              progress: Progress, staged: Callable[[list[int]], None] = lambda tiles: None, *,
+              refine: Refine | None = None, profile: Profile | None = None) -> None:
+        """Segment the tiles `todo` of `src` and stage their pieces in `store`,
+        refining saturated tiles as `refine` says; `staged(tiles)` is called
+        once each batch is committed. Time spent per stage goes in `profile`."""
         self.segmenter.begin(len(todo), prompts)
-        cols = plan.shape[1]
+        at_limit = AtLimit(src, plan)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-stage") as writer:
             pending: Future[None] | None = None
-            for batch in segment_tiles(src, plan, todo, self.segmenter, prompts):
+            for batch in segment_tiles(src, plan, todo, self.segmenter, prompts, refine, profile):
                 if pending is not None:
                     pending.result()
-                pending = writer.submit(_put, store, batch.tiles, batch.pieces, cols, set(batch.nodata), staged)
-                progress.advance(len(batch.tiles), len(batch.pieces))
+                pending = writer.submit(_put, store, batch, plan, staged, profile)
+                progress.advance(len(batch.tiles), len(batch.pieces), sum(n for n, _ in batch.refined.values()))
+                at_limit.add(batch.at_limit)
             if pending is not None:
                 pending.result()
+        at_limit.close()
 
 
-def _put(store: TileStore, done: list[int], pieces: list[merge.Piece], cols: int, nodata: set[int],
-         staged: Callable[[list[int]], None]) -> None:
-    store.put(done, pieces, cols, nodata)
-    staged(done)
+def _put(store: TileStore, batch: Batch, plan: TilePlan, staged: Callable[[list[int]], None],
+         profile: Profile | None = None) -> None:
+    t = time.perf_counter()
+    store.put(batch.tiles, batch.pieces, plan.shape[1], set(batch.nodata), batch.refined)
+    if profile is not None:
+        profile.add("stage", time.perf_counter() - t)
+    staged(batch.tiles)
+
+
+class AtLimit:
+    """Warns of the tiles still saturated at the deepest level, with where they
+    lie on the map: the first few one by one, then how many more."""
+
+    SHOWN = 5
+
+    def __init__(self, src: RasterSource, plan: TilePlan) -> None:
+        self.src, self.plan, self.count = src, plan, 0
+
+    def add(self, at_limit: dict[int, set[str]]) -> None:
+        for k, prompts in sorted(at_limit.items()):
+            self.count += 1
+            if self.count > self.SHOWN:
+                continue
+            w = self.plan.tile(k).window
+            x, y = self.src.transform @ (w.col + w.width / 2, w.row + w.height / 2)
+            crs = f" {self.src.crs.to_string()}" if self.src.crs is not None else ""
+            log.warning("%s: tile %d (centre x=%.1f, y=%.1f%s) is still saturated for %s at the deepest level: "
+                        "objects may be missing there; raise %s or %s", source_name(self.src.path), k, x, y, crs,
+                        ", ".join(repr(p) for p in sorted(prompts)), option("refine_depth"), option("zoom"))
+
+    def close(self) -> None:
+        if self.count > self.SHOWN:
+            log.warning("%s: %d more tiles are still saturated at the deepest level", source_name(self.src.path),
+                        self.count - self.SHOWN)

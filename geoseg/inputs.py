@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from geoseg.errors import RasterError, UsageError
+from geoseg import cloud, stac
+from geoseg.errors import RasterError, UsageError, option
+from geoseg.mosaic import is_mosaic
 from geoseg.raster import is_raster_object, is_remote, source_name
 
 log = logging.getLogger("geoseg")
@@ -55,9 +57,12 @@ def _scan(folder: Path) -> list[str]:
     return sorted(found)
 
 
-def list_inputs(sources: Any) -> list[Any]:
+def list_inputs(sources: Any, asset: str | None = None) -> list[Any]:
     """Expand folders into the rasters they hold, searched recursively and
     sorted; keep files, URLs, open rasterio datasets and DataArrays as given.
+    Bucket prefixes (s3://, gs://, az://) and https:// folders are listed as
+    folders (`geoseg.cloud`); a STAC Item or ItemCollection gives the asset
+    `asset` of each item (`geoseg.stac`).
 
     Raises:
         RasterError: a folder holding no raster, or no input at all.
@@ -66,9 +71,18 @@ def list_inputs(sources: Any) -> list[Any]:
     if isinstance(sources, (str, os.PathLike)) or is_raster_object(sources):
         sources = [sources]
     paths: list[Any] = []
+    items = 0
     for s in sources:
         if is_raster_object(s):
             paths.append(s)
+            continue
+        if isinstance(s, stac.StacAsset):
+            paths.append(s)
+            continue
+        items += stac.is_stac(s)
+        found = stac.expand(str(s), asset) if stac.is_stac(s) else cloud.expand(str(s), RASTER_SUFFIXES, SIDECARS)
+        if found is not None:  # a bucket prefix, an https:// folder, a STAC item (collection)
+            paths.extend(found)
             continue
         p = Path(s)
         if not is_remote(str(s)) and p.is_dir():
@@ -80,6 +94,8 @@ def list_inputs(sources: Any) -> list[Any]:
             paths.append(str(s))
     if not paths:
         raise RasterError("no input raster given")
+    if asset is not None and not items:
+        raise UsageError(f"{option('asset', asset)} picks an asset of STAC items: give a STAC item (.json) as input")
     files = Counter(os.path.realpath(p) for p in paths if isinstance(p, str) and not is_remote(p))
     twice = [f for f, n in files.items() if n > 1]
     if twice:
@@ -88,7 +104,7 @@ def list_inputs(sources: Any) -> list[Any]:
 
 
 def _parts(source: Any) -> tuple[str, ...]:
-    if is_raster_object(source):
+    if is_raster_object(source) or is_mosaic(source):
         return (source_name(source),)
     text = str(source)
     if is_remote(text):  # no query string: a signed URL's signature stays out of outputs

@@ -43,6 +43,7 @@ class Piece:
     col: int
     mask: np.ndarray
     key: int = -1  #: the piece's number in its raster (set by the merge or the staging store)
+    level: int = 0  #: the refinement level of the (sub-)tile that found it (0: a tile of the plan)
 
     @property
     def row_stop(self) -> int:
@@ -63,6 +64,7 @@ class Instance:
     row: int
     col: int
     mask: np.ndarray
+    level: int = 0  #: the coarsest level among the pieces it was made of
 
 
 def _tight(mask: np.ndarray) -> tuple[int, int, np.ndarray] | None:
@@ -84,19 +86,22 @@ def to_piece(det: Detection, tile: Tile, valid: np.ndarray) -> Piece | None:
     return _place(det.label, det.score, r, c, np.asarray(det.mask, dtype=bool), tile, valid)
 
 
-def to_pieces(dets: Detections | Iterable[Detection], tile: Tile, valid: np.ndarray) -> list[Piece]:
+def to_pieces(dets: Detections | Iterable[Detection], tile: Tile, valid: np.ndarray, *,
+              level: int = 0) -> list[Piece]:
     """`to_piece` for one tile's detections, a list or a `Detections`; those
     with no valid pixel are dropped. Columns are read as they are: no
-    `Detection` is made and no mask copied but by the clip to `valid`."""
+    `Detection` is made and no mask copied but by the clip to `valid`.
+    `level`: the refinement level of `tile` (see `geoseg.refine`)."""
     if not isinstance(dets, Detections):
-        return [p for p in (to_piece(d, tile, valid) for d in dets) if p is not None]
-    placed = (_place(label, score, r, c, mask, tile, valid) for label, score, (r, c), mask
+        placed = [to_piece(d, tile, valid) for d in dets]
+        return [replace(p, level=level) if level else p for p in placed if p is not None]
+    placed = (_place(label, score, r, c, mask, tile, valid, level) for label, score, (r, c), mask
               in zip(dets.labels.tolist(), dets.scores.tolist(), dets.origins.tolist(), dets.masks))
     return [p for p in placed if p is not None]
 
 
 def _place(label: str, score: float, r: int, c: int, mask: np.ndarray, tile: Tile, valid: np.ndarray,
-           ) -> Piece | None:
+           level: int = 0) -> Piece | None:
     h, w = mask.shape
     if r < 0 or c < 0 or r + h > valid.shape[0] or c + w > valid.shape[1]:
         raise RunError(f"the segmenter returned a mask of {mask.shape} at {(r, c)}, outside the {valid.shape} tile")
@@ -104,7 +109,8 @@ def _place(label: str, score: float, r: int, c: int, mask: np.ndarray, tile: Til
     if tight is None:
         return None
     tr, tc, crop = tight
-    return Piece(label, float(score), tile.index, tile.window.row + r + tr, tile.window.col + c + tc, crop)
+    return Piece(label, float(score), tile.index, tile.window.row + r + tr, tile.window.col + c + tc, crop,
+                 level=level)
 
 
 def _box_array(pieces: Sequence[Piece]) -> np.ndarray:
@@ -152,7 +158,7 @@ def _compose(group: list[Piece], plan: TilePlan, near: Callable[[tuple[int, int,
     best = max(p.score for p in group)
     if len(group) == 1 and _inside(group[0], plan):
         p = group[0]
-        return Instance(p.label, p.score, 1, p.row, p.col, p.mask)
+        return Instance(p.label, p.score, 1, p.row, p.col, p.mask, p.level)
     r0, c0 = min(p.row for p in group), min(p.col for p in group)
     r1, c1 = max(p.row_stop for p in group), max(p.col_stop for p in group)
     owner = plan.owner(np.arange(r0, r1)[:, None], np.arange(c0, c1)[None, :])
@@ -164,7 +170,10 @@ def _compose(group: list[Piece], plan: TilePlan, near: Callable[[tuple[int, int,
         keep[sub] |= p.mask & (owner[sub] == p.tile)
     # pixels whose owning tile did not see this object: take them from the
     # tiles that did, unless the owner saw another object of this label there
-    fallback = seen & ~np.isin(owner, list(tiles))
+    mine = np.zeros_like(keep)  # owned by a tile that saw it (np.isin costs ten times more on these)
+    for t in tiles:
+        mine |= owner == t
+    fallback = seen & ~mine
     if fallback.any():
         owners = set(np.unique(owner[fallback]).tolist())
         members = {p.key for p in group}
@@ -183,7 +192,7 @@ def _compose(group: list[Piece], plan: TilePlan, near: Callable[[tuple[int, int,
     if tight is None:
         return None
     tr, tc, crop = tight
-    return Instance(group[0].label, best, len(tiles), r0 + tr, c0 + tc, crop)
+    return Instance(group[0].label, best, len(tiles), r0 + tr, c0 + tc, crop, min(p.level for p in group))
 
 
 def _reach(plan: TilePlan) -> list[int]:

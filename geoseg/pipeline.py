@@ -12,7 +12,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +21,8 @@ from typing import Any
 import geopandas as gpd
 import pyogrio
 
-from geoseg import export, rasterize, shards, workdir
+from geoseg import cloud, export, rasterize, rowshards, shards, stac, workdir, workers
+from geoseg import mosaic as mosaics
 from geoseg.assemble import (
     Assembler,
     area_of,
@@ -36,6 +37,7 @@ from geoseg.engine import Engine, LocalEngine
 from geoseg.errors import EmptyRasterWarning, GeosegError, OutsideAreaError, RunError, UsageError
 from geoseg.inputs import RASTER_SUFFIXES, list_inputs, output_names, unique_names
 from geoseg.inspection import RasterInfo, check_area, describe, inspect, outside_all
+from geoseg.profile import Profile
 from geoseg.progress import Progress
 from geoseg.raster import RasterSource, is_remote
 from geoseg.rowmerge import FileMerge, Rows
@@ -64,7 +66,9 @@ class FileResult:
     error: str | None = None
     output: str | None = None
     reused: bool = False  #: done by an earlier, interrupted run
+    refined: tuple[int, int, int] = (0, 0, 0)  #: dense tiles refined, sub-tiles segmented, the deepest level
     all_nodata: bool = False
+    profile: Profile | None = None  #: where the time went (for a file segmented by this run)
 
 
 @dataclass
@@ -81,6 +85,11 @@ class Summary:
     def failed(self) -> list[FileResult]:
         return [f for f in self.files if f.state == "failed"]
 
+    @property
+    def profile(self) -> Profile:
+        """Where the run's time went: seconds per stage summed over its files, and the model's idle share."""
+        return Profile.total([f.profile for f in self.files if f.profile is not None], self.seconds)
+
     def report(self) -> str:
         """A few lines for people: files done and failed, objects, area, time."""
         done = [f for f in self.files if f.state == "done"]
@@ -91,6 +100,9 @@ class Summary:
         lines = [f"{len(done)} of {len(self.files)} files done, {len(self.failed)} failed{outside}; {objects} objects, "
                  f"{area / 1e6:.4g} km² of objects; {self.seconds:.1f} s"]
         lines += [f"failed: {f.source}: {f.error}" for f in self.failed]
+        tiles, subs, deepest = refined(done)
+        if tiles:
+            lines.append(f"dense scenes: {tiles} tiles refined in {subs} sub-tiles, down to level {deepest}")
         if skipped:
             more = " ..." if len(skipped) > 10 else ""
             lines.append("skipped (outside the area): " + ", ".join(skipped[:10]) + more)
@@ -110,12 +122,16 @@ def fingerprint(settings: Settings, engine: Engine) -> dict[str, Any]:
     })
     no_area = {"--bbox": None, "--bbox-crs": None, "--aoi": None}
     out.update(read.area.fingerprint() if read.area is not None else no_area)
+    out.update(settings.refine.fingerprint())
     return out
 
 
 def default_work_dir(output: Any = None, output_dir: Any = None, shard: tuple[int, int] | None = None) -> Path:
     """Where a run stages its work: OUTPUT.geoseg-work, or OUTPUT_DIR/.geoseg-work
-    (OUTPUT_DIR/.geoseg-work-K-of-N for shard K of N: shards running at once never share one)."""
+    (OUTPUT_DIR/.geoseg-work-K-of-N for shard K of N: shards running at once never share one).
+    A bucket output's is local: ./.geoseg-work-HASH (see `geoseg.cloud`)."""
+    if cloud.is_url(output) or cloud.is_url(output_dir):
+        return cloud.default_work_dir(output if cloud.is_url(output) else output_dir, shard)
     if output_dir is not None:
         return Path(output_dir) / (".geoseg-work" if shard is None else f".geoseg-work-{shard[0]}-of-{shard[1]}")
     return Path(str(output) + ".geoseg-work")
@@ -150,6 +166,12 @@ def run(
     paths = list_inputs(sources)
     names = unique_names(paths)  # of the whole collection: a shard's outputs are named as in one run
     several = len(paths) > 1
+    if shard is not None and len(paths) == 1 and mosaics.is_mosaic(paths[0]):  # shards of the mosaic's rows
+        shard = shards.check(shard, output, output_dir, raster_out)
+        part, tiles = rowshards.run_part(paths[0], settings, engine, shard=shard, output_dir=output_dir,
+                                         work_dir=work_dir, restart=restart)
+        return Summary([FileResult(names[0], state="done", tiles=tiles)], time.perf_counter() - start,
+                       outputs=[str(part)])
     if shard is not None:
         shard = shards.check(shard, output, output_dir, raster_out)
         paths, names = shards.select(paths, names, shard)
@@ -157,6 +179,18 @@ def run(
         if not paths:
             log.info("shard %d/%d holds none of the %d inputs: nothing to do", *shard, len(names))
             return Summary([])
+    remote = _remote(output, output_dir, work_dir, shard, fmt, names, overwrite, layer)
+    before: list[FileResult] = []
+    if remote is not None:  # written locally, then uploaded; inputs whose output is in the bucket are done
+        output, output_dir, work_dir = remote.output, remote.output_dir, remote.work_dir
+        before = [FileResult(n, state="done", reused=True, output=remote.done[n],
+                             objects=cloud.count(remote.done[n], layer)) for n in names if n in remote.done]
+        keep = [k for k, n in enumerate(names) if n not in remote.done]
+        paths, names = [paths[k] for k in keep], [names[k] for k in keep]
+        if not paths:
+            log.info("every output is in %s already: nothing to do", remote.url)
+            remote.finish()
+            return Summary(before)
     outputs, rasters = check_run(paths, settings, output=output, output_dir=output_dir, fmt=fmt, layer=layer,
                                  overwrite=overwrite, work_dir=work_dir, raster_out=raster_out,
                                  raster_values=raster_values, names=names)
@@ -169,16 +203,25 @@ def run(
     work = WorkDir(path, fingerprint(settings, engine), restart=restart and not temporary)
     try:
         summary = _run(paths, several, settings, engine, work, outputs, output, layer, overwrite, collect, rasters,
-                       names)
+                       names, upload=remote.upload_one if remote is not None and remote.folder else None)
     except BaseException as e:
         # a bad input or option in a new run leaves nothing behind; an interrupted run keeps its work
         if temporary or (isinstance(e, UsageError) and not work.resumed):
             work.remove()
         raise
     summary.seconds = time.perf_counter() - start
+    if remote is not None:  # before the work folder goes: a failed upload is retried by a rerun
+        cloud.publish(remote, summary, before)
     if temporary or not summary.failed:
         work.remove()
     return summary
+
+
+def _remote(output: Any, output_dir: Any, work_dir: Any, shard: tuple[int, int] | None, fmt: str,
+            names: list[str], overwrite: bool, layer: str) -> cloud.Target | None:
+    """A run's outputs in a bucket (see `geoseg.cloud.target`); None for local ones."""
+    return cloud.target(output, output_dir, work_dir=work_dir, shard=shard, fmt=fmt, names=names,
+                        overwrite=overwrite, suffixes=export.FORMATS, layer=layer)
 
 
 def check_run(paths: list[Any], settings: Settings, *, output: Any = None, output_dir: Any = None, fmt: str = "gpkg",
@@ -191,6 +234,9 @@ def check_run(paths: list[Any], settings: Settings, *, output: Any = None, outpu
     the label rasters. Returns the per-input outputs and label rasters by index.
     `names`: the inputs' names, where not their `unique_names` (a shard's).
     """
+    remote = _remote(output, output_dir, work_dir, None, fmt, names or unique_names(paths), overwrite, layer)
+    if remote is not None:  # its local stand-ins are checked
+        output, output_dir, work_dir = remote.output, remote.output_dir, remote.work_dir
     outputs: dict[int, Path] = {}
     if output_dir is not None:
         files = output_names(unique_names(paths) if names is None else names, export.FORMATS[fmt])
@@ -230,7 +276,8 @@ def _probe(out: Path) -> Path:
 
 def _run(paths: list[Any], several: bool, settings: Settings, engine: Engine, work: WorkDir,
          outputs: dict[int, Path], output: Any, layer: str, overwrite: bool, collect: bool,
-         rasters: dict[int, rasterize.LabelRaster] | None = None, names: list[str] | None = None) -> Summary:
+         rasters: dict[int, rasterize.LabelRaster] | None = None, names: list[str] | None = None,
+         upload: Callable[[Path], str] | None = None) -> Summary:
     rasters = rasters or {}
     written = set(workdir.written(work.path))
     names = unique_names(paths) if names is None else names
@@ -257,6 +304,7 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Engine, wo
     progress = Progress(bars=settings.progress, n_files=len(paths),
                         total_tiles=sum(i.tiles for i in infos.values()))
     merger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-merge")
+    pool = workers.Pool(workers.check_workers(settings.cpu_workers))  # started on first use, shared by the files
     merges: dict[int, Future[None]] = {}
     try:
         for k, p in enumerate(paths):
@@ -272,7 +320,7 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Engine, wo
                     write_raster(rasters[k], infos[k], work.result_path(p), settings, engine, work)
                 continue
             try:
-                merging = stage_one(p, settings, engine, work, infos[k], progress)
+                merging = stage_one(p, settings, engine, work, infos[k], progress, pool, result=results[k])
             except Exception as e:  # with several inputs, any failure is that file's
                 if not several:
                     raise
@@ -281,7 +329,8 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Engine, wo
             merges[k] = merger.submit(_finish_one, p, settings, engine, work, infos[k], results[k], merging,
                                       outputs.get(k), layer, rasters.get(k),
                                       overwrite=overwrite or (k in outputs
-                                                              and export.output_key(outputs[k], layer) in written))
+                                                              and export.output_key(outputs[k], layer) in written),
+                                      upload=upload)
         for k, fut in merges.items():
             try:
                 fut.result()
@@ -291,6 +340,7 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Engine, wo
                 _failed(results[k], work, paths[k], e)
     finally:
         merger.shutdown(wait=True, cancel_futures=True)
+        pool.close()
         progress.close()
     for r in results:
         if r.all_nodata:
@@ -302,10 +352,11 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Engine, wo
     results_done = [work.result_path(paths[k]) for k in done]
     if output is not None and done:
         assembler = write_output(output, results_done, [names[k] for k in done], layer, engine, settings, work,
-                                  collect, overwrite=overwrite or export.output_key(output, layer) in written)
+                                  collect, overwrite=overwrite or export.output_key(output, layer) in written,
+                                  columns=stac.columns(paths, names), refined=refined([results[k] for k in done]))
         summary.outputs.append(str(output))
     elif collect:
-        assembler = Assembler(None, collect=True)
+        assembler = Assembler(None, collect=True, columns=stac.columns(paths, names))
         for result in results_done:
             assembler.add(result)
     if collect:
@@ -320,6 +371,12 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Engine, wo
     return summary
 
 
+def refined(results: Sequence[FileResult]) -> tuple[int, int, int]:
+    """Dense tiles refined, sub-tiles segmented and the deepest level, over `results`."""
+    return (sum(r.refined[0] for r in results), sum(r.refined[1] for r in results),
+            max((r.refined[2] for r in results), default=0))
+
+
 def _failed(result: FileResult, work: WorkDir, path: Any, error: Exception) -> None:
     message = str(error) if isinstance(error, GeosegError) else f"{type(error).__name__}: {error}"
     result.state, result.error = "failed", message
@@ -328,17 +385,21 @@ def _failed(result: FileResult, work: WorkDir, path: Any, error: Exception) -> N
 
 
 def stage_one(path: Any, settings: Settings, engine: Engine, work: WorkDir, info: RasterInfo,
-              progress: Progress) -> FileMerge | None:
+              progress: Progress, pool: workers.Pool | None = None, *,
+              result: FileResult | None = None) -> FileMerge | None:
     """Stage the detections of one raster's tiles not yet staged, merging the
     rows of tiles behind the model as they complete; the running merge (None
-    when an earlier run merged this raster)."""
+    when an earlier run merged this raster). `result.refined` is set."""
     plan = info.plan
     store = work.store(path, len(plan), plan.shape)  # refuses an input changed since an earlier run
     if work.result_path(path).exists():
+        if result is not None:
+            result.refined = store.refinement()
         store.close()
         return None
     work.fail(path, None)
-    merging = FileMerge(store.path, info, settings, work.result_path(path))
+    profile = Profile(workers=pool.workers if pool is not None else 0)
+    merging = FileMerge(store.path, info, settings, work.result_path(path), pool, profile)
     try:
         done = store.done()
         away = list(info.skip)
@@ -348,13 +409,19 @@ def stage_one(path: Any, settings: Settings, engine: Engine, work: WorkDir, info
         rows = Rows(plan, done)
         merging.feed(rows.complete)
         todo = [k for k in range(len(plan)) if k not in done]
+        profile.tiles = len(todo)
+        if todo and pool is not None:
+            pool.start()  # while the first tiles are read and segmented
         progress.start(info.name, info.tiles, len(done) - len(away), info.km2_per_tile, lambda: merging.objects)
         if todo:
             with RasterSource(path, settings.read) as src:
                 engine.stage(src, plan, todo, settings.prompts, store, progress,
-                             staged=lambda tiles: merging.feed(rows.add(tiles)))
+                             staged=lambda tiles: merging.feed(rows.add(tiles)), refine=settings.refine,
+                             profile=profile)
         progress.finish()
         merging.all_nodata = store.nodata() == len(plan)
+        if result is not None:
+            result.refined = store.refinement()
     except BaseException:
         merging.abort()
         raise
@@ -365,8 +432,10 @@ def stage_one(path: Any, settings: Settings, engine: Engine, work: WorkDir, info
 
 def _finish_one(path: Any, settings: Settings, engine: Engine, work: WorkDir, info: RasterInfo,
                 result: FileResult, merging: FileMerge | None, output: Path | None, layer: str,
-                raster: rasterize.LabelRaster | None = None, *, overwrite: bool = False) -> None:
-    """Wait for one raster's merge, then write its own output if it has one."""
+                raster: rasterize.LabelRaster | None = None, *, overwrite: bool = False,
+                upload: Callable[[Path], str] | None = None) -> None:
+    """Wait for one raster's merge, then write its own output if it has one
+    (and `upload` it, for a bucket: as soon as it is written)."""
     t0 = time.perf_counter()
     target = work.result_path(path)
     if merging is not None:
@@ -377,13 +446,19 @@ def _finish_one(path: Any, settings: Settings, engine: Engine, work: WorkDir, in
         result.objects = int(pyogrio.read_info(target, layer="objects")["features"])
         result.area_m2 = area_of(target)
     result.tiles, result.state = info.tiles, "done"
+    t_out = time.perf_counter()
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)  # a subfolder mirroring the input's
         if raster is not None:  # before the output: a file done before has its raster
             write_raster(raster, info, target, settings, engine, work)
-        write_output(output, [target], [info.name], layer, engine, settings, work, overwrite=overwrite)
-        result.output = str(output)
+        write_output(output, [target], [info.name], layer, engine, settings, work, overwrite=overwrite,
+                     columns=stac.columns([path], [info.name]), refined=result.refined)
+        result.output = str(output) if upload is None else upload(output)
     result.seconds = time.perf_counter() - t0
+    if merging is not None:  # from the first read to the output written
+        merging.profile.add("write", time.perf_counter() - t_out)
+        merging.profile.wall = time.perf_counter() - merging.started
+        result.profile = merging.profile
     log.info("%s: %d tiles -> %d objects", result.source, result.tiles, result.objects)
 
 
@@ -412,13 +487,20 @@ def segment(
     restart: bool = False,
     raster_out: str | os.PathLike[str] | None = None,
     raster_values: str = "instance",
+    mosaic: bool = False,
+    cpu_workers: int | None = None,
+    saturation: float = 0.8,
+    refine_depth: int = 2,
+    zoom: int = 0,
+    asset: str | None = None,
     **backend_options: Any,
 ) -> gpd.GeoDataFrame:
     """Segment rasters with text prompts; return one polygon per object.
 
     Args:
         source: a raster path or URL (``/vsicurl/``, ``https://``, ``/vsis3/``),
-            a folder of rasters, an open rasterio dataset, an `xarray.DataArray`
+            a folder of rasters, a bucket prefix (``s3://bucket/orthos/``, gs://,
+            az://), a STAC Item or ItemCollection (.json), an open rasterio dataset, an `xarray.DataArray`
             georeferenced with rioxarray (band, y, x; any dtype; dask-backed
             arrays are read window by window), or a list of these.
         prompts: one or more text prompts ("building", "tree crown").
@@ -440,7 +522,8 @@ def segment(
             or GeoSeries with a CRS, or a shapely geometry (in `bbox_crs`, default
             the raster's CRS). Not with `bbox`. Only tiles near the area are read;
             an object is kept, whole, when its centroid lies in the area.
-        output: write the result there too (.gpkg, .geojson, .fgb, .parquet).
+        output: write the result there too (.gpkg, .geojson, .fgb, .parquet),
+            a local file or an object (``s3://bucket/out.gpkg``, uploaded once complete).
         work_dir: where detections are staged (default: OUTPUT.geoseg-work
             beside `output`, else a temporary folder). A run interrupted and
             started again with the same arguments resumes from it.
@@ -450,17 +533,33 @@ def segment(
             (one NAME.tif per input). See docs/raster-output.md.
         raster_values: "instance" (each object's id, uint32) or "class"
             (the 1-based number of its prompt).
+        mosaic: read the inputs (adjacent or overlapping files, folders of
+            them) as one virtual raster, so objects on file edges come back
+            once and whole; `source` names the files each object was read
+            from. See docs/mosaic.md.
+        cpu_workers: worker processes for the CPU work behind the model
+            (vectorising, areas, reprojection); default: cores - 1; 0: all in
+            this process. The output is the same with any number. See docs/performance.md.
+        saturation, refine_depth, zoom: dense scenes: a tile whose detections
+            for a prompt reach `saturation` x the segmenter's `max_objects` is
+            segmented again in 2 x 2 sub-tiles, down to `refine_depth` levels;
+            `zoom` starts every tile that many levels down. See docs/dense.md.
+        asset: the asset of STAC items given as `source` (default "visual",
+            else the first RGB asset). See docs/cloud.md.
 
     Returns:
-        A GeoDataFrame with columns id, label, score, area_m2, n_tiles, source.
+        A GeoDataFrame with columns id, label, score, area_m2, n_tiles, level, source.
 
     Raises:
         RunError: with several inputs, when some failed (the others are written).
     """
     settings = Settings.of(prompts, tile_size=tile_size, overlap=overlap, bands=bands, resolution=resolution,
                            stretch=stretch, pixel_coords=pixel_coords, dst_crs=dst_crs, simplify=simplify,
-                           min_area=min_area, progress=progress, bbox=bbox, bbox_crs=bbox_crs, aoi=aoi)
-    paths = list_inputs(source)
+                           min_area=min_area, progress=progress, bbox=bbox, bbox_crs=bbox_crs, aoi=aoi,
+                           cpu_workers=cpu_workers, saturation=saturation, refine_depth=refine_depth, zoom=zoom)
+    paths = list_inputs(source, asset)
+    if mosaic:
+        paths = [mosaics.from_settings(paths, settings)]
     check_run(paths, settings, output=output, layer=layer, overwrite=overwrite, work_dir=work_dir,
               raster_out=raster_out, raster_values=raster_values)  # before the model loads
     engine = LocalEngine(as_segmenter(segmenter, **backend_options))
@@ -471,5 +570,5 @@ def segment(
                        + "; ".join(f"{f.source}: {f.error}" for f in summary.failed))
     gdf = summary.frame
     assert gdf is not None
-    gdf.attrs["geoseg"] = provenance(engine, settings, unique_names(paths))
+    gdf.attrs["geoseg"] = provenance(engine, settings, unique_names(paths), refined(summary.files))
     return gdf

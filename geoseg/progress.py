@@ -60,7 +60,7 @@ class Progress:
         `objects()` counts the objects merged so far."""
         self.name, self.total, self.done, self.km2_per_tile = name, total, done, km2_per_tile
         self.objects = objects
-        self.detections = 0
+        self.detections = self.sub_tiles = 0
         self.t0 = self.last = time.monotonic()
         self.done0 = done
         if self.overall is not None:
@@ -71,14 +71,17 @@ class Progress:
         if done:
             self._say("%s: resuming, %d of %d tiles already done", name, done, total)
 
-    def advance(self, tiles: int, detections: int) -> None:
+    def advance(self, tiles: int, detections: int, sub_tiles: int = 0) -> None:
+        """`tiles` more staged, with `detections`; `sub_tiles`: those segmented to refine them."""
         self.done += tiles
         self.detections += detections
+        self.sub_tiles += sub_tiles
         if self.overall is not None:
             self.overall.update(tiles)
         if self.bar is not None:
             self.bar.update(tiles)
-            self.bar.set_postfix_str(f"{self.done * self.km2_per_tile:.3g} km², {self.objects()} objects",
+            refined = f", {self.sub_tiles} sub-tiles" if self.sub_tiles else ""
+            self.bar.set_postfix_str(f"{self.done * self.km2_per_tile:.3g} km², {self.objects()} objects{refined}",
                                      refresh=False)
         if time.monotonic() - self.last >= self.every:
             self.last = time.monotonic()
@@ -88,7 +91,9 @@ class Progress:
         rate = (self.done - self.done0) / max(time.monotonic() - self.t0, 1e-9)
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         pct = 100 * self.done / max(self.total, 1)
-        return (f"{self.name}: {self.done}/{self.total} tiles ({pct:.0f} %), {self.done * self.km2_per_tile:.3g} km², "
+        refined = f" (+{self.sub_tiles} sub-tiles refining dense ones)" if self.sub_tiles else ""
+        return (f"{self.name}: {self.done}/{self.total} tiles{refined} ({pct:.0f} %), "
+                f"{self.done * self.km2_per_tile:.3g} km², "
                 f"{self.detections} detections, {self.objects()} objects so far, ETA {_eta(eta)}")
 
     def finish(self) -> None:

@@ -7,7 +7,8 @@ geoseg's environment. Protocol: one JSON job on stdin, JSON lines on stdout::
     job:    {"inputs": [...], "prompts": [...], "output": "out.gpkg", "backend": "sam3", "model": ...,
              "device": ..., "score_threshold": ..., "tile_size": ..., "overlap": ..., "bands": ...,
              "dst_crs": ..., "min_area": ..., "resolution": ..., "mask_threshold": ...,
-             "bbox": [minx, miny, maxx, maxy], "bbox_crs": ..., "aoi": "aoi.gpkg"}   (optional keys may be absent)
+             "bbox": [minx, miny, maxx, maxy], "bbox_crs": ..., "aoi": "aoi.gpkg",
+             "mosaic": true, "refine_depth": 2, "zoom": 0}   (optional keys may be absent)
     lines:  {"type": "info" | "warning", "text": ...}
             {"type": "progress", "value": 0.0 .. 1.0}
             {"type": "done", "output": ..., "objects": N, "crs": ..., "provenance": {...}}
@@ -118,9 +119,12 @@ def run(job: dict[str, Any], emit: Emit) -> int:
         model = options.get("model") or "its default model"
         emit("info", text=f"loading the {backend} backend" + ("" if backend == "colors" else f" ({model})"))
         inner = Backend(load_segmenter(backend, **options))
-        segmenter = ProgressSegmenter(inner, len(inputs), emit)
+        segmenter = ProgressSegmenter(inner, 1 if job.get("mosaic") else len(inputs), emit)
         # Only the keys given: a geoseg without them still runs the jobs that do not use them.
         where = {k: job[k] for k in ("bbox", "bbox_crs", "aoi") if job.get(k) is not None}
+        if job.get("mosaic"):
+            where["mosaic"] = True
+        where.update({k: int(job[k]) for k in ("refine_depth", "zoom") if job.get(k) is not None})
         gdf = pipeline.segment(
             inputs, job["prompts"], segmenter=segmenter, tile_size=int(job.get("tile_size") or 1008),
             overlap=int(job.get("overlap", 128)), bands=job.get("bands") or None, resolution=job.get("resolution"),

@@ -31,6 +31,7 @@ from rasterio.windows import Window as RioWindow
 
 from geoseg.area import Area, pixel_window
 from geoseg.errors import OutsideAreaError, RasterError, UsageError, option
+from geoseg.mosaic import is_mosaic, mosaic_name
 from geoseg.tiling import Window
 
 
@@ -72,8 +73,9 @@ def parse_bands(text: str | None) -> tuple[int, ...] | None:
 
 
 def is_remote(path: str) -> bool:
-    """True for GDAL virtual paths and URLs, read over the network or from archives."""
-    return path.startswith(("/vsi", "http://", "https://", "s3://", "gs://"))
+    """True for GDAL virtual paths and URLs, read over the network or from
+    archives, and for mosaics (`geoseg.mosaic`: VRT XML, no file of its own)."""
+    return path.startswith(("/vsi", "http://", "https://", "s3://", "gs://")) or is_mosaic(path)
 
 
 def open_dataset(path: str | os.PathLike[str]) -> Any:
@@ -135,6 +137,8 @@ def source_name(source: Any) -> str:
         return str(source.name) if source.name is not None else "DataArray"
     if _is_dataset(source):
         return Path(str(source.name)).name
+    if is_mosaic(source):
+        return mosaic_name(source)
     if is_remote(str(source)):  # no query string: a signed URL's signature stays out of outputs
         return Path(urllib.parse.urlsplit(str(source).split("/vsicurl/")[-1]).path).name
     return Path(str(source)).name
@@ -267,7 +271,7 @@ class RasterSource:
         self.bands = o.bands or _default_bands(src, self.path)
         self.dtype = np.dtype(src.dtypes[self.bands[0] - 1])
         self._ds = src
-        if o.resolution is not None:
+        if o.resolution is not None and not is_mosaic(self.path):  # a mosaic is built at its resolution
             self._ds = self._warped(o.resolution)
         self.height, self.width = self._ds.height, self._ds.width
         self.transform = rasterio.Affine.identity() if o.pixel_coords else self._ds.transform

@@ -6,16 +6,21 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Iterable
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import shapely
 
-from geoseg import export, merge, vectorize
-from geoseg.area import cut_by_window
+from geoseg import export, merge, mosaic, vectorize, workers
 from geoseg.errors import GeosegError, RunError, option
 from geoseg.inspection import RasterInfo
+from geoseg.profile import Profile
 from geoseg.settings import Settings
 from geoseg.staging import TileStore
 from geoseg.tiling import TilePlan
@@ -32,8 +37,12 @@ class FileMerge:
     tiles is staged) raises it, naming the row of tiles.
     """
 
-    def __init__(self, store_path: Path, info: RasterInfo, settings: Settings, target: Path) -> None:
+    def __init__(self, store_path: Path, info: RasterInfo, settings: Settings, target: Path,
+                 pool: workers.Pool | None = None, profile: Profile | None = None) -> None:
         self.store_path, self.info, self.settings, self.target = store_path, info, settings, target
+        self.pool = pool or workers.Pool(0)  #: vectorises rows of objects (with 0 workers, in this thread)
+        self.profile = profile or Profile()
+        self.started = time.perf_counter()
         self.rows: queue.Queue[int | None] = queue.Queue()
         self.next = 0
         self.objects, self.area_m2, self.cut = 0, 0.0, 0
@@ -62,36 +71,53 @@ class FileMerge:
         plan: TilePlan = info.plan
         if info.zone is not None:
             shapely.prepare(info.zone)
+        job = workers.VectorJob(info.transform, info.crs, info.name, settings.simplify, settings.dst_crs,
+                                settings.min_area, info.utm, info.zone, info.window, info.grid,
+                                info.path if mosaic.is_mosaic(info.path) else None)
         merger = merge.RowMerger(plan, iou=settings.match_iou)
-        row = 0
+        # objects vectorised in the pool, written in order; a few chunks ahead keep the workers busy
+        pending: deque[tuple[int, Future[tuple[Any, int, float]]]] = deque()
+        depth = 2 * self.pool.workers
+        row = 0  # the row of tiles a failure is reported in
         try:
             with TileStore(self.store_path) as store, \
                     export.Writer(self.target, layer="objects", overwrite=True, multi=False) as w:
-                for row in iter(self.rows.get, None):
-                    self._write(w, merger.add(row, store.pieces_in_row(row)))
-                    if row == plan.shape[0] - 1:
+                for fed in iter(self.rows.get, None):
+                    row = fed
+                    with self.profile.time("merge"):
+                        instances = merger.add(fed, store.pieces_in_row(fed))
+                    step = workers.CHUNK if self.pool.workers else max(len(instances), 1)
+                    for k in range(0, len(instances), step):  # chunks: all workers busy, memory bounded
+                        pending.append((fed, self.pool.submit(workers.vectorise, instances[k:k + step], job)))
+                    last = fed == plan.shape[0] - 1
+                    while pending and (len(pending) > depth or last):
+                        row, done = pending.popleft()
+                        self._write(w, done)
+                    if last:
                         self._commit(w)
                         return
         except BaseException as e:  # handed to the caller by feed() or join()
+            for _, fut in pending:
+                fut.cancel()
             self.error = e
-            if isinstance(e, Exception) and not isinstance(e, GeosegError):
+            if isinstance(e, BrokenProcessPool):
+                self.error = RunError(f"{info.name}: a CPU worker process died while vectorising row {row} of "
+                                      f"tiles (out of memory?): rerun to resume, with fewer "
+                                      f"{option('cpu_workers')} or {option('cpu_workers', 0)}")
+                self.error.__cause__ = e
+            elif isinstance(e, Exception) and not isinstance(e, GeosegError):
                 self.error = RunError(f"{info.name}: merging row {row} of tiles failed: {type(e).__name__}: {e}")
                 self.error.__cause__ = e
 
-    def _write(self, w: export.Writer, instances: list[merge.Instance]) -> None:
-        if not instances:
-            return
-        info, settings = self.info, self.settings
-        gdf = vectorize.to_frame(instances, info.transform, info.crs, source=info.name, simplify=settings.simplify)
-        if info.zone is not None:  # kept whole when the centroid is in the area, else dropped
-            keep = shapely.contains(info.zone, shapely.centroid(gdf.geometry.values))
-            self.cut += int((keep & cut_by_window(instances, info.window, info.grid)).sum())
-            gdf = gdf[keep]
-        if len(gdf):
-            gdf = vectorize.finish(gdf, info.transform, settings.dst_crs, settings.min_area, utm=info.utm)
+    def _write(self, w: export.Writer, done: Future[tuple[Any, int, float]]) -> None:
+        gdf, cut, seconds = done.result()
+        t = time.perf_counter()
+        self.cut += cut
+        if gdf is not None:
             w.write(gdf)
             self.objects += len(gdf)
             self.area_m2 += float(np.nansum(gdf["area_m2"]))
+        self.profile.add("write", seconds + time.perf_counter() - t)
 
     def _commit(self, w: export.Writer) -> None:
         info, settings = self.info, self.settings

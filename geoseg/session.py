@@ -1,11 +1,11 @@
 """An interactive session: one raster, one loaded model, many prompts.
 
-`Segmentation` plans the tiles and loads the segmenter once. With a backend that
-can hand out its vision features (SAM 3's `vision_features` / `segment_features`),
-the first `segment` call reads every tile and runs the vision encoder once per
-tile; the features stay on the model's device, so later prompts run only the text
-encoder (cached per prompt) and the detection and mask heads. Other backends keep
-the model loaded and re-read the tiles on each call.
+`Segmentation` plans the tiles and loads the segmenter once. Each `segment`
+call reads the tiles again (cheap beside the model). With a backend that can hand
+out its vision features (SAM 3's `vision_features` / `segment_features`), the
+vision encoder runs once per tile (and per sub-tile of a refined dense tile) over
+the session; the features stay on the model's device, so later prompts run only
+the text encoder (cached per prompt) and the detection and mask heads.
 
 Memory: SAM 3's features take ~60 MB per 1008 px tile in bf16 (position encodings
 are shared), so a session suits rasters of tens of tiles; use `geoseg.segment` for
@@ -14,6 +14,7 @@ a large mosaic.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,9 +23,10 @@ import numpy as np
 
 from geoseg import merge, vectorize
 from geoseg.assemble import combine_frames, objects, provenance
-from geoseg.engine import LocalEngine, batches, read_ahead, segment_tiles
+from geoseg.engine import AtLimit, LocalEngine, segment_tiles
 from geoseg.errors import EmptyRasterWarning
 from geoseg.raster import RasterSource, ReadOptions, source_name
+from geoseg.refine import Refine
 from geoseg.segmenter import Backend, Segmenter, as_segmenter, check_prompts
 from geoseg.settings import Settings
 from geoseg.tiling import TilePlan, plan_tiles
@@ -38,6 +40,7 @@ class Segmentation:
         segmenter: a `Segmenter` or the name of a backend ("sam3"), built with
             `backend_options` (model=..., device=..., score_threshold=...).
         tile_size, overlap, bands, resolution, stretch, pixel_coords: as `geoseg.segment`.
+        saturation, refine_depth, zoom: dense scenes, as `geoseg.segment`.
         progress: show a progress bar while the tiles are read and encoded.
 
     Example:
@@ -58,6 +61,9 @@ class Segmentation:
         stretch: tuple[float, float] = (2.0, 98.0),
         pixel_coords: bool = False,
         progress: bool = False,
+        saturation: float = 0.8,
+        refine_depth: int = 2,
+        zoom: int = 0,
         **backend_options: Any,
     ) -> None:
         self.source = source
@@ -68,10 +74,11 @@ class Segmentation:
             self.transform, self.crs = src.transform, src.crs
         self.segmenter = Backend(as_segmenter(segmenter, **backend_options))
         self.name = source_name(source)
-        #: per-tile vision features, by tile index (only tiles with valid pixels)
-        self.features: dict[int, Any] = {}
-        self._valid: dict[int, np.ndarray] = {}
-        self._encoded = False
+        self.refine = Refine.of(saturation=saturation, depth=refine_depth, zoom=zoom, tile_size=tile_size,
+                                overlap=overlap)
+        #: vision features of each tile (and sub-tile of a refined tile) segmented, by its pixels
+        self.features: dict[bytes, Any] = {}
+        self._nodata = 0
 
     @property
     def caches_features(self) -> bool:
@@ -83,41 +90,18 @@ class Segmentation:
 
         return tqdm(total=len(self.plan), desc=self.name, unit="tile", disable=not self.progress, leave=False)
 
-    def _tiles(self) -> Any:
-        with RasterSource(self.source, self.read) as src, self._bar() as bar:
-            for tile, rgb, valid in read_ahead(src, list(self.plan), depth=4):
-                bar.update(1)
-                if valid.any():
-                    yield tile, rgb, valid
-
-    def _encode(self) -> None:
-        """Read every tile once and keep its vision features (the encoder's only run)."""
-        for batch in batches(self._tiles(), self.segmenter.batch_size):
-            feats = self.segmenter.vision_features(np.stack([rgb for _, rgb, _ in batch]))
-            for (tile, _, valid), f in zip(batch, feats, strict=True):
-                self.features[tile.index] = f
-                self._valid[tile.index] = valid
-        self._encoded = True
-
     def _pieces(self, prompts: list[str]) -> list[merge.Piece]:
-        if not self.caches_features:
-            pieces = []
-            with RasterSource(self.source, self.read) as src, self._bar() as bar:
-                for batch in segment_tiles(src, self.plan, list(range(len(self.plan))), self.segmenter, prompts):
-                    bar.update(len(batch.tiles))
-                    pieces += batch.pieces
-            return pieces
-        if not self._encoded:
-            self._encode()
-        order = sorted(self.features)
-        results = self.segmenter.segment_features([self.features[k] for k in order], prompts)
-        pieces = []
-        for k, dets in zip(order, results, strict=True):
-            tile = self.plan.tile(k)
-            for det in dets:
-                piece = merge.to_piece(det, tile, self._valid[k])
-                if piece is not None:
-                    pieces.append(piece)
+        backend = _Reusing(self.segmenter, self.features) if self.caches_features else self.segmenter
+        pieces: list[merge.Piece] = []
+        self._nodata = 0
+        with RasterSource(self.source, self.read) as src, self._bar() as bar:
+            at_limit = AtLimit(src, self.plan)
+            for batch in segment_tiles(src, self.plan, list(range(len(self.plan))), backend, prompts, self.refine):
+                bar.update(len(batch.tiles))
+                self._nodata += len(batch.nodata)
+                pieces += batch.pieces
+                at_limit.add(batch.at_limit)
+            at_limit.close()
         return pieces
 
     def segment(
@@ -134,10 +118,11 @@ class Segmentation:
         settings = Settings(
             prompts=check_prompts(prompts), tile_size=self.tile_size, overlap=self.overlap, read=self.read,
             dst_crs=None if dst_crs is None else vectorize.parse_crs(dst_crs), simplify=simplify, min_area=min_area,
+            refine=self.refine,
         )
         self.segmenter.check_prompts(settings.prompts)
         pieces = self._pieces(settings.prompts)
-        if self._encoded and not self.features:
+        if self._nodata == len(self.plan):
             warnings.warn(f"{self.name}: every pixel is nodata: no object can be found", EmptyRasterWarning,
                           stacklevel=2)
         gdf = combine_frames([objects(pieces, self.plan, self.transform, self.crs, self.name, settings)],
@@ -156,8 +141,6 @@ class Segmentation:
     def clear(self) -> None:
         """Drop the cached features (frees the device memory they hold)."""
         self.features.clear()
-        self._valid.clear()
-        self._encoded = False
 
     def __repr__(self) -> str:
         return (
@@ -165,3 +148,22 @@ class Segmentation:
             f"backend {self.segmenter.name}, "
             f"{len(self.features)} tiles' features cached)"
         )
+
+
+class _Reusing:
+    """A backend that encodes each distinct tile once (keyed by its pixels) and
+    keeps its vision features, so later prompts, and the sub-tiles of refined
+    tiles, run only the text encoder and the heads."""
+
+    def __init__(self, backend: Backend, features: dict[bytes, Any]) -> None:
+        self.backend, self.features = backend, features
+        self.name, self.batch_size, self.max_objects = backend.name, backend.batch_size, backend.max_objects
+
+    def segment(self, tiles: np.ndarray, prompts: Sequence[str]) -> list[Any]:
+        keys = [hashlib.blake2b(t.tobytes(), digest_size=16, person=str(t.shape).encode()[:16]).digest()
+                for t in tiles]
+        new = [i for i, k in enumerate(keys) if k not in self.features]
+        if new:
+            for i, f in zip(new, self.backend.vision_features(tiles[new]), strict=True):
+                self.features[keys[i]] = f
+        return self.backend.segment_features([self.features[k] for k in keys], prompts)

@@ -9,8 +9,10 @@ from typing import Any
 from geoseg import vectorize
 from geoseg.area import Area
 from geoseg.raster import ReadOptions
+from geoseg.refine import Refine
 from geoseg.segmenter import check_prompts
 from geoseg.tiling import plan_tiles
+from geoseg.workers import check_workers
 
 
 @dataclass
@@ -26,14 +28,17 @@ class Settings:
     min_area: float | None = None
     match_iou: float = 0.5
     progress: bool = False
+    refine: Refine = field(default_factory=Refine)
+    cpu_workers: int | None = None  #: worker processes for the CPU work (None: cores - 1; see `geoseg.workers`)
 
     @classmethod
     def of(cls, prompts: str | Sequence[str], *, tile_size: int = 1008, overlap: int = 128,
            bands: str | Sequence[int] | None = None, resolution: float | None = None,
            stretch: tuple[float, float] = (2.0, 98.0), pixel_coords: bool = False, dst_crs: Any = None,
            simplify: float | None = None, min_area: float | None = None, progress: bool = False,
-           bbox: Any = None, bbox_crs: Any = None, aoi: Any = None) -> Settings:
-        """Settings from the API's loose types, checked (prompts, tiling, CRS, area) before any work."""
+           bbox: Any = None, bbox_crs: Any = None, aoi: Any = None, saturation: float = 0.8, refine_depth: int = 2,
+           zoom: int = 0, cpu_workers: int | None = None) -> Settings:
+        """Settings from the API's loose types, checked (prompts, tiling, CRS, area, refinement) before any work."""
         plan_tiles(tile_size, tile_size, tile_size, overlap)
         # the area's window is grown by the overlap, so objects crossing its edge are read whole
         area = Area.of(bbox=bbox, bbox_crs=bbox_crs, aoi=aoi, margin=overlap)
@@ -43,4 +48,7 @@ class Settings:
                                 area=area),
             dst_crs=None if dst_crs is None else vectorize.parse_crs(dst_crs),
             simplify=simplify, min_area=min_area, progress=progress,
+            refine=Refine.of(saturation=saturation, depth=refine_depth, zoom=zoom, tile_size=tile_size,
+                             overlap=overlap),
+            cpu_workers=None if cpu_workers is None else check_workers(cpu_workers),
         )

@@ -150,6 +150,10 @@ def combine(folder: str | os.PathLike[str], output: str | os.PathLike[str], *, l
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"{folder}: no such folder: give the --output-dir of the shards")
+    from geoseg import rowshards  # which imports this module
+
+    if rowshards.find_parts(folder):  # the shards of one mosaic's rows (`--mosaic --shard`)
+        return rowshards.combine(folder, output, layer=layer, overwrite=overwrite, dst_crs=dst_crs)
     target = export.check_output(output, overwrite, layer)
     crs = None if dst_crs is None else parse_crs(dst_crs)
     files = find_outputs(folder, exclude=target)

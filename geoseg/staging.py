@@ -21,16 +21,19 @@ from geoseg.merge import KEY_BITS, Piece
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS tiles (tile INTEGER PRIMARY KEY, pieces INTEGER NOT NULL, nodata INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS tiles (tile INTEGER PRIMARY KEY, pieces INTEGER NOT NULL, nodata INTEGER NOT NULL,
+                                  sub_tiles INTEGER NOT NULL DEFAULT 0, depth INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS pieces (
     tile INTEGER NOT NULL, seq INTEGER NOT NULL, trow INTEGER NOT NULL,
     label TEXT NOT NULL, score REAL NOT NULL,
     row INTEGER NOT NULL, col INTEGER NOT NULL, height INTEGER NOT NULL, width INTEGER NOT NULL,
-    mask BLOB NOT NULL,
+    mask BLOB NOT NULL, level INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (tile, seq)
 );
 CREATE INDEX IF NOT EXISTS pieces_trow ON pieces (trow);
 """
+
+_ADDED = [("tiles", "sub_tiles"), ("tiles", "depth"), ("pieces", "level")]
 
 
 def pack(mask: np.ndarray) -> bytes:
@@ -54,6 +57,9 @@ class TileStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        for table, column in _ADDED:  # a work folder staged by geoseg 0.1 before refinement
+            if column not in {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
 
     def load(self, key: str) -> Any:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -66,8 +72,10 @@ class TileStore:
         """Indices of the tiles already segmented (nodata tiles included)."""
         return {t for (t,) in self._db.execute("SELECT tile FROM tiles")}
 
-    def put(self, tiles: Iterable[int], pieces: Sequence[Piece], grid_cols: int, nodata: Iterable[int] = ()) -> None:
+    def put(self, tiles: Iterable[int], pieces: Sequence[Piece], grid_cols: int, nodata: Iterable[int] = (),
+            refined: dict[int, tuple[int, int]] | None = None) -> None:
         """Stage `pieces` and mark `tiles` done (`nodata`: those without a valid pixel), in one transaction.
+        `refined`: for the tiles refined, (sub-tiles segmented, deepest level) (see `geoseg.refine`).
 
         Pieces keep their order within a tile (`seq`), so reading them back
         gives the same order whatever order the tiles were done in.
@@ -79,25 +87,33 @@ class TileStore:
             k = seq.get(p.tile, 0)
             seq[p.tile] = k + 1
             rows.append((p.tile, k, p.tile // grid_cols, p.label, p.score, p.row, p.col,
-                         p.mask.shape[0], p.mask.shape[1], pack(p.mask)))
+                         p.mask.shape[0], p.mask.shape[1], pack(p.mask), p.level))
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany("DELETE FROM pieces WHERE tile = ?", [(t,) for t in tiles])  # a batch run again
-            self._db.executemany("INSERT INTO pieces VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            self._db.executemany("INSERT OR REPLACE INTO tiles VALUES (?, ?, ?)",
-                                 [(t, seq.get(t, 0), t in empty) for t in tiles])
+            self._db.executemany("INSERT INTO pieces VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            refined = refined or {}
+            self._db.executemany("INSERT OR REPLACE INTO tiles VALUES (?, ?, ?, ?, ?)",
+                                 [(t, seq.get(t, 0), t in empty, *refined.get(t, (0, 0))) for t in tiles])
 
     def pieces_in_row(self, trow: int) -> list[Piece]:
         """The pieces of one row of tiles, in (tile, seq) order, keyed (tile << KEY_BITS) | seq."""
         cur = self._db.execute(
-            "SELECT tile, seq, label, score, row, col, height, width, mask FROM pieces WHERE trow = ? "
+            "SELECT tile, seq, label, score, row, col, height, width, mask, level FROM pieces WHERE trow = ? "
             "ORDER BY tile, seq", (trow,))
-        return [Piece(label, score, tile, row, col, unpack(blob, h, w), key=(tile << KEY_BITS) | seq)
-                for tile, seq, label, score, row, col, h, w, blob in cur]
+        return [Piece(label, score, tile, row, col, unpack(blob, h, w), key=(tile << KEY_BITS) | seq, level=level)
+                for tile, seq, label, score, row, col, h, w, blob, level in cur]
 
     def nodata(self) -> int:
         """Number of staged tiles without a valid pixel."""
         return int(self._db.execute("SELECT COUNT(*) FROM tiles WHERE nodata").fetchone()[0])
+
+    def refinement(self) -> tuple[int, int, int]:
+        """(tiles refined, sub-tiles segmented in them, the deepest level segmented)."""
+        tiles, subs, deepest = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(sub_tiles), 0), COALESCE(MAX(depth), 0) FROM tiles WHERE sub_tiles > 0",
+        ).fetchone()
+        return int(tiles), int(subs), int(deepest)
 
     def n_pieces(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM pieces").fetchone()[0])

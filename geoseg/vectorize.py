@@ -23,7 +23,7 @@ from shapely.geometry import MultiPolygon
 from geoseg.errors import UsageError, option
 from geoseg.merge import Instance
 
-COLUMNS = ["id", "label", "score", "area_m2", "n_tiles", "source"]
+COLUMNS = ["id", "label", "score", "area_m2", "n_tiles", "level", "source"]
 
 
 def parse_crs(text: Any, name: str = "dst_crs") -> CRS:
@@ -117,6 +117,7 @@ def to_frame(
             "label": [inst.label for inst in instances],
             "score": np.array([inst.score for inst in instances], dtype=float),
             "n_tiles": np.array([inst.n_tiles for inst in instances], dtype=np.int32),
+            "level": np.array([inst.level for inst in instances], dtype=np.int32),
             "source": source,
         },
         geometry=gpd.GeoSeries(geoms, crs=crs),

@@ -17,8 +17,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from geoseg import errors
+from geoseg import errors, mosaic
 from geoseg.errors import RasterError, UsageError, option
+from geoseg.mosaic import is_mosaic
 from geoseg.raster import is_raster_object, source_name
 from geoseg.staging import TileStore
 
@@ -38,14 +39,19 @@ def _read_json(path: Path, default: Any) -> Any:
 
 
 def _key(source: Any) -> str:
+    if is_mosaic(source):  # its XML names the members and the grid, never their sizes or times
+        return f"mosaic:{source_name(source)}:{hashlib.sha1(source.encode()).hexdigest()[:16]}"
     # an in-memory input (DataArray, open dataset) is only ever staged by one run
     return f"{source_name(source)}@{id(source)}" if is_raster_object(source) else str(source)
 
 
 def identity(source: Any) -> dict[str, Any]:
-    """What tells an input file apart from a changed one: path, size, mtime."""
+    """What tells an input file apart from a changed one: path, size, mtime
+    (of each member file, for a mosaic)."""
     path = _key(source)
     info: dict[str, Any] = {"path": path}
+    if is_mosaic(source):
+        info["members"] = mosaic.identity(source)
     if os.path.isfile(path):
         st = os.stat(path)
         info.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
@@ -138,12 +144,13 @@ class WorkDir:
     def fail(self, source: Any, message: str | None) -> None:
         """Record (or clear, with None) the error that stopped `source`."""
         failures = _read_json(self.path / FAILED_FILE, {})
-        if failures.get(str(source)) == message:
+        key = _key(source) if is_mosaic(source) else str(source)
+        if failures.get(key) == message:
             return
         if message is None:
-            del failures[str(source)]
+            del failures[key]
         else:
-            failures[str(source)] = message
+            failures[key] = message
         _atomic_json(self.path / FAILED_FILE, failures)
 
     @staticmethod

@@ -1,4 +1,4 @@
-"""geoseg.engine on its own: read-ahead, batches, staging of a real GeoTIFF into a real TileStore."""
+"""geoseg.engine on its own: read-ahead, staging of a real GeoTIFF into a real TileStore."""
 
 import threading
 import time
@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from geoseg.engine import LocalEngine, batches, read_ahead
+from geoseg.engine import LocalEngine, read_ahead
 from geoseg.errors import GeosegError, RunError
 from geoseg.progress import Progress
 from geoseg.raster import RasterSource
@@ -90,13 +90,6 @@ def test_read_ahead_reads_exactly_depth_tiles_ahead_and_no_more(half_nodata, dep
             # while the consumer holds tile k, tiles k+1 .. k+depth are read, none further
             assert len(src.reads) == want, (k, len(src.reads))
             assert src.reads[:want] == [t.window for t in tiles[:want]]
-
-
-def test_batches_cuts_in_order_with_a_short_last_batch():
-    assert list(batches(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
-    assert list(batches(range(6), 3)) == [[0, 1, 2], [3, 4, 5]]
-    assert list(batches([], 3)) == []
-    assert list(batches(iter("ab"), 5)) == [["a", "b"]]
 
 
 def stage(path, segmenter, store, todo=None, staged=None):

@@ -47,7 +47,8 @@ def test_all_nodata_raster_gives_no_features_and_a_warning(tmp_path):
     path = write_geotiff(tmp_path / "empty.tif", np.zeros((600, 600, 3), np.uint8), nodata=0)
     with pytest.warns(EmptyRasterWarning, match="nodata"):
         gdf = geoseg.segment(path, "red", segmenter=ColorSegmenter(), tile_size=256, overlap=32)
-    assert len(gdf) == 0 and list(gdf.columns) == ["id", "label", "score", "area_m2", "n_tiles", "source", "geometry"]
+    assert len(gdf) == 0
+    assert list(gdf.columns) == ["id", "label", "score", "area_m2", "n_tiles", "level", "source", "geometry"]
 
 
 def test_alpha_band_and_internal_mask_mark_invalid_pixels(tmp_path):

@@ -178,6 +178,154 @@ def test_prompts_reuse_vision_and_text_features(tiny_dir, monkeypatch):
     assert {d.label for tile in together for d in tile} == {"red", "green", "blue"}
 
 
+def count_head_rows(seg: Sam3Segmenter, monkeypatch) -> list[int]:
+    """The rows (tile x prompt) of each call of the heads, as the calls happen."""
+    rows: list[int] = []
+    real = seg.model.forward
+
+    def spy(*args, **kwargs):
+        rows.append(kwargs["vision_embeds"].fpn_hidden_states[0].shape[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(seg.model, "forward", spy)
+    return rows
+
+
+def test_tiles_times_prompts_in_one_call_match_transformers(tiny_dir, reference_model, monkeypatch):
+    seg = cpu_segmenter(tiny_dir, score_threshold=0.3, batch_size=3)
+    rows = count_head_rows(seg, monkeypatch)
+    tiles, prompts = make_tiles(3, seed=10), ["red", "green", "blue"]
+    found = seg.segment(tiles, prompts)
+    assert rows == [9]  # 3 tiles x 3 prompts in one call
+    for tile, ours in zip(tiles, found, strict=True):
+        labels = [d.label for d in ours]
+        assert labels == sorted(labels, key=prompts.index)  # prompt by prompt, each best first
+        for prompt in prompts:
+            theirs = reference(reference_model, tile, prompt, seg.score_threshold)
+            assert theirs, "the tiny model should find something to compare"
+            assert_same([d for d in ours if d.label == prompt], theirs, tile.shape[:2], SCORE_TOL, MASK_IOU)
+
+
+def test_many_prompts_split_evenly_over_calls(tiny_dir, monkeypatch):
+    import geoseg.backends.sam3 as backend
+
+    tiles, prompts = make_tiles(2, size=336, seed=11), ["red", "green", "blue", "grey", "white"]
+    seg = cpu_segmenter(tiny_dir, score_threshold=0.3, batch_size=2)
+    together = seg.segment(tiles, prompts)
+    monkeypatch.setattr(backend, "HEAD_ROWS", 4)
+    rows = count_head_rows(seg, monkeypatch)
+    split = seg.segment(tiles, prompts)
+    assert rows == [4, 4, 2]  # 2 + 2 + 1 prompts: three calls are needed, none of them wasted
+    assert_close(split, together, shape=(336, 336))
+    assert {d.label for tile in split for d in tile} == set(prompts)
+
+
+def test_tiles_of_536_px_and_a_prompt_subset_match_transformers(tiny_dir, reference_model, monkeypatch):
+    # As refinement calls it: sub-tiles smaller than the model's input, some of the prompts.
+    # Same pixels as the reference (see above), so resizing back to 536 px is what is compared.
+    processor, _ = reference_model
+    seg = cpu_segmenter(tiny_dir, score_threshold=0.3, batch_size=2)
+    tiles = make_tiles(2, size=536, seed=12)
+    same_pixels = lambda tiles: processor(images=list(tiles), return_tensors="pt").pixel_values  # noqa: E731
+    monkeypatch.setattr(seg, "_preprocess", same_pixels)
+    found = seg.segment(tiles, ["green", "blue"])
+    for tile, ours in zip(tiles, found, strict=True):
+        for det in ours:
+            r, c = det.origin
+            assert r + det.mask.shape[0] <= 536 and c + det.mask.shape[1] <= 536
+        for prompt in ("green", "blue"):
+            theirs = reference(reference_model, tile, prompt, seg.score_threshold)
+            assert_same([d for d in ours if d.label == prompt], theirs, (536, 536), SCORE_TOL, MASK_IOU)
+    assert any(ours for ours in found)
+
+
+def test_next_batch_is_uploaded_ahead_once(tiny_dir, monkeypatch):
+    seg = cpu_segmenter(tiny_dir, score_threshold=0.3, batch_size=2)
+    tiles = make_tiles(5, size=256, seed=13)
+    expected = [seg.segment(t[None], ["red"])[0] for t in tiles]
+    uploads = []
+    real = seg._upload
+
+    def spy(batch):
+        uploads.append(batch[:, 0, 0, 0].tolist())
+        return real(batch)
+
+    monkeypatch.setattr(seg, "_upload", spy)
+    found = seg.segment(tiles, ["red"])
+    assert uploads == [tiles[i:i + 2, 0, 0, 0].tolist() for i in (0, 2, 4)]  # each tile once, in order
+    assert_close(found, expected, shape=(256, 256))
+
+
+# CUDA's way (in one gather, or in several of at most 50 pixels) and the CPU's
+@pytest.mark.parametrize(("gather", "limit"), [(True, 2**26), (True, 50), (False, None)])
+def test_crops_and_origins_of_masks(gather, limit, monkeypatch):
+    import geoseg.backends.sam3 as backend
+    from geoseg.backends.sam3 import _crops
+
+    monkeypatch.setattr(backend, "GATHER_PIXELS", limit)
+
+    rng = np.random.default_rng(14)
+    masks = np.zeros((5, 40, 30), bool)
+    masks[0, 3:9, 4:20] = rng.random((6, 16)) > 0.3
+    masks[0, 3, 4] = masks[0, 8, 19] = True
+    masks[2] = True  # the whole tile
+    masks[3, 39, 29] = True  # one corner pixel
+    masks[4, 10:12, 0:2] = True
+    origins, crops = _crops(torch.from_numpy(masks), gather=gather)
+    assert origins[1] is None and crops[1] is None  # empty
+    for mask, origin, crop in zip(masks, origins, crops, strict=True):
+        if origin is None:
+            continue
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        assert origin == (rows[0], cols[0])
+        np.testing.assert_array_equal(crop, mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])
+    assert _crops(torch.zeros((0, 4, 4), dtype=torch.bool), gather=gather) == ([], [])
+    assert _crops(torch.zeros((2, 4, 4), dtype=torch.bool), gather=gather) == ([None, None], [None, None])
+
+
+def test_compiled_vision_encoder_gives_the_same_detections(tiny_dir, monkeypatch):
+    # Dynamo's own "eager" backend: the encoder is traced and run as a graph, with no C++
+    # build (the default inductor backend takes ~30 s here; benchmarks/ measures it on GPU).
+    import functools
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    tiles = make_tiles(3, size=256, seed=15)
+    plain = cpu_segmenter(tiny_dir, score_threshold=0.3, batch_size=2).segment(tiles, ["red", "green"])
+    seg = cpu_segmenter(tiny_dir, score_threshold=0.3, batch_size=2, compile=True)
+    assert seg.model.vision_encoder._compiled_call_impl is not None
+    assert "compile" not in seg.config()  # it changes no result
+    compiled = seg.segment(tiles, ["red", "green"])  # batches of 2 and 1: a second shape
+    assert_close(compiled, plain, shape=(256, 256))
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu.sh runs it)")
+
+
+@cuda
+@pytest.mark.parametrize("size", [1008, 536])
+def test_cuda_path_matches_the_cpu(tiny_dir, size):
+    # The CUDA-only parts: pinned uploads on a side stream, the next batch uploaded ahead,
+    # crops cut by one gather. cuDNN convolutions use TF32 by default, so fp32 is near,
+    # not bit-equal; bf16 as test_bf16_on_cpu_casts_inputs allows.
+    tiles, prompts = make_tiles(5, size=size, seed=16), ["red", "green", "blue"]
+    cpu = cpu_segmenter(tiny_dir, score_threshold=0.3, batch_size=2).segment(tiles, prompts)
+    gpu = Sam3Segmenter(model=tiny_dir, device="cuda", dtype="fp32", score_threshold=0.3, batch_size=2)
+    assert gpu._copy_stream is not None
+    found = gpu.segment(tiles, prompts)  # batches of 2, 2 and 1
+    for ours, theirs in zip(found, cpu, strict=True):
+        assert [d.label for d in ours] == [d.label for d in theirs]
+        assert [d.score for d in ours] == pytest.approx([d.score for d in theirs], abs=2e-3)
+        shape = (size, size)
+        assert all(iou(paste(a, shape), paste(b, shape)) >= 0.98 for a, b in zip(ours, theirs, strict=True))
+    half = Sam3Segmenter(model=tiny_dir, device="cuda", dtype="bf16", score_threshold=0.3, batch_size=2)
+    for ours, theirs in zip(half.segment(tiles, prompts), cpu, strict=True):
+        for prompt in prompts:  # each prompt's best instance is found in bf16 too (order may differ)
+            best = next(d for d in theirs if d.label == prompt)
+            mask = paste(best, (size, size))
+            assert any(abs(d.score - best.score) <= 0.05 and iou(paste(d, (size, size)), mask) >= 0.8
+                       for d in ours if d.label == prompt)
+
+
 # -- selection and output ------------------------------------------------------------
 
 
@@ -298,12 +446,13 @@ def test_bad_dtype_or_device(tiny_dir, option, value, match):
 def test_registry_takes_every_cli_option(tiny_dir):
     seg = load_segmenter(
         "sam3", model=tiny_dir, device="cpu", dtype="fp32", batch_size=3, score_threshold=0.4,
-        mask_threshold=0.6, max_detections=5, nms_iou=0.5,
+        mask_threshold=0.6, max_detections=5, nms_iou=0.5, compile=True,
     )  # fmt: skip
     assert isinstance(seg, Sam3Segmenter)
     assert (seg.batch_size, seg.score_threshold, seg.mask_threshold, seg.max_detections, seg.nms_iou) == (
         3, 0.4, 0.6, 5, 0.5,
     )  # fmt: skip
+    assert seg.compiled  # compiles at its first batch, not here
 
 
 # -- out of memory -------------------------------------------------------------------
@@ -316,11 +465,11 @@ def test_oom_halves_the_batch_and_loses_no_tile(tiny_dir, monkeypatch, caplog):
     sizes = []
     real = seg._segment_batch
 
-    def fits_two(batch, prompts):
+    def fits_two(batch, prompts, **kwargs):
         sizes.append(len(batch))
         if len(batch) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(batch, prompts)
+        return real(batch, prompts, **kwargs)
 
     monkeypatch.setattr(seg, "_segment_batch", fits_two)
     with caplog.at_level(logging.WARNING, logger="geoseg"):
@@ -336,7 +485,7 @@ def test_oom_halves_the_batch_and_loses_no_tile(tiny_dir, monkeypatch, caplog):
 def test_oom_with_one_tile_is_a_run_error(tiny_dir, monkeypatch):
     seg = cpu_segmenter(tiny_dir, batch_size=2)
 
-    def never_fits(batch, prompts):
+    def never_fits(batch, prompts, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
     monkeypatch.setattr(seg, "_segment_batch", never_fits)
@@ -453,3 +602,17 @@ def test_cli_end_to_end(tiny_dir, tmp_path):
     frame = pyogrio.read_dataframe(out)
     assert set(frame["label"]) == {"red", "green"}
     assert frame.geometry.is_valid.all() and not frame.geometry.is_empty.any()
+
+
+def test_cli_compile_reaches_the_backend(tmp_path):
+    from click.testing import CliRunner
+
+    from geoseg.cli import main
+    from geoseg.testing import make_scene
+
+    raster = make_scene(tmp_path / "scene.tif", size=64, seed=2)
+    args = ["segment", str(raster), "-p", "red", "-o", str(tmp_path / "out.gpkg"), "--compile"]
+    result = CliRunner().invoke(main, [*args, "--backend", "colors"])
+    assert result.exit_code == 2, result.output  # only sam3 takes it: said before any work
+    assert "does not take --compile" in result.output
+    assert not (tmp_path / "out.gpkg").exists()

@@ -1,9 +1,12 @@
 """Meta's SAM 3 (Promptable Concept Segmentation) through Hugging Face transformers.
 
 Per batch of tiles the vision encoder runs once; each prompt's text features are
-computed once per run and cached; the detection and mask heads then run once per
-prompt on the shared vision features. Pre- and post-processing stay on the device:
-tiles go up as uint8, masks come back cropped to their boxes.
+computed once per run and cached; the detection and mask heads then run on tiles x
+prompts together, in one call (up to `HEAD_ROWS` rows). Pre- and post-processing
+stay on the device: tiles go up as uint8 (on CUDA from pinned memory, on a side
+stream, the next batch's while this one computes), masks come back cropped to
+their boxes in one copy per chunk; no step waits on the device once per tile.
+Attention runs through PyTorch's SDPA, which picks flash kernels on CUDA.
 
 torch and transformers are imported only when a `Sam3Segmenter` is built.
 """
@@ -34,8 +37,13 @@ DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 # heads, plus post-processing); the OOM back-off in `segment` covers a wrong guess.
 GPU_BYTES_PER_TILE = {"bfloat16": 1.0 * 2**30, "float16": 1.0 * 2**30, "float32": 2.0 * 2**30}
 MAX_AUTO_BATCH = 16
-# Upsample at most this many mask pixels at once (float32: 256 MB).
-UPSAMPLE_PIXELS = 2**26
+# Upsample at most this many mask pixels at once (float32: 256 MB; 1 GB on CUDA).
+UPSAMPLE_PIXELS = {"cuda": 2**28, "other": 2**26}
+# Tile x prompt rows per call of the heads at most, unless one prompt's batch is more:
+# about the memory of the heads of a batch of 16 tiles with one prompt.
+HEAD_ROWS = 16
+# Crop pixels cut out per gather on CUDA at most (its indices: ~20 bytes a pixel).
+GATHER_PIXELS = 2**26
 # Seconds to wait for the hub's answer before loading a hub id (see `_check_hub`).
 HUB_TIMEOUT = 2.0
 
@@ -53,6 +61,8 @@ class Sam3Segmenter:
         max_detections: keep at most this many instances per tile and prompt (best first).
         nms_iou: drop an instance overlapping a better one of the same prompt in the same
             tile by more than this mask IoU (computed at the model's 288 px mask grid).
+        compile: compile the vision encoder with `torch.compile` (the first batch of
+            each new batch size then takes longer; results stay the same).
 
     Raises:
         ModelLoadError: the weights cannot be had.
@@ -70,6 +80,7 @@ class Sam3Segmenter:
         mask_threshold: float = 0.5,
         max_detections: int | None = None,
         nms_iou: float | None = None,
+        compile: bool = False,
     ) -> None:
         local_only = _check_hub(str(model))  # before torch loads: a missing model fails in a second
         import torch
@@ -83,6 +94,10 @@ class Sam3Segmenter:
         self.mask_threshold = float(mask_threshold)
         self.max_detections = max_detections
         self.nms_iou = nms_iou
+        self.compiled = bool(compile)
+        if self.compiled:
+            # In place: the weights stay where they are; the first call compiles.
+            self.model.vision_encoder.compile()
 
         config = self.model.config
         self.input_size: int = int(config.vision_config.image_size)
@@ -96,6 +111,10 @@ class Sam3Segmenter:
         self._scale = images.rescale_factor / std
         self._shift = -mean / std
         self._text: dict[str, tuple[Any, Any]] = {}
+        self._checked: set[str] = set()  # prompts whose length was checked
+        self._positions: tuple[Any, ...] | None = None  # FPN position encodings: the same for every tile
+        self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._prefetched: tuple[tuple[int, ...], Any] | None = None  # (key of the tiles, upload) of the next batch
         self._estimate: list[int] | None = None  # CPU: tiles, prompts, calls and tiles seen (see `begin`)
 
         self.batch_size: int = self._default_batch_size() if batch_size is None else int(batch_size)
@@ -118,12 +137,15 @@ class Sam3Segmenter:
     def check_prompts(self, prompts: Sequence[str]) -> None:
         """Raise PromptError for an empty prompt or one longer than the text encoder takes."""
         for prompt in check_prompts(prompts):
+            if prompt in self._checked:
+                continue
             n = len(self.processor.tokenizer(prompt)["input_ids"])
             if n > self.max_tokens:
                 raise PromptError(
                     f"prompt {prompt!r} is {n} tokens long but the SAM 3 text encoder takes at most "
                     f"{self.max_tokens} (start and end tokens included): shorten it"
                 )
+            self._checked.add(prompt)
 
     def begin(self, n_tiles: int, prompts: list[str]) -> None:
         """On CPU, where a run can take hours, log a time estimate once the second
@@ -146,26 +168,28 @@ class Sam3Segmenter:
                         "(%.2g s per tile, measured)", _duration(per_tile * left), left, n_prompts, n_tiles, per_tile)
 
     def segment(self, tiles: np.ndarray, prompts: Sequence[str]) -> list[list[Detection]]:
-        """Segment `tiles` (uint8, N x H x W x 3) with each prompt; one list per tile.
+        """Segment `tiles` (uint8, N x H x W x 3, any H and W) with each prompt; one list per tile.
 
-        Runs `batch_size` tiles at a time. On CUDA out-of-memory the batch is halved and
-        the same tiles retried, and `batch_size` stays lowered for the next calls.
+        Runs `batch_size` tiles at a time; on CUDA the next batch goes up while this one
+        computes. On CUDA out-of-memory the batch is halved and the same tiles retried,
+        and `batch_size` stays lowered for the next calls.
         """
         import torch
 
-        tiles = np.asarray(tiles)
-        if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
-            raise UsageError(f"tiles must be uint8 (N, H, W, 3), got {tiles.dtype} {tiles.shape}")
+        tiles = _check_tiles(tiles)
         prompts = list(prompts)
         self.check_prompts(prompts)
         results: list[list[Detection]] = []
         start, size, lowered = 0, max(1, self.batch_size), False
         started = time.perf_counter()
+        self._prefetched = None  # one left by a failed call: this call's tiles may sit at its address
         while start < len(tiles):
             batch = tiles[start : start + size]
+            upcoming = tiles[start + len(batch) : start + len(batch) + size]
             try:
-                results.extend(self._segment_batch(batch, prompts))
+                results.extend(self._segment_batch(batch, prompts, upcoming=upcoming))
             except torch.cuda.OutOfMemoryError:
+                self._prefetched = None
                 if size == 1:
                     raise RunError(
                         f"out of GPU memory with one tile per batch: use {option('dtype', 'bf16')}, a smaller "
@@ -194,16 +218,11 @@ class Sam3Segmenter:
         the input size, so they are kept once and shared by every tile."""
         import torch
 
-        tiles = np.asarray(tiles)
-        if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
-            raise UsageError(f"tiles must be uint8 (N, H, W, 3), got {tiles.dtype} {tiles.shape}")
+        tiles = _check_tiles(tiles)
         with torch.inference_mode():
-            vision = self.model.get_vision_features(pixel_values=self._preprocess(tiles))
-        if not hasattr(self, "_positions"):
-            self._positions = tuple(p[:1] for p in vision.fpn_position_encoding)
+            vision = self._encode(self._preprocess(tiles))
         return [
             {
-                "last_hidden_state": vision.last_hidden_state[i : i + 1],
                 "fpn_hidden_states": tuple(f[i : i + 1] for f in vision.fpn_hidden_states),
                 "size": tiles.shape[1:3],
             }
@@ -213,24 +232,21 @@ class Sam3Segmenter:
     def segment_features(self, features: Sequence[dict[str, Any]], prompts: Sequence[str]) -> list[list[Detection]]:
         """The detection and mask heads only, on features from `vision_features`; one list per tile."""
         import torch
-        from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
         prompts = list(prompts)
         self.check_prompts(prompts)
         found: list[list[Detection]] = [[] for _ in features]
-        for lo in range(0, len(features), max(1, self.batch_size)):
-            batch = features[lo : lo + max(1, self.batch_size)]
-            n = len(batch)
-            height, width = batch[0]["size"]
+        step = max(1, self.batch_size)
+        for lo in range(0, len(features), step):
+            batch = features[lo : lo + step]
             with torch.inference_mode():
-                levels = zip(*(f["fpn_hidden_states"] for f in batch))
-                vision = Sam3VisionEncoderOutput(
-                    last_hidden_state=torch.cat([f["last_hidden_state"] for f in batch]),
-                    fpn_hidden_states=tuple(torch.cat(level) for level in levels),
-                    fpn_position_encoding=tuple(p.expand(n, -1, -1, -1) for p in self._positions),
-                )
-                for i, detections in enumerate(self._heads(vision, n, height, width, prompts)):
-                    found[lo + i].extend(detections)
+                # Tiles of one size per call of the heads (masks go back to each tile's size).
+                for size in dict.fromkeys(tuple(f["size"]) for f in batch):
+                    index = [i for i, f in enumerate(batch) if tuple(f["size"]) == size]
+                    levels = zip(*(batch[i]["fpn_hidden_states"] for i in index))
+                    fpn = tuple(torch.cat(level) for level in levels)
+                    for i, detections in zip(index, self._heads(fpn, size[0], size[1], prompts)):
+                        found[lo + i].extend(detections)
         return found
 
     # -- internals -----------------------------------------------------------------
@@ -246,24 +262,58 @@ class Sam3Segmenter:
         return int(max(1, min(MAX_AUTO_BATCH, (free - 2 * 2**30) // per_tile)))
 
     def _text_features(self, prompt: str) -> tuple[Any, Any]:
-        """Text encoder output for `prompt` (1 x 32 x D) and its attention mask, cached."""
+        """Text encoder output for `prompt` (1 x 32 x D) and its attention mask, cached:
+        the text encoder runs once per prompt and run."""
+        import torch
+
         if prompt not in self._text:
             # Pad to the encoder's length, as Sam3Processor does, so results match it.
             tokens = self.processor.tokenizer(
                 [prompt], padding="max_length", max_length=self.max_tokens, return_tensors="pt"
             ).to(self.device)
-            features = self.model.get_text_features(
-                input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
-            ).pooler_output
+            with torch.inference_mode():
+                features = self.model.get_text_features(
+                    input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+                ).pooler_output
             self._text[prompt] = (features, tokens["attention_mask"])
         return self._text[prompt]
 
-    def _preprocess(self, tiles: np.ndarray) -> torch.Tensor:
-        """uint8 N x H x W x 3 -> normalised N x 3 x S x S in the model dtype, on the device."""
+    def _upload(self, tiles: np.ndarray) -> torch.Tensor:
+        """uint8 tiles onto the device. On CUDA: from pinned memory, without blocking, on
+        a side stream; the caller's stream waits for the copy only when it needs it."""
+        import torch
+
+        host = torch.from_numpy(np.ascontiguousarray(tiles))
+        if self._copy_stream is None:
+            return host.to(self.device)
+        host = host.pin_memory()  # torch's caching host allocator: no new pinning per batch
+        with torch.cuda.stream(self._copy_stream):
+            return host.to(self.device, non_blocking=True)
+
+    def _uploaded(self, tiles: np.ndarray) -> torch.Tensor:
+        """`tiles` on the device: the prefetched copy if it is of these tiles, else a new one."""
+        import torch
+
+        ahead, self._prefetched = self._prefetched, None
+        x = ahead[1] if ahead is not None and ahead[0] == _key(tiles) else self._upload(tiles)
+        if self._copy_stream is not None:
+            compute = torch.cuda.current_stream(self.device)
+            compute.wait_stream(self._copy_stream)
+            x.record_stream(compute)  # allocated on the copy stream, freed after use on this one
+        return x
+
+    def _prefetch(self, tiles: np.ndarray) -> None:
+        """Start the upload of the next batch: on CUDA it runs while this batch computes."""
+        if len(tiles):
+            self._prefetched = (_key(tiles), self._upload(tiles))
+
+    def _preprocess(self, tiles: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 N x H x W x 3 (numpy, or already on the device) -> normalised N x 3 x S x S
+        in the model dtype, on the device; other sizes are resized as the processor does."""
         import torch
         import torch.nn.functional as F
 
-        x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device)
+        x = tiles if isinstance(tiles, torch.Tensor) else self._uploaded(tiles)
         x = x.permute(0, 3, 1, 2).float()
         if x.shape[-2:] != (self.input_size, self.input_size):
             x = F.interpolate(
@@ -271,120 +321,223 @@ class Sam3Segmenter:
             )
         return (x * self._scale + self._shift).to(self.dtype)
 
-    def _segment_batch(self, tiles: np.ndarray, prompts: list[str]) -> list[list[Detection]]:
+    def _encode(self, pixels: torch.Tensor) -> Any:
+        """The vision encoder; keeps the position encodings (the same for every tile)."""
+        try:
+            vision = self.model.get_vision_features(pixel_values=pixels)
+        except Exception as err:
+            if not self.compiled or _is_oom(err):
+                raise
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise RunError(f"torch.compile of the SAM 3 vision encoder failed ({first}); run without "
+                           f"{option('compile', True)}") from err
+        if self._positions is None:
+            # A copy: a view would keep the whole batch's encodings (B x 256 x 288 x 288 at the finest).
+            self._positions = tuple(p[:1].clone() for p in vision.fpn_position_encoding)
+        return vision
+
+    def _segment_batch(
+        self, tiles: np.ndarray, prompts: list[str], upcoming: np.ndarray | None = None
+    ) -> list[list[Detection]]:
         import torch
 
-        n, height, width = tiles.shape[:3]
+        height, width = tiles.shape[1:3]
         with torch.inference_mode():
-            vision = self.model.get_vision_features(pixel_values=self._preprocess(tiles))
-            return self._heads(vision, n, height, width, prompts)
+            vision = self._encode(self._preprocess(tiles))
+            if upcoming is not None:
+                self._prefetch(upcoming)  # queued behind nothing: overlaps the encoder
+            return self._heads(vision.fpn_hidden_states, height, width, prompts)
 
-    def _heads(self, vision: Any, n: int, height: int, width: int, prompts: list[str]) -> list[list[Detection]]:
-        """The detection and mask heads, once per prompt, on `n` tiles' vision features."""
+    def _heads(self, fpn: tuple[Any, ...], height: int, width: int, prompts: list[str]) -> list[list[Detection]]:
+        """The detection and mask heads on tiles x prompts rows (prompt-major), up to
+        `HEAD_ROWS` rows per call, on `n` tiles' FPN features; one list per tile."""
+        import torch
         from transformers.modeling_outputs import BaseModelOutputWithPooling
+        from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
+        n = len(fpn[0])
         found: list[list[Detection]] = [[] for _ in range(n)]
-        for prompt in prompts:
-            features, mask = self._text_features(prompt)
-            # The heads want one text row per image.
-            text = BaseModelOutputWithPooling(pooler_output=features.expand(n, -1, -1))
-            out = self.model(vision_embeds=vision, text_embeds=text, attention_mask=mask.expand(n, -1))
-            for i, detections in enumerate(self._postprocess(out, prompt, height, width)):
-                found[i].extend(detections)
+        per_call = max(1, HEAD_ROWS // n)  # prompts per call
+        calls = -(-len(prompts) // per_call)
+        per_call = -(-len(prompts) // max(1, calls))  # evenly: 3 prompts as 2 + 1 would waste a call's rows
+        assert self._positions is not None
+        for lo in range(0, len(prompts), per_call):
+            group = prompts[lo : lo + per_call]
+            rows = n * len(group)
+            text = [self._text_features(p) for p in group]
+            features = torch.cat([f.expand(n, -1, -1) for f, _ in text])
+            mask = torch.cat([m.expand(n, -1) for _, m in text])
+            # The heads use every FPN level but the last; that one is passed along unrepeated.
+            vision = Sam3VisionEncoderOutput(
+                fpn_hidden_states=(*(f.repeat(len(group), 1, 1, 1) if len(group) > 1 else f for f in fpn[:-1]),
+                                   fpn[-1]),
+                fpn_position_encoding=tuple(p.expand(rows, -1, -1, -1) for p in self._positions),
+            )
+            out = self.model(
+                vision_embeds=vision, text_embeds=BaseModelOutputWithPooling(pooler_output=features),
+                attention_mask=mask,
+            )  # fmt: skip
+            labels = [p for p in group for _ in range(n)]
+            tile_of = [t for _ in group for t in range(n)]
+            for t, detections in self._postprocess(out, labels, tile_of, height, width):
+                found[t].extend(detections)
         return found
 
-    def _postprocess(self, out: Any, prompt: str, height: int, width: int) -> list[list[Detection]]:
-        """Scores, selection, NMS, upsampling and cropping of one prompt's outputs."""
+    def _postprocess(
+        self, out: Any, labels: list[str], tile_of: list[int], height: int, width: int
+    ) -> list[tuple[int, list[Detection]]]:
+        """Scores, selection, NMS, upsampling and cropping of the outputs of rows of
+        (tile, prompt): per row in order, (tile, its detections best first)."""
         import torch.nn.functional as F
 
         scores = out.pred_logits.float().sigmoid() * out.presence_logits.float().sigmoid()
-        n = scores.shape[0]
         scores, order = scores.sort(dim=1, descending=True)
-        keep = scores >= self.score_threshold
-        tile_idx, rank = keep.nonzero(as_tuple=True)  # by tile, then best score first
-        query_idx = order[tile_idx, rank]
-        probs = out.pred_masks[tile_idx, query_idx].float().sigmoid()
-        kept_scores = scores[tile_idx, rank]
-
-        tiles = tile_idx.tolist()
+        row_idx, rank = (scores >= self.score_threshold).nonzero(as_tuple=True)  # by row, then best first
+        probs = out.pred_masks[row_idx, order[row_idx, rank]].float().sigmoid()
+        kept_scores = scores[row_idx, rank]
+        rows = row_idx.tolist()
         if self.nms_iou is not None or self.max_detections is not None:
-            selected = self._select(probs, tiles)
+            selected = self._select(probs, rows)
             probs, kept_scores = probs[selected], kept_scores[selected]
-            tiles = [tiles[k] for k in selected.tolist()]
-        scores_list = kept_scores.tolist()  # one device sync, not one per detection
+            rows = [rows[k] for k in selected.tolist()]
+        scores_list = kept_scores.tolist()
 
-        found: list[list[Detection]] = [[] for _ in range(n)]
-        chunk = max(1, UPSAMPLE_PIXELS // (height * width))
+        found: list[list[Detection]] = [[] for _ in labels]
+        budget = UPSAMPLE_PIXELS["cuda" if probs.device.type == "cuda" else "other"]
+        chunk = max(1, budget // (height * width))
         for lo in range(0, len(probs), chunk):
-            probs_up = F.interpolate(probs[lo : lo + chunk, None], size=(height, width), mode="bilinear")
-            masks = probs_up[:, 0] > self.mask_threshold
-            boxes = _boxes(masks)
-            for k, (crop, box) in enumerate(zip(_crops(masks, boxes), boxes, strict=True)):
-                if crop is None or box is None:  # empty mask
+            up = F.interpolate(probs[lo : lo + chunk, None], size=(height, width), mode="bilinear")
+            masks = up[:, 0] > self.mask_threshold
+            del up
+            boxes, crops = _crops(masks, gather=masks.device.type == "cuda")
+            for k, (box, crop) in enumerate(zip(boxes, crops)):
+                if box is None or crop is None:  # empty mask
                     continue
-                found[tiles[lo + k]].append(
-                    Detection(label=prompt, score=scores_list[lo + k], mask=crop, origin=(box[0], box[2]))
-                )
-        return found
+                r = rows[lo + k]
+                found[r].append(Detection(label=labels[r], score=scores_list[lo + k], mask=crop, origin=box))
+        return [(tile_of[r], dets) for r, dets in enumerate(found)]
 
-    def _select(self, probs: torch.Tensor, tiles: list[int]) -> torch.Tensor:
-        """Indices kept by mask NMS and `max_detections`, per tile; input sorted by tile then score."""
+    def _select(self, probs: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """Indices kept by mask NMS and `max_detections`, per row (tile and prompt); input
+        sorted by row then score. The IoUs of every row come back in one copy."""
         import torch
 
-        tile_of = np.asarray(tiles, dtype=np.int64)
-        keep = np.ones(len(tile_of), dtype=bool)
-        for t in np.unique(tile_of):
-            members = np.flatnonzero(tile_of == t)
-            if self.nms_iou is not None and len(members) > 1:
-                index = torch.from_numpy(members).to(probs.device)
-                flat = (probs[index] > self.mask_threshold).flatten(1).float()
+        row_of = np.asarray(rows, dtype=np.int64)
+        keep = np.ones(len(row_of), dtype=bool)
+        groups = [np.flatnonzero(row_of == r) for r in np.unique(row_of)]
+        if self.nms_iou is not None:
+            ious = []
+            for members in groups:
+                flat = (probs[members[0] : members[-1] + 1] > self.mask_threshold).flatten(1).float()
                 inter = flat @ flat.T
                 area = flat.sum(1)
-                iou = (inter / (area[:, None] + area[None, :] - inter).clamp(min=1)).cpu().numpy()
-                for a in range(len(members)):  # greedy, best score first
+                ious.append((inter / (area[:, None] + area[None, :] - inter).clamp(min=1)).flatten())
+            table = torch.cat(ious).cpu().numpy() if ious else np.zeros(0)
+            offset = 0
+            for members in groups:
+                m = len(members)
+                iou = table[offset : offset + m * m].reshape(m, m)
+                offset += m * m
+                for a in range(m):  # greedy, best score first
                     if keep[members[a]]:
-                        later = np.arange(a + 1, len(members))
+                        later = np.arange(a + 1, m)
                         keep[members[later[iou[a, later] > self.nms_iou]]] = False
-            if self.max_detections is not None:
+        if self.max_detections is not None:
+            for members in groups:
                 survivors = members[keep[members]]
                 keep[survivors[self.max_detections :]] = False
         return torch.from_numpy(np.flatnonzero(keep)).to(probs.device)
 
 
-def _boxes(masks: torch.Tensor) -> list[tuple[int, int, int, int] | None]:
-    """(row0, row1, col0, col1) of each boolean mask, end-exclusive; None for an empty one."""
+def _check_tiles(tiles: np.ndarray) -> np.ndarray:
+    tiles = np.asarray(tiles)
+    if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
+        raise UsageError(f"tiles must be uint8 (N, H, W, 3), got {tiles.dtype} {tiles.shape}")
+    return tiles
+
+
+def _key(tiles: np.ndarray) -> tuple[int, ...]:
+    """Which memory `tiles` views: the next batch is a slice of the same array."""
+    return (tiles.__array_interface__["data"][0], *tiles.shape, *tiles.strides)
+
+
+def _is_oom(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, torch.cuda.OutOfMemoryError)
+
+
+def _crops(
+    masks: torch.Tensor, *, gather: bool = True
+) -> tuple[list[tuple[int, int] | None], list[np.ndarray | None]]:
+    """The origin (row, col) of each boolean mask's box and the mask cropped to it; None
+    for an empty one. Boxes come back in one copy, then every crop in one copy: with
+    `gather` (CUDA) cut out by one gather, a few kernels whatever the number of masks;
+    else (CPU, where a slice launches nothing) one slice per mask."""
     import torch
 
     if len(masks) == 0:
-        return []
+        return [], []
+    k, height, width = masks.shape
     rows, cols = masks.any(dim=2), masks.any(dim=1)
-    height, width = masks.shape[1:]
     first_row = rows.to(torch.uint8).argmax(dim=1)
     last_row = height - rows.flip(1).to(torch.uint8).argmax(dim=1)
     first_col = cols.to(torch.uint8).argmax(dim=1)
     last_col = width - cols.flip(1).to(torch.uint8).argmax(dim=1)
-    table = torch.stack([first_row, last_row, first_col, last_col, rows.any(dim=1)], dim=1).cpu().tolist()
-    return [tuple(b[:4]) if b[4] else None for b in table]
-
-
-def _crops(masks: torch.Tensor, boxes: list[tuple[int, int, int, int] | None]) -> list[np.ndarray | None]:
-    """Crop each mask to its box on the device and bring all crops back in one copy."""
-    import torch
-
-    parts = [masks[k, b[0] : b[1], b[2] : b[3]].reshape(-1) for k, b in enumerate(boxes) if b is not None]
-    if not parts:
-        return [None] * len(boxes)
-    flat = torch.cat(parts).cpu().numpy()
+    found = rows.any(dim=1)
+    boxes = torch.stack([first_row, last_row, first_col, last_col, found], dim=1).cpu().numpy()
+    h = np.where(boxes[:, 4] > 0, boxes[:, 1] - boxes[:, 0], 0)
+    w = np.where(boxes[:, 4] > 0, boxes[:, 3] - boxes[:, 2], 0)
+    areas = h * w
+    if not areas.any():
+        return [None] * k, [None] * k
+    starts = np.concatenate([[0], np.cumsum(areas)[:-1]])
+    if gather:
+        flat = _gather_crops(masks, boxes[:, 0], boxes[:, 2], w, areas)
+    else:
+        parts = [masks[i, b[0] : b[1], b[2] : b[3]].reshape(-1) for i, b in enumerate(boxes) if areas[i]]
+        flat = torch.cat(parts).cpu().numpy()
+    origins: list[tuple[int, int] | None] = []
     crops: list[np.ndarray | None] = []
-    offset = 0
-    for b in boxes:
-        if b is None:
+    for i in range(k):
+        if areas[i] == 0:
+            origins.append(None)
             crops.append(None)
             continue
-        size = (b[1] - b[0]) * (b[3] - b[2])
-        crops.append(flat[offset : offset + size].reshape(b[1] - b[0], b[3] - b[2]))
-        offset += size
-    return crops
+        origins.append((int(boxes[i, 0]), int(boxes[i, 2])))
+        crops.append(flat[starts[i] : starts[i] + areas[i]].reshape(int(h[i]), int(w[i])))
+    return origins, crops
+
+
+def _gather_crops(masks: torch.Tensor, row0: np.ndarray, col0: np.ndarray, w: np.ndarray,
+                  areas: np.ndarray) -> np.ndarray:
+    """Every mask's box, row by row, concatenated, cut out by gathers of at most
+    `GATHER_PIXELS` pixels (more only for one mask alone): pixel p of the result is
+    found from its mask, then its row and column in that box."""
+    import torch
+
+    k, height, width = masks.shape
+    dev, flat = masks.device, masks.reshape(-1)
+    # Flat index of each box's top-left pixel; int32 is enough, a chunk of masks holds
+    # fewer than 2**31 pixels.
+    base = torch.from_numpy((np.arange(k) * height * width + row0 * width + col0).astype(np.int32)).to(dev)
+    w_t = torch.from_numpy(w.astype(np.int32)).to(dev)
+    parts, lo = [], 0
+    while lo < k:
+        hi = lo + max(1, int(np.searchsorted(np.cumsum(areas[lo:]), GATHER_PIXELS, side="right")))
+        total = int(areas[lo:hi].sum())
+        if total:
+            which = torch.repeat_interleave(torch.arange(lo, hi, dtype=torch.int32, device=dev),
+                                            torch.from_numpy(areas[lo:hi]).to(dev), output_size=total)
+            starts = np.concatenate([[0], np.cumsum(areas[lo:hi])[:-1]]).astype(np.int32)
+            local = torch.arange(total, dtype=torch.int32, device=dev)
+            local -= torch.from_numpy(starts).to(dev)[which - lo]
+            crop_w = w_t[which]
+            r = local // crop_w
+            local -= r * crop_w  # now the column
+            parts.append(flat[base[which] + r * width + local].cpu().numpy())
+        lo = hi
+    return np.concatenate(parts)
 
 
 # -- device, dtype, loading ------------------------------------------------------------
@@ -462,7 +615,9 @@ def _load(model: str, device: torch.device, dtype: torch.dtype, *, local_only: b
     started = time.perf_counter()
     try:
         # The model first: its errors keep the hub's cause (gated, offline), the processor's don't.
-        net = Sam3Model.from_pretrained(model, dtype=dtype, local_files_only=local_only)
+        # SDPA: PyTorch's fused attention (flash kernels on CUDA in half precision), even
+        # where a saved config asks for eager attention.
+        net = Sam3Model.from_pretrained(model, dtype=dtype, local_files_only=local_only, attn_implementation="sdpa")
         processor = Sam3Processor.from_pretrained(model, local_files_only=local_only)
     except Exception as err:  # any failure here means no usable weights: say which and the fix
         raise ModelLoadError(_why_not_loaded(model, err)) from err

@@ -16,11 +16,14 @@ from qgis.core import (
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterCrs,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
@@ -32,14 +35,21 @@ from .layers import Render, crs_text, export_aoi, is_file_layer, plan_render, re
 from .runner import Cancelled, WorkerError, check_python, find_python, not_found_message, run_worker
 
 HELP = """Finds the objects named by the prompts in a raster layer with SAM 3 and writes one polygon per object, \
-with the fields label, score, area_m2, n_tiles and source (as `geoseg segment` does).
+with the fields label, score, area_m2, n_tiles, level and source (as `geoseg segment` does).
 
 <b>Raster layer</b>: a file QGIS reads with GDAL, or a web layer (XYZ, WMS/WMTS ...): a web layer is rendered \
 over <b>Extent</b> at <b>Web layer resolution</b> into a temporary GeoTIFF first; both are then required.
+<b>More raster layers</b>, <b>Folder of raster tiles</b>: further inputs (files only; a folder is searched \
+recursively), written into the same output.
+<b>Treat the inputs as one mosaic</b>: read all inputs as one raster (adjacent or overlapping tiles of a survey): \
+objects on file edges come back once and whole; the first input wins where files overlap (as --mosaic).
 <b>Prompts</b>: comma-separated or one per line ("building, swimming pool").
 <b>Model</b>: a Hugging Face id (facebook/sam3: accept its licence and run `hf auth login` once) or a local folder.
 <b>Extent</b>, <b>Area of interest</b>: keep the objects whose centre lies inside (as --bbox and --aoi).
 <b>Tile size</b>, <b>overlap</b>: tiling in pixels; objects crossing tile seams are merged into one.
+<b>Refinement depth</b>: a tile whose detections fill the model's capacity (SAM 3: 200 objects) is \
+segmented again in 2 x 2 sub-tiles, down to this many levels (0: never; as --refine-depth).
+<b>Zoom</b>: start every tile this many levels down, for objects of a few pixels (as --zoom).
 <b>Mask threshold</b>: SAM 3 turns mask probabilities above it into object pixels (empty: 0.5).
 <b>Bands</b>: 1-based bands used as red, green, blue ("4,3,2"), or one band for grey; empty: the first three.
 <b>Resolution</b>: resample a file raster on read to this pixel size (units of its CRS).
@@ -57,12 +67,17 @@ def split_prompts(text: str) -> list[str]:
 
 class SegmentAlgorithm(QgsProcessingAlgorithm):
     INPUT = "INPUT"
+    MORE_INPUTS = "MORE_INPUTS"
+    FOLDER = "FOLDER"
+    MOSAIC = "MOSAIC"
     PROMPTS = "PROMPTS"
     MODEL = "MODEL"
     EXTENT = "EXTENT"
     AOI = "AOI"
     TILE_SIZE = "TILE_SIZE"
     OVERLAP = "OVERLAP"
+    REFINE_DEPTH = "REFINE_DEPTH"
+    ZOOM = "ZOOM"
     SCORE_THRESHOLD = "SCORE_THRESHOLD"
     MASK_THRESHOLD = "MASK_THRESHOLD"
     BANDS = "BANDS"
@@ -89,7 +104,15 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
 
     def initAlgorithm(self, config: Any = None) -> None:  # noqa: N802
         double, integer = QgsProcessingParameterNumber.Double, QgsProcessingParameterNumber.Integer
-        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Raster layer (a file, or a web layer)"))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Raster layer (a file, or a web layer)",
+                                                            optional=True))
+        self.addParameter(QgsProcessingParameterMultipleLayers(
+            self.MORE_INPUTS, "More raster layers (files)", QgsProcessing.TypeRaster, optional=True))
+        self.addParameter(QgsProcessingParameterFile(
+            self.FOLDER, "Folder of raster tiles", QgsProcessingParameterFile.Folder, optional=True))
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.MOSAIC, "Treat the inputs as one mosaic (adjacent tiles: objects on file edges come back once)",
+            defaultValue=False))
         self.addParameter(QgsProcessingParameterString(self.PROMPTS, "Prompts (comma-separated or one per line)",
                                                        multiLine=True))
         self.addParameter(QgsProcessingParameterString(self.MODEL, "Model (Hugging Face id or folder)",
@@ -102,6 +125,11 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(self.TILE_SIZE, "Tile size (pixels)", integer, 1008,
                                                        minValue=16))
         self.addParameter(QgsProcessingParameterNumber(self.OVERLAP, "Overlap (pixels)", integer, 128, minValue=0))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.REFINE_DEPTH, "Refinement depth: levels of sub-tiles for tiles full of objects (0: never)", integer, 2,
+            minValue=0))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.ZOOM, "Zoom: start every tile this many levels down (small objects)", integer, 0, minValue=0))
         self.addParameter(QgsProcessingParameterNumber(self.SCORE_THRESHOLD, "Score threshold", double, 0.5,
                                                        minValue=0, maxValue=1))
         self.addParameter(QgsProcessingParameterNumber(self.MASK_THRESHOLD, "Mask threshold (empty: the model's, 0.5)",
@@ -137,8 +165,22 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         Raises QgsProcessingException with one line that names the parameter and the fix.
         """
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        if layer is None:
+        more = self.parameterAsLayerList(parameters, self.MORE_INPUTS, context) or []
+        folder = self.parameterAsFile(parameters, self.FOLDER, context) or ""
+        mosaic = self.parameterAsBoolean(parameters, self.MOSAIC, context)
+        if layer is None and parameters.get(self.INPUT) not in (None, ""):
             raise QgsProcessingException("INPUT: no such raster layer or file")
+        if layer is None and not more and not folder:
+            raise QgsProcessingException("INPUT: give a raster layer, MORE_INPUTS or a FOLDER of raster tiles")
+        if folder and not Path(folder).is_dir():
+            raise QgsProcessingException(f"FOLDER: {folder} is not a folder: pick the folder holding the tiles")
+        web = [x.name() for x in [layer, *more] if x is not None and not is_file_layer(x)]
+        if web and (more or folder or mosaic):
+            raise QgsProcessingException(f"INPUT: {web[0]} is a web layer: segment it alone, without MORE_INPUTS, "
+                                         f"FOLDER or MOSAIC")
+        if mosaic and not folder and len([x for x in [layer, *more] if x is not None]) < 2:
+            raise QgsProcessingException("MOSAIC: give several layers (MORE_INPUTS) or a FOLDER of tiles to read "
+                                         "as one mosaic")
         prompts = split_prompts(self.parameterAsString(parameters, self.PROMPTS, context))
         if not prompts:
             raise QgsProcessingException("PROMPTS: give at least one, e.g. building, tree crown")
@@ -146,7 +188,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         min_area = self.parameterAsDouble(parameters, self.MIN_AREA, context)
         resolution = self.number(parameters, self.RESOLUTION, context)
         job: dict[str, Any] = {
-            "inputs": [layer.source()],
+            "inputs": [x.source() for x in [layer, *more] if x is not None] + ([folder] if folder else []),
             "prompts": prompts,
             "backend": self.parameterAsString(parameters, self.BACKEND, context).strip() or "sam3",
             "model": self.parameterAsString(parameters, self.MODEL, context).strip() or None,
@@ -160,16 +202,27 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             "dst_crs": crs_text(crs) if crs.isValid() else None,
             "min_area": min_area if min_area > 0 else None,
         }
+        if mosaic:  # only when asked: a geoseg without mosaics still runs the other jobs
+            job["mosaic"] = True
+        for key, name, default in (("refine_depth", self.REFINE_DEPTH, 2), ("zoom", self.ZOOM, 0)):
+            value = self.parameterAsInt(parameters, name, context)
+            if value != default:  # as above: only when changed
+                job[key] = value
+        if layer is None:  # the first of the other inputs (a folder: its CRS is found by geoseg)
+            layer = more[0] if more else None
         extent = None
         if parameters.get(self.EXTENT) not in (None, ""):
             extent = self.parameterAsExtent(parameters, self.EXTENT, context)
         extent_crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
         if extent is not None and not extent.isNull():
+            if not extent_crs.isValid() and layer is None:
+                raise QgsProcessingException("EXTENT: give its CRS (xmin,xmax,ymin,ymax [EPSG:XXXX]): the inputs "
+                                             "are only a folder")
             if not extent_crs.isValid():  # "xmin,xmax,ymin,ymax" without [CRS]: the raster's
                 extent_crs = layer.crs()
             job["bbox"] = [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()]
             job["bbox_crs"] = crs_text(extent_crs)
-        if is_file_layer(layer):
+        if layer is None or is_file_layer(layer):
             return job, None
         web_resolution = self.number(parameters, self.WEB_RESOLUTION, context)
         kind = f"{layer.name()} is a web layer ({layer.providerType()}): geoseg segments a render of it"

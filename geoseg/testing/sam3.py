@@ -104,9 +104,9 @@ def _spread_outputs(model: Any, tokenizer: Any) -> None:
     side = model.config.vision_config.image_size
     ramp = torch.linspace(-1, 1, side)
     image = torch.stack([ramp[:, None].expand(side, side), ramp[None, :].expand(side, side), ramp.outer(ramp)])
-    text = tokenizer(["red"], padding="max_length", max_length=32, return_tensors="pt")
+    text = tokenizer(["red"], padding="max_length", max_length=32, return_tensors="pt").to(model.device)
     with torch.inference_mode():
-        out = model(pixel_values=image[None], **text)
+        out = model(pixel_values=image[None].to(model.device), **text)
     scoring, masks = model.dot_product_scoring.query_proj, model.mask_decoder.mask_embedder.layers[-1]
     with torch.no_grad():
         for layer, spread, target in ((scoring, out.pred_logits.std(), 2.5), (masks, out.pred_masks.std(), 3.0)):
@@ -115,18 +115,22 @@ def _spread_outputs(model: Any, tokenizer: Any) -> None:
         model.detr_decoder.presence_head.layer3.bias.fill_(2.0)
 
 
-def build_tiny_sam3(path: str | pathlib.Path, *, size: str = "tiny", seed: int = TINY_SEED) -> pathlib.Path:
+def build_tiny_sam3(path: str | pathlib.Path, *, size: str = "tiny", seed: int = TINY_SEED,
+                    device: str = "cpu") -> pathlib.Path:
     """Save a random SAM 3 (model + processor) to `path` and return it.
 
     size: "tiny" (tests: ~0.2 s per 1008 px tile on 2 CPU cores), "small" (CPU
     benchmarks) or "full" (the real architecture, for GPU benchmarks; 3.4 GB).
+    device: where to build it; "cuda" builds the full size in seconds rather than
+    a minute (other random weights than on the CPU, same costs).
     """
     import torch
     from transformers import Sam3ImageProcessor, Sam3Model, Sam3Processor
 
     path = pathlib.Path(path)
     torch.manual_seed(seed)
-    model = Sam3Model(sam3_config(size)).eval()
+    with torch.device(device):
+        model = Sam3Model(sam3_config(size)).eval()
     tokenizer = tiny_tokenizer()
     _spread_outputs(model, tokenizer)
     path.mkdir(parents=True, exist_ok=True)

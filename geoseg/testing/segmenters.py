@@ -80,23 +80,39 @@ class ColorSegmenter:
 
 
 class CountingSegmenter(ColorSegmenter):
-    """The colors test backend, counting the tiles it is given (`tiles`);
-    with `keep`, keeping a copy of each (`seen`); with `fail_after`, failing
-    as a GPU may once it has been given more tiles than that."""
+    """The colors test backend, counting the tiles it is given (`tiles`) and
+    their pixels (`pixels`); with `keep`, keeping a copy of each (`seen`); with
+    `fail_after`, failing as a GPU may once it has been given more tiles than
+    that; with `max_objects`, returning at most that many objects per tile and
+    prompt (the best scores), as a model with that many queries does."""
 
-    def __init__(self, *, keep: bool = False, fail_after: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, keep: bool = False, fail_after: int | None = None, max_objects: int | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.tiles = 0
-        self.keep, self.fail_after = keep, fail_after
+        self.tiles = self.pixels = 0
+        self.keep, self.fail_after, self.max_objects = keep, fail_after, max_objects
         self.seen: list[np.ndarray] = []
+        self.sizes: list[int] = []  #: the size of each tile given
 
     def segment(self, tiles: np.ndarray, prompts: Sequence[str]) -> list[Detections]:
         self.tiles += len(tiles)
+        self.pixels += int(np.prod(tiles.shape[:3]))
+        self.sizes += [tiles.shape[1]] * len(tiles)
         if self.fail_after is not None and self.tiles > self.fail_after:
             raise RuntimeError("the device fell over")
         if self.keep:
             self.seen.extend(t.copy() for t in tiles)
-        return super().segment(tiles, prompts)
+        found = super().segment(tiles, prompts)
+        return found if self.max_objects is None else [_best(d, self.max_objects) for d in found]
+
+
+def _best(dets: Detections, n: int) -> Detections:
+    """At most `n` detections per label, the best scores (ties: the first found)."""
+    keep = np.zeros(len(dets), bool)
+    for label in set(dets.labels.tolist()):
+        idx = np.flatnonzero(dets.labels == label)
+        keep[idx[np.argsort(-dets.scores[idx], kind="stable")[:n]]] = True
+    return dets[keep]
 
 
 def pieces_in_memory(rgb: np.ndarray, plan: TilePlan, segmenter: Any, prompts: Sequence[str]) -> list[Piece]:

@@ -1,0 +1,288 @@
+"""Dense scenes: tiles that fill the segmenter's capacity are refined in
+sub-tiles, every object comes back once and whole, at a bounded cost."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyogrio
+import pytest
+from conftest import one_line_error, run
+from test_qgis import qgis_profile  # noqa: F401  (a fixture)
+
+import geoseg
+from geoseg.errors import RunError, UsageError
+from geoseg.export import read_provenance
+from geoseg.refine import Refine, levels
+from geoseg.testing import CountingSegmenter, draw, make_scene, write_geotiff
+from geoseg.testing.scenes import random_objects
+from geoseg.tiling import plan_tiles
+
+PROMPTS = ["red", "green", "blue"]
+TILING = dict(tile_size=256, overlap=32, cpu_workers=0)
+SIZE = 1024
+CAP = 40  # objects per tile and prompt the test segmenter can return
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory):
+    """~3,000 small objects (radius 3-6 px) on 1024² px: ~80 per 256 px tile and prompt, twice the cap."""
+    path = tmp_path_factory.mktemp("dense") / "dense.tif"
+    return write_geotiff(path, draw(SIZE, SIZE, random_objects(SIZE, SIZE, 3000, seed=1, r_range=(3, 6))))
+
+
+@pytest.fixture(scope="module")
+def truth(dense):
+    """One uncapped tile over the whole scene: every object, uncut."""
+    return geoseg.segment(dense, PROMPTS, segmenter=CountingSegmenter(), tile_size=SIZE, overlap=0, cpu_workers=0)
+
+
+def match(truth, result):
+    """For each truth object, the IoU of the best result object of its label; and how many result
+    objects overlap each truth object by more than half of the smaller."""
+    ious, hits = [], []
+    tree = result.sindex
+    for geom, label in zip(truth.geometry, truth["label"]):
+        near = result.iloc[tree.query(geom, predicate="intersects")]
+        near = near[near["label"] == label]
+        inter = near.geometry.intersection(geom).area
+        ious.append(float((inter / near.geometry.union(geom).area).max()) if len(near) else 0.0)
+        hits.append(int((inter > 0.5 * np.minimum(near.geometry.area, geom.area)).sum()))
+    return np.array(ious), np.array(hits)
+
+
+def test_levels_halve_the_overlap_and_two_sub_tiles_per_side_cover_the_parent():
+    sizes = levels(1008, 128)
+    assert sizes[:3] == [(1008, 128), (536, 64), (284, 32)]
+    assert all(size >= 64 for size, _ in sizes)
+    for (parent, _), (size, overlap) in zip(sizes, sizes[1:]):
+        sub = plan_tiles(parent, parent, size, overlap)
+        assert sub.shape == (2, 2) and sub.tile(3).window.row_stop == parent
+        assert sub.row_starts[1] + overlap <= size  # neighbours overlap by at least `overlap`
+
+
+def test_a_dense_scene_comes_back_whole_once_per_object_at_bounded_cost(dense, truth, caplog):
+    plain = CountingSegmenter()
+    geoseg.segment(dense, PROMPTS, segmenter=plain, **TILING)
+    capped = CountingSegmenter(max_objects=CAP)
+    with caplog.at_level(logging.INFO, logger="geoseg.progress"):
+        got = geoseg.segment(dense, PROMPTS, segmenter=capped, progress=False, **TILING)
+
+    assert len(truth) > 2500
+    ious, hits = match(truth, got)
+    assert ious.min() >= 0.98 and (hits == 1).all()
+    assert len(got) == len(truth)
+    assert capped.pixels <= 4 * plain.pixels  # each refined 256 px tile: 4 sub-tiles of 136 px
+    assert sorted(set(capped.sizes)) == [136, 256]
+    assert (got["level"] == 1).all()
+    assert (got["n_tiles"] > 1).sum() > 100  # many objects lie across tile seams
+    # and many across the edges between sub-tiles' cores (at 128 px into each 256 px tile)
+    rows = (got.geometry.bounds[["miny", "maxy"]].to_numpy() - 3286000.0) / -0.5
+    starts = np.asarray(plan_tiles(SIZE, SIZE, 256, 32).row_starts)
+    cut = (starts + 128)[None, :]
+    across = ((rows[:, 1:2] < cut) & (rows[:, 0:1] > cut)).any(axis=1)
+    assert across.sum() > 50
+    meta = got.attrs["geoseg"]
+    assert meta["refined"] == {"tiles": 25, "sub_tiles": 100, "deepest_level": 1}
+    assert meta["refine"]["max_objects"] == CAP
+    assert any("sub-tiles refining dense ones" in r.getMessage() for r in caplog.records)
+
+
+def test_without_refinement_the_capped_segmenter_loses_objects_and_says_where(dense, truth, caplog):
+    with caplog.at_level(logging.WARNING, logger="geoseg"):
+        got = geoseg.segment(dense, PROMPTS, segmenter=CountingSegmenter(max_objects=CAP), refine_depth=0, **TILING)
+    assert len(got) < 0.8 * len(truth)
+    warned = [r.getMessage() for r in caplog.records if "still saturated" in r.getMessage()]
+    assert len(warned) == 6  # five tiles, then how many more
+    assert "x=404064.0, y=3285936.0 EPSG:32617" in warned[0] and "refine_depth=" in warned[0]
+    assert "20 more tiles" in warned[-1]
+
+
+def test_a_sparse_scene_costs_exactly_the_plain_plan(tmp_path):
+    scene = make_scene(tmp_path / "sparse.tif", size=1200, seed=3)
+    plain, capped = CountingSegmenter(), CountingSegmenter(max_objects=CAP)
+    want = geoseg.segment(scene, PROMPTS, segmenter=plain, **TILING)
+    got = geoseg.segment(scene, PROMPTS, segmenter=capped, **TILING)
+    assert capped.tiles == plain.tiles == 36 and capped.pixels == plain.pixels == 36 * 256**2
+    assert got.geometry.geom_equals_exact(want.geometry, tolerance=0).all() and (got["level"] == 0).all()
+    assert got.attrs["geoseg"]["refined"] == {"tiles": 0, "sub_tiles": 0, "deepest_level": 0}
+
+
+class Recording(CountingSegmenter):
+    """Records each call's tile size and prompts."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.calls = []
+
+    def segment(self, tiles, prompts):
+        self.calls.append((tiles.shape[1], tuple(prompts)))
+        return super().segment(tiles, prompts)
+
+
+def test_only_the_prompts_that_saturated_run_again(tmp_path):
+    """Dense red objects over sparse green ones: only "red" goes to the sub-tiles."""
+    objs = random_objects(SIZE, SIZE, 3000, seed=2, r_range=(3, 6))
+    objs = [o for o in objs if o.label == "red"] + [o for o in objs if o.label == "green"][:60]
+    scene = write_geotiff(tmp_path / "red.tif", draw(SIZE, SIZE, objs))
+    seg = Recording(max_objects=CAP)
+    got = geoseg.segment(scene, ["red", "green"], segmenter=seg, **TILING)
+    assert {p for size, p in seg.calls if size == 136} == {("red",)}
+    want = geoseg.segment(scene, ["red", "green"], segmenter=CountingSegmenter(), tile_size=SIZE, overlap=0,
+                          cpu_workers=0)
+    ious, hits = match(want, got)
+    assert len(got) == len(want) and ious.min() >= 0.98 and (hits == 1).all()
+    assert set(got.loc[got["label"] == "green", "level"]) == {0}
+    assert set(got.loc[got["label"] == "red", "level"]) == {1}
+
+
+def test_zoom_starts_every_tile_in_sub_tiles(dense, truth):
+    seg = CountingSegmenter(max_objects=CAP)
+    got = geoseg.segment(dense, PROMPTS, segmenter=seg, zoom=1, **TILING)
+    assert set(seg.sizes) == {136} and seg.tiles == 100
+    ious, hits = match(truth, got)
+    assert len(got) == len(truth) and ious.min() >= 0.98 and (hits == 1).all()
+    assert (got["level"] == 1).all()
+
+
+def test_the_deepest_level_is_a_limit(tmp_path, caplog):
+    """So dense that the 136 px sub-tiles saturate too: level 2 (72 px) finds the rest; with depth 1, a warning."""
+    objs = random_objects(512, 512, 3000, seed=4, r_range=(2, 3))
+    scene = write_geotiff(tmp_path / "denser.tif", draw(512, 512, objs))
+    truth = geoseg.segment(scene, PROMPTS, segmenter=CountingSegmenter(), tile_size=512, overlap=0, cpu_workers=0)
+    deep = geoseg.segment(scene, PROMPTS, segmenter=CountingSegmenter(max_objects=CAP), **TILING)
+    assert deep.attrs["geoseg"]["refined"]["deepest_level"] == 2
+    ious, hits = match(truth, deep)
+    assert len(deep) == len(truth) and ious.min() >= 0.98 and (hits == 1).all()
+    with caplog.at_level(logging.WARNING, logger="geoseg"):
+        shallow = geoseg.segment(scene, PROMPTS, segmenter=CountingSegmenter(max_objects=CAP), refine_depth=1,
+                                 **TILING)
+    assert len(shallow) < len(truth)
+    assert any("still saturated" in r.getMessage() for r in caplog.records)
+
+
+def test_a_run_killed_while_refining_resumes_to_the_same_output(dense, tmp_path):
+    out = tmp_path / "dense.gpkg"
+    want = geoseg.segment(dense, PROMPTS, segmenter=CountingSegmenter(max_objects=CAP), **TILING)
+    failing = CountingSegmenter(max_objects=CAP, fail_after=40, batch_size=2)  # inside the 3rd tile's sub-tiles
+    with pytest.raises(RunError, match="fell over"):
+        geoseg.segment(dense, PROMPTS, segmenter=failing, output=out, **TILING)
+    again = CountingSegmenter(max_objects=CAP, batch_size=2)
+    got = geoseg.segment(dense, PROMPTS, segmenter=again, output=out, **TILING)
+    assert again.tiles < 125  # the tiles staged before the failure are not segmented again
+    back = pyogrio.read_dataframe(out)
+    assert len(back) == len(want) and got.geometry.geom_equals_exact(want.geometry, tolerance=0).all()
+    assert (back["level"].to_numpy() == want["level"].to_numpy()).all()
+    assert read_provenance(out)["refined"] == {"tiles": 25, "sub_tiles": 100, "deepest_level": 1}
+
+
+def test_dask_workers_refine_as_this_process_does(dense):
+    from geoseg.distributed import DaskEngine, connect
+    from geoseg.pipeline import Settings
+    from geoseg.pipeline import run as run_pipeline
+
+    want = geoseg.segment(dense, PROMPTS, segmenter=CountingSegmenter(max_objects=CAP), **TILING)
+    settings = Settings.of(PROMPTS, tile_size=256, overlap=32, cpu_workers=0)
+    with connect(workers=1) as client:
+        summary = run_pipeline([dense], settings, DaskEngine(client, CountingSegmenter(max_objects=CAP), block=5),
+                               collect=True)
+    got = summary.frame
+    assert summary.files[0].refined == (25, 100, 1)
+    assert got.geometry.geom_equals_exact(want.geometry, tolerance=0).all()
+    assert (got["level"].to_numpy() == want["level"].to_numpy()).all()
+
+
+class Encoding(CountingSegmenter):
+    """A backend with vision features (the tile itself), counting the tiles encoded."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.encoded = 0
+
+    def vision_features(self, tiles):
+        self.encoded += len(tiles)
+        return [t.copy() for t in tiles]
+
+    def segment_features(self, features, prompts):
+        return self.segment(np.stack(features), prompts)
+
+
+def test_a_session_refines_and_keeps_the_sub_tiles_features(dense, truth):
+    seg = Encoding(max_objects=CAP)
+    session = geoseg.Segmentation(dense, segmenter=seg, tile_size=256, overlap=32)
+    first = session.segment(PROMPTS)
+    assert seg.encoded == 125  # 25 tiles and the 100 sub-tiles of the refined ones
+    again = session.segment(PROMPTS)
+    assert seg.encoded == 125  # no tile nor sub-tile encoded twice
+    ious, hits = match(truth, first)
+    assert len(first) == len(truth) and ious.min() >= 0.98 and (hits == 1).all()
+    assert again.geometry.geom_equals_exact(first.geometry, tolerance=0).all()
+
+
+def test_bad_refinement_options_are_one_line_errors(dense, tmp_path):
+    with pytest.raises(UsageError, match=r"saturation=0 must be in \(0, 1\]"):
+        Refine.of(saturation=0)
+    line = one_line_error(run("segment", dense, "-p", "red", "--backend", "colors", "--tile-size", "256",
+                              "--zoom", "4", "-o", tmp_path / "o.gpkg"))
+    assert "--zoom 4 would make sub-tiles smaller than 64 px from --tile-size 256: use --zoom 2 at most" in line
+    assert not list(tmp_path.iterdir())
+
+
+def test_tiny_sam3_reads_its_capacity_from_its_config_and_refines(tmp_path, caplog):
+    pytest.importorskip("torch")
+    from geoseg.backends.sam3 import Sam3Segmenter
+    from geoseg.testing import build_tiny_sam3
+
+    sam = Sam3Segmenter(model=str(build_tiny_sam3(tmp_path / "tiny")), device="cpu", score_threshold=0.3)
+    assert sam.max_objects == sam.model.config.detr_decoder_config.num_queries == 16
+    seen = []
+    encoder = sam.model.get_vision_features
+
+    def spy(*args, **kwargs):
+        seen.append(tuple(kwargs["pixel_values"].shape))
+        return encoder(*args, **kwargs)
+
+    sam.model.get_vision_features = spy
+    with caplog.at_level(logging.INFO, logger="geoseg"):
+        got = geoseg.segment("sample_data/OSBS_029.tif", "tree", segmenter=sam, tile_size=256, overlap=32,
+                             saturation=0.25, refine_depth=1, cpu_workers=0)
+    refined = got.attrs["geoseg"]["refined"]
+    assert got.attrs["geoseg"]["refine"]["max_objects"] == 16
+    assert refined["tiles"] > 0 and refined["deepest_level"] == 1
+    assert sum(n for n, *_ in seen) == 4 + refined["sub_tiles"]  # 4 tiles, then the sub-tiles of saturated ones
+    assert {shape[2:] for shape in seen} == {(1008, 1008)}  # 256 and 136 px tiles, both at the model's input size
+    assert set(got["level"]) <= {0, 1} and (got["level"] == 1).any()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"+{refined['sub_tiles']} sub-tiles refining dense ones" in m for m in messages)
+
+
+def test_info_shows_how_large_objects_look_to_the_model_and_the_zoom_to_use():
+    import json
+
+    text = run("info", "sample_data/OSBS_029.tif", "--object-size", "0.4")  # 0.1 m pixels: 4 px
+    assert text.exit_code == 0, text.output
+    assert "0.4 m = 4 px = 4 at level 0, 7.5 at level 1, 14.2 at level 2, 26.9 at level 3" in text.output
+    assert "use --zoom 3" in text.output
+    out = run("info", "sample_data/OSBS_029.tif", "--object-size", "2", "--tile-size", "256", "--overlap", "32",
+              "--json")
+    size = json.loads(out.output)["rasters"][0]["object_size"]
+    assert size["pixels"] == 20 and size["zoom"] == 0
+    assert [s["tile_px"] for s in size["levels"]] == [256, 136, 72]
+    line = one_line_error(run("info", "sample_data/OSBS_029.tif", "--object-size", "2", "--pixel-coords"))
+    assert "has no CRS, so its pixels have no size in metres" in line
+
+
+@pytest.mark.qgis
+def test_qgis_runs_with_zoom_and_refinement_depth(qgis_profile, dense, truth, tmp_path):  # noqa: F811
+    from test_qgis import run_in_qgis
+
+    out = tmp_path / "zoom.gpkg"
+    got = run_in_qgis(qgis_profile, {"INPUT": dense, "PROMPTS": "red,green,blue", "BACKEND": "colors",
+                                     "TILE_SIZE": 256, "OVERLAP": 32, "ZOOM": 1, "REFINE_DEPTH": 0,
+                                     "OUTPUT": str(out)})
+    assert got["error"] is None and got["count"] == len(truth), got
+    back = pyogrio.read_dataframe(out)
+    assert (back["level"] == 1).all()
+    meta = read_provenance(out, "zoom")["refine"]
+    assert (meta["zoom"], meta["depth"]) == (1, 0)
