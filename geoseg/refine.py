@@ -105,8 +105,6 @@ class Outcome:
     """What segmenting a batch of tiles with refinement gave."""
 
     pieces: list[list[merge.Piece]]  #: per tile, in raster pixels
-    sub_tiles: int = 0  #: sub-tiles segmented
-    deepest: int = 0  #: the deepest level segmented
     #: plan tile -> (its sub-tiles segmented, the deepest level among them)
     refined: dict[int, tuple[int, int]] = field(default_factory=dict)
     at_limit: dict[int, set[str]] = field(default_factory=dict)  #: plan tile -> prompts still saturated
@@ -128,8 +126,6 @@ class _Run:
             again = list(enumerate(prompts))
         else:
             if level:
-                self.out.sub_tiles += len(items)
-                self.out.deepest = max(self.out.deepest, level)
                 for it in items:
                     count, _ = self.out.refined.get(it.root, (0, 0))
                     self.out.refined[it.root] = (count + 1, level)

@@ -33,9 +33,6 @@ CREATE TABLE IF NOT EXISTS pieces (
 CREATE INDEX IF NOT EXISTS pieces_trow ON pieces (trow);
 """
 
-_ADDED = [("tiles", "sub_tiles"), ("tiles", "depth"), ("pieces", "level")]
-
-
 def pack(mask: np.ndarray) -> bytes:
     """A boolean mask as bits (its shape is stored beside it); large ones compressed."""
     bits = np.packbits(mask, axis=None).tobytes()
@@ -57,9 +54,6 @@ class TileStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
-        for table, column in _ADDED:  # a work folder staged by geoseg 0.1 before refinement
-            if column not in {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}:
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
 
     def load(self, key: str) -> Any:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
