@@ -1,9 +1,11 @@
 """Running a segmenter over tiles in this process: read ahead, segment in
-batches, stage behind. `distributed` does the same on a Dask cluster."""
+batches (two in flight: one in the model, one in post-processing), stage
+behind. `distributed` does the same on a Dask cluster."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -57,18 +59,30 @@ def _timed_read(src: RasterSource, profile: Profile, window: Window) -> tuple[np
         return src.read(window)
 
 
-class _Timed:
-    """A backend whose `segment` calls are counted in a profile as "model"."""
+class _OneAtATime:
+    """A backend shared by the two batches in flight: one call of its `segment`
+    at a time (the other batch meanwhile in its post-processing), each counted in
+    `profile` as "model"; the calling thread's time in them, waits included, in `held`."""
 
-    def __init__(self, backend: Backend, profile: Profile) -> None:
-        self._backend, self._profile = backend, profile
+    held = threading.local()
+
+    def __init__(self, backend: Backend, profile: Profile | None) -> None:
+        self._backend, self._profile, self._lock = backend, profile, threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._backend, name)
 
     def segment(self, tiles: np.ndarray, prompts: list[str]) -> Any:
-        with self._profile.time("model"):
-            return self._backend.segment(tiles, prompts)
+        asked = time.perf_counter()
+        with self._lock:
+            t = time.perf_counter()
+            try:
+                return self._backend.segment(tiles, prompts)
+            finally:
+                end = time.perf_counter()
+                if self._profile is not None:
+                    self._profile.add("model", end - t)
+                self.held.seconds = getattr(self.held, "seconds", 0.0) + end - asked
 
 
 @dataclass
@@ -88,34 +102,54 @@ def segment_tiles(src: RasterSource, plan: TilePlan, todo: list[int], backend: B
     """The one read -> skip nodata -> batch -> segment loop (local, Dask, session):
     tiles `todo` of `src` read ahead in a thread, those with valid pixels
     segmented `backend.batch_size` at a time, saturated ones refined (`geoseg.refine`).
-    With a `profile`, the time spent reading, in the model and in the rest of
-    the segment step (masks -> pieces) is counted there."""
+
+    Two batches are in flight, in two threads: while one is in the model, the
+    other's masks become pieces, so a GPU does not wait for the CPU between
+    calls. The model takes one call at a time; batches come out in order. With
+    a `profile`, the time spent reading, in the model and in the rest of the
+    segment step (masks -> pieces) is counted there."""
     size, refine = backend.batch_size, refine or Refine()
-    step = partial(_segment, backend, prompts=prompts, refine=refine, plan=plan)
-    if profile is not None:
-        step = partial(_profiled, _Timed(backend, profile), profile, prompts=prompts, refine=refine, plan=plan)
+    step = partial(_step, _OneAtATime(backend, profile), profile, prompts=prompts, refine=refine, plan=plan)
     done: list[int] = []
     nodata: list[int] = []
     batch: list[tuple[Tile, np.ndarray, np.ndarray]] = []
-    for tile, rgb, valid in read_ahead(src, [plan.tile(k) for k in todo], depth=2 * size, profile=profile):
-        done.append(tile.index)
-        if valid.any():
-            batch.append((tile, rgb, valid))
-        else:
-            nodata.append(tile.index)
-        if len(batch) == size:
-            yield step(batch=batch, done=done, nodata=nodata)
-            done, nodata, batch = [], [], []
-    if done:
-        yield step(batch=batch, done=done, nodata=nodata)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="geoseg-segment") as pool:
+        flying: deque[Future[Batch]] = deque()
+        for tile, rgb, valid in read_ahead(src, [plan.tile(k) for k in todo], depth=2 * size, profile=profile):
+            done.append(tile.index)
+            if valid.any():
+                batch.append((tile, rgb, valid))
+            else:
+                nodata.append(tile.index)
+            if len(batch) == size:
+                flying.append(pool.submit(step, batch=batch, done=done, nodata=nodata))
+                done, nodata, batch = [], [], []
+                if len(flying) == 2:
+                    yield _result(flying)
+        if done:
+            flying.append(pool.submit(step, batch=batch, done=done, nodata=nodata))
+        while flying:
+            yield _result(flying)
 
 
-def _profiled(backend: _Timed, profile: Profile, **kwargs: Any) -> Batch:
-    t, model = time.perf_counter(), profile.model
+def _result(flying: deque[Future[Batch]]) -> Batch:
+    """The oldest batch in flight; on its failure, the other is cancelled unless it has begun."""
+    try:
+        return flying.popleft().result()
+    except BaseException:
+        for fut in flying:
+            fut.cancel()
+        raise
+
+
+def _step(backend: _OneAtATime, profile: Profile | None, **kwargs: Any) -> Batch:
+    t = time.perf_counter()
+    backend.held.seconds = 0.0
     try:
         return _segment(backend, **kwargs)  # type: ignore[arg-type]
-    finally:  # the segment step less the model's calls: stacking tiles, masks -> pieces
-        profile.add("post", time.perf_counter() - t - (profile.model - model))
+    finally:  # the segment step less the model's calls and waits: stacking tiles, masks -> pieces
+        if profile is not None:
+            profile.add("post", time.perf_counter() - t - backend.held.seconds)
 
 
 def _segment(backend: Backend, batch: list[tuple[Tile, np.ndarray, np.ndarray]], prompts: list[str],
@@ -153,8 +187,9 @@ class Engine(Protocol):
 
 class LocalEngine:
     """Runs the segmenter in this process. Tiles are read and decoded in a
-    background thread ahead of the model; detections are packed and staged in
-    another behind it, so the model never waits on I/O.
+    background thread ahead of the model; a batch's masks become pieces while
+    the next batch is in the model; pieces are packed and staged in another
+    thread behind, so the model never waits on I/O.
     """
 
     def __init__(self, segmenter: Segmenter | Backend) -> None:

@@ -91,7 +91,7 @@ class Progress:
         rate = (self.done - self.done0) / max(time.monotonic() - self.t0, 1e-9)
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         pct = 100 * self.done / max(self.total, 1)
-        refined = f" (+{self.sub_tiles} sub-tiles refining dense ones)" if self.sub_tiles else ""
+        refined = f" (+{self.sub_tiles} sub-tiles)" if self.sub_tiles else ""
         return (f"{self.name}: {self.done}/{self.total} tiles{refined} ({pct:.0f} %), "
                 f"{self.done * self.km2_per_tile:.3g} km², "
                 f"{self.detections} detections, {self.objects()} objects so far, ETA {_eta(eta)}")

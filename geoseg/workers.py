@@ -1,5 +1,5 @@
-"""Worker processes for the CPU side of a run: masks -> pieces behind the
-model, and vectorising, areas and reprojection behind the merge.
+"""Worker processes for the CPU side of a run: vectorising, areas,
+reprojection and the area filter behind the merge.
 
 Python threads share one GIL, so with a fast model the per-tile work in
 Python, not the GPU, sets the pace. `Pool` hands it to `workers` processes;
@@ -10,8 +10,8 @@ never "fork": the run's process has threads (reads, staging, the merge) and
 may hold a CUDA context, neither of which survives a fork. The fork server
 is a fresh interpreter that imports this module only (no torch, no model),
 and forks each worker from that clean state. Workers ignore Ctrl-C: the run's
-process stops them. What crosses between processes is one batch of tiles or
-one row of objects at a time, as plain dataclasses and numpy arrays.
+process stops them. What crosses between processes is a chunk of a row's
+objects at a time, as plain dataclasses and numpy arrays.
 """
 
 from __future__ import annotations

@@ -152,3 +152,41 @@ def test_a_segmenter_returning_the_wrong_number_of_results_stops_the_run(half_no
             stage(half_nodata[0], WrongCount(batch_size=2), store)
         assert isinstance(err.value, GeosegError)
         assert store.done() == set()  # nothing of the bad batch staged
+
+
+class OneAtATime(ColorSegmenter):
+    """The colors backend, slow, recording how many of its calls ran at once and from which threads."""
+
+    def __init__(self, **kwargs):
+        super().__init__(delay=0.02, **kwargs)
+        self.active = self.most = 0
+        self.threads = set()
+        self.lock = threading.Lock()
+
+    def segment(self, tiles, prompts):
+        with self.lock:
+            self.active += 1
+            self.most = max(self.most, self.active)
+            self.threads.add(threading.current_thread().name)
+        try:
+            return super().segment(tiles, prompts)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def test_two_batches_in_flight_share_the_model_one_call_at_a_time_and_come_out_in_order(half_nodata):
+    from geoseg.engine import segment_tiles
+    from geoseg.segmenter import Backend
+
+    path, _ = half_nodata
+    plan = plan_tiles(1024, 1024, 256, 0)
+    seg = OneAtATime(batch_size=2)
+    with RasterSource(path) as src:
+        got = list(segment_tiles(src, plan, list(range(len(plan))), Backend(seg), PROMPTS))
+    assert seg.most == 1 and len(seg.threads) == 2  # two steps in flight, never two model calls at once
+    assert [k for b in got for k in b.tiles] == list(range(16))
+    with RasterSource(path) as src:
+        plan_one = list(segment_tiles(src, plan, list(range(16)), Backend(ColorSegmenter(batch_size=16)), PROMPTS))
+    assert [(p.tile, p.row, p.col, p.label) for b in got for p in b.pieces] == \
+        [(p.tile, p.row, p.col, p.label) for b in plan_one for p in b.pieces]

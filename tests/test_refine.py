@@ -86,7 +86,7 @@ def test_a_dense_scene_comes_back_whole_once_per_object_at_bounded_cost(dense, t
     meta = got.attrs["geoseg"]
     assert meta["refined"] == {"tiles": 25, "sub_tiles": 100, "deepest_level": 1}
     assert meta["refine"]["max_objects"] == CAP
-    assert any("sub-tiles refining dense ones" in r.getMessage() for r in caplog.records)
+    assert any("25/25 tiles (+100 sub-tiles)" in r.getMessage() for r in caplog.records)
 
 
 def test_without_refinement_the_capped_segmenter_loses_objects_and_says_where(dense, truth, caplog):
@@ -254,7 +254,7 @@ def test_tiny_sam3_reads_its_capacity_from_its_config_and_refines(tmp_path, capl
     assert {shape[2:] for shape in seen} == {(1008, 1008)}  # 256 and 136 px tiles, both at the model's input size
     assert set(got["level"]) <= {0, 1} and (got["level"] == 1).any()
     messages = [r.getMessage() for r in caplog.records]
-    assert any(f"+{refined['sub_tiles']} sub-tiles refining dense ones" in m for m in messages)
+    assert any(f"(+{refined['sub_tiles']} sub-tiles)" in m for m in messages)
 
 
 def test_info_shows_how_large_objects_look_to_the_model_and_the_zoom_to_use():

@@ -151,7 +151,7 @@ def test_cli_cpu_workers_and_profile(dense, tmp_path):
     for stage in ("read", "model", "post-process", "stage", "merge", "vectorise+write"):
         assert f"  {stage} " in text
     assert "model idle" in text and "1 CPU worker process" in text and "dense.tif" in text
-    assert "the CPU side set the pace" in text  # the colors segmenter costs next to nothing
+    assert "set the pace" in text  # which side did depends on the machine's load
     bad = run(*args[:-3], "--cpu-workers", "-1")
     one_line_error(bad)
     assert "--cpu-workers" in bad.output
@@ -206,3 +206,12 @@ def test_a_pool_replaces_a_dead_worker():
         with pytest.raises(BrokenProcessPool):
             pool.submit(os._exit, 3).result()
         assert pool.submit(int, "5").result() == 5
+
+
+def test_the_verdict_names_what_set_the_pace():
+    from geoseg.profile import Profile
+
+    assert Profile(model=9.0, wall=10.0).verdict() == "the model set the pace"
+    slow_merge = Profile(model=2.0, merge=6.0, read=1.0, wall=10.0).verdict()
+    assert "the CPU side set the pace" in slow_merge and "merge" in slow_merge
+    assert "vectorise+write: more" in Profile(model=1.0, write=8.0, wall=10.0).verdict()
