@@ -100,12 +100,10 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | Non
             layer: str, overwrite: bool, backend: str, model: str | None, device: str | None, dtype: str | None,
             batch_size: int | None, score_threshold: float | None, mask_threshold: float | None,
             max_detections: int | None, nms_iou: float | None, compile_encoder: bool, tile_size: int, overlap: int,
-            saturation: float,
-            refine_depth: int, zoom: int, bands: str | None,
-            resolution: float | None, pixel_coords: bool, bbox: str | None, bbox_crs: str | None, aoi: str | None,
-            stretch: str, dst_crs: str | None,
-            simplify: float | None, min_area: float | None, raster_out: str | None, raster_values: str | None,
-            work_dir: str | None, restart: bool, as_mosaic: bool, shard: str | None,
+            saturation: float, refine_depth: int, zoom: int, bands: str | None, resolution: float | None,
+            pixel_coords: bool, bbox: str | None, bbox_crs: str | None, aoi: str | None, stretch: str,
+            dst_crs: str | None, simplify: float | None, min_area: float | None, raster_out: str | None,
+            raster_values: str | None, work_dir: str | None, restart: bool, as_mosaic: bool, shard: str | None,
             workers: int | None, scheduler: str | None, resources: str | None, asset: str | None,
             cpu_workers: int | None, show_profile: bool, log_file: str | None, quiet: bool) -> None:
     """Find the objects named by PROMPTs in INPUTS (rasters, folders or URLs) and write polygons.
