@@ -43,6 +43,7 @@ from geoseg.raster import RasterSource, is_remote
 from geoseg.rowmerge import FileMerge, Rows
 from geoseg.segmenter import Segmenter, as_segmenter
 from geoseg.settings import Settings
+from geoseg.staging import TileStore
 from geoseg.tiling import Window
 from geoseg.workdir import WorkDir
 
@@ -388,8 +389,8 @@ def stage_one(path: Any, settings: Settings, engine: Engine, work: WorkDir, info
               progress: Progress, pool: workers.Pool | None = None, *,
               result: FileResult | None = None) -> FileMerge | None:
     """Stage the detections of one raster's tiles not yet staged, merging the
-    rows of tiles behind the model as they complete; the running merge (None
-    when an earlier run merged this raster). `result.refined` is set."""
+    rows of tiles behind the model as they complete (`stage_rows`); the running
+    merge (None when an earlier run merged this raster). `result.refined` is set."""
     plan = info.plan
     store = work.store(path, len(plan), plan.shape)  # refuses an input changed since an earlier run
     if work.result_path(path).exists():
@@ -401,24 +402,10 @@ def stage_one(path: Any, settings: Settings, engine: Engine, work: WorkDir, info
     profile = Profile(workers=pool.workers if pool is not None else 0)
     merging = FileMerge(store.path, info, settings, work.result_path(path), pool, profile)
     try:
-        done = store.done()
-        away = list(info.skip)
-        if set(away) - done:  # tiles away from the area: staged empty, never read, so their rows complete
-            store.put(away, [], plan.shape[1], nodata=away)
-            done |= set(away)
-        rows = Rows(plan, done)
-        merging.feed(rows.complete)
-        todo = [k for k in range(len(plan)) if k not in done]
-        profile.tiles = len(todo)
-        if todo and pool is not None:
+        if pool is not None:
             pool.start()  # while the first tiles are read and segmented
-        progress.start(info.name, info.tiles, len(done) - len(away), info.km2_per_tile, lambda: merging.objects)
-        if todo:
-            with RasterSource(path, settings.read) as src:
-                engine.stage(src, plan, todo, settings.prompts, store, progress,
-                             staged=lambda tiles: merging.feed(rows.add(tiles)), refine=settings.refine,
-                             profile=profile)
-        progress.finish()
+        stage_rows(path, settings, engine, info, store, progress, profile=profile, complete=merging.feed,
+                   objects=lambda: merging.objects)
         merging.all_nodata = store.nodata() == len(plan)
         if result is not None:
             result.refined = store.refinement()
@@ -428,6 +415,31 @@ def stage_one(path: Any, settings: Settings, engine: Engine, work: WorkDir, info
     finally:
         store.close()
     return merging
+
+
+def stage_rows(path: Any, settings: Settings, engine: Engine, info: RasterInfo, store: TileStore,
+               progress: Progress, *, profile: Profile | None = None,
+               complete: Callable[[int], None] = lambda rows: None, objects: Callable[[], int] = lambda: 0) -> None:
+    """Stage the tiles of `info.plan` not yet in `store` (those in `info.skip`
+    staged empty, never read); `complete(n)` whenever rows 0..n-1 of tiles
+    are all staged; `objects()` counts the objects merged so far, for progress."""
+    plan = info.plan
+    done = store.done()
+    away = list(info.skip)
+    if set(away) - done:  # tiles away from the area: staged empty, never read, so their rows complete
+        store.put(away, [], plan.shape[1], nodata=away)
+        done |= set(away)
+    rows = Rows(plan, done)
+    complete(rows.complete)
+    todo = [k for k in range(len(plan)) if k not in done]
+    if profile is not None:
+        profile.tiles = len(todo)
+    progress.start(info.name, info.tiles, len(done) - len(away), info.km2_per_tile, objects)
+    if todo:
+        with RasterSource(path, settings.read) as src:
+            engine.stage(src, plan, todo, settings.prompts, store, progress,
+                         staged=lambda tiles: complete(rows.add(tiles)), refine=settings.refine, profile=profile)
+    progress.finish()
 
 
 def _finish_one(path: Any, settings: Settings, engine: Engine, work: WorkDir, info: RasterInfo,

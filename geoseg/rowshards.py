@@ -64,7 +64,7 @@ def run_part(xml: str, settings: Settings, engine: Engine, *, shard: tuple[int, 
 
     Resumable like any run (its work folder is kept until the part is written).
     """
-    from geoseg.pipeline import default_work_dir, fingerprint, stage_one  # pipeline calls this module
+    from geoseg.pipeline import default_work_dir, fingerprint, stage_rows  # pipeline calls this module
 
     info = inspect(xml, tile_size=settings.tile_size, overlap=settings.overlap, read=settings.read)
     target = part_path(output_dir, info.name, shard)
@@ -80,11 +80,11 @@ def run_part(xml: str, settings: Settings, engine: Engine, *, shard: tuple[int, 
                    fingerprint(settings, engine), restart=restart)
     engine.check(settings.prompts)  # also loads the model where it runs
     progress = Progress(bars=settings.progress, n_files=1, total_tiles=share.tiles)
-    try:
-        merging = stage_one(xml, settings, engine, work, share, progress)
-        if merging is not None:  # the shard's own merge: a check of its rows, not its output
-            merging.join()
+    store = work.store(xml, len(share.plan), share.plan.shape)  # refuses a mosaic changed since
+    try:  # staged only: `combine` merges every shard's rows at once
+        stage_rows(xml, settings, engine, share, store, progress)
     finally:
+        store.close()
         progress.close()
     meta = {"shard": list(shard), "rows": [rows.start, rows.stop], "tiles": share.tiles, "key": _key(xml),
             "xml": xml, "settings": work.settings, "info": _info_json(info), "output": _output_json(settings),
