@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
@@ -78,9 +79,13 @@ class ProgressSegmenter:
 
 
 def _emitter(stream: TextIO) -> Emit:
+    lock = threading.Lock()  # progress, log lines and warnings come from several threads: whole lines only
+
     def emit(kind: str, /, **fields: Any) -> None:
-        stream.write(json.dumps({"type": kind, **fields}) + "\n")
-        stream.flush()
+        line = json.dumps({"type": kind, **fields}) + "\n"
+        with lock:
+            stream.write(line)
+            stream.flush()
 
     return emit
 
