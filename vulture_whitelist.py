@@ -19,7 +19,7 @@ format  # geoseg/testing/http.py Handler.log_message
 _.showwarning  # warnings.showwarning = ... (cli/__init__.py, geoseg/qgis_worker.py)
 __getattr__  # geoseg/__init__.py: module __getattr__ (PEP 562) for the lazy names
 __dir__  # geoseg/__init__.py: module __dir__ (PEP 562), lists the lazy names
-_.__class__  # geoseg/plot.py: makes the module callable, geoseg.plot(...)
+_.__class__  # geoseg/analysis/plot.py: makes the module callable, geoseg.plot(...)
 
 # Click commands: registered by their decorators, called by click.
 evaluate_cmd  # cli/evaluate.py, `geoseg evaluate`
@@ -28,7 +28,7 @@ install  # cli/qgis.py, `geoseg qgis install`
 
 # Entry points and the contract.
 Sam3Segmenter  # pyproject.toml [project.entry-points."geoseg.backends"] and segmenter._BUILTIN name it as a string
-FullSegmenter  # geoseg/segmenter.py: the written contract (a Protocol) that backend authors implement
+FullSegmenter  # geoseg/core/segmenter.py: the written contract (a Protocol) that backend authors implement
 
 # QGIS calls these (plugin loader, Processing framework, QgsVectorFileWriter options).
 classFactory  # geoseg/qgis/__init__.py: QGIS's plugin entry point
@@ -51,25 +51,25 @@ protocol_version  # BaseHTTPRequestHandler: HTTP/1.1 keep-alive
 _.do_HEAD  # BaseHTTPRequestHandler dispatch by method name
 _.do_GET  # BaseHTTPRequestHandler dispatch by method name
 _.log_message  # BaseHTTPRequestHandler: silenced
-_.handle_starttag  # html.parser.HTMLParser hook: geoseg/cloud.py reads an https:// folder's index page
+_.handle_starttag  # html.parser.HTMLParser hook: geoseg/io/buckets.py reads an https:// folder's index page
 daemon_threads  # ThreadingHTTPServer
 _.handle_error  # socketserver.BaseServer
 
 # Public API used by tests, notebooks, benchmarks or users, not inside geoseg/ or cli/.
 summary_frame  # geoseg.evaluate: notebooks/04_checking_quality.ipynb
-read_provenance  # geoseg.export: tests/test_layers.py, tests/test_contract.py; named in geoseg/qgis/layers.py
+read_provenance  # geoseg.io.export: tests/test_layers.py, tests/test_contract.py; named in geoseg/qgis/layers.py
 summarize  # geoseg.stats: notebooks 01 and 03, tests/test_stats.py
-polygon  # geoseg.vectorize: one instance's polygon, tests/test_vectorize.py
+polygon  # geoseg.core.vectorize: one instance's polygon, tests/test_vectorize.py
 write_large_scene  # geoseg.testing.scenes: benchmarks/scale.py, benchmarks/pipeline.py
 _.url  # geoseg.testing.http.RangeServer.url: tests/test_remote.py
 _.n_params  # Sam3Segmenter.n_params: benchmarks/sam3_throughput.py
-_.to_list  # geoseg.detections.Detections: tests/test_detections.py
-_.from_supervision  # geoseg.detections.Detections: supervision interop, tests/test_detections.py
-_.to_supervision  # geoseg.detections.Detections: supervision interop, tests/test_detections.py
+_.to_list  # geoseg.core.detections.Detections: tests/test_detections.py
+_.from_supervision  # geoseg.core.detections.Detections: supervision interop, tests/test_detections.py
+_.to_supervision  # geoseg.core.detections.Detections: supervision interop, tests/test_detections.py
 
 # Dataclass fields read through __dict__.
-skipped_empty  # geoseg/dataset.py DatasetSummary: written to the dataset's summary JSON via __dict__
-_.skipped_empty  # geoseg/dataset.py: the same field, incremented
+skipped_empty  # geoseg/analysis/dataset.py DatasetSummary: written to the dataset's summary JSON via __dict__
+_.skipped_empty  # geoseg/analysis/dataset.py: the same field, incremented
 
 # Fields read and added to by name (getattr/setattr with the stage's name).
-post  # geoseg/profile.py Profile.post: Profile.add("post", ...) in engine.py
+post  # geoseg/run/profile.py Profile.post: Profile.add("post", ...) in engine.py

@@ -34,12 +34,12 @@ DATA = HERE / ".data"
 
 CHILD = r"""
 import json, resource, sys, tempfile, time, zlib
-from geoseg import pipeline
-from geoseg.engine import LocalEngine, read_ahead
-from geoseg.inspection import inspect
-from geoseg.raster import RasterSource
+from geoseg.run import pipeline
+from geoseg.run.engine import LocalEngine, read_ahead
+from geoseg.run.inspection import inspect
+from geoseg.io.raster import RasterSource
 from geoseg.testing import ColorSegmenter
-from geoseg.workers import Pool, default_workers
+from geoseg.run.workers import Pool, default_workers
 
 PROMPTS = ["red", "green", "blue"]
 
@@ -74,10 +74,10 @@ print(json.dumps({"seconds": seconds, "tiles": summary.files[0].tiles, "objects"
 
 READ = r"""
 import json, sys, time
-from geoseg import pipeline
-from geoseg.engine import read_ahead
-from geoseg.inspection import inspect
-from geoseg.raster import RasterSource
+from geoseg.run import pipeline
+from geoseg.run.engine import read_ahead
+from geoseg.run.inspection import inspect
+from geoseg.io.raster import RasterSource
 path = sys.argv[1]
 settings = pipeline.Settings.of(["red"])
 info = inspect(path, tile_size=settings.tile_size, overlap=settings.overlap, read=settings.read)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cpu_name, write_section  # noqa: E402
 
 import geoseg  # noqa: E402
-from geoseg.evaluate import evaluate  # noqa: E402
+from geoseg.analysis.evaluate import evaluate  # noqa: E402
 from geoseg.testing import CountingSegmenter, disc, draw, write_geotiff  # noqa: E402
 
 SIZE, TILE, OVERLAP, CAP = 2016, 1008, 128, 200

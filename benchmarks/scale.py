@@ -38,8 +38,8 @@ DATA = HERE / ".data"
 
 CHILD = r"""
 import json, resource, sys, time
-from geoseg import pipeline
-from geoseg.engine import LocalEngine
+from geoseg.run import pipeline
+from geoseg.run.engine import LocalEngine
 from geoseg.testing import ColorSegmenter
 
 class Timed(ColorSegmenter):

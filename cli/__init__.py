@@ -71,7 +71,7 @@ class _Progress(logging.Filter):
         self.drop = quiet or sys.stderr.isatty()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (self.drop and record.name == "geoseg.progress")
+        return not (self.drop and record.name == "geoseg.run.progress")
 
 
 def log_to(log_file: str | None, quiet: bool) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from geoseg import cloud
 from geoseg.cli import main
+from geoseg.run.combine import combine as combine_outputs
 
 
 @main.command()
@@ -22,5 +22,5 @@ def combine(out_dir: str, output: str, layer: str, overwrite: bool, dst_crs: str
 
     With `segment --mosaic --shard`, OUT_DIR holds the parts of one mosaic: they are merged across the shards'
     boundaries (see docs/mosaic.md)."""
-    objects, files = cloud.combine(out_dir, output, layer=layer, overwrite=overwrite, dst_crs=dst_crs)
+    objects, files = combine_outputs(out_dir, output, layer=layer, overwrite=overwrite, dst_crs=dst_crs)
     click.echo(f"{output}: {objects} objects from {files} files", err=True)

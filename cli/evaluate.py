@@ -7,8 +7,8 @@ import math
 
 import click
 
+from geoseg.analysis.evaluate import ALL, Evaluation, check_errors_path, evaluate, write_errors
 from geoseg.cli import main
-from geoseg.evaluate import ALL, Evaluation, check_errors_path, evaluate, write_errors
 
 
 def _num(v: float, digits: int = 3) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
+from geoseg.analysis.dataset import FORMATS, IMAGE_FORMATS, export_dataset
 from geoseg.cli import main
-from geoseg.dataset import FORMATS, IMAGE_FORMATS, export_dataset
 
 
 @main.command("export-dataset")

@@ -8,15 +8,15 @@ from typing import Any
 
 import click
 
-from geoseg.area import Area
 from geoseg.cli import main
 from geoseg.cli.options import area_options, read_options, tiling_options
+from geoseg.core.refine import RESOLVED, object_scale, suggested_zoom
+from geoseg.core.segmenter import check_prompts
 from geoseg.errors import OutsideAreaError, UsageError
-from geoseg.inputs import list_inputs
-from geoseg.inspection import describe
-from geoseg.refine import RESOLVED, object_scale, suggested_zoom
-from geoseg.segmenter import check_prompts
-from geoseg.workdir import WorkDir, read_settings
+from geoseg.io.area import Area
+from geoseg.io.inputs import list_inputs
+from geoseg.run.inspection import describe
+from geoseg.run.workdir import WorkDir, read_settings
 
 
 @main.command()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+import geoseg.qgis
 from geoseg.cli import main
 from geoseg.errors import OutputError, UsageError
 from geoseg.qgis.runner import RECORD
@@ -19,9 +20,7 @@ PLUGIN = "geoseg_qgis"
 
 def plugin_source() -> Path:
     """The folder of the plugin's files (geoseg/qgis)."""
-    import geoseg
-
-    return Path(geoseg.__file__).resolve().parent / "qgis"
+    return Path(geoseg.qgis.__file__).resolve().parent
 
 
 def plugin_files(source: Path) -> list[Path]:

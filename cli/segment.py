@@ -11,15 +11,19 @@ from typing import Any
 
 import click
 
-from geoseg import cloud, mosaic, pipeline, rasterize, shards
 from geoseg.cli import log_to, main
 from geoseg.cli.options import area_options, read_options, refine_options, tiling_options
-from geoseg.engine import LocalEngine
+from geoseg.core.segmenter import backend_names, load_segmenter
 from geoseg.errors import OutputError, UsageError
-from geoseg.export import FORMATS
-from geoseg.inputs import unique_names
-from geoseg.pipeline import Settings
-from geoseg.segmenter import load_segmenter
+from geoseg.io import rasterize
+from geoseg.io.buckets import is_url
+from geoseg.io.export import FORMATS
+from geoseg.io.inputs import resolve
+from geoseg.io.sources import unique_names
+from geoseg.run import pipeline, shards
+from geoseg.run.engine import LocalEngine
+from geoseg.run.settings import Settings
+from geoseg.run.workdir import default_work_dir
 
 
 def _stretch(text: str) -> tuple[float, float]:
@@ -117,7 +121,7 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | Non
     if workers is not None and scheduler is not None:
         raise UsageError("give either --workers N (a local cluster) or --scheduler ADDRESS (an existing one)")
     part = None if shard is None else shards.check(shards.parse(shard), output, output_dir, raster_out)
-    if output_dir is not None and not cloud.is_url(output_dir) and not Path(output_dir).is_dir():
+    if output_dir is not None and not is_url(output_dir) and not Path(output_dir).is_dir():
         raise OutputError(f"--output-dir {output_dir}: no such folder: create it first")
     log_to(log_file, quiet)
     settings = Settings.of(prompts, tile_size=tile_size, overlap=overlap, bands=bands, resolution=resolution,
@@ -125,9 +129,7 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | Non
                            simplify=simplify, min_area=min_area, progress=not quiet and sys.stderr.isatty(),
                            bbox=bbox, bbox_crs=bbox_crs, aoi=aoi, saturation=saturation,
                            refine_depth=refine_depth, zoom=zoom, cpu_workers=cpu_workers)
-    paths = pipeline.list_inputs(inputs, asset)
-    if as_mosaic:
-        paths = [mosaic.from_settings(paths, settings)]
+    paths = resolve(inputs, asset=asset, mosaic=as_mosaic, settings=settings)
     mine, names = paths, None
     if part is not None and not as_mosaic:  # named as in one run of the whole collection (a mosaic: its rows)
         mine, names = shards.select(paths, unique_names(paths), part)
@@ -135,7 +137,7 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | Non
             logging.getLogger("geoseg").info("shard %s holds none of the %d inputs: nothing to do", shard,
                                              len(paths))
             return
-        work_dir = work_dir or str(pipeline.default_work_dir(output, output_dir, part))
+        work_dir = work_dir or str(default_work_dir(output, output_dir, part))
     if part is None or not as_mosaic:  # a mosaic's shard writes a part, checked as it runs
         pipeline.check_run(mine, settings, output=output, output_dir=output_dir, fmt=fmt, layer=layer,
                            overwrite=overwrite, work_dir=work_dir, raster_out=raster_out,
@@ -166,7 +168,7 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | Non
         if len(profiled) > 1:  # the run as a whole: its files overlap in time
             click.echo(summary.profile.table(f"the run ({len(profiled)} files segmented)"), err=True)
     if summary.failed:
-        where = work_dir or pipeline.default_work_dir(output, output_dir)
+        where = work_dir or default_work_dir(output, output_dir)
         click.echo(f"geoseg: error: {len(summary.failed)} of {len(summary.files)} files failed; rerun the same "
                    f"command to retry them (work kept in {where})", err=True)
         raise SystemExit(1)
@@ -182,7 +184,7 @@ def _engine(backend: str, options: dict[str, Any], workers: int | None, schedule
         yield LocalEngine(load_segmenter(backend, **options))
         return
     try:
-        from geoseg import distributed
+        from geoseg.run import distributed
     except ImportError:
         raise UsageError("--workers and --scheduler need Dask: pip install 'dask[distributed]'") from None
     needs = distributed.parse_resources(resources)
@@ -199,7 +201,5 @@ def _engine(backend: str, options: dict[str, Any], workers: int | None, schedule
 @main.command()
 def backends() -> None:
     """List the registered segmenter backends."""
-    from geoseg.segmenter import backend_names
-
     for name in backend_names():
         click.echo(name)

@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 
 import geoseg  # noqa: E402
 from geoseg.errors import ModelLoadError  # noqa: E402
-from geoseg.evaluate import read_vector  # noqa: E402
+from geoseg.io.vectors import read_vector  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RASTER = ROOT / "sample_data" / "OSBS_029.tif"
@@ -50,9 +50,9 @@ def dense() -> None:
     import rasterio
     from matplotlib.patches import Rectangle
 
+    from geoseg.core.tiling import plan_tiles
     from geoseg.testing import CountingSegmenter, draw, write_geotiff
     from geoseg.testing.scenes import random_objects
-    from geoseg.tiling import plan_tiles
 
     size, prompts = 1024, ["red", "green", "blue"]
     tile = plan_tiles(size, size, 256, 32).tile(12).window

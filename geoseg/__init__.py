@@ -1,5 +1,7 @@
 """geoseg: text-prompted segmentation of geospatial imagery with SAM 3."""
 
+from geoseg._version import __version__
+from geoseg.core.segmenter import Detection, Segmenter, backend_names, load_segmenter
 from geoseg.errors import (
     EmptyRasterWarning,
     GeosegError,
@@ -12,15 +14,13 @@ from geoseg.errors import (
     RunError,
     UsageError,
 )
-from geoseg.pipeline import segment
-from geoseg.segmenter import Detection, Segmenter, backend_names, load_segmenter
-
-__version__ = "0.1.0"
+from geoseg.run.pipeline import segment
 
 # Loaded on first use, so `import geoseg` pulls in neither matplotlib nor torch.
-# `plot` is the module geoseg.plot, callable as its function plot().
-_LAZY = {"plot": ("geoseg.plot", None), "Segmentation": ("geoseg.session", "Segmentation"),
-         "stats": ("geoseg.stats", None)}
+# `plot` is the module geoseg.analysis.plot, callable as its function plot();
+# `evaluate` and `stats` are modules too (`geoseg.evaluate.evaluate(pred, ref)`).
+_LAZY = {"plot": ("geoseg.analysis.plot", None), "Segmentation": ("geoseg.analysis.session", "Segmentation"),
+         "evaluate": ("geoseg.analysis.evaluate", None), "stats": ("geoseg.analysis.stats", None)}
 
 
 def __getattr__(name: str):  # type: ignore[no-untyped-def]
@@ -54,6 +54,7 @@ __all__ = [
     "UsageError",
     "__version__",
     "backend_names",
+    "evaluate",
     "load_segmenter",
     "plot",
     "segment",

@@ -29,6 +29,11 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from geoseg.core.segmenter import Backend, load_segmenter
+from geoseg.errors import GeosegError, GeosegWarning, ModelLoadError, UsageError
+from geoseg.io.inputs import list_inputs
+from geoseg.run import pipeline
+
 Emit = Callable[..., None]
 
 
@@ -101,10 +106,6 @@ class _LogToProtocol(logging.Handler):
 
 def run(job: dict[str, Any], emit: Emit) -> int:
     """Run one job, reporting through `emit`; return the exit code."""
-    from geoseg import pipeline
-    from geoseg.errors import GeosegError, GeosegWarning, ModelLoadError, UsageError
-    from geoseg.segmenter import Backend, load_segmenter
-
     log = logging.getLogger("geoseg")
     log.handlers[:] = [_LogToProtocol(emit)]
     log.setLevel(logging.INFO)
@@ -116,7 +117,7 @@ def run(job: dict[str, Any], emit: Emit) -> int:
 
     warnings.showwarning = show_warning
     try:
-        inputs = pipeline.list_inputs(job["inputs"])
+        inputs = list_inputs(job["inputs"])
         backend = job.get("backend") or "sam3"
         options = {k: job.get(k) for k in ("model", "device", "score_threshold", "mask_threshold")}
         if backend == "colors":  # the test backend has no model

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from geoseg.merge import Instance, merge
+from geoseg.core.merge import Instance, merge
+from geoseg.core.tiling import plan_tiles
 from geoseg.testing import ColorSegmenter, pieces_in_memory
-from geoseg.tiling import plan_tiles
 
 PROMPTS = ["red", "green", "blue"]
 

@@ -14,11 +14,11 @@ from conftest import one_line_error, run
 from pyproj import Transformer
 
 import geoseg
-from geoseg import pipeline
+from geoseg.core.tiling import plan_tiles
 from geoseg.errors import OutsideAreaError, UsageError
+from geoseg.run import pipeline
 from geoseg.testing import ColorSegmenter, CountingSegmenter
 from geoseg.testing.scenes import draw, random_objects, write_geotiff
-from geoseg.tiling import plan_tiles
 
 PROMPTS = ["red", "green", "blue"]
 TILING = dict(tile_size=256, overlap=32)  # the area's margin is the overlap: 32 px
@@ -64,7 +64,7 @@ def assert_same_objects(got, want):
 @pytest.fixture
 def reads(monkeypatch):
     """The number of pixels of each window RasterSource reads (the real read runs)."""
-    from geoseg.raster import RasterSource
+    from geoseg.io.raster import RasterSource
 
     sizes = []
     real_read = RasterSource.read
@@ -262,7 +262,7 @@ def test_settings_hold_one_hashable_area(l_shape_geojson):
 
 
 def test_dask_workers_read_the_same_window(scene, l_shape_geojson, tmp_path):
-    from geoseg.distributed import DaskEngine, connect
+    from geoseg.run.distributed import DaskEngine, connect
 
     settings = pipeline.Settings.of(PROMPTS, aoi=l_shape_geojson[0], **TILING)
     local = tmp_path / "local.gpkg"

@@ -160,7 +160,7 @@ def test_console_script_installed_as_geoseg_cli_not_cli(scene_path, tmp_path):
 def test_info_does_not_import_torch(scene_path):
     code = ("import sys; from click.testing import CliRunner; from geoseg.cli import main; "
             f"r = CliRunner().invoke(main, ['info', {str(scene_path)!r}]); assert r.exit_code == 0; "
-            "import geoseg.merge, geoseg.vectorize, geoseg.tiling; sys.exit('torch' in sys.modules)")
+            "import geoseg.core.merge, geoseg.core.vectorize, geoseg.core.tiling; sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -179,7 +179,7 @@ def test_click_usage_errors_are_one_line_too(scene_path, tmp_path, args, match):
 
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_verbose_before_or_after_the_command_shows_the_traceback(scene_path, tmp_path, monkeypatch, where):
-    from geoseg import pipeline
+    from geoseg.run import pipeline
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
@@ -215,7 +215,7 @@ def test_info_on_a_work_folder_prints_options_the_cli_takes(scene_path, tmp_path
     import shlex
 
     from geoseg.cli import main
-    from geoseg.workdir import WorkDir
+    from geoseg.run.workdir import WorkDir
 
     settings = {"--prompt": ["tree", "swimming pool"], "--backend": "sam3", "--model": "facebook/sam3",
                 "--dtype": "torch.bfloat16", "--score-threshold": 0.4, "--mask-threshold": None,

@@ -18,13 +18,15 @@ import pyogrio
 import pytest
 from conftest import one_line_error, run
 
-from geoseg import cloud
-from geoseg.engine import LocalEngine
 from geoseg.errors import RasterError, RunError
-from geoseg.export import read_provenance
-from geoseg.inputs import RASTER_SUFFIXES, SIDECARS, list_inputs, unique_names
-from geoseg.pipeline import Settings
-from geoseg.pipeline import run as run_pipeline
+from geoseg.io import buckets as cloud
+from geoseg.io.export import read_provenance
+from geoseg.io.inputs import list_inputs
+from geoseg.io.sources import RASTER_SUFFIXES, SIDECARS, unique_names
+from geoseg.run.engine import LocalEngine
+from geoseg.run.pipeline import run as run_pipeline
+from geoseg.run.settings import Settings
+from geoseg.run.workdir import default_work_dir
 from geoseg.testing import CountingSegmenter, make_scene
 
 SECRET = "geoseg-fake-secret-4b1d9e"
@@ -306,7 +308,7 @@ def test_endpoint_from_gdal_variables(monkeypatch):
     assert cloud._endpoint() == "http://other:1"
     assert cloud.gdal_path("gs://b/k/x.tif") == "/vsigs/b/k/x.tif"
     assert cloud.gdal_path("az://c/x.tif") == "/vsiaz/c/x.tif"
-    assert os.fspath(cloud.default_work_dir("s3://b/o/")).startswith(os.getcwd())
+    assert os.fspath(default_work_dir("s3://b/o/")).startswith(os.getcwd())
 
 
 def test_prefix_as_a_mosaic(s3, scenes, tmp_path):

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 import geoseg
-from geoseg.engine import LocalEngine
+from geoseg.core.segmenter import Backend
 from geoseg.errors import RunError, UsageError
-from geoseg.export import read_provenance
-from geoseg.segmenter import Backend
+from geoseg.io.export import read_provenance
+from geoseg.run.engine import LocalEngine
 from geoseg.testing import ColorSegmenter, make_scene
 
 PROMPTS = ["red", "green", "blue"]

@@ -16,9 +16,9 @@ from conftest import one_line_error, run
 from pycocotools.coco import COCO
 from shapely import box
 
-from geoseg.dataset import assign_splits, chip_blocks, export_dataset, overlap_guard, parse_split
+from geoseg.analysis.dataset import assign_splits, chip_blocks, export_dataset, overlap_guard, parse_split
+from geoseg.core.tiling import Window, plan_tiles
 from geoseg.testing import draw, rectangle, write_geotiff
-from geoseg.tiling import Window, plan_tiles
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
 T = Affine(0.5, 0, 404000.0, 0, -0.5, 3286000.0)  # write_geotiff's default grid: 0.5 m pixels

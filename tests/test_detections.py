@@ -6,12 +6,12 @@ import pyogrio
 import pytest
 
 import geoseg
-from geoseg.detections import Detections
+from geoseg.core.detections import Detections
+from geoseg.core.merge import to_piece, to_pieces
+from geoseg.core.segmenter import Detection
+from geoseg.core.tiling import plan_tiles
 from geoseg.errors import UsageError
-from geoseg.merge import to_piece, to_pieces
-from geoseg.segmenter import Detection
 from geoseg.testing import ColorSegmenter, disc, draw, make_scene, rectangle
-from geoseg.tiling import plan_tiles
 
 with warnings.catch_warnings():  # supervision warns on import when OpenCV is missing
     warnings.simplefilter("ignore")

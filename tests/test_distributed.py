@@ -13,8 +13,8 @@ from conftest import one_line_error, run
 from test_resume import assert_same, staged_tiles
 
 import geoseg
-from geoseg import pipeline
-from geoseg.distributed import DaskEngine, connect
+from geoseg.run import pipeline
+from geoseg.run.distributed import DaskEngine, connect
 from geoseg.testing import ColorSegmenter, make_scene
 
 PROMPTS = ["red", "green", "blue"]
@@ -48,7 +48,7 @@ def test_dask_output_equals_the_serial_output(scenes, client, tmp_path):
     assert not summary.failed
     assert engine.options["score_threshold"] == 0.0  # learnt from the workers' segmenter
     # each worker process built the segmenter once and kept it
-    built = client.run(lambda: len(__import__("geoseg.distributed").distributed._SEGMENTERS))
+    built = client.run(lambda: len(__import__("geoseg.run.distributed").run.distributed._SEGMENTERS))
     assert set(built.values()) <= {1} and sum(built.values()) >= 1
     assert_same(pyogrio.read_dataframe(out), serial(scenes, tmp_path / "serial.gpkg"))
 

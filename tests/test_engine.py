@@ -1,4 +1,4 @@
-"""geoseg.engine on its own: read-ahead, staging of a real GeoTIFF into a real TileStore."""
+"""geoseg.run.engine on its own: read-ahead, staging of a real GeoTIFF into a real TileStore."""
 
 import threading
 import time
@@ -6,14 +6,14 @@ import time
 import numpy as np
 import pytest
 
-from geoseg.engine import LocalEngine, read_ahead
+from geoseg.core.staging import TileStore
+from geoseg.core.tiling import plan_tiles
 from geoseg.errors import GeosegError, RunError
-from geoseg.progress import Progress
-from geoseg.raster import RasterSource
-from geoseg.staging import TileStore
+from geoseg.io.raster import RasterSource
+from geoseg.run.engine import LocalEngine, read_ahead
+from geoseg.run.progress import Progress
 from geoseg.testing import ColorSegmenter, draw, pieces_in_memory, write_geotiff
 from geoseg.testing.scenes import random_objects
-from geoseg.tiling import plan_tiles
 
 PROMPTS = ["red", "green", "blue"]
 
@@ -176,8 +176,8 @@ class OneAtATime(ColorSegmenter):
 
 
 def test_two_batches_in_flight_share_the_model_one_call_at_a_time_and_come_out_in_order(half_nodata):
-    from geoseg.engine import segment_tiles
-    from geoseg.segmenter import Backend
+    from geoseg.core.segmenter import Backend
+    from geoseg.run.engine import segment_tiles
 
     path, _ = half_nodata
     plan = plan_tiles(1024, 1024, 256, 0)

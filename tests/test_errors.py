@@ -10,7 +10,7 @@ from conftest import one_line_error, run
 
 import geoseg
 from geoseg import errors
-from geoseg.dataset import export_dataset
+from geoseg.analysis.dataset import export_dataset
 from geoseg.errors import UsageError, option
 from geoseg.testing import ColorSegmenter, CountingSegmenter, make_scene
 

@@ -13,7 +13,7 @@ import shapely
 from conftest import one_line_error, run
 from shapely import box
 
-from geoseg.evaluate import evaluate, greedy_match
+from geoseg.analysis.evaluate import evaluate, greedy_match
 
 UTM = "EPSG:32617"
 X0, Y0 = 404000.0, 3286000.0  # UTM 17N near Gainesville: the area CRS is the data's own

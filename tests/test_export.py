@@ -8,7 +8,7 @@ from shapely.geometry import Point
 
 import geoseg
 from geoseg.errors import OutputCRSWarning, OutputError, RunError
-from geoseg.export import Writer, read_provenance, write
+from geoseg.io.export import Writer, read_provenance, write
 from geoseg.testing import ColorSegmenter, disc, draw, rectangle, write_geotiff
 
 

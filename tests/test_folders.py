@@ -89,7 +89,7 @@ def test_progress_lines_when_not_a_terminal_and_log_file(folder, tmp_path):
     assert all(re.search(r"km², \d+ detections, \d+ objects so far, ETA", ln) for ln in lines), lines
     assert "3 of 3 files done, 0 failed" in r.output
     text = log.read_text()
-    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO geoseg.progress: good0.tif: 9/9 tiles", text, re.M)
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO geoseg.run.progress: good0.tif: 9/9 tiles", text, re.M)
     assert "good2.tif: 9 tiles ->" in text
 
     r = segment_folder(folder, tmp_path / "q.gpkg", "-o", tmp_path / "q.gpkg", "-q")

@@ -5,8 +5,9 @@ import pytest
 from conftest import one_line_error, run
 
 from geoseg.errors import UsageError
-from geoseg.export import read_provenance
-from geoseg.inputs import list_inputs, output_names, unique_names
+from geoseg.io.export import read_provenance
+from geoseg.io.inputs import list_inputs
+from geoseg.io.sources import output_names, unique_names
 from geoseg.testing import make_scene
 
 

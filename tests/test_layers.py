@@ -13,7 +13,7 @@ from shapely.geometry import LineString, Point
 
 import geoseg
 from geoseg.errors import OutputError, RunError
-from geoseg.export import Writer, read_provenance, write
+from geoseg.io.export import Writer, read_provenance, write
 from geoseg.testing import ColorSegmenter, make_scene, write_geotiff
 
 COLORS = ["--backend", "colors", "--tile-size", "512", "--overlap", "64", "-q"]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from conftest import match_ious, paint, run_merge, untiled
 
-from geoseg.segmenter import Detection
+from geoseg.core.segmenter import Detection
 from geoseg.testing import ColorSegmenter, disc, draw, rectangle, ring
 from geoseg.testing.scenes import random_objects
 
@@ -122,8 +122,8 @@ def test_score_is_the_best_members_and_n_tiles_counts_the_tiles_that_saw_it():
 
 
 def test_pieces_are_cropped_not_full_tiles():
+    from geoseg.core.tiling import plan_tiles
     from geoseg.testing import pieces_in_memory
-    from geoseg.tiling import plan_tiles
 
     class FullMasks:
         """Answers with full-tile masks, as a segmenter that knows no boxes does."""

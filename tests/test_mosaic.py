@@ -1,4 +1,4 @@
-"""Folders of adjacent tiles segmented as one mosaic (`--mosaic`, geoseg.mosaic)."""
+"""Folders of adjacent tiles segmented as one mosaic (`--mosaic`, geoseg.io.mosaic)."""
 
 import numpy as np
 import pyogrio
@@ -10,11 +10,13 @@ from conftest import one_line_error, run
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 import geoseg
-from geoseg import mosaic, rowshards
+from geoseg.core.tiling import plan_tiles
 from geoseg.errors import RasterError
+from geoseg.io import mosaic
+from geoseg.io.inputs import list_inputs
+from geoseg.run import rowshards
+from geoseg.run.workdir import WorkDir
 from geoseg.testing.scenes import draw, random_objects, write_geotiff
-from geoseg.tiling import plan_tiles
-from geoseg.workdir import WorkDir
 
 SIZE, STEP = 600, 200  # a scene cut into 3 x 3 files
 ORIGIN = Affine(0.5, 0, 404000.0, 0, -0.5, 3286000.0)
@@ -232,14 +234,14 @@ def test_shards_of_a_mosaic_and_combine_equal_the_unsharded_run(scene, tmp_path)
 
 
 def test_dask_workers_read_the_mosaic(scene, tmp_path):
-    from geoseg import pipeline
-    from geoseg.distributed import DaskEngine, connect
+    from geoseg.run import pipeline
+    from geoseg.run.distributed import DaskEngine, connect
 
     d, rgb, truth = scene
     folder = tmp_path / "tiles"
     cut(rgb, folder, overlap=24)
     settings = pipeline.Settings.of(["red", "green", "blue"], tile_size=256, overlap=32)
-    xml = mosaic.from_settings(pipeline.list_inputs(folder), settings)
+    xml = mosaic.from_settings(list_inputs(folder), settings)
     client = connect(workers=1)
     try:
         summary = pipeline.run([xml], settings, DaskEngine(client, "colors"), output=tmp_path / "dask.gpkg")

@@ -13,8 +13,8 @@ matplotlib.use("Agg")
 
 import geoseg  # noqa: E402
 from geoseg import stats  # noqa: E402
-from geoseg.raster import RasterSource  # noqa: E402
-from geoseg.tiling import Window  # noqa: E402
+from geoseg.core.tiling import Window  # noqa: E402
+from geoseg.io.raster import RasterSource  # noqa: E402
 
 SCENE = "sample_data/seam_scene.tif"
 PROMPTS = ["red", "green", "blue"]
@@ -42,13 +42,13 @@ def test_plot_by_label_and_by_score_in_map_units(gdf):
     assert ax2.get_xlim() == pytest.approx(ax.get_xlim())
     assert len(ax2.figure.axes) == 2  # the colour bar
     plt.close("all")
-    import geoseg.plot as module
+    import geoseg.analysis.plot as module
 
     assert callable(geoseg.plot) and callable(module.explore)
 
 
 def test_scale_bar_length_is_round():
-    from geoseg.plot import _nice_length
+    from geoseg.analysis.plot import _nice_length
 
     assert _nice_length(1024) == 200 and _nice_length(40) == 5 and _nice_length(0.9) == pytest.approx(0.1)
 
@@ -97,8 +97,8 @@ def chunks_of(window, size=256, n=8):
 def test_dask_dataarray_is_read_lazily_window_by_window(gdf):
     rioxarray = pytest.importorskip("rioxarray")
     pytest.importorskip("dask")
+    from geoseg.core.tiling import plan_tiles
     from geoseg.testing import ColorSegmenter
-    from geoseg.tiling import plan_tiles
 
     da, computed = recording_chunks(rioxarray.open_rasterio(SCENE, chunks={"x": 256, "y": 256}))
     assert da.data.numblocks == (1, 8, 8)
@@ -140,12 +140,12 @@ def test_float_dataarray_with_nodata_is_stretched_scene_wide():
         rgb, valid = src.read(Window(0, 0, 512, 512))
         assert not valid[:, :101].any() and valid[:, 101:].all() and rgb.dtype == np.uint8
     with pytest.raises(geoseg.UsageError, match="rio.reproject"):
-        RasterSource(da, geoseg.raster.ReadOptions(resolution=1.0))
+        RasterSource(da, geoseg.io.raster.ReadOptions(resolution=1.0))
 
 
 def test_without_matplotlib_one_line_names_the_install():
     code = ("import sys; sys.modules['matplotlib'] = None\n"
-            "import geoseg, geoseg.plot\n"
+            "import geoseg\n"
             "try:\n"
             f"    geoseg.plot({SCENE!r})\n"
             "except geoseg.UsageError as e:\n"

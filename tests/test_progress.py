@@ -1,4 +1,4 @@
-"""geoseg.progress.Progress: the plain lines a batch job sees (not a terminal), the bars, and -q."""
+"""geoseg.run.progress.Progress: the plain lines a batch job sees (not a terminal), the bars, and -q."""
 
 import logging
 import re
@@ -7,8 +7,8 @@ import types
 import pytest
 from conftest import run
 
-import geoseg.progress
-from geoseg.progress import Progress
+import geoseg.run.progress
+from geoseg.run.progress import Progress
 from geoseg.testing import make_scene
 
 
@@ -25,14 +25,14 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch):
     clock = Clock()
-    monkeypatch.setattr(geoseg.progress, "time", types.SimpleNamespace(monotonic=clock.monotonic))
+    monkeypatch.setattr(geoseg.run.progress, "time", types.SimpleNamespace(monotonic=clock.monotonic))
     return clock
 
 
 @pytest.fixture
 def lines(caplog):
-    caplog.set_level(logging.INFO, logger="geoseg.progress")
-    return lambda: [r.getMessage() for r in caplog.records if r.name == "geoseg.progress"]
+    caplog.set_level(logging.INFO, logger="geoseg.run.progress")
+    return lambda: [r.getMessage() for r in caplog.records if r.name == "geoseg.run.progress"]
 
 
 def test_a_line_every_n_seconds_and_at_the_end_of_a_file(clock, lines, capsys):

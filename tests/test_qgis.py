@@ -26,7 +26,7 @@ import shapely
 from rasterio.transform import Affine
 
 import geoseg
-from geoseg.export import read_provenance
+from geoseg.io.export import read_provenance
 from geoseg.qgis.runner import RECORD, Cancelled, WorkerError, check_python, find_python, run_worker
 from geoseg.testing import build_tiny_sam3, make_scene
 from geoseg.testing.scenes import draw, random_objects, write_geotiff

@@ -4,10 +4,10 @@ import rasterio
 from affine import Affine
 
 import geoseg
+from geoseg.core.tiling import Window
 from geoseg.errors import EmptyRasterWarning, RasterError, UsageError
-from geoseg.raster import RasterSource, ReadOptions
+from geoseg.io.raster import RasterSource, ReadOptions
 from geoseg.testing import ColorSegmenter, CountingSegmenter, disc, draw, write_geotiff
-from geoseg.tiling import Window
 
 
 def test_uint8_rgb_reaches_the_segmenter_untouched(tmp_path):

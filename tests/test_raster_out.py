@@ -13,9 +13,9 @@ from affine import Affine
 from conftest import one_line_error, run
 
 import geoseg
-from geoseg import rasterize
-from geoseg.pipeline import Settings
-from geoseg.raster import RasterSource
+from geoseg.io import rasterize
+from geoseg.io.raster import RasterSource
+from geoseg.run.settings import Settings
 from geoseg.testing import ColorSegmenter, disc, draw, make_scene, rectangle, write_geotiff
 from geoseg.testing.scenes import LABELS
 

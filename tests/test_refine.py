@@ -12,12 +12,12 @@ from conftest import one_line_error, run
 from test_qgis import qgis_profile  # noqa: F401  (a fixture)
 
 import geoseg
+from geoseg.core.refine import Refine, levels
+from geoseg.core.tiling import plan_tiles
 from geoseg.errors import RunError, UsageError
-from geoseg.export import read_provenance
-from geoseg.refine import Refine, levels
+from geoseg.io.export import read_provenance
 from geoseg.testing import CountingSegmenter, draw, make_scene, write_geotiff
 from geoseg.testing.scenes import random_objects
-from geoseg.tiling import plan_tiles
 
 PROMPTS = ["red", "green", "blue"]
 TILING = dict(tile_size=256, overlap=32, cpu_workers=0)
@@ -66,7 +66,7 @@ def test_a_dense_scene_comes_back_whole_once_per_object_at_bounded_cost(dense, t
     plain = CountingSegmenter()
     geoseg.segment(dense, PROMPTS, segmenter=plain, **TILING)
     capped = CountingSegmenter(max_objects=CAP)
-    with caplog.at_level(logging.INFO, logger="geoseg.progress"):
+    with caplog.at_level(logging.INFO, logger="geoseg.run.progress"):
         got = geoseg.segment(dense, PROMPTS, segmenter=capped, progress=False, **TILING)
 
     assert len(truth) > 2500
@@ -178,9 +178,9 @@ def test_a_run_killed_while_refining_resumes_to_the_same_output(dense, tmp_path)
 
 
 def test_dask_workers_refine_as_this_process_does(dense):
-    from geoseg.distributed import DaskEngine, connect
-    from geoseg.pipeline import Settings
-    from geoseg.pipeline import run as run_pipeline
+    from geoseg.run.distributed import DaskEngine, connect
+    from geoseg.run.pipeline import run as run_pipeline
+    from geoseg.run.settings import Settings
 
     want = geoseg.segment(dense, PROMPTS, segmenter=CountingSegmenter(max_objects=CAP), **TILING)
     settings = Settings.of(PROMPTS, tile_size=256, overlap=32, cpu_workers=0)

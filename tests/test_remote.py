@@ -12,7 +12,8 @@ from conftest import one_line_error, run
 from rasterio.windows import Window
 
 import geoseg
-from geoseg.raster import RasterSource, ReadOptions, source_name
+from geoseg.io.raster import RasterSource, ReadOptions
+from geoseg.io.sources import source_name
 from geoseg.testing import ColorSegmenter, make_scene
 from geoseg.testing.http import RangeServer
 

@@ -14,6 +14,7 @@ import pytest
 from conftest import one_line_error, run
 
 import geoseg
+import geoseg.run.inspection
 from geoseg.testing import ColorSegmenter, CountingSegmenter, make_scene
 
 PROMPTS = ["red", "green", "blue"]
@@ -81,7 +82,7 @@ def test_killed_run_resumes_from_staged_tiles_and_gives_the_same_output(scene, r
     assert code == -signal.SIGKILL
     assert not out.exists() and not list(tmp_path.glob(".out*"))  # no output, not even a partial one
     staged = staged_tiles(work)
-    total = geoseg.pipeline.describe(scene, **TILING)["tiles"]
+    total = geoseg.run.inspection.describe(scene, **TILING)["tiles"]
     assert 8 <= staged < total
 
     seg = CountingSegmenter(batch_size=2)

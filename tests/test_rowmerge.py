@@ -3,8 +3,8 @@
 import pytest
 
 import geoseg
-from geoseg import rowmerge
 from geoseg.errors import RunError
+from geoseg.run import rowmerge
 from geoseg.testing import CountingSegmenter, make_scene
 
 

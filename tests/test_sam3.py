@@ -21,8 +21,8 @@ torch = pytest.importorskip("torch", reason="the sam3 extra (torch, transformers
 transformers = pytest.importorskip("transformers", reason="the sam3 extra (torch, transformers) is not installed")
 
 from geoseg.backends.sam3 import Sam3Segmenter  # noqa: E402
+from geoseg.core.segmenter import Detection, load_segmenter  # noqa: E402
 from geoseg.errors import ModelLoadError, PromptError, RunError, UsageError  # noqa: E402
-from geoseg.segmenter import Detection, load_segmenter  # noqa: E402
 from geoseg.testing.sam3 import build_tiny_sam3  # noqa: E402
 
 # Scores from the same weights and pixels: float32 rounding only. Masks: a pixel whose

@@ -8,9 +8,10 @@ import rasterio
 from shapely.geometry import Polygon
 
 import geoseg
-from geoseg.raster import RasterSource
+import geoseg.run.inspection
+from geoseg.core.tiling import Window
+from geoseg.io.raster import RasterSource
 from geoseg.testing import ColorSegmenter, CountingSegmenter
-from geoseg.tiling import Window
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_data"
 
@@ -56,5 +57,5 @@ def test_neon_sample_pixels_reach_the_segmenter_unchanged_and_nodata_is_masked()
     # what the segmenter gets: the file's pixels as they are, nodata and padding zeroed
     assert np.array_equal(seen[:400, :400][~white], raw[~white])
     assert not seen[:400, :400][white].any() and not seen[400:].any() and not seen[:, 400:].any()
-    plan = geoseg.pipeline.describe(path)
+    plan = geoseg.run.inspection.describe(path)
     assert plan["tiles"] == 1 and plan["area_km2"] == pytest.approx(0.0016)

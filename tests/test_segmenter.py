@@ -8,8 +8,8 @@ import pyogrio
 import pytest
 from conftest import one_line_error, run
 
+from geoseg.core.segmenter import ENTRY_POINT_GROUP, backend_names, check_prompts, load_segmenter
 from geoseg.errors import PromptError, UsageError
-from geoseg.segmenter import ENTRY_POINT_GROUP, backend_names, check_prompts, load_segmenter
 from geoseg.testing import ColorSegmenter, make_scene
 
 PLUGIN = "geoseg_test_stripes_plugin"

@@ -9,7 +9,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import geoseg  # noqa: E402
-from geoseg.session import Segmentation  # noqa: E402
+from geoseg.analysis.session import Segmentation  # noqa: E402
 from geoseg.testing import ColorSegmenter  # noqa: E402
 
 SCENE = "sample_data/seam_scene.tif"

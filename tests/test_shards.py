@@ -6,10 +6,11 @@ import pytest
 import shapely
 from conftest import one_line_error, run
 
-from geoseg import shards
 from geoseg.errors import UsageError
-from geoseg.export import read_provenance
-from geoseg.inputs import list_inputs, output_names, unique_names
+from geoseg.io.export import read_provenance
+from geoseg.io.inputs import list_inputs
+from geoseg.io.sources import output_names, unique_names
+from geoseg.run import shards
 from geoseg.testing import make_scene
 
 # two c.tif and two d.tif in subfolders: their names (2020/c.tif ...) are the collection's, in every shard
@@ -214,10 +215,10 @@ def test_a_failing_file_keeps_its_shards_own_work_folder(tmp_path):
 
 
 def test_python_runs_a_shard_named_as_the_whole_collection(folder, tmp_path):
-    from geoseg.engine import LocalEngine
-    from geoseg.pipeline import Settings
-    from geoseg.pipeline import run as run_pipeline
-    from geoseg.segmenter import load_segmenter
+    from geoseg.core.segmenter import load_segmenter
+    from geoseg.run.engine import LocalEngine
+    from geoseg.run.pipeline import run as run_pipeline
+    from geoseg.run.settings import Settings
 
     out = tmp_path / "out"
     out.mkdir()

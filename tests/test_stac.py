@@ -11,8 +11,9 @@ from conftest import one_line_error, run
 from pyproj import Transformer
 
 from geoseg.errors import UsageError
-from geoseg.inputs import list_inputs, unique_names
-from geoseg.stac import StacAsset, expand, is_stac
+from geoseg.io.inputs import list_inputs
+from geoseg.io.sources import unique_names
+from geoseg.io.stac import StacAsset, expand, is_stac
 from geoseg.testing import make_scene
 from geoseg.testing.http import RangeServer
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from conftest import match_ious, untiled
 
-from geoseg.merge import KEY_BITS, Piece, RowMerger, merge
-from geoseg.staging import TileStore, pack, unpack
+from geoseg.core.merge import KEY_BITS, Piece, RowMerger, merge
+from geoseg.core.staging import TileStore, pack, unpack
+from geoseg.core.tiling import plan_tiles
 from geoseg.testing import ColorSegmenter, draw, pieces_in_memory, ring
 from geoseg.testing.scenes import random_objects
-from geoseg.tiling import plan_tiles
 
 
 def scene(size=1800, n=500, seed=5, big=True):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from geoseg.core.tiling import Window, plan_tiles
 from geoseg.errors import UsageError
-from geoseg.tiling import Window, plan_tiles
 
 
 @pytest.mark.parametrize("height,width,size,overlap", [

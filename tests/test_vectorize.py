@@ -6,10 +6,10 @@ from affine import Affine
 from pyproj import CRS
 
 import geoseg
+from geoseg.core.merge import Instance
+from geoseg.core.vectorize import parse_crs, polygon
 from geoseg.errors import UsageError
-from geoseg.merge import Instance
 from geoseg.testing import ColorSegmenter, disc, draw, ring, write_geotiff
-from geoseg.vectorize import parse_crs, polygon
 
 
 def test_polygon_follows_pixel_edges_and_keeps_holes():

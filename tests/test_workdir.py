@@ -1,4 +1,4 @@
-"""geoseg.workdir.WorkDir on its own: settings recorded and checked, resume, restart, refusals, bookkeeping."""
+"""geoseg.run.workdir.WorkDir on its own: settings recorded and checked, resume, restart, refusals, bookkeeping."""
 
 import json
 import os
@@ -6,10 +6,10 @@ import os
 import numpy as np
 import pytest
 
+from geoseg.core.merge import Piece
 from geoseg.errors import RasterError, UsageError
-from geoseg.merge import Piece
+from geoseg.run.workdir import RUN_FILE, WorkDir, read_settings, written
 from geoseg.testing import write_geotiff
-from geoseg.workdir import RUN_FILE, WorkDir, read_settings, written
 
 SETTINGS = {"--prompt": ["red", "tree crown"], "--backend": "colors", "--tile-size": 256, "--score-threshold": None}
 

@@ -17,9 +17,9 @@ import pytest
 from conftest import one_line_error, run
 
 import geoseg
-from geoseg import pipeline, workers
-from geoseg.engine import LocalEngine
 from geoseg.errors import UsageError
+from geoseg.run import pipeline, workers
+from geoseg.run.engine import LocalEngine
 from geoseg.testing import CountingSegmenter, make_scene
 
 PROMPTS = ["red", "green", "blue"]
@@ -58,7 +58,7 @@ def test_the_workers_import_neither_torch_nor_the_callers_script(tmp_path):
     script.write_text(
         pre + "import json, sys\n"
         f"open({str(tmp_path / 'runs')!r}, 'a').write('run\\n')\n"
-        "from geoseg import workers\n"
+        "from geoseg.run import workers\n"
         "with workers.Pool(1) as pool:\n"
         "    loaded = pool.submit(workers.loaded, ['torch', 'transformers']).result()\n"
         "print(json.dumps(loaded))\n")
@@ -209,7 +209,7 @@ def test_a_pool_replaces_a_dead_worker():
 
 
 def test_the_verdict_names_what_set_the_pace():
-    from geoseg.profile import Profile
+    from geoseg.run.profile import Profile
 
     assert Profile(model=9.0, wall=10.0).verdict() == "the model set the pace"
     slow_merge = Profile(model=2.0, merge=6.0, read=1.0, wall=10.0).verdict()

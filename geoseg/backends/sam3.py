@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from geoseg.core.segmenter import Detection, check_prompts
 from geoseg.errors import ModelLoadError, PromptError, RunError, UsageError, option
-from geoseg.segmenter import Detection, check_prompts
 
 if TYPE_CHECKING:
     import torch

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from processing.core.ProcessingConfig import ProcessingConfig
 from qgis.core import (
     Qgis,
     QgsFeature,
@@ -32,7 +33,7 @@ from qgis.core import (
 )
 
 from .layers import Render, crs_text, export_aoi, is_file_layer, plan_render, render, stamp
-from .runner import Cancelled, WorkerError, check_python, find_python, not_found_message, run_worker
+from .runner import SETTING, Cancelled, WorkerError, check_python, find_python, not_found_message, run_worker
 
 HELP = """Finds the objects named by the prompts in a raster layer with SAM 3 and writes one polygon per object, \
 with the fields label, score, area_m2, n_tiles, level and source (as `geoseg segment` does).
@@ -237,9 +238,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
 
     def python(self) -> str:
         """geoseg's Python, checked to have geoseg; raises QgsProcessingException saying the fix."""
-        from .provider import configured_python
-
-        found = find_python(configured_python())
+        found = find_python(str(ProcessingConfig.getSetting(SETTING) or ""))
         if found is None:
             raise QgsProcessingException(not_found_message())
         problem = check_python(*found)

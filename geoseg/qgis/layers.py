@@ -155,7 +155,7 @@ def export_aoi(source: Any, path: Path, context: Any, bbox: list[float] | None =
 
 
 def stamp(dest: str, provenance: dict[str, Any]) -> str | None:
-    """Store geoseg's provenance with the layer QGIS wrote, where `geoseg.export.read_provenance` reads it:
+    """Store geoseg's provenance with the layer QGIS wrote, where `geoseg.io.export.read_provenance` reads it:
     a GeoPackage layer's metadata item "geoseg", else the sidecar OUT.geoseg.json. Returns where, or None
     when `dest` is not a file (a database)."""
     parts = QgsProviderRegistry.instance().decodeUri("ogr", dest)

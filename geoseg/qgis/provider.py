@@ -9,10 +9,6 @@ from .algorithm import SegmentAlgorithm
 from .runner import SETTING
 
 
-def configured_python() -> str:
-    return str(ProcessingConfig.getSetting(SETTING) or "")
-
-
 class GeosegProvider(QgsProcessingProvider):
     def id(self) -> str:
         return "geoseg"

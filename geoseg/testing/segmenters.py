@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from geoseg.detections import Detections
+from geoseg.core.detections import Detections
+from geoseg.core.merge import Piece, to_piece
+from geoseg.core.tiling import TilePlan
 from geoseg.errors import PromptError
-from geoseg.merge import Piece, to_piece
 from geoseg.testing.scenes import LABELS
-from geoseg.tiling import TilePlan
 
 
 class ColorSegmenter:

@@ -1,0 +1,212 @@
+"""The segmenter contract: what any model plugged into geoseg must do.
+
+A segmenter takes a batch of RGB tiles and text prompts and returns, for each
+tile, the instances it found as `Detection`s in that tile's pixel grid.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from geoseg.errors import PromptError, UsageError, option
+
+ENTRY_POINT_GROUP = "geoseg.backends"
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One instance found in one tile.
+
+    Attributes:
+        label: the prompt that found it.
+        score: confidence in [0, 1].
+        mask: boolean mask. Either the tile's full H x W, or a crop of it whose
+            top-left pixel sits at `origin` (row, col) in the tile: segmenters
+            that know their instances' boxes return crops to save memory.
+        origin: (row, col) of `mask[0, 0]` in the tile; (0, 0) for a full mask.
+    """
+
+    label: str
+    score: float
+    mask: np.ndarray
+    origin: tuple[int, int] = (0, 0)
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    """Anything with this method can segment for geoseg.
+
+    `tiles` is a uint8 array (N, H, W, 3); the result has, per tile, a list
+    of `Detection` or one `geoseg.core.detections.Detections` (the same in columns).
+    The optional parts a segmenter may add are listed in `FullSegmenter`;
+    geoseg reads them only through `Backend`.
+    """
+
+    def segment(self, tiles: np.ndarray, prompts: Sequence[str]) -> list[list[Detection]]: ...
+
+
+class FullSegmenter(Segmenter, Protocol):
+    """The whole contract: `segment` and every optional part, with what it means.
+
+    Attributes:
+        name: the backend's name, for provenance and the resume check
+            (default: the class name).
+        batch_size: tiles per `segment` call (default 4).
+        max_objects: the most instances one call can return for one tile and
+            one prompt (SAM 3: its query count), or None for no limit.
+    """
+
+    name: str
+    batch_size: int
+    max_objects: int | None
+
+    def check_prompts(self, prompts: Sequence[str]) -> None:
+        """Raise `PromptError` for prompts it cannot take; called before any tile is read."""
+
+    def begin(self, n_tiles: int, prompts: list[str]) -> None:
+        """Called once per raster, before its first tile, with the number of tiles to segment."""
+
+    def config(self) -> dict[str, Any]:
+        """Every setting that changes what it finds (model, precision, thresholds),
+        JSON-able, keyed by keyword option name: recorded in each output's
+        provenance, and an interrupted run resumes only with the same values."""
+
+    def vision_features(self, tiles: np.ndarray) -> list[Any]:
+        """With `segment_features`: encode tiles once, so that `geoseg.Segmentation`
+        runs later prompts on the kept features (one object per tile)."""
+
+    def segment_features(self, features: list[Any], prompts: Sequence[str]) -> list[list[Detection]]:
+        """`segment` on features from `vision_features`."""
+
+
+class Backend:
+    """A segmenter seen through the contract: its optional parts, or their
+    defaults where it has none. The one place that looks them up."""
+
+    def __init__(self, segmenter: Segmenter) -> None:
+        if not callable(getattr(segmenter, "segment", None)):
+            raise UsageError(f"{type(segmenter).__name__} has no segment(tiles, prompts) method: it is no segmenter")
+        self.segmenter = segmenter
+        self.name = str(getattr(segmenter, "name", None) or type(segmenter).__name__)
+
+    @property
+    def batch_size(self) -> int:
+        return max(1, int(getattr(self.segmenter, "batch_size", None) or 4))
+
+    @property
+    def max_objects(self) -> int | None:
+        value = getattr(self.segmenter, "max_objects", None)
+        return None if value is None else int(value)
+
+    def check_prompts(self, prompts: Sequence[str]) -> None:
+        check = getattr(self.segmenter, "check_prompts", None)
+        if callable(check):
+            check(prompts)
+
+    def begin(self, n_tiles: int, prompts: list[str]) -> None:
+        begin = getattr(self.segmenter, "begin", None)
+        if callable(begin):
+            begin(n_tiles, prompts)
+
+    def config(self) -> dict[str, Any]:
+        """The segmenter's `config()`, checked to be JSON-able; {} without one."""
+        config = getattr(self.segmenter, "config", None)
+        if not callable(config):
+            return {}
+        value = config()
+        try:
+            return dict(json.loads(json.dumps(value)))
+        except (TypeError, ValueError):
+            raise UsageError(f"{self.name}: config() must return a dict of JSON values, got {value!r}") from None
+
+    @property
+    def reuses_features(self) -> bool:
+        """Whether it can encode tiles once and run prompts on the kept features."""
+        return callable(getattr(self.segmenter, "vision_features", None)) and callable(
+            getattr(self.segmenter, "segment_features", None))
+
+    def vision_features(self, tiles: np.ndarray) -> list[Any]:
+        return self.segmenter.vision_features(tiles)  # type: ignore[attr-defined, no-any-return]
+
+    def segment_features(self, features: list[Any], prompts: Sequence[str]) -> list[list[Detection]]:
+        return self.segmenter.segment_features(features, prompts)  # type: ignore[attr-defined, no-any-return]
+
+    def segment(self, tiles: np.ndarray, prompts: Sequence[str]) -> list[list[Detection]]:
+        return self.segmenter.segment(tiles, prompts)
+
+
+def as_backend(segmenter: Segmenter | Backend) -> Backend:
+    """`segmenter` seen through the contract (a `Backend` is returned as it is)."""
+    return segmenter if isinstance(segmenter, Backend) else Backend(segmenter)
+
+
+def check_prompts(prompts: Sequence[str] | str) -> list[str]:
+    """Return the prompts stripped, or raise PromptError for an empty or blank one."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    cleaned = [p.strip() if isinstance(p, str) else p for p in prompts]
+    if not cleaned:
+        raise PromptError(f"no prompt given: pass at least one, e.g. {option('prompts', 'building', flag='-p')}")
+    for p in cleaned:
+        if not isinstance(p, str) or not p:
+            raise PromptError(f"empty prompt {p!r}: give some words, e.g. {option('prompts', 'tree crown', flag='-p')}")
+    # keep the user's order, drop repeats
+    return list(dict.fromkeys(cleaned))
+
+
+_BUILTIN: dict[str, str] = {
+    "sam3": "geoseg.backends.sam3:Sam3Segmenter",
+    "colors": "geoseg.testing.segmenters:ColorSegmenter",
+}
+
+
+def backend_names() -> list[str]:
+    """Names of the registered backends (built in and from entry points)."""
+    names = set(_BUILTIN)
+    names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    return sorted(names)
+
+
+def _resolve(name: str) -> Callable[..., Any]:
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            return ep.load()  # type: ignore[no-any-return]
+    if name in _BUILTIN:
+        module, attr = _BUILTIN[name].split(":")
+        return getattr(__import__(module, fromlist=[attr]), attr)  # type: ignore[no-any-return]
+    raise UsageError(f"unknown backend {name!r}: choose one of {', '.join(backend_names())}")
+
+
+def load_segmenter(name: str, **options: Any) -> Segmenter:
+    """Build the registered backend `name` with `options` (those left None are dropped).
+
+    Raises UsageError naming an option the backend does not take.
+    """
+    factory = _resolve(name)
+    options = {k: v for k, v in options.items() if v is not None}
+    params = inspect.signature(factory).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        for key in options:
+            if key not in params:
+                raise UsageError(f"backend {name!r} does not take {option(key)}: drop it or pick another "
+                                 f"{option('segmenter', flag='--backend')}")
+    segmenter = factory(**options)
+    if not callable(getattr(segmenter, "segment", None)):
+        raise UsageError(f"backend {name!r} gave an object without a segment(tiles, prompts) method")
+    return segmenter  # type: ignore[no-any-return]
+
+
+def as_segmenter(segmenter: Segmenter | str, **options: Any) -> Segmenter:
+    """A segmenter object as given, or the registered backend of that name built with `options`."""
+    if isinstance(segmenter, str):
+        return load_segmenter(segmenter, **options)
+    if options:
+        raise UsageError(f"backend options {sorted(options)} go with a backend name, not a segmenter object")
+    return segmenter

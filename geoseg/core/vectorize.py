@@ -1,0 +1,158 @@
+"""Pixel masks -> polygons in map coordinates; simplify; area; reproject.
+
+Polygons follow pixel edges exactly, through the raster's affine (rotated and
+sheared geotransforms too), holes kept. Long edges are densified before any
+reprojection so straight pixel edges bend as the projection asks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import shapely
+from affine import Affine
+from pyproj import CRS
+from pyproj.exceptions import CRSError
+from rasterio.features import shapes
+from shapely.geometry import MultiPolygon
+
+from geoseg.core.merge import Instance
+from geoseg.errors import UsageError, option
+
+COLUMNS = ["id", "label", "score", "area_m2", "n_tiles", "level", "source"]
+
+
+def parse_crs(text: Any, name: str = "dst_crs") -> CRS:
+    """Any CRS pyproj reads (EPSG code, WKT, PROJ string), or a UsageError naming the parameter `name`."""
+    try:
+        return CRS.from_user_input(text)
+    except CRSError:
+        raise UsageError(f"{option(name, text)}: unknown CRS: give e.g. EPSG:4326, "
+                         "a WKT string or a PROJ string") from None
+
+
+def pixel_size(transform: Affine) -> float:
+    """Side of a pixel in CRS units (square root of its area)."""
+    return math.sqrt(abs(transform.determinant))
+
+
+def _valid(parts: list[shapely.Geometry]) -> shapely.Geometry:
+    geom = parts[0] if len(parts) == 1 else MultiPolygon(parts)
+    if not geom.is_valid:  # pixels touching at a corner can pinch a ring
+        geom = shapely.make_valid(geom)
+        polys = [g for g in shapely.get_parts(geom) if g.geom_type in ("Polygon", "MultiPolygon")]
+        geom = shapely.union_all(polys)
+    return geom
+
+
+def polygon(inst: Instance, transform: Affine) -> shapely.Geometry:
+    """The instance's mask as a valid (Multi)Polygon through `transform`."""
+    return polygons([inst], transform)[0]
+
+
+def polygons(instances: Sequence[Instance], transform: Affine, width: int = 4096) -> list[shapely.Geometry]:
+    """Polygons of many instances, with few calls to GDAL's polygonize.
+
+    The instances' crops are packed side by side into a canvas (each pixel
+    labelled with its instance), polygonised together, then every ring is
+    moved back to its instance's place and through `transform`.
+    """
+    n = len(instances)
+    if n == 0:
+        return []
+    width = max(width, max(inst.mask.shape[1] for inst in instances))
+    shift = np.zeros((n, 2))  # canvas -> raster pixel offset (cols, rows), per instance
+    parts: list[list[shapely.Geometry]] = [[] for _ in range(n)]
+
+    def flush(canvas: np.ndarray) -> None:
+        rings, owner, shells = [], [], []
+        for g, v in shapes(canvas, mask=canvas > 0, connectivity=4):
+            for i, ring in enumerate(g["coordinates"]):
+                rings.append(np.asarray(ring, dtype=float))
+                owner.append(int(v) - 1)
+                shells.append(i == 0)
+        lengths = np.array([len(r) for r in rings])
+        px = np.concatenate(rings) + shift[np.repeat(owner, lengths)]
+        t = transform
+        world = np.column_stack([t.a * px[:, 0] + t.b * px[:, 1] + t.c, t.d * px[:, 0] + t.e * px[:, 1] + t.f])
+        starts = np.flatnonzero(shells)
+        offsets = (np.concatenate([[0], np.cumsum(lengths)]), np.concatenate([starts, [len(rings)]]))
+        polys = shapely.from_ragged_array(shapely.GeometryType.POLYGON, world, offsets)
+        for poly, k in zip(polys, np.asarray(owner)[starts]):
+            parts[k].append(poly)
+
+    canvas = np.zeros((0, width), np.int32)  # 1024 rows at a time, more for a taller instance
+    x = y = shelf = 0
+    for k in sorted(range(n), key=lambda k: -instances[k].mask.shape[0]):  # shelf packing, tallest first
+        inst = instances[k]
+        h, w = inst.mask.shape
+        if x + w > width:
+            x, y, shelf = 0, y + shelf, 0
+        if y + h > canvas.shape[0]:
+            if y > 0:  # canvas full: polygonise it and start anew
+                flush(canvas[:y])
+                x, y, shelf = 0, 0, 0
+            canvas = np.zeros((max(h, 1024), width), np.int32)
+        canvas[y:y + h, x:x + w][inst.mask] = k + 1
+        shift[k] = (inst.col - x, inst.row - y)
+        x, shelf = x + w, max(shelf, h)
+    flush(canvas[:y + shelf])
+    return [_valid(p) for p in parts]
+
+
+def to_frame(
+    instances: Sequence[Instance], transform: Affine, crs: CRS | None, *, source: str,
+    simplify: float | None = None,
+) -> gpd.GeoDataFrame:
+    """Instances -> GeoDataFrame in the raster's CRS, in the order given."""
+    geoms = polygons(instances, transform)
+    if simplify:
+        geoms = list(shapely.simplify(np.array(geoms, dtype=object), simplify * pixel_size(transform)))
+    return gpd.GeoDataFrame(
+        {
+            "label": [inst.label for inst in instances],
+            "score": np.array([inst.score for inst in instances], dtype=float),
+            "n_tiles": np.array([inst.n_tiles for inst in instances], dtype=np.int32),
+            "level": np.array([inst.level for inst in instances], dtype=np.int32),
+            "source": source,
+        },
+        geometry=gpd.GeoSeries(geoms, crs=crs),
+    )
+
+
+def _densify(gdf: gpd.GeoDataFrame, step: float) -> gpd.GeoSeries:
+    return gpd.GeoSeries(shapely.segmentize(gdf.geometry.values, step), crs=gdf.crs, index=gdf.index)
+
+
+def area_m2(geoms: gpd.GeoSeries, utm: CRS | None = None) -> np.ndarray:
+    """Areas in square metres, measured in `utm` (default: the UTM zone of the data)."""
+    if geoms.crs is None or geoms.empty:
+        return np.full(len(geoms), np.nan)
+    utm = utm or geoms.estimate_utm_crs()
+    return np.asarray(geoms.to_crs(utm).area, dtype=float)
+
+
+def finish(
+    gdf: gpd.GeoDataFrame, transform: Affine, dst_crs: CRS | None = None, min_area: float | None = None,
+    utm: CRS | None = None,
+) -> gpd.GeoDataFrame:
+    """Add `area_m2` (measured in `utm`, default the data's UTM zone), drop
+    objects under `min_area` m², reproject to `dst_crs`."""
+    gdf = gdf.copy()
+    gdf["area_m2"] = area_m2(gdf.geometry, utm)
+    if min_area:
+        if gdf.crs is None:
+            raise UsageError(f"{option('min_area')} is in square metres and needs a georeferenced raster")
+        gdf = gdf[gdf["area_m2"] >= min_area]
+    if dst_crs is not None:
+        if gdf.crs is None:
+            raise UsageError(f"{option('dst_crs')} needs a georeferenced raster "
+                             "(this one is read in pixel coordinates)")
+        if not CRS(gdf.crs).equals(dst_crs):
+            # densify to a few pixels so reprojected edges follow the projection
+            gdf = gdf.set_geometry(_densify(gdf, 4 * pixel_size(transform))).to_crs(dst_crs)
+    return gdf

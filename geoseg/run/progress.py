@@ -1,0 +1,115 @@
+"""Progress of a run: tqdm bars on a terminal, plain log lines elsewhere.
+
+On a terminal (or in Jupyter with ipywidgets), one bar per file (tiles done/total, km², objects merged so far,
+ETA) and, with several files, one overall bar. The same figures go to the
+"geoseg.run.progress" logger as a line every `every` seconds and at the end of each
+file: the CLI shows them on stderr when it is not a terminal (CI, batch jobs)
+and writes them to --log-file. In Jupyter without ipywidgets, tqdm would fall
+back to a terminal bar whose cursor escapes show up as garbage in the cell's
+output: there the bars are replaced by the same plain lines, printed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+log = logging.getLogger("geoseg.run.progress")
+
+
+def plain_lines_only() -> bool:
+    """True in a Jupyter kernel without ipywidgets (tqdm's test for a notebook)."""
+    return "ipykernel.zmqshell" in sys.modules and importlib.util.find_spec("ipywidgets") is None
+
+
+def _eta(seconds: float) -> str:
+    return str(timedelta(seconds=round(seconds))) if seconds == seconds and seconds < 1e7 else "?"
+
+
+class Progress:
+    """Counts tiles, area and detections of a run over `n_files` files.
+
+    Args:
+        bars: draw tqdm bars (else only log lines).
+        total_tiles: tiles of all files, for the overall bar.
+    """
+
+    def __init__(self, *, bars: bool, n_files: int = 1, total_tiles: int = 0, every: float = 10.0) -> None:
+        self.printed = bars and plain_lines_only()  # the log lines, printed, instead of bars
+        self.bars = bars and not self.printed
+        self.every = every
+        self.overall: Any = None
+        if self.bars:
+            from tqdm.auto import tqdm  # imported here: in Jupyter it picks the widget bars
+
+            self._tqdm = tqdm
+        if self.bars and n_files > 1:
+            self.overall = tqdm(total=total_tiles, desc="all files", unit="tile", position=0, file=sys.stderr,
+                                dynamic_ncols=True)
+        self.bar: Any = None
+        self.name = ""
+
+    def start(self, name: str, total: int, done: int, km2_per_tile: float,
+              objects: Callable[[], int] = lambda: 0) -> None:
+        """A file begins: `done` of its `total` tiles are already staged;
+        `objects()` counts the objects merged so far."""
+        self.name, self.total, self.done, self.km2_per_tile = name, total, done, km2_per_tile
+        self.objects = objects
+        self.detections = self.sub_tiles = 0
+        self.t0 = self.last = time.monotonic()
+        self.done0 = done
+        if self.overall is not None:
+            self.overall.update(done)
+        if self.bars:
+            self.bar = self._tqdm(total=total, initial=done, desc=name, unit="tile", leave=False, file=sys.stderr,
+                                  position=1 if self.overall is not None else 0, dynamic_ncols=True)
+        if done:
+            self._say("%s: resuming, %d of %d tiles already done", name, done, total)
+
+    def advance(self, tiles: int, detections: int, sub_tiles: int = 0) -> None:
+        """`tiles` more staged, with `detections`; `sub_tiles`: those segmented to refine them."""
+        self.done += tiles
+        self.detections += detections
+        self.sub_tiles += sub_tiles
+        if self.overall is not None:
+            self.overall.update(tiles)
+        if self.bar is not None:
+            self.bar.update(tiles)
+            refined = f", {self.sub_tiles} sub-tiles" if self.sub_tiles else ""
+            self.bar.set_postfix_str(f"{self.done * self.km2_per_tile:.3g} km², {self.objects()} objects{refined}",
+                                     refresh=False)
+        if time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            self._say("%s", self.line())
+
+    def line(self) -> str:
+        rate = (self.done - self.done0) / max(time.monotonic() - self.t0, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        pct = 100 * self.done / max(self.total, 1)
+        refined = f" (+{self.sub_tiles} sub-tiles)" if self.sub_tiles else ""
+        return (f"{self.name}: {self.done}/{self.total} tiles{refined} ({pct:.0f} %), "
+                f"{self.done * self.km2_per_tile:.3g} km², "
+                f"{self.detections} detections, {self.objects()} objects so far, ETA {_eta(eta)}")
+
+    def finish(self) -> None:
+        """The file's tiles are all staged."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self._say("%s", self.line())
+
+    def _say(self, fmt: str, *args: Any) -> None:
+        log.info(fmt, *args)
+        if self.printed:
+            print(fmt % args, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.overall is not None:
+            self.overall.close()

@@ -1,0 +1,71 @@
+"""What a run needs besides its inputs and its segmenter, as one checked value."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from geoseg.core import vectorize
+from geoseg.core.refine import Refine
+from geoseg.core.segmenter import check_prompts
+from geoseg.core.tiling import plan_tiles
+from geoseg.io.area import Area
+from geoseg.io.raster import ReadOptions
+from geoseg.run.workers import check_workers
+
+
+@dataclass
+class Settings:
+    """Everything a run needs besides the inputs and the segmenter."""
+
+    prompts: list[str]
+    tile_size: int = 1008
+    overlap: int = 128
+    read: ReadOptions = field(default_factory=ReadOptions)
+    dst_crs: Any = None
+    simplify: float | None = None
+    min_area: float | None = None
+    match_iou: float = 0.5
+    progress: bool = False
+    refine: Refine = field(default_factory=Refine)
+    cpu_workers: int | None = None  #: worker processes for the CPU work (None: cores - 1; see `geoseg.run.workers`)
+
+    @classmethod
+    def of(cls, prompts: str | Sequence[str], *, tile_size: int = 1008, overlap: int = 128,
+           bands: str | Sequence[int] | None = None, resolution: float | None = None,
+           stretch: tuple[float, float] = (2.0, 98.0), pixel_coords: bool = False, dst_crs: Any = None,
+           simplify: float | None = None, min_area: float | None = None, progress: bool = False,
+           bbox: Any = None, bbox_crs: Any = None, aoi: Any = None, saturation: float = 0.8, refine_depth: int = 2,
+           zoom: int = 0, cpu_workers: int | None = None) -> Settings:
+        """Settings from the API's loose types, checked (prompts, tiling, CRS, area, refinement) before any work."""
+        plan_tiles(tile_size, tile_size, tile_size, overlap)
+        # the area's window is grown by the overlap, so objects crossing its edge are read whole
+        area = Area.of(bbox=bbox, bbox_crs=bbox_crs, aoi=aoi, margin=overlap)
+        return cls(
+            prompts=check_prompts(prompts), tile_size=tile_size, overlap=overlap,
+            read=ReadOptions.of(bands=bands, resolution=resolution, stretch=stretch, pixel_coords=pixel_coords,
+                                area=area),
+            dst_crs=None if dst_crs is None else vectorize.parse_crs(dst_crs),
+            simplify=simplify, min_area=min_area, progress=progress,
+            refine=Refine.of(saturation=saturation, depth=refine_depth, zoom=zoom, tile_size=tile_size,
+                             overlap=overlap),
+            cpu_workers=None if cpu_workers is None else check_workers(cpu_workers),
+        )
+
+
+def fingerprint(settings: Settings, engine: Any) -> dict[str, Any]:
+    """The settings that decide what is staged, by CLI option name (a backend's
+    `config()` keys as `--key-name`)."""
+    read = settings.read
+    out: dict[str, Any] = {"--prompt": settings.prompts, "--backend": engine.backend}
+    out.update({"--" + k.replace("_", "-"): v for k, v in engine.options.items()})
+    out.update({
+        "--tile-size": settings.tile_size, "--overlap": settings.overlap,
+        "--bands": None if read.bands is None else list(read.bands), "--resolution": read.resolution,
+        "--stretch": list(read.stretch), "--pixel-coords": read.pixel_coords,
+    })
+    no_area = {"--bbox": None, "--bbox-crs": None, "--aoi": None}
+    out.update(read.area.fingerprint() if read.area is not None else no_area)
+    out.update(settings.refine.fingerprint())
+    return out

@@ -1,0 +1,201 @@
+"""The work folder of a run: staged detections and results per input, resumable.
+
+`run.json` records every setting that changes what the model finds (prompts,
+backend, model, thresholds, tiling, reading); a run that finds a work folder
+made with other settings stops with an error naming the option, so old partial
+results never mix with new ones. Each input has a SQLite staging store (see
+`geoseg.core.staging`) and, once merged, a GeoPackage of its objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from geoseg import errors
+from geoseg.core.staging import TileStore
+from geoseg.errors import RasterError, UsageError, option
+from geoseg.io.buckets import is_url
+from geoseg.io.sources import is_mosaic, is_raster_object, mosaic_identity, source_name
+
+RUN_FILE = "run.json"
+FAILED_FILE = "failed.json"
+WRITTEN_FILE = "written.json"
+
+
+def _atomic_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path, default: Any) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
+def _key(source: Any) -> str:
+    if is_mosaic(source):  # its XML names the members and the grid, never their sizes or times
+        return f"mosaic:{source_name(source)}:{hashlib.sha1(source.encode()).hexdigest()[:16]}"
+    # an in-memory input (DataArray, open dataset) is only ever staged by one run
+    return f"{source_name(source)}@{id(source)}" if is_raster_object(source) else str(source)
+
+
+def identity(source: Any) -> dict[str, Any]:
+    """What tells an input file apart from a changed one: path, size, mtime
+    (of each member file, for a mosaic)."""
+    path = _key(source)
+    info: dict[str, Any] = {"path": path}
+    if is_mosaic(source):
+        info["members"] = mosaic_identity(source)
+    if os.path.isfile(path):
+        st = os.stat(path)
+        info.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
+    return info
+
+
+def show(value: Any) -> str:
+    """A setting as the CLI takes it."""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "(none)"
+    return "(default)" if value is None else str(value)
+
+
+_PYTHON_NAMES = {"--prompt": "prompts", "--backend": "segmenter"}  # where geoseg.segment() names it otherwise
+
+
+def _setting(key: str, value: Any = None, *, bare: bool = False) -> str:
+    """A recorded setting (keyed by CLI option) in the caller's terms: `--tile-size 256` or `tile_size=256`."""
+    if errors.cli_terms:
+        return key if bare else f"{key} {show(value)}"
+    name = _PYTHON_NAMES.get(key, key.lstrip("-").replace("-", "_"))
+    return option(name) if bare else option(name, value)
+
+
+class WorkDir:
+    """A run's work folder; `settings` maps CLI option names to values.
+
+    An existing folder is resumed when its settings are the same; `restart`
+    discards it first.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], settings: dict[str, Any], *, restart: bool = False) -> None:
+        self.path = Path(path)
+        self.settings = json.loads(json.dumps(settings, default=str))
+        run_file = self.path / RUN_FILE
+        if self.path.exists() and not self.path.is_dir():
+            raise UsageError(f"work folder {self.path} is a file: remove it or pass another {option('work_dir')}")
+        if self.path.is_dir() and not run_file.exists() and any(self.path.iterdir()):
+            raise UsageError(f"{self.path} is not a geoseg work folder: pass another {option('work_dir')}")
+        if restart and run_file.exists():
+            shutil.rmtree(self.path)
+        self.resumed = run_file.exists()
+        if self.resumed:
+            old = read_settings(self.path) or {}
+            for key in sorted(set(old) | set(self.settings)):
+                if old.get(key) != self.settings.get(key):
+                    raise UsageError(
+                        f"{self.path} holds an interrupted run made with {_setting(key, old.get(key))}, this run "
+                        f"has {_setting(key, self.settings.get(key))}: rerun with the same {_setting(key, bare=True)} "
+                        f"to resume, or pass {option('restart', True)} to discard it"
+                    )
+        else:
+            try:
+                self.path.mkdir(exist_ok=True)
+            except FileNotFoundError:
+                raise UsageError(f"work folder {self.path}: {self.path.parent} does not exist: create it") from None
+            _atomic_json(run_file, {"settings": self.settings})
+
+    def name(self, source: Any) -> str:
+        """A file name for an input: readable, unique per path."""
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source_name(source)).stem)[:60]
+        digest = hashlib.sha1(_key(source).encode()).hexdigest()[:10]
+        return f"{stem}-{digest}"
+
+    def store(self, source: Any, n_tiles: int, grid: tuple[int, int]) -> TileStore:
+        """The staging store of `source`, checked against the input it was made from."""
+        store = TileStore(self.path / f"{self.name(source)}.sqlite")
+        ident = identity(source)
+        plan = {"tiles": n_tiles, "grid": list(grid)}
+        old = store.load("input")
+        if old is None:
+            store.save("input", ident)
+            store.save("plan", plan)
+        elif old != ident or store.load("plan") != plan:
+            store.close()
+            raise RasterError(
+                f"{source_name(source)} changed since the interrupted run in {self.path} (size or time differs): "
+                f"pass {option('restart', True)} to start over"
+            )
+        return store
+
+    def result_path(self, source: Any) -> Path:
+        """Where the merged objects of `source` are kept until the output is written."""
+        return self.path / f"{self.name(source)}.objects.gpkg"
+
+    def mark_written(self, output: Any) -> None:
+        """Record an output this run wrote (so a rerun may replace it)."""
+        _atomic_json(self.path / WRITTEN_FILE, sorted({*written(self.path), str(output)}))
+
+    def fail(self, source: Any, message: str | None) -> None:
+        """Record (or clear, with None) the error that stopped `source`."""
+        failures = _read_json(self.path / FAILED_FILE, {})
+        key = _key(source) if is_mosaic(source) else str(source)
+        if failures.get(key) == message:
+            return
+        if message is None:
+            del failures[key]
+        else:
+            failures[key] = message
+        _atomic_json(self.path / FAILED_FILE, failures)
+
+    @staticmethod
+    def status_of(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+        """Per input of the work folder at `path`: tiles done of total, detections,
+        merged or not, and the error of a failed one."""
+        path = Path(path)
+        failures = _read_json(path / FAILED_FILE, {})
+        out = []
+        for db in sorted(path.glob("*.sqlite")):
+            with TileStore(db) as store:
+                ident, plan = store.load("input") or {}, store.load("plan") or {}
+                out.append({
+                    "source": ident.get("path", db.stem), "tiles": plan.get("tiles"), "done": len(store.done()),
+                    "detections": store.n_pieces(), "merged": db.with_suffix(".objects.gpkg").exists(),
+                    "error": failures.pop(ident.get("path", ""), None),
+                })
+        out += [{"source": src, "tiles": None, "done": 0, "detections": 0, "merged": False, "error": err}
+                for src, err in failures.items()]
+        return out
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def written(path: str | os.PathLike[str]) -> list[str]:
+    """The outputs the run in work folder `path` has written (its own to replace)."""
+    return _read_json(Path(path) / WRITTEN_FILE, [])  # type: ignore[no-any-return]
+
+
+def read_settings(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The settings of the work folder at `path`, or None if it is not one."""
+    run = _read_json(Path(path) / RUN_FILE, None)
+    return None if run is None else run["settings"]  # type: ignore[no-any-return]
+
+
+def default_work_dir(output: Any = None, output_dir: Any = None, shard: tuple[int, int] | None = None) -> Path:
+    """Where a run stages its work: OUTPUT.geoseg-work, or OUTPUT_DIR/.geoseg-work
+    (OUTPUT_DIR/.geoseg-work-K-of-N for shard K of N: shards running at once never share one).
+    A bucket output's is local, in the folder the command runs in: ./.geoseg-work-HASH (-K-of-N)."""
+    suffix = "" if shard is None else f"-{shard[0]}-of-{shard[1]}"
+    url = output if is_url(output) else output_dir if is_url(output_dir) else None
+    if url is not None:
+        digest = hashlib.sha1(url.rstrip("/").encode()).hexdigest()[:10]
+        return Path.cwd() / f".geoseg-work-{digest}{suffix}"
+    if output_dir is not None:
+        return Path(output_dir) / f".geoseg-work{suffix}"
+    return Path(str(output) + ".geoseg-work")
