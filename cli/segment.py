@@ -21,6 +21,7 @@ from geoseg.io.export import FORMATS
 from geoseg.io.inputs import resolve
 from geoseg.io.sources import unique_names
 from geoseg.run import pipeline, shards
+from geoseg.run.checks import check_run
 from geoseg.run.engine import LocalEngine
 from geoseg.run.settings import Settings
 from geoseg.run.workdir import default_work_dir
@@ -139,7 +140,7 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | Non
             return
         work_dir = work_dir or str(default_work_dir(output, output_dir, part))
     if part is None or not as_mosaic:  # a mosaic's shard writes a part, checked as it runs
-        pipeline.check_run(mine, settings, output=output, output_dir=output_dir, fmt=fmt, layer=layer,
+        check_run(mine, settings, output=output, output_dir=output_dir, fmt=fmt, layer=layer,
                            overwrite=overwrite, work_dir=work_dir, raster_out=raster_out,
                            raster_values=raster_values, names=names)  # before the model loads
     options = dict(model=model, device=device, dtype=dtype, batch_size=batch_size, score_threshold=score_threshold,

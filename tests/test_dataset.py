@@ -16,7 +16,8 @@ from conftest import one_line_error, run
 from pycocotools.coco import COCO
 from shapely import box
 
-from geoseg.analysis.dataset import assign_splits, chip_blocks, export_dataset, overlap_guard, parse_split
+from geoseg.analysis.dataset import export_dataset
+from geoseg.analysis.splits import assign_splits, chip_blocks, overlap_guard, parse_split
 from geoseg.core.tiling import Window, plan_tiles
 from geoseg.testing import draw, rectangle, write_geotiff
 

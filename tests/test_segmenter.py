@@ -102,6 +102,18 @@ def test_check_prompts_refuses_blank_prompts(prompts, match):
         check_prompts(prompts)
 
 
+def test_a_prompt_with_a_control_character_is_refused_before_anything_is_read(tmp_path):
+    # a newline or tab inside a prompt would be written as a label and break its line in every log
+    for bad in ("tree\ncrown", "tree\tcrown", "red\x00"):
+        with pytest.raises(PromptError, match="control character"):
+            check_prompts(["red", bad])
+    scene = make_scene(tmp_path / "scene.tif", size=64, seed=1)
+    err = one_line_error(run("segment", scene, "-p", "red\nblue", "--backend", "colors", "-o", tmp_path / "x.gpkg"))
+    assert "control character" in err and "-p" in err
+    assert not (tmp_path / "x.gpkg").exists() and not list(tmp_path.glob("*.geoseg-work"))
+    assert check_prompts("  tree crown\n") == ["tree crown"]  # surrounding whitespace is stripped, as before
+
+
 def test_the_colors_backend_refuses_prompts_it_cannot_see():
     with pytest.raises(PromptError, match="red, green and blue, not 'tree'"):
         ColorSegmenter().check_prompts(["red", "tree"])

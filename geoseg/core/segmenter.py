@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -148,7 +149,8 @@ def as_backend(segmenter: Segmenter | Backend) -> Backend:
 
 
 def check_prompts(prompts: Sequence[str] | str) -> list[str]:
-    """Return the prompts stripped, or raise PromptError for an empty or blank one."""
+    """Return the prompts stripped, or raise PromptError for an empty or blank one, or one holding
+    a control character (a newline, a tab)."""
     if isinstance(prompts, str):
         prompts = [prompts]
     cleaned = [p.strip() if isinstance(p, str) else p for p in prompts]
@@ -157,6 +159,9 @@ def check_prompts(prompts: Sequence[str] | str) -> list[str]:
     for p in cleaned:
         if not isinstance(p, str) or not p:
             raise PromptError(f"empty prompt {p!r}: give some words, e.g. {option('prompts', 'tree crown', flag='-p')}")
+        if any(unicodedata.category(c) == "Cc" for c in p):  # a newline or tab would become part of a label
+            raise PromptError(f"prompt {p!r} holds a control character (newline, tab, ...): give the words on "
+                              f"one line, e.g. {option('prompts', 'tree crown', flag='-p')}")
     # keep the user's order, drop repeats
     return list(dict.fromkeys(cleaned))
 

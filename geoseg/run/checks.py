@@ -1,0 +1,75 @@
+"""Every check a run needs no model for, made before the model loads: outputs
+(local or in a bucket), a single input's last block, the area, the label rasters."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from geoseg.core.tiling import Window
+from geoseg.io import export, rasterize, upload
+from geoseg.io.raster import RasterSource
+from geoseg.io.sources import is_remote, output_names, unique_names
+from geoseg.run import workdir
+from geoseg.run.inspection import check_area
+from geoseg.run.settings import Settings
+from geoseg.run.workdir import default_work_dir
+
+
+def remote_outputs(output: Any, output_dir: Any, work_dir: Any, shard: tuple[int, int] | None, fmt: str,
+            names: list[str], overwrite: bool, layer: str) -> upload.Target | None:
+    """A run's outputs in a bucket (see `geoseg.io.upload.target`); None for local ones."""
+    work = work_dir if work_dir is not None else default_work_dir(output, output_dir, shard)
+    return upload.target(output, output_dir, work_dir=work, fmt=fmt, names=names, overwrite=overwrite,
+                         suffixes=export.FORMATS, layer=layer, written=workdir.written(work))
+
+
+def check_run(paths: list[Any], settings: Settings, *, output: Any = None, output_dir: Any = None, fmt: str = "gpkg",
+              layer: str = "detections", overwrite: bool = False, work_dir: Any = None, raster_out: Any = None,
+              raster_values: str | None = None,
+              names: list[str] | None = None) -> tuple[dict[int, Path], dict[int, rasterize.LabelRaster]]:
+    """Every check a run needs no model for, made before the model loads:
+    outputs (format, folder, an existing file or layer), a single input
+    (opened, and its last block read, so a truncated file is caught), the area,
+    the label rasters. Returns the per-input outputs and label rasters by index.
+    `names`: the inputs' names, where not their `unique_names` (a shard's).
+    """
+    remote = remote_outputs(output, output_dir, work_dir, None, fmt, names or unique_names(paths), overwrite, layer)
+    if remote is not None:  # its local stand-ins are checked
+        output, output_dir, work_dir = remote.output, remote.output_dir, remote.work_dir
+    outputs: dict[int, Path] = {}
+    if output_dir is not None:
+        files = output_names(unique_names(paths) if names is None else names, export.FORMATS[fmt])
+        outputs = {k: Path(output_dir) / n for k, n in enumerate(files)}
+    temporary = work_dir is None and output is None and output_dir is None
+    own = set() if temporary else set(workdir.written(work_dir or default_work_dir(output, output_dir)))
+    for out in outputs.values():
+        if export.output_key(out, layer) not in own:
+            export.check_output(_probe(out), overwrite, layer)
+    if output is not None:
+        export.check_output(output, overwrite or export.output_key(output, layer) in own, layer)
+    if len(paths) == 1:  # several: each file's faults are its own, reported by the run
+        with RasterSource(paths[0], settings.read) as src:
+            if _local_file(paths[0]):  # a cut copy: GDAL opens it, then fails on the blocks that are gone
+                src.read(Window(src.height - 1, src.width - 1, 1, 1))
+    check_area(paths, settings.read)
+    rasters = rasterize.plan(raster_out, paths, values=raster_values, prompts=settings.prompts, overwrite=overwrite,
+                             written=own)
+    return outputs, rasters
+
+
+def _local_file(source: Any) -> bool:
+    # not a URL (a block costs a request) nor a VRT (its sources may be remote)
+    return isinstance(source, str) and not is_remote(source) and not source.lower().endswith(".vrt")
+
+
+def _probe(out: Path) -> Path:
+    """`out`, or where its subfolder is still to be made (it mirrors an
+    input's folder), a name in the nearest existing folder to check instead."""
+    if out.parent.is_dir():
+        return out
+    folder = out.parent
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    return folder / f".geoseg-{os.getpid()}{out.suffix}"
