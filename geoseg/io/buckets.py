@@ -1,12 +1,9 @@
-"""Object storage: bucket prefixes listed as folders, outputs uploaded whole.
+"""Object storage: bucket URLs, prefixes listed as folders, objects fetched.
 
 Inputs `s3://bucket/prefix/` (`gs://`, `az://`) are listed with obstore and
 given to GDAL as `/vsis3/...` paths (`/vsigs/`, `/vsiaz/`), read window by
 window as any remote raster; an `https://` folder is listed from its index
-page. An output `s3://bucket/out.gpkg` (or `--output-dir s3://bucket/out/`) is
-written to a local file first and uploaded once complete, with a conditional
-PUT, so a reader never sees a partial object and an object that appeared
-meanwhile is never replaced. The work folder stays local.
+page. Outputs in a bucket are `geoseg.io.upload`'s.
 
 Credentials and endpoint come only from the environment (`AWS_*`, GDAL's
 `AWS_S3_ENDPOINT`, `AWS_HTTPS`, `AWS_VIRTUAL_HOSTING`, `AWS_NO_SIGN_REQUEST`)
@@ -158,7 +155,7 @@ def head_object(scheme: str, bucket: str, key: str, url: str) -> dict[str, dict[
     return {}
 
 
-def hidden(rel: str) -> bool:
+def _hidden(rel: str) -> bool:
     return any(part.startswith(".") for part in PurePosixPath(rel).parts)
 
 
@@ -183,7 +180,7 @@ def _pick(url: str, keys: list[str], prefix: str, base: str, suffixes: tuple[str
     found, skipped = [], []
     for k in keys:
         rel = k[len(prefix):]
-        if not rel or hidden(rel):
+        if not rel or _hidden(rel):
             continue
         if k.lower().endswith(suffixes):
             found.append(base + k)
@@ -274,7 +271,7 @@ def download_prefix(url: str, folder: Path, *, skip: str, suffixes: tuple[str, .
     prefix = key.rstrip("/") + "/" if key.strip("/") else ""
     store = bucket_store(scheme, bucket)
     wanted = [k for k in list_objects(scheme, bucket, prefix, url)
-              if not hidden(k[len(prefix):]) and f"{scheme}://{bucket}/{k}" != skip
+              if not _hidden(k[len(prefix):]) and f"{scheme}://{bucket}/{k}" != skip
               and k.lower().endswith((*suffixes, ".geoseg.json"))]
     folder.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=16) as pool:  # obstore releases the GIL: downloads overlap

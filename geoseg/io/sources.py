@@ -29,8 +29,6 @@ from rasterio.vrt import WarpedVRT
 from geoseg.errors import UsageError
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
-
-
 # GDAL's sidecars of a raster: part of it, not a file skipped
 SIDECARS = (".aux.xml", ".ovr", ".msk", ".tfw", ".tifw", ".wld", ".prj", ".jgw", ".j2w", ".rrd", ".xml")
 
