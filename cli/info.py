@@ -57,10 +57,11 @@ def info(inputs: tuple[str, ...], prompts: tuple[str, ...], tile_size: int, over
             continue
         km2 = "unknown (no CRS)" if d["area_km2"] is None else f"{d['area_km2']:.4f} km²"
         click.echo(f"{d['path']}\n"
-                   f"  size       {d['width']} x {d['height']} px, bands {d['bands']}, {d['dtype']}\n"
+                   f"  size       {d['width']} x {d['height']} px, bands {d['bands'] or 'none chosen'}, {d['dtype']}\n"
+                   + _colours_line(d) +
                    f"  crs        {d['crs'] or 'none (pixel coordinates)'}, pixel {d['pixel_size']:.6g}\n"
                    f"  nodata     {d['nodata']}\n"
-                   f"  stretch    {'none (uint8 passed through)' if d['stretch'] is None else d['stretch']}\n"
+                   f"  stretch    {_stretch(d)}\n"
                    f"  area       {km2}{'' if area is None else ' in ' + area.describe()}\n"
                    + _window_line(d) +
                    f"  tiles      {d['tiles']} ({d['tile_grid'][0]} x {d['tile_grid'][1]}) of {d['tile_size']} px,"
@@ -89,6 +90,18 @@ def _object_line(obj: dict[str, Any] | None) -> str:
         else f"too small even at the deepest level: use --zoom {best} and a smaller --tile-size"
     return (f"\n  objects    {obj['metres']:g} m = {obj['pixels']:g} px = {seen} model px "
             f"(SAM 3 resolves {RESOLVED}+): {advice}")
+
+
+def _colours_line(d: dict[str, Any]) -> str:
+    tags = ", ".join(f"{i} {t}" for i, t in enumerate(d["colours"], 1))
+    hint = "" if d["bands"] else ": to segment, pick three with --bands R,G,B or one with --bands N"
+    return f"  colours    {tags}{hint}\n"
+
+
+def _stretch(d: dict[str, Any]) -> str:
+    if d["stretch"] is not None:
+        return str(d["stretch"])
+    return "none (uint8 passed through)" if d["dtype"] == "uint8" else "none until bands are chosen"
 
 
 def _window_line(d: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import geopandas as gpd
@@ -14,6 +15,7 @@ from conftest import one_line_error, run
 from shapely import box
 
 from geoseg.analysis.evaluate import evaluate, greedy_match
+from geoseg.errors import GeosegWarning
 
 UTM = "EPSG:32617"
 X0, Y0 = 404000.0, 3286000.0  # UTM 17N near Gainesville: the area CRS is the data's own
@@ -110,6 +112,42 @@ def test_empty_inputs():
     assert (s.tp, s.fp, s.fn) == (0, 1, 0) and s.precision == 0 and math.isnan(s.recall)
     s = evaluate(empty, empty).score()
     assert (s.tp, s.fp, s.fn) == (0, 0, 0) and math.isnan(s.f1)
+
+
+def bow_tie(x, y, w=10.0):
+    """A self-intersecting square (corners crossed): two triangles meeting at its centre, area 0 as drawn."""
+    return shapely.Polygon([(X0 + x, Y0 + y), (X0 + x + w, Y0 + y + w), (X0 + x + w, Y0 + y), (X0 + x, Y0 + y + w)])
+
+
+def triangles(x, y, w=10.0):
+    """The bow-tie's two triangles as one valid MultiPolygon."""
+    c = (X0 + x + w / 2, Y0 + y + w / 2)
+    return shapely.MultiPolygon([shapely.Polygon([(X0 + x, Y0 + y), c, (X0 + x, Y0 + y + w)]),
+                                 shapely.Polygon([(X0 + x + w, Y0 + y), c, (X0 + x + w, Y0 + y + w)])])
+
+
+def test_invalid_polygons_are_repaired_with_a_warning():
+    assert not bow_tie(0, 0).is_valid and bow_tie(0, 0).area == 0 and triangles(0, 0).is_valid
+    bows, valid = frame([bow_tie(0, 0), sq(50, 0)]), frame([triangles(0, 0), sq(50, 0)])
+    with pytest.warns(GeosegWarning, match=r"^the GeoDataFrame given as pred=: 1 of 2 polygons invalid .*"
+                                           r"shapely.make_valid keeping their polygonal parts$"):
+        s = evaluate(bows, valid).score()
+    assert (s.tp, s.fp, s.fn) == (2, 0, 0) and s.mean_iou == pytest.approx(1.0)  # the bow-tie matches its triangles
+    with pytest.warns(GeosegWarning, match="given as ref=: 1 of 2 polygons invalid"):
+        s = evaluate(valid, bows).score()
+    assert (s.tp, s.fp, s.fn) == (2, 0, 0)
+    with pytest.warns(GeosegWarning) as caught:
+        evaluate(bows, bows)
+    assert sorted(str(w.message).split(":")[0] for w in caught) == ["the GeoDataFrame given as pred=",
+                                                                   "the GeoDataFrame given as ref="]
+    flat = shapely.Polygon([(X0, Y0), (X0 + 10, Y0), (X0 + 5, Y0), (X0, Y0)])  # a line drawn as a polygon
+    with pytest.warns(GeosegWarning, match="given as pred=: 1 of 2 polygons invalid .*; 1 had no area left and "
+                                           "cannot match$"):
+        s = evaluate(frame([flat, sq(50, 0)]), valid).score()
+    assert (s.tp, s.fp, s.fn) == (1, 1, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GeosegWarning)  # valid polygons: not a word
+        evaluate(valid, valid)
 
 
 def test_per_label_and_overall():
@@ -218,6 +256,20 @@ def test_cli_errors(tmp_path):
     assert "no CRS" in one_line_error(run("evaluate", good, nocrs))
     assert "--sweep" in one_line_error(run("evaluate", good, good, "--sweep", "score"))
     assert "--iou" in one_line_error(run("evaluate", good, good, "--iou", "0"))
+
+
+def test_cli_warns_of_invalid_polygons_in_pred_and_ref(tmp_path):
+    bows = _write(frame([bow_tie(0, 0), bow_tie(20, 0), sq(50, 0)]), tmp_path / "bows.gpkg")
+    valid = _write(frame([triangles(0, 0), triangles(20, 0), sq(50, 0)]), tmp_path / "valid.gpkg")
+    for pred, ref, named in ((bows, valid, f"PRED {bows}"), (valid, bows, f"REF {bows}")):
+        r = run("evaluate", pred, ref, "--json")
+        assert r.exit_code == 0, r.output
+        assert r.stderr.splitlines() == [f"geoseg: warning: {named}: 2 of 3 polygons invalid (e.g. self-intersecting), "
+                                         "repaired with shapely.make_valid keeping their polygonal parts"]
+        overall = next(s for s in json.loads(r.stdout)["scores"] if s["label"] == "all")
+        assert (overall["tp"], overall["fp"], overall["fn"]) == (3, 0, 0)
+    r = run("evaluate", valid, valid)
+    assert r.exit_code == 0 and "warning" not in r.output
 
 
 def test_cli_writes_the_error_layers(tmp_path):

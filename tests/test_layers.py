@@ -165,6 +165,41 @@ def test_output_dir_writes_shapefiles(scene_path, tmp_path):
     assert len(back) > 0 and back.crs.equals("EPSG:32617")
 
 
+def test_a_layer_given_for_a_format_without_layers_is_refused(scene_path, tmp_path):
+    for ext in (".fgb", ".geojson", ".json", ".parquet", ".shp"):
+        out = tmp_path / f"out{ext}"
+        line = one_line_error(run("segment", scene_path, "-p", "red", "-o", out, "--layer", "trees", *COLORS))
+        assert line == f"geoseg: error: --layer trees: {out} has no layers (only .gpkg has): leave out --layer " \
+                       "or write a .gpkg"
+    folder = tmp_path / "out"
+    folder.mkdir()
+    line = one_line_error(run("segment", scene_path, "-p", "red", "--output-dir", folder, "--format", "fgb",
+                              "--layer", "trees", *COLORS))
+    assert line == "geoseg: error: --layer trees: --format fgb has no layers (only gpkg has): leave out --layer " \
+                   "or use --format gpkg"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "scene.tif"] and not any(folder.iterdir())
+
+    class Unloadable(ColorSegmenter):
+        def check_prompts(self, prompts):
+            raise AssertionError("the model was reached before the layer was checked")
+
+    with pytest.raises(OutputError) as err:
+        geoseg.segment(scene_path, "red", segmenter=Unloadable(), output=tmp_path / "out.fgb", layer="trees")
+    assert str(err.value) == f"layer='trees': {tmp_path / 'out.fgb'} has no layers (only .gpkg has): " \
+                             "leave out layer= or write a .gpkg"
+
+
+def test_the_default_layer_is_taken_by_every_format(scene_path, tmp_path):
+    # `detections` given or not: the same run (the default cannot be told from the name given)
+    assert run("segment", scene_path, "-p", "red", "-o", tmp_path / "a.fgb", *COLORS).exit_code == 0
+    assert run("segment", scene_path, "-p", "red", "-o", tmp_path / "b.geojson", "--layer", "detections",
+               *COLORS).exit_code == 0
+    folder = tmp_path / "out"
+    folder.mkdir()
+    assert run("segment", scene_path, "-p", "red", "--output-dir", folder, "--format", "fgb", *COLORS).exit_code == 0
+    assert len(pyogrio.read_dataframe(tmp_path / "a.fgb")) == len(pyogrio.read_dataframe(folder / "scene.fgb")) > 0
+
+
 def test_layer_names_differing_in_case_are_one_layer(multi):
     """SQLite table names ignore case: --layer GREENS is the layer greens."""
     gdf = gpd.GeoDataFrame({"label": ["a"]}, geometry=[Point(404000, 3286000).buffer(5)], crs=32617)

@@ -1,7 +1,12 @@
+import json
+
 import numpy as np
+import pyogrio
 import pytest
 import rasterio
 from affine import Affine
+from conftest import one_line_error, run
+from rasterio.enums import ColorInterp
 
 import geoseg
 from geoseg.core.tiling import Window
@@ -103,7 +108,8 @@ def test_bands(tmp_path):
     four[..., 3] = 200
     four[..., 0] = 50
     path = write_geotiff(tmp_path / "four.tif", four)
-    with pytest.raises(UsageError, match="4 bands: pick three with bands="):
+    with pytest.raises(UsageError, match=r"four.tif has 4 bands, not tagged red, green and blue \(bands: 1 gray, "
+                                         r"2 undefined, 3 undefined, 4 undefined\): pick three with bands='R,G,B'"):
         RasterSource(path)
     with RasterSource(path, ReadOptions(bands=(4, 3, 1))) as src:
         rgb, _ = src.read(Window(0, 0, 200, 200))
@@ -113,6 +119,71 @@ def test_bands(tmp_path):
     two = write_geotiff(tmp_path / "two.tif", four[..., :2])
     with pytest.raises(UsageError, match="2 bands"):
         RasterSource(two)
+
+
+RED, GREEN, BLUE, NIR = (ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined)
+
+
+def tagged(path, rgb, order, tags):
+    """A 4-band GeoTIFF holding `rgb`'s channels and a NIR band in `order` (0 R, 1 G, 2 B, 3 NIR), colour-tagged."""
+    data = np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])[..., list(order)]
+    with rasterio.open(path, "w", driver="GTiff", height=data.shape[0], width=data.shape[1], count=4, dtype="uint8",
+                       crs="EPSG:32617", transform=Affine(0.5, 0, 404000.0, 0, -0.5, 3286000.0),
+                       photometric="MINISBLACK") as dst:
+        dst.write(np.moveaxis(data, -1, 0))
+        dst.colorinterp = tags
+    return path
+
+
+def discs(size=300):
+    """Red, green and blue discs on grey: each label found only where the bands are read as RGB."""
+    return draw(size, size, [disc("red", 1, 75, 75, 40), disc("green", 2, 75, 225, 40), disc("blue", 3, 225, 150, 40)])
+
+
+def test_default_bands_are_the_ones_tagged_red_green_blue(tmp_path):
+    rgb = discs()
+    layouts = {"rgbn": ((0, 1, 2, 3), [RED, GREEN, BLUE, NIR], (1, 2, 3)),  # NAIP
+               "bgrn": ((2, 1, 0, 3), [BLUE, GREEN, RED, NIR], (3, 2, 1)),
+               "nrgb": ((3, 0, 1, 2), [NIR, RED, GREEN, BLUE], (2, 3, 4))}
+    for name, (order, tags, bands) in layouts.items():
+        path = tagged(tmp_path / f"{name}.tif", rgb, order, tags)
+        with RasterSource(path) as src:
+            assert src.bands == bands and src.colours == tuple(t.name for t in tags)
+            assert np.array_equal(src.read(Window(0, 0, 300, 300))[0], rgb), name
+
+
+def test_segment_and_info_follow_the_colour_tags_not_the_positions(tmp_path):
+    path = tagged(tmp_path / "bgrn.tif", discs(), (2, 1, 0, 3), [BLUE, GREEN, RED, NIR])
+    out = tmp_path / "out.gpkg"
+    r = run("segment", path, "-p", "red", "-p", "blue", "-o", out, "--backend", "colors", "--tile-size", "256",
+            "--overlap", "32", "-q")
+    assert r.exit_code == 0, r.output
+    gdf = pyogrio.read_dataframe(out)
+    assert sorted(gdf["label"]) == ["blue", "red"]
+    for lab, (col, row) in (("red", (75, 75)), ("blue", (150, 225))):  # each disc's centre, in pixels
+        g = gdf.geometry[gdf["label"] == lab].iloc[0]
+        assert (g.centroid.x - 404000, 3286000 - g.centroid.y) == pytest.approx((col / 2, row / 2), abs=0.3)
+    r = run("info", path)
+    assert r.exit_code == 0, r.output
+    assert "bands [3, 2, 1]" in r.output and "colours    1 blue, 2 green, 3 red, 4 undefined\n" in r.output
+    d = json.loads(run("info", path, "--json").stdout)["rasters"][0]
+    assert d["bands"] == [3, 2, 1] and d["colours"] == ["blue", "green", "red", "undefined"]
+
+
+def test_untagged_bands_are_described_and_refused_with_their_tags(tmp_path):
+    path = tagged(tmp_path / "four.tif", discs(), (0, 1, 2, 3), [ColorInterp.gray, NIR, NIR, NIR])
+    r = run("info", path)  # described, not refused
+    assert r.exit_code == 0, r.output
+    assert "bands none chosen" in r.output
+    assert "colours    1 gray, 2 undefined, 3 undefined, 4 undefined: to segment, pick three with --bands R,G,B" \
+        in r.output
+    d = json.loads(run("info", path, "--json").stdout)["rasters"][0]
+    assert d["bands"] is None and d["colours"] == ["gray", "undefined", "undefined", "undefined"]
+    assert d["tiles"] == 1 and d["width"] == 300
+    line = one_line_error(run("segment", path, "-p", "red", "-o", tmp_path / "out.gpkg", "--backend", "colors"))
+    assert line.endswith("four.tif has 4 bands, not tagged red, green and blue (bands: 1 gray, 2 undefined, "
+                         "3 undefined, 4 undefined): pick three with --bands R,G,B or one with --bands N")
+    assert not (tmp_path / "out.gpkg").exists()
 
 
 def test_resolution_resamples_on_read(tmp_path):

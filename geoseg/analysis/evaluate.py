@@ -233,6 +233,13 @@ def _aoi_geometry(aoi: Any, crs: Any) -> shapely.Geometry:
     return shapely.union_all(gdf.geometry.values)
 
 
+def _named(source: Vector, what: str) -> str:
+    """An input as its caller named it: `PRED out.gpkg` on the command line, `pred='out.gpkg'` in Python."""
+    if isinstance(source, gpd.GeoDataFrame):
+        return f"the GeoDataFrame given as {what.lower()}="
+    return f"{what} {source}" if errors.cli_terms else option(what.lower(), str(source))
+
+
 def _check_crs(pred: gpd.GeoDataFrame, ref: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     if (pred.crs is None) != (ref.crs is None):
         which = "PRED" if pred.crs is None else "REF"
@@ -251,7 +258,9 @@ def evaluate(
 
     Args:
         pred, ref: vector files (any format geopandas reads) or GeoDataFrames;
-            `ref` is reprojected to the CRS of `pred`.
+            `ref` is reprojected to the CRS of `pred`. Invalid polygons are
+            repaired (`shapely.make_valid`, polygonal parts) with a warning
+            (`geoseg.io.vectors.InvalidGeometryWarning`).
         iou: IoU threshold(s) for a match; the first one gives `tp`/`fp`/`fn`
             and the sweep.
         label_field: column holding labels in both inputs (default `label` when
@@ -265,8 +274,8 @@ def evaluate(
     thresholds = tuple(float(t) for t in ((iou,) if isinstance(iou, (int, float)) else iou))
     if not thresholds or any(not 0 < t <= 1 for t in thresholds):
         raise UsageError(f"{option('iou', thresholds)}: IoU thresholds must be in (0, 1], e.g. {option('iou', 0.5)}")
-    pred_in = polygons_only(read_vector(pred, "PRED"), "PRED")
-    ref_in = polygons_only(read_vector(ref, "REF"), "REF")
+    pred_in = polygons_only(read_vector(pred, "PRED"), _named(pred, "PRED"))
+    ref_in = polygons_only(read_vector(ref, "REF"), _named(ref, "REF"))
     field_name = _label_field(pred_in, ref_in, label_field, class_agnostic)
     if sweep is not None and sweep not in pred_in.columns:
         raise UsageError(f"{option('sweep', sweep)}: PRED has no such column "

@@ -97,14 +97,31 @@ def _open_error(path: str, reason: str) -> RasterError:
     return RasterError(f"{path}: not a readable raster ({reason}): give a GeoTIFF or another GDAL raster")
 
 
-def _default_bands(ds: Any, path: str) -> tuple[int, ...]:
-    colour = [i for i, ci in enumerate(ds.colorinterp, 1) if ci != ColorInterp.alpha]
-    if len(colour) in (1, 3):
-        return tuple(colour)
-    raise UsageError(
-        f"{path} has {len(colour)} bands: pick three with {option('bands', 'R,G,B')} "
-        f"(e.g. {option('bands', '4,3,2')}) or one with {option('bands', 'N')}"
-    )
+RGB = ("red", "green", "blue")
+
+
+def colours(ds: Any) -> tuple[str, ...]:
+    """Each band's colour tag (GDAL's colour interpretation): 'red', 'gray', 'alpha', 'undefined', ..."""
+    return tuple(ci.name for ci in ds.colorinterp)
+
+
+def default_bands(tags: Sequence[str]) -> tuple[int, ...] | None:
+    """The bands read without `bands`: those tagged red, green and blue, wherever
+    they are (NAIP's R,G,B,NIR); else the bands not alpha, when 1 or 3; else None."""
+    if all(c in tags for c in RGB):
+        return tuple(tags.index(c) + 1 for c in RGB)
+    colour = tuple(i for i, t in enumerate(tags, 1) if t != ColorInterp.alpha.name)
+    return colour if len(colour) in (1, 3) else None
+
+
+def _default_bands(ds: Any, path: str, needed: bool = True) -> tuple[int, ...]:
+    tags = colours(ds)
+    bands = default_bands(tags)
+    if bands is not None or not needed:
+        return bands or ()
+    listed = ", ".join(f"{i} {t}" for i, t in enumerate(tags, 1))
+    raise UsageError(f"{path} has {len(tags)} bands, not tagged red, green and blue (bands: {listed}): "
+                     f"pick three with {option('bands', 'R,G,B')} or one with {option('bands', 'N')}")
 
 
 class _DataArrayDataset:
@@ -189,11 +206,15 @@ class RasterSource:
     With an `area` in the options that grid is the window of the area's bounds
     grown by `area.margin` pixels and clipped to the raster (`window`, in the
     full grid); `zone` is the area in the raster's CRS. The stretch stays scene-wide.
+    `bands` are read (by default see `default_bands`); `colours` is every band's
+    colour tag. `choose=False` leaves `bands` empty where none can be chosen, to
+    describe such a raster (`geoseg info`) instead of refusing it.
     """
 
     def __init__(self, source: Any, options: ReadOptions = ReadOptions(),
-                 stretch_limits: np.ndarray | None = None) -> None:
+                 stretch_limits: np.ndarray | None = None, *, choose: bool = True) -> None:
         self.options = options
+        self._choose = choose
         if stretch_limits is not None:  # computed once elsewhere (the Dask client), the same for every window
             self.__dict__["stretch_limits"] = np.asarray(stretch_limits, dtype=float)
         self._owned = True
@@ -231,8 +252,9 @@ class RasterSource:
             bad = [b for b in o.bands if not 1 <= b <= src.count]
             if bad:
                 raise UsageError(f"{option('bands', bad[0])} is out of range: {self.path} has bands 1 to {src.count}")
-        self.bands = o.bands or _default_bands(src, self.path)
-        self.dtype = np.dtype(src.dtypes[self.bands[0] - 1])
+        self.colours = colours(src)
+        self.bands = o.bands or _default_bands(src, self.path, self._choose)
+        self.dtype = np.dtype(src.dtypes[(self.bands or (1,))[0] - 1])
         self._ds = src
         if o.resolution is not None and not is_mosaic(self.path):  # a mosaic is built at its resolution
             self._ds = self._warped(o.resolution)
@@ -276,7 +298,7 @@ class RasterSource:
 
         Computed on first use, so opening a raster to check it costs no reading.
         """
-        return None if self.dtype == np.uint8 else self._stretch_limits()
+        return None if self.dtype == np.uint8 or not self.bands else self._stretch_limits()
 
     def _warped(self, resolution: float) -> Any:
         src = self._src

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from geoseg.core.tiling import Window
+from geoseg.errors import OutputError, option
 from geoseg.io import export, rasterize, upload
 from geoseg.io.raster import RasterSource
 from geoseg.io.sources import is_remote, output_names, unique_names
@@ -15,6 +16,8 @@ from geoseg.run import workdir
 from geoseg.run.inspection import check_area
 from geoseg.run.settings import Settings
 from geoseg.run.workdir import default_work_dir
+
+LAYER = "detections"  # the default layer: every format takes it (a GeoPackage's layer, else the file's name)
 
 
 def remote_outputs(output: Any, output_dir: Any, work_dir: Any, shard: tuple[int, int] | None, fmt: str,
@@ -26,7 +29,7 @@ def remote_outputs(output: Any, output_dir: Any, work_dir: Any, shard: tuple[int
 
 
 def check_run(paths: list[Any], settings: Settings, *, output: Any = None, output_dir: Any = None, fmt: str = "gpkg",
-              layer: str = "detections", overwrite: bool = False, work_dir: Any = None, raster_out: Any = None,
+              layer: str = LAYER, overwrite: bool = False, work_dir: Any = None, raster_out: Any = None,
               raster_values: str | None = None,
               names: list[str] | None = None) -> tuple[dict[int, Path], dict[int, rasterize.LabelRaster]]:
     """Every check a run needs no model for, made before the model loads:
@@ -35,6 +38,7 @@ def check_run(paths: list[Any], settings: Settings, *, output: Any = None, outpu
     the label rasters. Returns the per-input outputs and label rasters by index.
     `names`: the inputs' names, where not their `unique_names` (a shard's).
     """
+    check_layer(output, fmt, layer)
     remote = remote_outputs(output, output_dir, work_dir, None, fmt, names or unique_names(paths), overwrite, layer)
     if remote is not None:  # its local stand-ins are checked
         output, output_dir, work_dir = remote.output, remote.output_dir, remote.work_dir
@@ -57,6 +61,22 @@ def check_run(paths: list[Any], settings: Settings, *, output: Any = None, outpu
     rasters = rasterize.plan(raster_out, paths, values=raster_values, prompts=settings.prompts, overwrite=overwrite,
                              written=own)
     return outputs, rasters
+
+
+def check_layer(output: Any, fmt: str, layer: str) -> None:
+    """Refuse a layer other than the default for a format without layers (all but
+    GeoPackage), which would ignore it. The default cannot be told from the same
+    name given, so `detections` is taken with every format."""
+    if layer == LAYER:
+        return
+    suffix = Path(str(output)).suffix.lower() if output is not None else export.FORMATS.get(fmt, "")
+    if export.DRIVERS.get(suffix, "GPKG") == "GPKG":
+        return  # a GeoPackage, or an unknown format: refused by its own check
+    if output is not None:
+        raise OutputError(f"{option('layer', layer)}: {output} has no layers (only .gpkg has): "
+                          f"leave out {option('layer')} or write a .gpkg")
+    raise OutputError(f"{option('layer', layer)}: {option('fmt', fmt, flag='--format')} has no layers (only gpkg "
+                      f"has): leave out {option('layer')} or use {option('fmt', 'gpkg', flag='--format')}")
 
 
 def _local_file(source: Any) -> bool:

@@ -84,15 +84,18 @@ def describe(
 ) -> dict[str, Any]:
     """The plan for one raster, without running any model. With an `area`
     (`Area.of(bbox=...)`), `window` is its pixel window [col, row, width, height]
-    in the grid read, and `tiles` and `area_km2` count only what would be segmented."""
+    in the grid read, and `tiles` and `area_km2` count only what would be segmented.
+    `colours` is every band's colour tag; `bands` the bands read, None where
+    none can be chosen without `bands` (a run refuses such a raster)."""
     read = ReadOptions.of(bands=bands, resolution=resolution, pixel_coords=pixel_coords, area=area)
-    with RasterSource(path, read) as src:
+    with RasterSource(path, read, choose=False) as src:
         info = _inspect(src, path, tile_size, overlap)
         stretch = None if src.stretch_limits is None else src.stretch_limits.round(3).tolist()
+        tags = list(src.colours)
     (height, width), win = info.grid, info.window
     return {
         "window": None if win is None else [win.col, win.row, win.width, win.height],
-        "path": str(path), "width": width, "height": height, "bands": list(info.bands),
+        "path": str(path), "width": width, "height": height, "bands": list(info.bands) or None, "colours": tags,
         "dtype": info.dtype, "crs": None if info.crs is None else info.crs.to_string(),
         "pixel_size": info.pixel_size, "nodata": info.nodata, "stretch": stretch,
         "area_km2": info.area_km2, "tile_size": tile_size, "overlap": overlap,
