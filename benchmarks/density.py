@@ -2,9 +2,16 @@
 
 A 2016 x 2016 px scene (3 x 3 tiles of 1008 px, overlap 128) of small discs at
 100 to 2,000 objects per tile, segmented by the deterministic test backend
-capped at 200 objects per tile and prompt (SAM 3's query count). Recall: the
-share of the untiled truth's objects matched one-to-one at IoU >= 0.98
-(`geoseg evaluate`); cost: pixels passed to the segmenter over the plain plan's.
+capped at 200 objects per tile and prompt (SAM 3's query count), three ways:
+the plain plan (no refinement), the cascade (every tile starts at the plan's
+level) and neighbour start (each tile starts at the level its finished
+neighbours needed; the default). Recall: the share of the untiled truth's
+objects matched one-to-one at IoU >= 0.98 (`geoseg evaluate`). Cost, both
+ways: forward passes (images given to the model: what SAM 3's time follows,
+as it resizes every tile and sub-tile to 1008 px) and pixels (what a model
+run at native resolution pays), over the plain plan's. "Deepest alone": the
+passes of segmenting every tile only at the deepest level reached
+(9 x 4^level), the least any exact run can pay.
 
     python benchmarks/density.py            # print the table
     python benchmarks/density.py --write    # also benchmarks/results/density.json and the README table
@@ -53,30 +60,37 @@ def recall(truth, got) -> float:
     return float(evaluate(got, truth, iou=0.98).score().recall)
 
 
+RUNS = {"plain": dict(refine_depth=0), "cascade": dict(neighbour_start=False), "neighbour": {}}
+
+
 def run(per_tile: int, folder: Path) -> dict[str, float]:
     path = scene(folder / f"d{per_tile}.tif", per_tile)
     truth = geoseg.segment(path, "red", segmenter=CountingSegmenter(), tile_size=SIZE, overlap=0)
     row: dict[str, float] = {"objects_per_tile": per_tile, "objects": len(truth)}
-    plain_pixels = 0
-    for name, depth in (("plain", 0), ("refined", 2)):
+    for name, options in RUNS.items():
         seg = CountingSegmenter(max_objects=CAP)
         t0 = time.perf_counter()
-        got = geoseg.segment(path, "red", segmenter=seg, tile_size=TILE, overlap=OVERLAP, refine_depth=depth)
+        got = geoseg.segment(path, "red", segmenter=seg, tile_size=TILE, overlap=OVERLAP, **options)
         row[f"{name}_seconds"] = round(time.perf_counter() - t0, 2)
         row[f"{name}_recall"] = round(recall(truth, got), 4)
-        plain_pixels = plain_pixels or seg.pixels
-        row[f"{name}_cost"] = round(seg.pixels / plain_pixels, 2)
-        if name == "refined":
-            row["deepest_level"] = got.attrs["geoseg"]["refined"]["deepest_level"]
+        cost = got.attrs["geoseg"]["cost"]
+        assert cost == {"forward_passes": seg.tiles, "pixels": seg.pixels}  # what the provenance says is paid
+        row[f"{name}_passes"], row[f"{name}_pixels"] = seg.tiles, seg.pixels
+        row[f"{name}_deepest"] = got.attrs["geoseg"]["refined"]["deepest_level"]
+    row["deepest_alone"] = row["plain_passes"] * 4 ** max(row["cascade_deepest"], row["neighbour_deepest"])
     return row
 
 
 def table(rows: list[dict[str, float]]) -> str:
-    lines = ["| objects / tile | objects | plain recall | refined recall | refined cost (× plain px) | deepest level "
-             "| plain s | refined s |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['objects_per_tile']} | {r['objects']} | {r['plain_recall']:.1%} | {r['refined_recall']:.1%} | "
-              f"{r['refined_cost']:.2f} | {r['deepest_level']} | {r['plain_seconds']:.1f} | "
-              f"{r['refined_seconds']:.1f} |"
+    lines = ["| objects / tile | objects | recall: plain | cascade | neighbour | forward passes: plain | cascade "
+             "| neighbour | deepest alone | neighbour ÷ deepest alone | pixels × plain: cascade | neighbour "
+             "| deepest level | s: cascade | neighbour |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['objects_per_tile']} | {r['objects']} | {r['plain_recall']:.1%} | {r['cascade_recall']:.1%} | "
+              f"{r['neighbour_recall']:.1%} | {r['plain_passes']} | {r['cascade_passes']} | {r['neighbour_passes']} | "
+              f"{r['deepest_alone']} | {r['neighbour_passes'] / r['deepest_alone']:.3f} | "
+              f"{r['cascade_pixels'] / r['plain_pixels']:.2f} | {r['neighbour_pixels'] / r['plain_pixels']:.2f} | "
+              f"{r['neighbour_deepest']} | {r['cascade_seconds']:.1f} | {r['neighbour_seconds']:.1f} |"
               for r in rows]
     return "\n".join(lines)
 
@@ -98,8 +112,12 @@ def main() -> None:
             "## Dense scenes\n\n"
             f"`python benchmarks/density.py --write` on {cpu_name()}: a {SIZE} × {SIZE} px scene of small discs "
             f"(3 × 3 tiles of {TILE} px, overlap {OVERLAP}), the test backend capped at {CAP} objects per tile "
-            "and prompt as SAM 3 is. Recall: truth objects matched one-to-one at IoU ≥ 0.98 (`geoseg evaluate`); "
-            "cost: pixels passed to the segmenter over the plain plan's (see docs/dense.md).\n\n" + text + "\n"))
+            "and prompt as SAM 3 is: the plain plan, the cascade (`--no-neighbour-start`) and neighbour start "
+            "(the default). Recall: truth objects matched one-to-one at IoU ≥ 0.98 (`geoseg evaluate`). Forward "
+            "passes: images given to the model, what SAM 3's time follows (it resizes every tile and sub-tile to "
+            "1008 px); deepest alone: every tile segmented only at the deepest level reached (9 × 4^level), the "
+            "least an exact run can pay; pixels: what a model run at native resolution pays (see docs/dense.md)."
+            "\n\n" + text + "\n"))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,9 @@ def tiling_options(f: F) -> F:
 
 
 def refine_options(f: F) -> F:
+    f = click.option("--neighbour-start/--no-neighbour-start", "neighbour_start", default=True, show_default=True,
+                     help="Start each tile at the level of sub-tiles its finished neighbours needed, instead of "
+                          "at the plan's: a dense scene costs only the forward passes it needs (see docs/dense.md).")(f)
     f = click.option("--zoom", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Start every tile this many levels down (2 x 2 sub-tiles per level): for objects of "
                           "a few pixels (see `geoseg info --object-size`).")(f)

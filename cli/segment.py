@@ -105,8 +105,9 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | Non
             layer: str, overwrite: bool, backend: str, model: str | None, device: str | None, dtype: str | None,
             batch_size: int | None, score_threshold: float | None, mask_threshold: float | None,
             max_detections: int | None, nms_iou: float | None, compile_encoder: bool, tile_size: int, overlap: int,
-            saturation: float, refine_depth: int, zoom: int, bands: str | None, resolution: float | None,
-            pixel_coords: bool, bbox: str | None, bbox_crs: str | None, aoi: str | None, stretch: str,
+            saturation: float, refine_depth: int, zoom: int, neighbour_start: bool, bands: str | None,
+            resolution: float | None, pixel_coords: bool, bbox: str | None, bbox_crs: str | None,
+            aoi: str | None, stretch: str,
             dst_crs: str | None, simplify: float | None, min_area: float | None, raster_out: str | None,
             raster_values: str | None, work_dir: str | None, restart: bool, as_mosaic: bool, shard: str | None,
             workers: int | None, scheduler: str | None, resources: str | None, asset: str | None,
@@ -129,7 +130,8 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | Non
                            stretch=_stretch(stretch), pixel_coords=pixel_coords, dst_crs=dst_crs,
                            simplify=simplify, min_area=min_area, progress=not quiet and sys.stderr.isatty(),
                            bbox=bbox, bbox_crs=bbox_crs, aoi=aoi, saturation=saturation,
-                           refine_depth=refine_depth, zoom=zoom, cpu_workers=cpu_workers)
+                           refine_depth=refine_depth, zoom=zoom, neighbour_start=neighbour_start,
+                           cpu_workers=cpu_workers)
     paths = resolve(inputs, asset=asset, mosaic=as_mosaic, settings=settings)
     mine, names = paths, None
     if part is not None and not as_mosaic:  # named as in one run of the whole collection (a mosaic: its rows)

@@ -12,12 +12,17 @@ from conftest import one_line_error, run
 from test_qgis import qgis_profile  # noqa: F401  (a fixture)
 
 import geoseg
-from geoseg.core.refine import Refine, levels
+from geoseg.core.merge import Piece
+from geoseg.core.refine import Neighbours, Refine, levels, needed
+from geoseg.core.staging import TileStore
 from geoseg.core.tiling import plan_tiles
 from geoseg.errors import RunError, UsageError
 from geoseg.io.export import read_provenance
+from geoseg.io.raster import RasterSource, ReadOptions
+from geoseg.run.engine import LocalEngine
+from geoseg.run.progress import Progress
 from geoseg.testing import CountingSegmenter, draw, make_scene, write_geotiff
-from geoseg.testing.scenes import random_objects
+from geoseg.testing.scenes import SceneObject, random_objects
 
 PROMPTS = ["red", "green", "blue"]
 TILING = dict(tile_size=256, overlap=32, cpu_workers=0)
@@ -177,6 +182,104 @@ def test_a_run_killed_while_refining_resumes_to_the_same_output(dense, tmp_path)
     assert read_provenance(out)["refined"] == {"tiles": 25, "sub_tiles": 100, "deepest_level": 1}
 
 
+@pytest.fixture(scope="module")
+def half(tmp_path_factory):
+    """Sparse above row 480 (a few objects), dense below row 496 (~90 objects per 256 px tile and prompt)."""
+    sparse = [o for o in random_objects(470, SIZE, 60, seed=5, r_range=(4, 8))]
+    dense = [SceneObject(o.label, 1000 + o.number, o.row + 500, o.col, o.mask)
+             for o in random_objects(SIZE - 510, SIZE, 2400, seed=6, r_range=(3, 6))]
+    path = tmp_path_factory.mktemp("half") / "half.tif"
+    return write_geotiff(path, draw(SIZE, SIZE, sparse + dense))
+
+
+def staged_costs(scene, **refine):
+    """Stage every tile of `scene` with the capped segmenter: per tile, (forward passes, pixels)."""
+    plan = plan_tiles(SIZE, SIZE, 256, 32)
+    progress = Progress(bars=False)
+    progress.start("half", len(plan), 0, 0.0)
+    with TileStore(":memory:") as store, RasterSource(scene, ReadOptions()) as src:
+        LocalEngine(CountingSegmenter(max_objects=CAP)).stage(
+            src, plan, list(range(len(plan))), PROMPTS, store, progress,
+            refine=Refine.of(tile_size=256, overlap=32, **refine))
+        return store.costs(), plan
+
+
+def test_neighbour_start_pays_only_the_passes_a_dense_half_needs(half, tmp_path, caplog):
+    costs, plan = staged_costs(half)
+    cascade, _ = staged_costs(half, neighbours=False)
+    sparse = [k for k in range(len(plan)) if plan.tile(k).window.row_stop <= 480]
+    dense = [k for k in range(len(plan)) if plan.tile(k).window.row >= 496]
+    assert len(sparse) == 10 and len(dense) == 10
+    # the sparse half costs exactly the plain plan: one pass of its own pixels per tile
+    assert all(costs[k] == (1, 256 * 256) for k in sparse)
+    # the dense half: fewer passes than the cascade (no coarse pass thrown away after the first tile)
+    assert sum(costs[k][0] for k in dense) < sum(cascade[k][0] for k in dense)
+    assert all(costs[k][0] <= cascade[k][0] for k in dense)
+    # and exact: every object of the untiled truth once, whole
+    truth = geoseg.segment(half, PROMPTS, segmenter=CountingSegmenter(), tile_size=SIZE, overlap=0, cpu_workers=0)
+    out = tmp_path / "half.gpkg"
+    with caplog.at_level(logging.INFO, logger="geoseg"):
+        got = geoseg.segment(half, PROMPTS, segmenter=CountingSegmenter(max_objects=CAP), output=out, **TILING)
+    passes = sum(n for n, _ in costs.values())
+    assert any("25/25 tiles (+" in r.getMessage() and f"(100 %), {passes} forward passes" in r.getMessage()
+               for r in caplog.records)  # the progress line says what the model was given
+    ious, hits = match(truth, got)
+    assert len(got) == len(truth) and ious.min() >= 0.98 and (hits == 1).all()
+    meta = got.attrs["geoseg"]
+    assert meta["refine"]["neighbour_start"] is True
+    assert meta["cost"] == {"forward_passes": passes, "pixels": sum(px for _, px in costs.values())}
+    # the same output on a second run, and after a run killed while refining the dense half
+    again = geoseg.segment(half, PROMPTS, segmenter=CountingSegmenter(max_objects=CAP), **TILING)
+    assert_identical(again, got)
+    resumed = tmp_path / "resumed.gpkg"
+    with pytest.raises(RunError, match="fell over"):
+        geoseg.segment(half, PROMPTS, segmenter=CountingSegmenter(max_objects=CAP, fail_after=30, batch_size=2),
+                       output=resumed, **TILING)
+    finish = CountingSegmenter(max_objects=CAP, batch_size=2)
+    geoseg.segment(half, PROMPTS, segmenter=finish, output=resumed, **TILING)
+    assert finish.tiles < passes  # what was staged is not segmented again
+    assert_identical(pyogrio.read_dataframe(resumed), pyogrio.read_dataframe(out))
+    assert read_provenance(resumed)["cost"] == meta["cost"]
+
+
+def assert_identical(a, b):
+    assert len(a) == len(b)
+    assert (a["id"].to_numpy() == b["id"].to_numpy()).all() and (a["level"].to_numpy() == b["level"].to_numpy()).all()
+    assert a.geometry.geom_equals_exact(b.geometry, tolerance=0).all()
+
+
+def test_a_tile_starts_where_its_finished_neighbours_ended():
+    # the three tiles above it, or in the first row the one to its left; never one not yet done
+    nb = Neighbours((3, 4), {0: {"red": 2}, 1: {"red": 0, "green": 1}})
+    assert nb.of(2) == [1] and nb.of(5) == [0, 1, 2] and nb.of(4) == [0, 1] and nb.of(7) == [2, 3]
+    assert nb.ready(2) and not nb.ready(5)
+    nb.add(2, {})
+    # the level all of them needed: starting too deep costs far more passes than starting too shallow
+    assert nb.ready(5) and nb.start(5) == {"red": 0, "green": 0} and not nb.ready(6)
+    nb.add(3, {"green": 2})
+    nb.add(4, {"red": 2, "green": 2})
+    assert nb.start(6) == {"red": 0, "green": 0} and nb.start(2) == {"red": 0, "green": 1}
+    nb.add(5, {"red": 1, "green": 2})
+    assert nb.start(0) == {} and nb.start(8) == {"red": 1, "green": 2}
+
+
+def test_needed_is_the_level_every_part_of_the_tile_needed():
+    plan = plan_tiles(256, 256, 256, 32)
+    sizes = levels(256, 32)  # 256, 136 and 76 px
+
+    def grid(step, stop=256):
+        return [Piece("red", 0.9, 0, r, c, np.ones((3, 3), bool)) for r in range(0, stop, step)
+                for c in range(0, stop, step)]
+
+    # 100 objects in one corner: the tile is full, but three of its four sub-tiles are empty: level 1
+    # (the corner's sub-tile refines further by itself); 4 objects need nothing
+    assert needed(grid(6, 60), plan.tile(0), ["red", "green"], sizes, 32) == {"red": 1, "green": 0}
+    # 1,024 objects all over: every 136 px sub-tile holds >= 32, so level 2 everywhere
+    assert needed(grid(8), plan.tile(0), ["red"], sizes, 32) == {"red": 2}
+    # 49 objects all over: full as a tile, not in any sub-tile
+    assert needed(grid(40), plan.tile(0), ["red"], sizes, 32) == {"red": 1}
+
+
 def test_dask_workers_refine_as_this_process_does(dense):
     from geoseg.run.distributed import DaskEngine, connect
     from geoseg.run.pipeline import run as run_pipeline
@@ -246,7 +349,7 @@ def test_tiny_sam3_reads_its_capacity_from_its_config_and_refines(tmp_path, capl
     sam.model.get_vision_features = spy
     with caplog.at_level(logging.INFO, logger="geoseg"):
         got = geoseg.segment("sample_data/OSBS_029.tif", "tree", segmenter=sam, tile_size=256, overlap=32,
-                             saturation=0.25, refine_depth=1, cpu_workers=0)
+                             saturation=0.25, refine_depth=1, cpu_workers=0, neighbour_start=False)
     refined = got.attrs["geoseg"]["refined"]
     assert got.attrs["geoseg"]["refine"]["max_objects"] == 16
     assert refined["tiles"] > 0 and refined["deepest_level"] == 1
@@ -255,6 +358,15 @@ def test_tiny_sam3_reads_its_capacity_from_its_config_and_refines(tmp_path, capl
     assert set(got["level"]) <= {0, 1} and (got["level"] == 1).any()
     messages = [r.getMessage() for r in caplog.records]
     assert any(f"(+{refined['sub_tiles']} sub-tiles)" in m for m in messages)
+    # the forward passes counted are the images the vision encoder saw; starting where the
+    # neighbours ended never costs more
+    cascade = got.attrs["geoseg"]["cost"]["forward_passes"]
+    assert cascade == sum(n for n, *_ in seen)
+    seen.clear()
+    again = geoseg.segment("sample_data/OSBS_029.tif", "tree", segmenter=sam, tile_size=256, overlap=32,
+                           saturation=0.25, refine_depth=1, cpu_workers=0)
+    assert again.attrs["geoseg"]["refine"]["neighbour_start"] is True
+    assert again.attrs["geoseg"]["cost"]["forward_passes"] == sum(n for n, *_ in seen) <= cascade
 
 
 def test_info_shows_how_large_objects_look_to_the_model_and_the_zoom_to_use():

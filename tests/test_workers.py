@@ -163,6 +163,8 @@ def test_the_profile_counts_every_stage(dense, tmp_path):
     summary = pipeline.run([dense], settings, LocalEngine(seg), output=tmp_path / "o.gpkg")
     p = summary.files[0].profile
     assert p.tiles == summary.files[0].tiles == 49
+    assert p.passes == seg.tiles == summary.files[0].cost[0] == 49  # no tile refined: one forward pass each
+    assert "49 tiles in 49 forward passes" in p.table("dense.tif")
     assert p.model >= 0.02 * 25  # 25 calls of up to 2 tiles, each sleeping 0.02 s
     assert all(getattr(p, k) > 0 for k in ("read", "post", "stage", "merge", "write"))
     assert 0 < p.wall <= summary.seconds

@@ -22,7 +22,9 @@ from geoseg.core.merge import KEY_BITS, Piece
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tiles (tile INTEGER PRIMARY KEY, pieces INTEGER NOT NULL, nodata INTEGER NOT NULL,
-                                  sub_tiles INTEGER NOT NULL DEFAULT 0, depth INTEGER NOT NULL DEFAULT 0);
+                                  sub_tiles INTEGER NOT NULL DEFAULT 0, depth INTEGER NOT NULL DEFAULT 0,
+                                  passes INTEGER NOT NULL DEFAULT 0, pixels INTEGER NOT NULL DEFAULT 0,
+                                  needed TEXT NOT NULL DEFAULT '{}');
 CREATE TABLE IF NOT EXISTS pieces (
     tile INTEGER NOT NULL, seq INTEGER NOT NULL, trow INTEGER NOT NULL,
     label TEXT NOT NULL, score REAL NOT NULL,
@@ -67,9 +69,12 @@ class TileStore:
         return {t for (t,) in self._db.execute("SELECT tile FROM tiles")}
 
     def put(self, tiles: Iterable[int], pieces: Sequence[Piece], grid_cols: int, nodata: Iterable[int] = (),
-            refined: dict[int, tuple[int, int]] | None = None) -> None:
+            refined: dict[int, tuple[int, int]] | None = None, cost: dict[int, tuple[int, int]] | None = None,
+            needed: dict[int, dict[str, int]] | None = None) -> None:
         """Stage `pieces` and mark `tiles` done (`nodata`: those without a valid pixel), in one transaction.
-        `refined`: for the tiles refined, (sub-tiles segmented, deepest level) (see `geoseg.core.refine`).
+        `refined`: for the tiles refined, (sub-tiles segmented, deepest level); `cost`: per tile,
+        (forward passes, pixels) given to the model; `needed`: per tile, prompt -> the level it
+        needed (see `geoseg.core.refine`).
 
         Pieces keep their order within a tile (`seq`), so reading them back
         gives the same order whatever order the tiles were done in.
@@ -86,9 +91,10 @@ class TileStore:
             self._db.execute("BEGIN")
             self._db.executemany("DELETE FROM pieces WHERE tile = ?", [(t,) for t in tiles])  # a batch run again
             self._db.executemany("INSERT INTO pieces VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            refined = refined or {}
-            self._db.executemany("INSERT OR REPLACE INTO tiles VALUES (?, ?, ?, ?, ?)",
-                                 [(t, seq.get(t, 0), t in empty, *refined.get(t, (0, 0))) for t in tiles])
+            refined, cost, needed = refined or {}, cost or {}, needed or {}
+            self._db.executemany("INSERT OR REPLACE INTO tiles VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                 [(t, seq.get(t, 0), t in empty, *refined.get(t, (0, 0)), *cost.get(t, (0, 0)),
+                                   json.dumps(needed.get(t, {}), sort_keys=True)) for t in tiles])
 
     def pieces_in_row(self, trow: int) -> list[Piece]:
         """The pieces of one row of tiles, in (tile, seq) order, keyed (tile << KEY_BITS) | seq."""
@@ -108,6 +114,20 @@ class TileStore:
             "SELECT COUNT(*), COALESCE(SUM(sub_tiles), 0), COALESCE(MAX(depth), 0) FROM tiles WHERE sub_tiles > 0",
         ).fetchone()
         return int(tiles), int(subs), int(deepest)
+
+    def cost(self) -> tuple[int, int]:
+        """(forward passes, pixels) given to the model for the staged tiles."""
+        passes, pixels = self._db.execute("SELECT COALESCE(SUM(passes), 0), COALESCE(SUM(pixels), 0) FROM tiles"
+                                          ).fetchone()
+        return int(passes), int(pixels)
+
+    def costs(self) -> dict[int, tuple[int, int]]:
+        """Per staged tile, (forward passes, pixels) given to the model."""
+        return {t: (n, px) for t, n, px in self._db.execute("SELECT tile, passes, pixels FROM tiles")}
+
+    def needed(self) -> dict[int, dict[str, int]]:
+        """Per staged tile, prompt -> the level it needed (`geoseg.core.refine.needed`)."""
+        return {t: json.loads(n) for t, n in self._db.execute("SELECT tile, needed FROM tiles")}
 
     def n_pieces(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM pieces").fetchone()[0])

@@ -4,7 +4,7 @@ with the provenance stored beside them; label rasters burnt from them."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,16 +23,21 @@ from geoseg.io import export, rasterize, stac
 from geoseg.run.engine import Engine
 from geoseg.run.inspection import RasterInfo
 from geoseg.run.settings import Settings
+from geoseg.run.summary import FileResult, cost, refined
 from geoseg.run.workdir import WorkDir
 
 
 def provenance(engine: Engine, settings: Settings, sources: list[str],
-               refined: tuple[int, int, int] | None = None) -> dict[str, Any]:
+               results: Sequence[FileResult] | None = None) -> dict[str, Any]:
     """What made an output: stored with it. `sources` are the inputs' names as
     the run gave them (`geoseg.io.sources.unique_names`, the `source` column). The
     backend's `config()` (model, thresholds, ...) is laid out beside geoseg's own
-    settings, which win a clash. `refined`: dense tiles refined, sub-tiles
-    segmented in them, the deepest level (`geoseg.core.refine`)."""
+    settings, which win a clash. From `results` (the files' `FileResult`):
+    `refined` (dense tiles refined, sub-tiles segmented in them, the deepest
+    level; `geoseg.core.refine`) and `cost` (forward passes and pixels given to
+    the model)."""
+    done = refined(results) if results is not None else None
+    passes, pixels = cost(results) if results is not None else (None, None)
     return {
         "geoseg_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -49,8 +54,10 @@ def provenance(engine: Engine, settings: Settings, sources: list[str],
         "min_area": settings.min_area,
         "area": None if settings.read.area is None else settings.read.area.describe(),
         "refine": {"saturation": settings.refine.saturation, "depth": settings.refine.depth,
-                   "zoom": settings.refine.zoom, "max_objects": engine.max_objects},
-        "refined": None if refined is None else dict(zip(("tiles", "sub_tiles", "deepest_level"), refined)),
+                   "zoom": settings.refine.zoom, "max_objects": engine.max_objects,
+                   "neighbour_start": settings.refine.neighbours and engine.neighbour_start},
+        "refined": None if done is None else dict(zip(("tiles", "sub_tiles", "deepest_level"), done)),
+        "cost": None if results is None else {"forward_passes": passes, "pixels": pixels},
         "sources": list(sources),
     }
 
@@ -141,10 +148,11 @@ class Assembler:
 def write_output(output: Any, results: list[Path], sources: list[str], layer: str, engine: Engine,
                  settings: Settings, work: WorkDir, collect: bool = False, *, overwrite: bool,
                  columns: dict[str, dict[str, Any]] | None = None,
-                 refined: tuple[int, int, int] | None = None) -> Assembler:
+                 files: Sequence[FileResult] | None = None) -> Assembler:
     """Write the per-input `results` into `output` atomically, numbering the objects. `overwrite`:
-    what was allowed before the run (also a layer that appeared since is replaced only so)."""
-    meta = provenance(engine, settings, sources, refined)
+    what was allowed before the run (also a layer that appeared since is replaced only so).
+    `files`: what the run did with those inputs (their refinement and cost, for the provenance)."""
+    meta = provenance(engine, settings, sources, files)
     try:
         w = export.Writer(output, layer=layer, overwrite=overwrite, provenance=meta,
                           crs_requested=settings.dst_crs is not None)

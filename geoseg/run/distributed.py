@@ -51,12 +51,13 @@ def _check(key: str, spec: Any, prompts: list[str]) -> tuple[dict[str, Any], int
 def _segment_block(key: str, spec: Any, path: str, read: ReadOptions, limits: Any, grid: tuple[int, int, int, int],
                    tiles: list[int], prompts: list[str], refine: Refine) -> tuple[Any, ...]:
     """On a worker: read and segment `tiles` of `path`; (tiles, nodata tiles, packed pieces,
-    tiles refined, tiles still saturated)."""
+    tiles refined, tiles still saturated, the cost of each tile)."""
     plan = plan_tiles(*grid)
     nodata: list[int] = []
     packed = []
     refined: dict[int, tuple[int, int]] = {}
     at_limit: dict[int, set[str]] = {}
+    cost: dict[int, tuple[int, int]] = {}
     with RasterSource(path, read, stretch_limits=limits) as src:
         for batch in segment_tiles(src, plan, tiles, _segmenter(key, spec), prompts, refine):
             nodata += batch.nodata
@@ -64,7 +65,8 @@ def _segment_block(key: str, spec: Any, path: str, read: ReadOptions, limits: An
                        for p in batch.pieces]
             refined.update(batch.refined)
             at_limit.update(batch.at_limit)
-    return tiles, nodata, packed, refined, at_limit
+            cost.update(batch.cost)
+    return tiles, nodata, packed, refined, at_limit, cost
 
 
 class DaskEngine:
@@ -77,7 +79,12 @@ class DaskEngine:
         block: tiles per task.
         resources: what each task needs of a worker, e.g. {"GPU": 1}, so
             that a GPU runs one model (workers started with `--resources GPU=1`).
+
+    Workers segment blocks of tiles independently, so every tile starts at the
+    plan's level (the cascade of `geoseg.core.refine`): no neighbour start.
     """
+
+    neighbour_start = False
 
     def __init__(self, client: Client, segmenter: str | Segmenter, options: dict[str, Any] | None = None, *,
                  block: int = 8, resources: dict[str, float] | None = None) -> None:
@@ -114,13 +121,14 @@ class DaskEngine:
         at_limit = AtLimit(src, plan)
         try:
             for fut in as_completed(futures):
-                tiles, nodata, packed, refined, saturated = fut.result()
+                tiles, nodata, packed, refined, saturated, cost = fut.result()
                 fut.release()
                 pieces = [Piece(label, score, tile, row, col, staging.unpack(blob, *shape), level=level)
                           for label, score, tile, row, col, shape, blob, level in packed]
-                store.put(tiles, pieces, cols, nodata, refined)
+                store.put(tiles, pieces, cols, nodata, refined, cost)
                 staged(tiles)
-                progress.advance(len(tiles), len(pieces), sum(n for n, _ in refined.values()))
+                progress.advance(len(tiles), len(pieces), sum(n for n, _ in refined.values()),
+                                 sum(n for n, _ in cost.values()))
                 at_limit.add(saturated)
             at_limit.close()
         finally:  # a failed file or an interrupt: its other blocks stop too

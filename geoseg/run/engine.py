@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from geoseg.core import merge
-from geoseg.core.refine import Refine
+from geoseg.core.refine import Neighbours, Refine
 from geoseg.core.refine import segment as segment_refined
 from geoseg.core.segmenter import Backend, Segmenter, as_backend
 from geoseg.core.staging import TileStore
@@ -95,11 +95,18 @@ class Batch:
     pieces: list[merge.Piece]
     refined: dict[int, tuple[int, int]] = field(default_factory=dict)  #: see `refine.Outcome`
     at_limit: dict[int, set[str]] = field(default_factory=dict)  #: see `refine.Outcome`
+    cost: dict[int, tuple[int, int]] = field(default_factory=dict)  #: see `refine.Outcome`
+    needed: dict[int, dict[str, int]] = field(default_factory=dict)  #: see `refine.Outcome`
+
+    @property
+    def passes(self) -> int:
+        """Forward passes: the images given to the model in this batch's calls."""
+        return sum(n for n, _ in self.cost.values())
 
 
 def segment_tiles(src: RasterSource, plan: TilePlan, todo: list[int], backend: Backend,
                   prompts: list[str], refine: Refine | None = None, profile: Profile | None = None,
-                  ) -> Iterator[Batch]:
+                  neighbours: Neighbours | None = None) -> Iterator[Batch]:
     """The one read -> skip nodata -> batch -> segment loop (local, Dask, session):
     tiles `todo` of `src` read ahead in a thread, those with valid pixels
     segmented `backend.batch_size` at a time, saturated ones refined (`geoseg.core.refine`).
@@ -108,39 +115,57 @@ def segment_tiles(src: RasterSource, plan: TilePlan, todo: list[int], backend: B
     other's masks become pieces, so a GPU does not wait for the CPU between
     calls. The model takes one call at a time; batches come out in order. With
     a `profile`, the time spent reading, in the model and in the rest of the
-    segment step (masks -> pieces) is counted there."""
+    segment step (masks -> pieces) is counted there. With `neighbours` (the
+    levels the tiles staged before needed), each tile starts where its
+    neighbours ended: a tile waits until they are done (the batches in flight
+    are finished first), so its start never depends on timing."""
     size, refine = backend.batch_size, refine or Refine()
     step = partial(_step, _OneAtATime(backend, profile), profile, prompts=prompts, refine=refine, plan=plan)
     done: list[int] = []
     nodata: list[int] = []
     batch: list[tuple[Tile, np.ndarray, np.ndarray]] = []
+    starts: list[dict[str, int]] = []
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="geoseg-segment") as pool:
         flying: deque[Future[Batch]] = deque()
         for tile, rgb, valid in read_ahead(src, [plan.tile(k) for k in todo], depth=2 * size, profile=profile):
+            if neighbours is not None and not neighbours.ready(tile.index):
+                if done:
+                    flying.append(pool.submit(step, batch=batch, done=done, nodata=nodata, start=starts))
+                    done, nodata, batch, starts = [], [], [], []
+                while flying:
+                    yield _result(flying, neighbours)
             done.append(tile.index)
             if valid.any():
                 batch.append((tile, rgb, valid))
+                starts.append(neighbours.start(tile.index) if neighbours is not None else {})
             else:
                 nodata.append(tile.index)
+                if neighbours is not None:
+                    neighbours.add(tile.index, {})
             if len(batch) == size:
-                flying.append(pool.submit(step, batch=batch, done=done, nodata=nodata))
-                done, nodata, batch = [], [], []
+                flying.append(pool.submit(step, batch=batch, done=done, nodata=nodata, start=starts))
+                done, nodata, batch, starts = [], [], [], []
                 if len(flying) == 2:
-                    yield _result(flying)
+                    yield _result(flying, neighbours)
         if done:
-            flying.append(pool.submit(step, batch=batch, done=done, nodata=nodata))
+            flying.append(pool.submit(step, batch=batch, done=done, nodata=nodata, start=starts))
         while flying:
-            yield _result(flying)
+            yield _result(flying, neighbours)
 
 
-def _result(flying: deque[Future[Batch]]) -> Batch:
-    """The oldest batch in flight; on its failure, the other is cancelled unless it has begun."""
+def _result(flying: deque[Future[Batch]], neighbours: Neighbours | None = None) -> Batch:
+    """The oldest batch in flight (its tiles' levels told to `neighbours`); on
+    its failure, the other is cancelled unless it has begun."""
     try:
-        return flying.popleft().result()
+        batch = flying.popleft().result()
     except BaseException:
         for fut in flying:
             fut.cancel()
         raise
+    if neighbours is not None:
+        for k in batch.tiles:
+            neighbours.add(k, batch.needed.get(k, {}))
+    return batch
 
 
 def _step(backend: _OneAtATime, profile: Profile | None, **kwargs: Any) -> Batch:
@@ -154,12 +179,14 @@ def _step(backend: _OneAtATime, profile: Profile | None, **kwargs: Any) -> Batch
 
 
 def _segment(backend: Backend, batch: list[tuple[Tile, np.ndarray, np.ndarray]], prompts: list[str],
-             refine: Refine, plan: TilePlan, done: list[int], nodata: list[int]) -> Batch:
+             refine: Refine, plan: TilePlan, done: list[int], nodata: list[int], start: list[dict[str, int]]) -> Batch:
     if not batch:
         return Batch(done, nodata, [])
     try:
-        out = segment_refined(backend, batch, prompts, refine, tile_size=plan.tile_size, overlap=plan.overlap)
-        return Batch(done, nodata, [p for pieces in out.pieces for p in pieces], out.refined, out.at_limit)
+        out = segment_refined(backend, batch, prompts, refine, tile_size=plan.tile_size, overlap=plan.overlap,
+                              start=start)
+        return Batch(done, nodata, [p for pieces in out.pieces for p in pieces], out.refined, out.at_limit,
+                     out.cost, out.needed)
     except GeosegError:
         raise
     except Exception as e:  # the backend's own failure: one geoseg error naming where it happened
@@ -174,6 +201,7 @@ class Engine(Protocol):
     backend: str  #: the backend's name
     options: dict[str, Any]  #: its `config()`, known once `check` has run
     max_objects: int | None  #: its capacity per tile and prompt, known once `check` has run
+    neighbour_start: bool  #: whether tiles start at the level their neighbours needed (`Refine.neighbours`)
 
     def check(self, prompts: list[str]) -> None:
         """Make the segmenter ready (load the model where it runs) and check the prompts."""
@@ -193,6 +221,8 @@ class LocalEngine:
     thread behind, so the model never waits on I/O.
     """
 
+    neighbour_start = True
+
     def __init__(self, segmenter: Segmenter | Backend) -> None:
         self.segmenter = as_backend(segmenter)
         self.backend = self.segmenter.name
@@ -210,13 +240,20 @@ class LocalEngine:
         once each batch is committed. Time spent per stage goes in `profile`."""
         self.segmenter.begin(len(todo), prompts)
         at_limit = AtLimit(src, plan)
+        refine = refine or Refine()
+        neighbours = None
+        if refine.neighbours and self.max_objects is not None and refine.depth > 0:
+            neighbours = Neighbours(plan.shape, store.needed())
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-stage") as writer:
             pending: Future[None] | None = None
-            for batch in segment_tiles(src, plan, todo, self.segmenter, prompts, refine, profile):
+            for batch in segment_tiles(src, plan, todo, self.segmenter, prompts, refine, profile, neighbours):
                 if pending is not None:
                     pending.result()
                 pending = writer.submit(_put, store, batch, plan, staged, profile)
-                progress.advance(len(batch.tiles), len(batch.pieces), sum(n for n, _ in batch.refined.values()))
+                progress.advance(len(batch.tiles), len(batch.pieces), sum(n for n, _ in batch.refined.values()),
+                                 batch.passes)
+                if profile is not None:
+                    profile.add("passes", batch.passes)
                 at_limit.add(batch.at_limit)
             if pending is not None:
                 pending.result()
@@ -226,7 +263,7 @@ class LocalEngine:
 def _put(store: TileStore, batch: Batch, plan: TilePlan, staged: Callable[[list[int]], None],
          profile: Profile | None = None) -> None:
     t = time.perf_counter()
-    store.put(batch.tiles, batch.pieces, plan.shape[1], set(batch.nodata), batch.refined)
+    store.put(batch.tiles, batch.pieces, plan.shape[1], set(batch.nodata), batch.refined, batch.cost, batch.needed)
     if profile is not None:
         profile.add("stage", time.perf_counter() - t)
     staged(batch.tiles)

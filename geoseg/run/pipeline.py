@@ -35,7 +35,7 @@ from geoseg.run.progress import Progress
 from geoseg.run.rowmerge import FileMerge
 from geoseg.run.settings import Settings, fingerprint
 from geoseg.run.stage import stage_one
-from geoseg.run.summary import FileResult, Summary, refined
+from geoseg.run.summary import FileResult, Summary
 from geoseg.run.workdir import WorkDir, default_work_dir
 
 log = logging.getLogger("geoseg")
@@ -199,7 +199,7 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Engine, wo
     if output is not None and done:
         assembler = write_output(output, results_done, [names[k] for k in done], layer, engine, settings, work,
                                   collect, overwrite=overwrite or export.output_key(output, layer) in written,
-                                  columns=stac.columns(paths, names), refined=refined([results[k] for k in done]))
+                                  columns=stac.columns(paths, names), files=[results[k] for k in done])
         summary.outputs.append(str(output))
     elif collect:
         assembler = Assembler(None, collect=True, columns=stac.columns(paths, names))
@@ -246,7 +246,7 @@ def _finish_one(path: Any, settings: Settings, engine: Engine, work: WorkDir, in
         if raster is not None:  # before the output: a file done before has its raster
             write_raster(raster, info, target, settings, engine, work)
         write_output(output, [target], [info.name], layer, engine, settings, work, overwrite=overwrite,
-                     columns=stac.columns([path], [info.name]), refined=result.refined)
+                     columns=stac.columns([path], [info.name]), files=[result])
         result.output = str(output) if upload is None else upload(output)
     result.seconds = time.perf_counter() - t0
     if merging is not None:  # from the first read to the output written
@@ -286,6 +286,7 @@ def segment(
     saturation: float = 0.8,
     refine_depth: int = 2,
     zoom: int = 0,
+    neighbour_start: bool = True,
     asset: str | None = None,
     **backend_options: Any,
 ) -> gpd.GeoDataFrame:
@@ -338,6 +339,8 @@ def segment(
             for a prompt reach `saturation` x the segmenter's `max_objects` is
             segmented again in 2 x 2 sub-tiles, down to `refine_depth` levels;
             `zoom` starts every tile that many levels down. See docs/dense.md.
+        neighbour_start: start each tile at the level its finished neighbours
+            needed (per prompt), instead of at the plan's. See docs/dense.md.
         asset: the asset of STAC items given as `source` (default "visual",
             else the first RGB asset). See docs/cloud.md.
 
@@ -350,7 +353,8 @@ def segment(
     settings = Settings.of(prompts, tile_size=tile_size, overlap=overlap, bands=bands, resolution=resolution,
                            stretch=stretch, pixel_coords=pixel_coords, dst_crs=dst_crs, simplify=simplify,
                            min_area=min_area, progress=progress, bbox=bbox, bbox_crs=bbox_crs, aoi=aoi,
-                           cpu_workers=cpu_workers, saturation=saturation, refine_depth=refine_depth, zoom=zoom)
+                           cpu_workers=cpu_workers, saturation=saturation, refine_depth=refine_depth, zoom=zoom,
+                           neighbour_start=neighbour_start)
     paths = resolve(source, asset=asset, mosaic=mosaic, settings=settings)
     check_run(paths, settings, output=output, layer=layer, overwrite=overwrite, work_dir=work_dir,
               raster_out=raster_out, raster_values=raster_values)  # before the model loads
@@ -362,5 +366,5 @@ def segment(
                        + "; ".join(f"{f.source}: {f.error}" for f in summary.failed))
     gdf = summary.frame
     assert gdf is not None
-    gdf.attrs["geoseg"] = provenance(engine, settings, unique_names(paths), refined(summary.files))
+    gdf.attrs["geoseg"] = provenance(engine, settings, unique_names(paths), summary.files)
     return gdf

@@ -49,6 +49,7 @@ class Profile:
     write: float = 0.0
     wall: float = 0.0  #: from the first read to the last object written
     tiles: int = 0
+    passes: int = 0  #: forward passes: images given to the model (tiles and refinement's sub-tiles)
     workers: int = 0  #: CPU worker processes (0: all in the run's own process)
 
     def add(self, stage: str, seconds: float) -> None:
@@ -86,7 +87,8 @@ class Profile:
         where = f"{self.workers} CPU worker process{'es' if self.workers != 1 else ''}" if self.workers \
             else "no CPU worker process"
         rate = f", {self.tiles / self.wall:.1f} tiles/s" if self.wall > 0 and self.tiles else ""
-        lines = [f"profile: {title}: {self.tiles} tiles, {self.wall:.2f} s wall{rate}, {where}",
+        passes = f" in {self.passes} forward passes" if self.passes else ""
+        lines = [f"profile: {title}: {self.tiles} tiles{passes}, {self.wall:.2f} s wall{rate}, {where}",
                  f"  {'stage':<16} {'seconds':>8} {'% of wall':>9}"]
         for key, name in STAGES.items():
             s = getattr(self, key)

@@ -60,7 +60,7 @@ class Progress:
         `objects()` counts the objects merged so far."""
         self.name, self.total, self.done, self.km2_per_tile = name, total, done, km2_per_tile
         self.objects = objects
-        self.detections = self.sub_tiles = 0
+        self.detections = self.sub_tiles = self.passes = 0
         self.t0 = self.last = time.monotonic()
         self.done0 = done
         if self.overall is not None:
@@ -71,16 +71,18 @@ class Progress:
         if done:
             self._say("%s: resuming, %d of %d tiles already done", name, done, total)
 
-    def advance(self, tiles: int, detections: int, sub_tiles: int = 0) -> None:
-        """`tiles` more staged, with `detections`; `sub_tiles`: those segmented to refine them."""
+    def advance(self, tiles: int, detections: int, sub_tiles: int = 0, passes: int = 0) -> None:
+        """`tiles` more staged, with `detections`; `sub_tiles`: those segmented to refine them;
+        `passes`: the forward passes (images given to the model) it took."""
         self.done += tiles
         self.detections += detections
         self.sub_tiles += sub_tiles
+        self.passes += passes
         if self.overall is not None:
             self.overall.update(tiles)
         if self.bar is not None:
             self.bar.update(tiles)
-            refined = f", {self.sub_tiles} sub-tiles" if self.sub_tiles else ""
+            refined = f", {self.sub_tiles} sub-tiles, {self.passes} passes" if self.sub_tiles else ""
             self.bar.set_postfix_str(f"{self.done * self.km2_per_tile:.3g} km², {self.objects()} objects{refined}",
                                      refresh=False)
         if time.monotonic() - self.last >= self.every:
@@ -92,7 +94,9 @@ class Progress:
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         pct = 100 * self.done / max(self.total, 1)
         refined = f" (+{self.sub_tiles} sub-tiles)" if self.sub_tiles else ""
-        return (f"{self.name}: {self.done}/{self.total} tiles{refined} ({pct:.0f} %), "
+        # where tiles were refined, the passes differ from the tiles: say what the model was given
+        passes = f", {self.passes} forward passes" if self.sub_tiles and self.passes else ""
+        return (f"{self.name}: {self.done}/{self.total} tiles{refined} ({pct:.0f} %){passes}, "
                 f"{self.done * self.km2_per_tile:.3g} km², "
                 f"{self.detections} detections, {self.objects()} objects so far, ETA {_eta(eta)}")
 

@@ -37,7 +37,7 @@ class Settings:
            stretch: tuple[float, float] = (2.0, 98.0), pixel_coords: bool = False, dst_crs: Any = None,
            simplify: float | None = None, min_area: float | None = None, progress: bool = False,
            bbox: Any = None, bbox_crs: Any = None, aoi: Any = None, saturation: float = 0.8, refine_depth: int = 2,
-           zoom: int = 0, cpu_workers: int | None = None) -> Settings:
+           zoom: int = 0, neighbour_start: bool = True, cpu_workers: int | None = None) -> Settings:
         """Settings from the API's loose types, checked (prompts, tiling, CRS, area, refinement) before any work."""
         plan_tiles(tile_size, tile_size, tile_size, overlap)
         # the area's window is grown by the overlap, so objects crossing its edge are read whole
@@ -48,8 +48,8 @@ class Settings:
                                 area=area),
             dst_crs=None if dst_crs is None else vectorize.parse_crs(dst_crs),
             simplify=simplify, min_area=min_area, progress=progress,
-            refine=Refine.of(saturation=saturation, depth=refine_depth, zoom=zoom, tile_size=tile_size,
-                             overlap=overlap),
+            refine=Refine.of(saturation=saturation, depth=refine_depth, zoom=zoom, neighbours=neighbour_start,
+                             tile_size=tile_size, overlap=overlap),
             cpu_workers=None if cpu_workers is None else check_workers(cpu_workers),
         )
 

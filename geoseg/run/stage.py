@@ -28,7 +28,7 @@ def stage_one(path: Any, settings: Settings, engine: Engine, work: WorkDir, info
     store = work.store(path, len(plan), plan.shape)  # refuses an input changed since an earlier run
     if work.result_path(path).exists():
         if result is not None:
-            result.refined = store.refinement()
+            result.refined, result.cost = store.refinement(), store.cost()
         store.close()
         return None
     work.fail(path, None)
@@ -41,7 +41,7 @@ def stage_one(path: Any, settings: Settings, engine: Engine, work: WorkDir, info
                    objects=lambda: merging.objects)
         merging.all_nodata = store.nodata() == len(plan)
         if result is not None:
-            result.refined = store.refinement()
+            result.refined, result.cost = store.refinement(), store.cost()
     except BaseException:
         merging.abort()
         raise

@@ -24,6 +24,7 @@ class FileResult:
     output: str | None = None
     reused: bool = False  #: done by an earlier, interrupted run
     refined: tuple[int, int, int] = (0, 0, 0)  #: dense tiles refined, sub-tiles segmented, the deepest level
+    cost: tuple[int, int] = (0, 0)  #: forward passes (images given to the model) and the pixels in them
     all_nodata: bool = False
     profile: Profile | None = None  #: where the time went (for a file segmented by this run)
 
@@ -59,11 +60,17 @@ class Summary:
         lines += [f"failed: {f.source}: {f.error}" for f in self.failed]
         tiles, subs, deepest = refined(done)
         if tiles:
-            lines.append(f"dense scenes: {tiles} tiles refined in {subs} sub-tiles, down to level {deepest}")
+            lines.append(f"dense scenes: {tiles} tiles refined in {subs} sub-tiles, down to level {deepest}; "
+                         f"{cost(done)[0]} forward passes in all")
         if skipped:
             more = " ..." if len(skipped) > 10 else ""
             lines.append("skipped (outside the area): " + ", ".join(skipped[:10]) + more)
         return "\n".join(lines)
+
+
+def cost(results: Sequence[FileResult]) -> tuple[int, int]:
+    """Forward passes and the pixels given to the model, over `results`."""
+    return sum(r.cost[0] for r in results), sum(r.cost[1] for r in results)
 
 
 def refined(results: Sequence[FileResult]) -> tuple[int, int, int]:
