@@ -235,6 +235,9 @@ def test_neighbour_start_pays_only_the_passes_a_dense_half_needs(half, tmp_path,
     with pytest.raises(RunError, match="fell over"):
         geoseg.segment(half, PROMPTS, segmenter=CountingSegmenter(max_objects=CAP, fail_after=30, batch_size=2),
                        output=resumed, **TILING)
+    with pytest.raises(UsageError, match="neighbour_start=True, this run has neighbour_start=False"):
+        geoseg.segment(half, PROMPTS, segmenter=CountingSegmenter(max_objects=CAP), output=resumed,
+                       neighbour_start=False, **TILING)  # the start levels decide what is staged
     finish = CountingSegmenter(max_objects=CAP, batch_size=2)
     geoseg.segment(half, PROMPTS, segmenter=finish, output=resumed, **TILING)
     assert finish.tiles < passes  # what was staged is not segmented again

@@ -21,7 +21,7 @@ LAYER = "detections"  # the default layer: every format takes it (a GeoPackage's
 
 
 def remote_outputs(output: Any, output_dir: Any, work_dir: Any, shard: tuple[int, int] | None, fmt: str,
-            names: list[str], overwrite: bool, layer: str) -> upload.Target | None:
+                   names: list[str], overwrite: bool, layer: str) -> upload.Target | None:
     """A run's outputs in a bucket (see `geoseg.io.upload.target`); None for local ones."""
     work = work_dir if work_dir is not None else default_work_dir(output, output_dir, shard)
     return upload.target(output, output_dir, work_dir=work, fmt=fmt, names=names, overwrite=overwrite,
