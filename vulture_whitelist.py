@@ -60,6 +60,7 @@ summary_frame  # geoseg.evaluate: notebooks/04_checking_quality.ipynb
 read_provenance  # geoseg.io.export: tests/test_layers.py, tests/test_contract.py; named in geoseg/qgis/layers.py
 summarize  # geoseg.stats: notebooks 01 and 03, tests/test_stats.py
 polygon  # geoseg.core.vectorize: one instance's polygon, tests/test_vectorize.py
+costs  # geoseg.core.staging.TileStore.costs: per-tile forward passes and pixels, tests/test_refine.py
 write_large_scene  # geoseg.testing.scenes: benchmarks/scale.py, benchmarks/pipeline.py
 _.url  # geoseg.testing.http.RangeServer.url: tests/test_remote.py
 _.n_params  # Sam3Segmenter.n_params: benchmarks/sam3_throughput.py
