@@ -15,9 +15,25 @@ from geoseg import __version__, errors
 from geoseg.errors import GeosegError, GeosegWarning, UsageError
 
 
+def to_log_file(level: int, message: str) -> None:
+    """A line printed on stderr, also written to the --log-file (if any): a batch job run with
+    `-q --log-file` finds there every refusal, warning and error it printed."""
+    log = logging.getLogger("geoseg")
+    record = log.makeRecord(log.name, level, __file__, 0, message, (), None)
+    for handler in log.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def say(level: int, line: str) -> None:
+    """`geoseg: LINE` on stderr, and in the --log-file."""
+    click.echo(f"geoseg: {line}", err=True)
+    to_log_file(level, line)
+
+
 def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
     if issubclass(category, GeosegWarning):  # libraries' warnings are for developers, not users
-        click.echo(f"geoseg: warning: {message}", err=True)
+        say(logging.WARNING, f"warning: {message}")
 
 
 class _Group(click.Group):
@@ -46,20 +62,20 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except UsageError as e:
-            click.echo(f"geoseg: error: {e}", err=True)
+            say(logging.ERROR, f"error: {e}")
             ctx.exit(2)
         except GeosegError as e:
-            click.echo(f"geoseg: error: {e}", err=True)
+            say(logging.ERROR, f"error: {e}")
             ctx.exit(1)
         except KeyboardInterrupt:
-            click.echo("geoseg: interrupted: no output was written; rerun the same command to resume", err=True)
+            say(logging.ERROR, "interrupted: no output was written; rerun the same command to resume")
             ctx.exit(130)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as e:  # a bug or an unforeseen failure: one line, traceback with -v
             if logging.getLogger("geoseg").isEnabledFor(logging.DEBUG):
                 traceback.print_exc()
-            click.echo(f"geoseg: error: {type(e).__name__}: {e} (run with -v for details)", err=True)
+            say(logging.ERROR, f"error: {type(e).__name__}: {e} (run with -v for details)")
             ctx.exit(1)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from geoseg.cli import log_to, main
+from geoseg.cli import log_to, main, say, to_log_file
 from geoseg.cli.options import area_options, read_options, refine_options, tiling_options
 from geoseg.core.segmenter import backend_names, load_segmenter
 from geoseg.errors import OutputError, UsageError
@@ -99,7 +99,8 @@ def _stretch(text: str) -> tuple[float, float]:
 @click.option("--profile", "show_profile", is_flag=True,
               help="At the end, print the seconds spent in read, model, post-process, stage, merge and "
                    "vectorise+write, and the share of the time the model sat idle.")
-@click.option("--log-file", default=None, help="Also write log lines, with times, to this file.")
+@click.option("--log-file", default=None,
+              help="Also write every line the run prints (refusals and warnings included), with times, to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress lines.")
 def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | None, output_dir: str | None, fmt: str,
             layer: str, overwrite: bool, backend: str, model: str | None, device: str | None, dtype: str | None,
@@ -118,6 +119,7 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | Non
     work folder; with several inputs a file that fails is reported and the
     others go on (exit code 1 at the end).
     """
+    log_to(log_file, quiet)  # first: the log file gets every refusal too
     if (output is None) == (output_dir is None):
         raise UsageError("give either -o OUT.gpkg (one file for all inputs) or --output-dir DIR (one per input)")
     if workers is not None and scheduler is not None:
@@ -125,7 +127,6 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | Non
     part = None if shard is None else shards.check(shards.parse(shard), output, output_dir, raster_out)
     if output_dir is not None and not is_url(output_dir) and not Path(output_dir).is_dir():
         raise OutputError(f"--output-dir {output_dir}: no such folder: create it first")
-    log_to(log_file, quiet)
     settings = Settings.of(prompts, tile_size=tile_size, overlap=overlap, bands=bands, resolution=resolution,
                            stretch=_stretch(stretch), pixel_coords=pixel_coords, dst_crs=dst_crs,
                            simplify=simplify, min_area=min_area, progress=not quiet and sys.stderr.isatty(),
@@ -153,28 +154,34 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | Non
                                overwrite=overwrite, work_dir=work_dir, restart=restart, raster_out=raster_out,
                                raster_values=raster_values, shard=part)
     if part is not None and as_mosaic:
-        click.echo(f"{summary.outputs[0]}: shard {shard} of the mosaic staged; once every shard is done: "
-                   f"geoseg combine {output_dir} -o OUT.gpkg", err=True)
+        _tell(f"{summary.outputs[0]}: shard {shard} of the mosaic staged; once every shard is done: "
+              f"geoseg combine {output_dir} -o OUT.gpkg")
     for f in summary.files:
         if f.state == "done" and f.output:
-            click.echo(f"{f.output}: {f.objects} objects" + (" (done before)" if f.reused else ""), err=True)
+            _tell(f"{f.output}: {f.objects} objects" + (" (done before)" if f.reused else ""))
     if output is not None and summary.outputs:
-        click.echo(f"{output}: {sum(f.objects for f in summary.files if f.state == 'done')} objects", err=True)
+        _tell(f"{output}: {sum(f.objects for f in summary.files if f.state == 'done')} objects")
     for r in summary.rasters:
-        click.echo(f"{r}: label raster", err=True)
+        _tell(f"{r}: label raster")
     if len(summary.files) > 1 or summary.failed:
-        click.echo(summary.report(), err=True)
+        _tell(summary.report())
     if show_profile:
         profiled = [f for f in summary.files if f.profile is not None]
         for f in profiled:
-            click.echo(f.profile.table(f.source), err=True)  # type: ignore[union-attr]
+            _tell(f.profile.table(f.source))  # type: ignore[union-attr]
         if len(profiled) > 1:  # the run as a whole: its files overlap in time
-            click.echo(summary.profile.table(f"the run ({len(profiled)} files segmented)"), err=True)
+            _tell(summary.profile.table(f"the run ({len(profiled)} files segmented)"))
     if summary.failed:
         where = work_dir or default_work_dir(output, output_dir)
-        click.echo(f"geoseg: error: {len(summary.failed)} of {len(summary.files)} files failed; rerun the same "
-                   f"command to retry them (work kept in {where})", err=True)
+        say(logging.ERROR, f"error: {len(summary.failed)} of {len(summary.files)} files failed; rerun the same "
+                           f"command to retry them (work kept in {where})")
         raise SystemExit(1)
+
+
+def _tell(text: str) -> None:
+    """What a run reports at its end, on stderr and in the --log-file."""
+    click.echo(text, err=True)
+    to_log_file(logging.INFO, text)
 
 
 @contextlib.contextmanager

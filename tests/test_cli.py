@@ -260,3 +260,24 @@ def test_output_and_input_checks_come_before_the_model_loads(scene_path, tmp_pat
         r = run("segment", source, "-p", "tree", *args, "--model", tmp_path / "no_model_here", "-q")
         assert match in one_line_error(r), r.output
     assert {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
+
+
+def test_the_log_file_gets_every_line_a_run_prints(tmp_path):
+    # a batch job run with -q --log-file finds there what it printed: refusals before the model
+    # loads, warnings, the result
+    scene = make_scene(tmp_path / "scene.tif", size=256, seed=1)
+    log = tmp_path / "run.log"
+    common = ["-p", "red", "--backend", "colors", "-q", "--log-file", log]
+    err = one_line_error(run("segment", tmp_path / "missing.tif", *common, "-o", tmp_path / "a.gpkg"))
+    assert err.removeprefix("geoseg: ") in log.read_text()
+    err = one_line_error(run("segment", scene, *common))  # neither -o nor --output-dir
+    assert err.removeprefix("geoseg: ") in log.read_text()
+    done = run("segment", scene, *common, "-o", tmp_path / "a.geojson", "--dst-crs", "EPSG:32617")
+    assert done.exit_code == 0, done.output
+    text = log.read_text()
+    assert "a.geojson: " in text and " objects" in text
+    assert "warning: " in done.output and "warning: " in text and "always EPSG:4326" in text  # as on stderr
+    again = one_line_error(run("segment", scene, *common, "-o", tmp_path / "a.geojson"))  # exists
+    assert "exists" in again and again.removeprefix("geoseg: ") in log.read_text()
+    assert all(line.split(" ", 3)[2] in ("INFO", "WARNING", "ERROR") for line in log.read_text().splitlines()
+               if line.strip() and line[:2] == "20")  # each line with its time and level
