@@ -616,3 +616,30 @@ def test_cli_compile_reaches_the_backend(tmp_path):
     assert result.exit_code == 2, result.output  # only sam3 takes it: said before any work
     assert "does not take --compile" in result.output
     assert not (tmp_path / "out.gpkg").exists()
+
+
+def test_resume_refuses_a_model_folder_whose_weights_were_replaced(tmp_path):
+    # a local --model folder is recorded by more than its path: new weights in the same folder
+    # would mix two models' detections in one output
+    from click.testing import CliRunner
+
+    from geoseg.cli import main
+    from geoseg.testing import make_scene
+
+    model = build_tiny_sam3(tmp_path / "model")
+    (tmp_path / "in").mkdir()
+    make_scene(tmp_path / "in" / "a.tif", size=128, seed=1)
+    (tmp_path / "in" / "b.tif").write_bytes(b"II*\0 not a raster")  # this file fails
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["segment", str(tmp_path / "in"), "-p", "tree", "--model", str(model), "--device", "cpu",
+            "--output-dir", str(out), "--tile-size", "128", "--overlap", "16", "-q"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 1 and "1 of 2 files failed" in first.output  # its work folder is kept
+    same = CliRunner().invoke(main, args)  # the same weights: resumes (and b.tif fails again)
+    assert same.exit_code == 1 and "1 of 2 files failed" in same.output
+    build_tiny_sam3(model, seed=7)  # other weights, same folder
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 2, again.output
+    line = again.output.strip().splitlines()[-1]
+    assert "other weights in the model folder (folder:" in line and "--restart" in line

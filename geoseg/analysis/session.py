@@ -76,8 +76,9 @@ class Segmentation:
             self.transform, self.crs = src.transform, src.crs
         self.segmenter = Backend(as_segmenter(segmenter, **backend_options))
         self.name = source_name(source)
+        # the cascade: each call is one prompt set, so no neighbour levels are kept between calls
         self.refine = Refine.of(saturation=saturation, depth=refine_depth, zoom=zoom, tile_size=tile_size,
-                                overlap=overlap)
+                                overlap=overlap, neighbours=False)
         #: vision features of each tile (and sub-tile of a refined tile) segmented, by its pixels
         self.features: dict[bytes, Any] = {}
         self._nodata = 0

@@ -13,6 +13,7 @@ torch and transformers are imported only when a `Sam3Segmenter` is built.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -90,6 +91,7 @@ class Sam3Segmenter:
         self.device = _pick_device(device)
         self.dtype = _pick_dtype(dtype, self.device)
         self.processor, self.model = _load(str(model), self.device, self.dtype, local_only=local_only)
+        self.revision = revision(str(model), self.model)
         self.score_threshold = float(score_threshold)
         self.mask_threshold = float(mask_threshold)
         self.max_detections = max_detections
@@ -129,9 +131,11 @@ class Sam3Segmenter:
     # -- the contract --------------------------------------------------------------
 
     def config(self) -> dict[str, Any]:
-        """The settings that change what SAM 3 finds (device and batch size do not)."""
+        """The settings that change what SAM 3 finds (device and batch size do not); `revision`
+        tells the weights apart when a folder's are replaced (see `revision`)."""
         short = {v: k for k, v in DTYPES.items()}
-        return {"model": self.model_id, "dtype": short[_name(self.dtype)], "score_threshold": self.score_threshold,
+        return {"model": self.model_id, "revision": self.revision, "dtype": short[_name(self.dtype)],
+                "score_threshold": self.score_threshold,
                 "mask_threshold": self.mask_threshold, "max_detections": self.max_detections, "nms_iou": self.nms_iou}
 
     def check_prompts(self, prompts: Sequence[str]) -> None:
@@ -624,6 +628,26 @@ def _load(model: str, device: torch.device, dtype: torch.dtype, *, local_only: b
     net = net.to(device).eval()  # type: ignore[arg-type]  # transformers types `to` oddly
     log.info("loaded SAM 3 %s on %s (%s) in %.1f s", model, device, _name(dtype), time.perf_counter() - started)
     return processor, net
+
+
+WEIGHTS = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def revision(model: str, net: Any) -> str:
+    """What tells these weights from others: for a hub id, the commit the hub
+    gave (transformers records it in the config); for a folder, a hash of its
+    config.json and of the names, sizes and modification times of its weight
+    files. Not of their contents: hashing 3.4 GB costs 2 s or more at every start,
+    and weights replaced by a download or a copy get a new time anyway."""
+    folder = os.path.expanduser(model)
+    if not os.path.isdir(folder):
+        return str(getattr(net.config, "_commit_hash", None) or "unknown")
+    digest = hashlib.sha1(open(os.path.join(folder, "config.json"), "rb").read())
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(WEIGHTS):
+            st = os.stat(os.path.join(folder, name))
+            digest.update(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return "folder:" + digest.hexdigest()[:16]
 
 
 def _check_hub(model: str) -> bool:

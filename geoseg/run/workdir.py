@@ -76,6 +76,16 @@ def _setting(key: str, value: Any = None, *, bare: bool = False) -> str:
     return option(name) if bare else option(name, value)
 
 
+def _changed(path: Path, key: str, old: Any, new: Any) -> str:
+    """Why the interrupted run in `path` cannot be resumed with `key` changed, and the fix."""
+    if key == "--revision":  # the backend's weights (`Sam3Segmenter.revision`): no option names them
+        return (f"{path} holds an interrupted run made with other weights in the model folder ({old}, now "
+                f"{new}): put the same weights back to resume, or pass {option('restart', True)} to discard it")
+    return (f"{path} holds an interrupted run made with {_setting(key, old)}, this run has {_setting(key, new)}: "
+            f"rerun with the same {_setting(key, bare=True)} to resume, or pass {option('restart', True)} to "
+            f"discard it")
+
+
 class WorkDir:
     """A run's work folder; `settings` maps CLI option names to values.
 
@@ -98,11 +108,7 @@ class WorkDir:
             old = read_settings(self.path) or {}
             for key in sorted(set(old) | set(self.settings)):
                 if old.get(key) != self.settings.get(key):
-                    raise UsageError(
-                        f"{self.path} holds an interrupted run made with {_setting(key, old.get(key))}, this run "
-                        f"has {_setting(key, self.settings.get(key))}: rerun with the same {_setting(key, bare=True)} "
-                        f"to resume, or pass {option('restart', True)} to discard it"
-                    )
+                    raise UsageError(_changed(self.path, key, old.get(key), self.settings.get(key)))
         else:
             try:
                 self.path.mkdir(exist_ok=True)
