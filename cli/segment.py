@@ -38,7 +38,8 @@ def _stretch(text: str) -> tuple[float, float]:
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-p", "--prompt", "prompts", multiple=True, required=True,
-              help="Text prompt; repeat for several (-p building -p 'swimming pool').")
+              help="Text prompt; repeat for several (-p building -p 'swimming pool'), or separate them with "
+                   "commas (-p building,tree).")
 @click.option("-o", "--output", default=None,
               help="Output file: .gpkg, .geojson, .fgb, .parquet or .shp (GeoParquet needs GDAL >= 3.8 to open: "
                    "older QGIS cannot read it).")

@@ -86,6 +86,20 @@ def test_the_cli_lists_and_runs_a_backend_from_an_entry_point(plugin, tmp_path):
     assert not (tmp_path / "b.gpkg").exists()
 
 
+def test_a_comma_separates_prompts_on_every_interface(tmp_path):
+    # the CLI ran "tree,shrub" as one prompt and QGIS as two: now two everywhere
+    assert check_prompts("tree, shrub") == check_prompts(["tree", "shrub"]) == ["tree", "shrub"]
+    assert check_prompts(["red,green", "green"]) == ["red", "green"]
+    with pytest.raises(PromptError, match="empty prompt ''"):
+        check_prompts("tree,")
+    scene = make_scene(tmp_path / "scene.tif", size=256, seed=2)
+    both = run("segment", scene, "-p", "red,green", "--backend", "colors", "-o", tmp_path / "a.gpkg", "-q")
+    apart = run("segment", scene, "-p", "red", "-p", "green", "--backend", "colors", "-o", tmp_path / "b.gpkg", "-q")
+    assert both.exit_code == apart.exit_code == 0, both.output + apart.output
+    a, b = pyogrio.read_dataframe(tmp_path / "a.gpkg"), pyogrio.read_dataframe(tmp_path / "b.gpkg")
+    assert set(a["label"]) == {"red", "green"} and a.geometry.geom_equals_exact(b.geometry, tolerance=0).all()
+
+
 def test_check_prompts_strips_and_drops_repeats_in_order():
     assert check_prompts("  tree crown ") == ["tree crown"]
     assert check_prompts(["building", " tree", "building ", "tree", "road"]) == ["building", "tree", "road"]

@@ -149,11 +149,13 @@ def as_backend(segmenter: Segmenter | Backend) -> Backend:
 
 
 def check_prompts(prompts: Sequence[str] | str) -> list[str]:
-    """Return the prompts stripped, or raise PromptError for an empty or blank one, or one holding
-    a control character (a newline, a tab)."""
+    """Return the prompts stripped, split at commas ("tree, shrub" is two prompts, as `-p tree -p shrub`),
+    or raise PromptError for an empty or blank one, or one holding a control character (a newline, a tab)."""
     if isinstance(prompts, str):
         prompts = [prompts]
-    cleaned = [p.strip() if isinstance(p, str) else p for p in prompts]
+    # one rule on every interface (CLI, Python, QGIS): a comma separates prompts
+    cleaned = [q.strip() for p in prompts for q in p.split(",")] if all(isinstance(p, str) for p in prompts) \
+        else [p.strip() if isinstance(p, str) else p for p in prompts]
     if not cleaned:
         raise PromptError(f"no prompt given: pass at least one, e.g. {option('prompts', 'building', flag='-p')}")
     for p in cleaned:
