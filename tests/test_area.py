@@ -8,7 +8,9 @@ import geopandas as gpd
 import numpy as np
 import pyogrio
 import pytest
+import rasterio
 import shapely
+import shapely.geometry
 from affine import Affine
 from conftest import one_line_error, run
 from pyproj import Transformer
@@ -17,7 +19,7 @@ import geoseg
 from geoseg.core.tiling import plan_tiles
 from geoseg.errors import OutsideAreaError, UsageError
 from geoseg.run import pipeline
-from geoseg.testing import ColorSegmenter, CountingSegmenter
+from geoseg.testing import ColorSegmenter, CountingSegmenter, make_scene
 from geoseg.testing.scenes import draw, random_objects, write_geotiff
 
 PROMPTS = ["red", "green", "blue"]
@@ -290,3 +292,17 @@ def test_objects_larger_than_the_margin_are_reported_cut(scene_path, tmp_path):
     assert "raise --overlap" in r.output
     r = run(*args, "--overlap", 32, "--bbox", "404420,3285420,404480,3285480", "--overwrite")
     assert r.exit_code == 0 and "may be cut" not in r.output  # a corner away from the ring
+
+
+def test_a_geojson_aoi_of_projected_coordinates_without_a_crs_is_named_as_such(tmp_path):
+    # RFC 7946: a GeoJSON without a "crs" member is lon/lat; numbers in metres cannot be placed
+    scene = make_scene(tmp_path / "scene.tif", size=256, seed=1)
+    with rasterio.open(scene) as src:
+        x0, y0, x1, y1 = src.bounds
+    aoi = tmp_path / "aoi.geojson"
+    aoi.write_text(json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {},
+                   "geometry": shapely.geometry.mapping(shapely.box(x0, y0, (x0 + x1) / 2, y1))}]}))
+    err = one_line_error(run("segment", scene, "-p", "red", "--backend", "colors", "--aoi", aoi,
+                             "-o", tmp_path / "o.gpkg"))
+    assert "are not longitude and latitude" in err and "reproject it to EPSG:4326" in err and "aoi.geojson" in err
+    assert not (tmp_path / "o.gpkg").exists()

@@ -83,8 +83,16 @@ class Area:
         if crs is None:
             raise UsageError(f"{self.named()} has a CRS but {path} is read in pixel coordinates: "
                              f"give the area in pixel coordinates (no {option('bbox_crs')})")
-        if CRS.from_user_input(crs).equals(CRS.from_wkt(self.crs)):
+        mine = CRS.from_wkt(self.crs)
+        if CRS.from_user_input(crs).equals(mine):
             return self.geometry
+        x0, y0, x1, y1 = shapely.bounds(self.geometry)
+        if mine.is_geographic and not (-360 <= x0 <= x1 <= 360 and -90 <= y0 <= y1 <= 90):
+            # a GeoJSON without a "crs" member is EPSG:4326 (RFC 7946), whatever its numbers are
+            raise UsageError(f"{self.named()} is in {mine.to_string()} but its coordinates (x {x0:.6g} to "
+                             f"{x1:.6g}, y {y0:.6g} to {y1:.6g}) are not longitude and latitude: a GeoJSON "
+                             f"without a CRS is read as EPSG:4326; reproject it to EPSG:4326, or give a "
+                             f"GeoPackage that carries its CRS")
         # densify first: a straight edge in one CRS is a curve in another
         step = max(shapely.bounds(self.geometry)[2:] - shapely.bounds(self.geometry)[:2]) / 64
         dense = shapely.segmentize(self.geometry, step) if step > 0 else self.geometry
