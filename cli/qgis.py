@@ -118,4 +118,6 @@ def install(profile: str, plugins_dir: str | None, link: bool, zip_path: str | N
     click.echo(f"{target}: geoseg plugin {'linked' if link else 'installed'}.\n"
                "Next: enable it in QGIS (Plugins › Manage and Install Plugins › Installed › geoseg), "
                f"or run: qgis_process plugins enable {PLUGIN}\n"
+               "Run qgis_process outside geoseg's virtual environment (deactivate it first): QGIS's own "
+               "Python must not pick up geoseg's packages.\n"
                f"geoseg's Python is {python}, {where}.", err=True)

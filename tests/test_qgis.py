@@ -172,6 +172,7 @@ def test_install_copy_link_and_zip(tmp_path, source_record):
     target = tmp_path / "cfg" / "profiles" / "work" / "python" / "plugins" / "geoseg_qgis"
     assert (target / "metadata.txt").is_file() and (target / "algorithm.py").is_file()
     assert "qgis_process plugins enable geoseg_qgis" in r.output
+    assert "Run qgis_process outside geoseg's virtual environment" in r.output  # QGIS's Python crashes in it
     r = CliRunner().invoke(main, ["qgis", "install", "--profile", "work", "--link"], env=env)  # replaces the copy
     assert r.exit_code == 0 and target.is_symlink() and target.resolve() == PLUGIN.resolve(), r.output
     r = CliRunner().invoke(main, ["qgis", "install", "--zip", str(tmp_path / "geoseg_qgis.zip")])
