@@ -11,6 +11,8 @@ import shlex
 from typing import Any
 
 cli_terms = False  # set by geoseg.cli while a command runs
+#: set by the QGIS worker: Python parameter -> the Processing provider's parameter (BANDS, MODEL, ...)
+provider_terms: dict[str, str] | None = None
 
 _NO_VALUE = object()
 
@@ -24,6 +26,9 @@ def option(name: str, value: Any = _NO_VALUE, *, flag: str | None = None) -> str
     written as typed in a shell: a tuple or list comma-separated, as the
     options take it, and quoted where needed (`--layer ' '`).
     """
+    if provider_terms is not None:
+        shown = provider_terms.get(name, name.upper())
+        return shown if value is _NO_VALUE or value is True else f"{shown} {value}"
     if not cli_terms:
         return f"{name}=" if value is _NO_VALUE else f"{name}={value!r}"
     flag = flag or "--" + name.replace("_", "-")

@@ -29,10 +29,13 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from geoseg import errors
 from geoseg.core.segmenter import Backend, load_segmenter
 from geoseg.errors import GeosegError, GeosegWarning, ModelLoadError, UsageError
-from geoseg.io.inputs import list_inputs
+from geoseg.io.inputs import list_inputs, resolve
 from geoseg.run import pipeline
+from geoseg.run.checks import check_run
+from geoseg.run.settings import Settings
 
 Emit = Callable[..., None]
 
@@ -104,6 +107,11 @@ class _LogToProtocol(logging.Handler):
         self.emit_line("info", text=record.getMessage())
 
 
+#: Python parameter -> the Processing provider's (geoseg/qgis/algorithm.py), for messages
+PROVIDER_TERMS = {"prompts": "PROMPTS", "bbox": "EXTENT", "bbox_crs": "EXTENT", "dst_crs": "TARGET_CRS",
+                  "segmenter": "BACKEND", "output": "OUTPUT"}
+
+
 def run(job: dict[str, Any], emit: Emit) -> int:
     """Run one job, reporting through `emit`; return the exit code."""
     log = logging.getLogger("geoseg")
@@ -116,8 +124,19 @@ def run(job: dict[str, Any], emit: Emit) -> int:
             emit("warning", text=str(message))
 
     warnings.showwarning = show_warning
+    errors.provider_terms = PROVIDER_TERMS  # messages name BANDS, MODEL, ... as the dialog does
     try:
         inputs = list_inputs(job["inputs"])
+        # Only the keys given: a geoseg without them still runs the jobs that do not use them.
+        where = {k: job[k] for k in ("bbox", "bbox_crs", "aoi") if job.get(k) is not None}
+        where.update({k: int(job[k]) for k in ("refine_depth", "zoom") if job.get(k) is not None})
+        common = dict(tile_size=int(job.get("tile_size") or 1008), overlap=int(job.get("overlap", 128)),
+                      bands=job.get("bands") or None, resolution=job.get("resolution"),
+                      dst_crs=job.get("dst_crs") or None, min_area=job.get("min_area"), **where)
+        out = dict(output=job["output"], layer=job.get("layer") or "detections", overwrite=bool(job.get("overwrite")))
+        settings = Settings.of(job["prompts"], **common)
+        paths = resolve(inputs, mosaic=bool(job.get("mosaic")), settings=settings)
+        check_run(paths, settings, **out)  # before the model loads: a bad BANDS is refused in a second
         backend = job.get("backend") or "sam3"
         options = {k: job.get(k) for k in ("model", "device", "score_threshold", "mask_threshold")}
         if backend == "colors":  # the test backend has no model
@@ -125,18 +144,9 @@ def run(job: dict[str, Any], emit: Emit) -> int:
         model = options.get("model") or "its default model"
         emit("info", text=f"loading the {backend} backend" + ("" if backend == "colors" else f" ({model})"))
         inner = Backend(load_segmenter(backend, **options))
-        segmenter = ProgressSegmenter(inner, 1 if job.get("mosaic") else len(inputs), emit)
-        # Only the keys given: a geoseg without them still runs the jobs that do not use them.
-        where = {k: job[k] for k in ("bbox", "bbox_crs", "aoi") if job.get(k) is not None}
-        if job.get("mosaic"):
-            where["mosaic"] = True
-        where.update({k: int(job[k]) for k in ("refine_depth", "zoom") if job.get(k) is not None})
-        gdf = pipeline.segment(
-            inputs, job["prompts"], segmenter=segmenter, tile_size=int(job.get("tile_size") or 1008),
-            overlap=int(job.get("overlap", 128)), bands=job.get("bands") or None, resolution=job.get("resolution"),
-            dst_crs=job.get("dst_crs") or None, min_area=job.get("min_area"), output=job["output"],
-            layer=job.get("layer") or "detections", overwrite=bool(job.get("overwrite")), **where,
-        )
+        segmenter = ProgressSegmenter(inner, len(paths), emit)
+        mosaic = {"mosaic": True} if job.get("mosaic") else {}
+        gdf = pipeline.segment(inputs, job["prompts"], segmenter=segmenter, **common, **out, **mosaic)
     except ModelLoadError as e:
         emit("error", kind="model", text=str(e))
         return 2
@@ -158,6 +168,8 @@ def run(job: dict[str, Any], emit: Emit) -> int:
         traceback.print_exc()
         emit("error", kind="run", text=f"{type(e).__name__}: {e}")
         return 1
+    finally:
+        errors.provider_terms = None
     emit("progress", value=1.0)
     emit("done", output=str(job["output"]), objects=len(gdf), crs=None if gdf.crs is None else gdf.crs.to_string(),
          provenance=json.loads(json.dumps(gdf.attrs.get("geoseg", {}), default=str)))

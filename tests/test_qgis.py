@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -92,11 +93,23 @@ def test_worker_runs_the_library_call_and_reports_progress(scene, expected, tmp_
     ({"backend": "colors", "prompts": ["tree"]}, "usage", "red, green and blue"),
     ({"backend": "sam3", "prompts": ["tree"], "model": "/no/such/sam3"}, "model", "no such folder"),
     ({"backend": "colors", "prompts": ["red"], "inputs": ["/no/such.tif"]}, "usage", "/no/such.tif"),
+    # checked before the model loads (its folder does not even exist), in the dialog's names, not bands=
+    ({"backend": "sam3", "prompts": ["tree"], "model": "/no/such/sam3", "bands": "9"}, "usage",
+     "BANDS 9 is out of range"),
+    ({"backend": "colors", "prompts": ["red"], "tile_size": 64, "overlap": 64}, "usage", "OVERLAP"),
 ])
 def test_worker_errors_are_one_protocol_line(scene, tmp_path, job, kind, words):
     code, lines = worker({"inputs": [scene], "output": str(tmp_path / "o.gpkg"), **job})
     assert code == 2 and lines[-1]["type"] == "error" and lines[-1]["kind"] == kind, lines
     assert words in lines[-1]["text"] and not (tmp_path / "o.gpkg").exists()
+    assert not re.search(r"\b[a-z_]+=", lines[-1]["text"])  # no Python parameter names
+
+
+def test_worker_checks_the_job_before_loading_the_model(scene, tmp_path):
+    code, lines = worker({"inputs": [scene], "output": str(tmp_path / "o.gpkg"), "backend": "colors",
+                          "prompts": ["red"], "bands": "1,2,9"})
+    assert code == 2 and "BANDS 9 is out of range" in lines[-1]["text"], lines
+    assert not any(line.get("text", "").startswith("loading the") for line in lines)
 
 
 def test_worker_runs_a_local_sam3_folder(tiny_sam3, tmp_path):
