@@ -49,6 +49,7 @@ from rasterio.warp import transform_bounds
 from geoseg.analysis.splits import assign_splits, chip_blocks, overlap_guard, parse_split
 from geoseg.core.tiling import Window, plan_tiles
 from geoseg.errors import GeosegWarning, OutputError, UsageError, option
+from geoseg.io import files
 from geoseg.io.inputs import list_inputs
 from geoseg.io.raster import RasterSource, ReadOptions, parse_bands
 from geoseg.io.sources import unique_names
@@ -443,8 +444,8 @@ def _replace(tmp: Path, out: Path) -> None:
     """Move the finished dataset into place; an old one goes only once the new one is complete."""
     if out.exists():
         old = out.with_name(f".{out.name}.{os.getpid()}.old")
-        os.replace(out, old)
-        os.replace(tmp, out)
+        files.replace(out, old)
+        files.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(tmp, out)
+        files.replace(tmp, out)

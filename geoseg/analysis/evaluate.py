@@ -43,6 +43,7 @@ from pyproj import CRS
 
 from geoseg import errors
 from geoseg.errors import NotFoundError, OutputError, UsageError, option
+from geoseg.io import files
 from geoseg.io.export import check_output
 from geoseg.io.vectors import Vector, polygons_only, read_vector
 
@@ -438,7 +439,7 @@ def write_errors(result: Evaluation, path: str | os.PathLike[str], *, overwrite:
         for name in ERROR_LAYERS:
             pyogrio.write_dataframe(getattr(result, name), tmp, layer=name, driver="GPKG", promote_to_multi=True,
                                     geometry_type="MultiPolygon", layer_metadata={"geoseg": meta})
-        os.replace(tmp, target)
+        files.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
     return target

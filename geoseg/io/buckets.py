@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from geoseg.errors import OutputError, RasterError, RunError, UsageError
+from geoseg.io import files
 
 log = logging.getLogger("geoseg")
 
@@ -259,7 +260,7 @@ def fetch(store: Any, key: str, path: Path) -> None:
     except Exception as e:
         tmp.unlink(missing_ok=True)
         raise RunError(f"{key}: download failed ({first_line(e)}): rerun") from None
-    os.replace(tmp, path)
+    files.replace(tmp, path)
 
 
 def download_prefix(url: str, folder: Path, *, skip: str, suffixes: tuple[str, ...]) -> None:

@@ -30,6 +30,7 @@ from pyproj import CRS
 from shapely.geometry import MultiPolygon
 
 from geoseg.errors import OutputCRSWarning, OutputError, RunError, option
+from geoseg.io import files
 
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf", ".parquet": "Parquet",
            ".shp": "ESRI Shapefile"}
@@ -225,7 +226,7 @@ class Writer:
             if self.driver != "GPKG":
                 side_tmp = sidecar(self.tmp)
                 side_tmp.write_text(self.meta)
-                os.replace(side_tmp, sidecar(self.path))
+                files.replace(side_tmp, sidecar(self.path))
             self._move_into_place()
         except BaseException:
             self.abort()
@@ -234,11 +235,11 @@ class Writer:
 
     def _move_into_place(self) -> None:
         if self.driver != "ESRI Shapefile":
-            os.replace(self.tmp, self.path)
+            files.replace(self.tmp, self.path)
             return
         made = sorted(self.path.parent.glob(glob.escape(self.prefix) + "*"), key=lambda p: p.suffix.lower() == ".shp")
         for part in made:  # the .shp last: readers look for it first
-            os.replace(part, self.path.with_suffix(part.suffix))
+            files.replace(part, self.path.with_suffix(part.suffix))
         kept = {p.suffix.lower() for p in made}
         for ext in SHP_PARTS + SHP_INDEXES:  # what the replaced shapefile had and this one has not
             if ext not in kept:

@@ -36,6 +36,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from geoseg.errors import OutputError, RunError, UsageError, option
+from geoseg.io import files
 from geoseg.io.export import writable
 from geoseg.io.sources import is_remote, output_names, unique_names
 
@@ -90,7 +91,7 @@ class LabelRaster:
                     burn(objects, dst, grid, self._values, first_id=first_id)
                     self._describe(dst, tags or {})
                 to_cog(stage, tmp, Resampling.nearest if self.values == "instance" else Resampling.mode)
-            os.replace(tmp, target)
+            files.replace(tmp, target)
         finally:
             stage.unlink(missing_ok=True)
             tmp.unlink(missing_ok=True)

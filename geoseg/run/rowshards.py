@@ -31,7 +31,7 @@ from geoseg.core.staging import TileStore
 from geoseg.core.tiling import Window, plan_tiles
 from geoseg.core.vectorize import parse_crs
 from geoseg.errors import UsageError
-from geoseg.io import export
+from geoseg.io import export, files
 from geoseg.run.assemble import Assembler, empty_frame, provenance
 from geoseg.run.engine import Engine
 from geoseg.run.inspection import RasterInfo, inspect
@@ -95,7 +95,7 @@ def run_part(xml: str, settings: Settings, engine: Engine, *, shard: tuple[int, 
         with sqlite3.connect(work.path / f"{work.name(xml)}.sqlite") as src, sqlite3.connect(tmp) as dst:
             src.backup(dst)  # consistent, WAL included
             dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, read without -wal/-shm files
-        os.replace(tmp, target)
+        files.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
     work.remove()

@@ -5,6 +5,10 @@ backend, model, thresholds, tiling, reading); a run that finds a work folder
 made with other settings stops with an error naming the option, so old partial
 results never mix with new ones. Each input has a SQLite staging store (see
 `geoseg.core.staging`) and, once merged, a GeoPackage of its objects.
+
+A damaged folder (a JSON file empty, garbled or gone) is refused naming the
+file; `restart` discards it, but never a folder holding anything geoseg does
+not write there.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 from geoseg import errors
 from geoseg.core.staging import TileStore
 from geoseg.errors import RasterError, UsageError, option
+from geoseg.io import files
 from geoseg.io.buckets import is_url
 from geoseg.io.sources import is_mosaic, is_raster_object, mosaic_identity, source_name
 
@@ -28,14 +33,57 @@ FAILED_FILE = "failed.json"
 WRITTEN_FILE = "written.json"
 
 
+# what each file holds, checked as it is read
+_SHAPES = {
+    RUN_FILE: ("a JSON object with the run's settings",
+               lambda v: isinstance(v, dict) and isinstance(v.get("settings"), dict)),
+    FAILED_FILE: ("a JSON object of error messages",
+                  lambda v: isinstance(v, dict) and all(isinstance(m, str) for m in v.values())),
+    WRITTEN_FILE: ("a JSON list of outputs", lambda v: isinstance(v, list) and all(isinstance(o, str) for o in v)),
+}
+# every name geoseg gives a file in a work folder (a folder holding anything else is never removed)
+_OURS = re.compile(
+    r"(run|failed|written)\.json(\.tmp)?"  # these files and their temporary files (`_atomic_json`)
+    r"|[A-Za-z0-9_.-]*-[0-9a-f]{10}\.(sqlite|objects\.gpkg)(-wal|-shm|-journal)?"  # `WorkDir.name`, journals
+    r"|\.[A-Za-z0-9_.-]*-[0-9a-f]{10}\.objects\.\d+\.[0-9a-f]{6}\.tmp\.gpkg(-wal|-shm|-journal)?"  # `export.Writer`
+)
+
+
 def _atomic_json(path: Path, value: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(value, indent=1, default=str))
-    os.replace(tmp, path)
+    files.replace(tmp, path)
+
+
+def _damaged(path: Path, why: str) -> UsageError:
+    return UsageError(f"{path} {why}: the work folder {path.parent} is damaged and cannot be resumed: "
+                      f"pass {option('restart', True)} to discard it and start over")
 
 
 def _read_json(path: Path, default: Any) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else default
+    """The value in the work folder's file `path`, `default` if there is none; a damaged one is refused."""
+    if not path.is_file():
+        return default
+    text = path.read_bytes()
+    try:
+        value = json.loads(text)
+    except ValueError:  # UnicodeDecodeError too
+        raise _damaged(path, "is empty" if not text.strip() else "is not JSON") from None
+    shape, fits = _SHAPES[path.name]
+    if not fits(value):
+        raise _damaged(path, f"is not {shape}")
+    return value
+
+
+def _check(path: Path) -> None:
+    """Refuse the work folder at `path` if one of its files is damaged."""
+    for name, default in ((FAILED_FILE, {}), (WRITTEN_FILE, [])):
+        _read_json(path / name, default)
+
+
+def _only_ours(path: Path) -> bool:
+    """Whether folder `path` holds only files geoseg writes in a work folder."""
+    return all(_OURS.fullmatch(p.name) for p in path.iterdir())
 
 
 def _key(source: Any) -> str:
@@ -99,9 +147,17 @@ class WorkDir:
         run_file = self.path / RUN_FILE
         if self.path.exists() and not self.path.is_dir():
             raise UsageError(f"work folder {self.path} is a file: remove it or pass another {option('work_dir')}")
-        if self.path.is_dir() and not run_file.exists() and any(self.path.iterdir()):
+        try:
+            ours = read_settings(self.path) is not None
+            if ours and not restart:  # refused now, before any work, not midway
+                _check(self.path)
+        except UsageError:  # damaged, and only geoseg's files: restart may discard it
+            if not restart:
+                raise
+            ours = True
+        if not ours and self.path.is_dir() and any(self.path.iterdir()):
             raise UsageError(f"{self.path} is not a geoseg work folder: pass another {option('work_dir')}")
-        if restart and run_file.exists():
+        if restart and ours:
             shutil.rmtree(self.path)
         self.resumed = run_file.exists()
         if self.resumed:
@@ -164,6 +220,7 @@ class WorkDir:
         """Per input of the work folder at `path`: tiles done of total, detections,
         merged or not, and the error of a failed one."""
         path = Path(path)
+        _check(path)  # damaged: said so, as a resume would
         failures = _read_json(path / FAILED_FILE, {})
         out = []
         for db in sorted(path.glob("*.sqlite")):
@@ -188,8 +245,17 @@ def written(path: str | os.PathLike[str]) -> list[str]:
 
 
 def read_settings(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The settings of the work folder at `path`, or None if it is not one."""
-    run = _read_json(Path(path) / RUN_FILE, None)
+    """The settings of the work folder at `path`, or None if it is not one. A
+    damaged one (its run.json unreadable or gone, every file in it geoseg's) is refused."""
+    path = Path(path)
+    try:
+        run = _read_json(path / RUN_FILE, None)
+    except UsageError:
+        if _only_ours(path):
+            raise
+        return None  # someone else's run.json
+    if run is None and path.is_dir() and any(path.iterdir()) and _only_ours(path):
+        raise _damaged(path / RUN_FILE, "is missing")
     return None if run is None else run["settings"]  # type: ignore[no-any-return]
 
 
