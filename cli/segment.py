@@ -80,7 +80,8 @@ def _stretch(text: str) -> tuple[float, float]:
 @click.option("--work-dir", default=None,
               help="Where detections are staged [default: OUT.geoseg-work, or DIR/.geoseg-work with --output-dir, "
                    "DIR/.geoseg-work-K-of-N with --shard].")
-@click.option("--restart", is_flag=True, help="Discard the work folder of an interrupted run and start over.")
+@click.option("--restart", is_flag=True,
+              help="Discard the work folder of an interrupted (or damaged) run and start over.")
 @click.option("--mosaic", "as_mosaic", is_flag=True,
               help="Read INPUTS (adjacent or overlapping tiles, or folders of them) as one raster: objects on file "
                    "edges come back once and whole (see docs/mosaic.md).")

@@ -169,3 +169,20 @@ def test_work_folder_that_is_not_ours_is_refused(scene, tmp_path):
                               "--work-dir", other))
     assert "not a geoseg work folder" in line
     assert (other / "notes.txt").read_text() == "keep"
+
+
+def test_restart_may_replace_what_the_interrupted_run_wrote(tmp_path):
+    # a run whose first file was written and whose second failed keeps its work folder; --restart
+    # starts over and replaces its own output instead of failing at the end on "exists"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    make_scene(folder / "a.tif", size=256, seed=1)
+    (folder / "b.tif").write_bytes(b"II*\0 not a raster")
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["segment", folder, "-p", "red", "--backend", "colors", "--output-dir", out, "-q"]
+    first = run(*args)
+    assert first.exit_code == 1 and (out / "a.gpkg").exists(), first.output
+    again = run(*args, "--restart")
+    assert again.exit_code == 1 and "1 of 2 files failed" in again.output, again.output
+    assert "already" not in again.output and "a.gpkg" in again.output

@@ -25,10 +25,10 @@ def remote_outputs(output: Any, output_dir: Any, work_dir: Any, shard: tuple[int
     """A run's outputs in a bucket (see `geoseg.io.upload.target`); None for local ones."""
     work = work_dir if work_dir is not None else default_work_dir(output, output_dir, shard)
     return upload.target(output, output_dir, work_dir=work, fmt=fmt, names=names, overwrite=overwrite,
-                         suffixes=export.FORMATS, layer=layer, written=_own(work))
+                         suffixes=export.FORMATS, layer=layer, written=own_outputs(work))
 
 
-def _own(work: Any) -> list[str]:
+def own_outputs(work: Any) -> list[str]:
     """The outputs the run in work folder `work` wrote, its own to replace; none where its record is
     damaged (the run then refuses the folder, or discards it with restart): an output there needs overwrite."""
     try:
@@ -56,7 +56,7 @@ def check_run(paths: list[Any], settings: Settings, *, output: Any = None, outpu
         files = output_names(unique_names(paths) if names is None else names, export.FORMATS[fmt])
         outputs = {k: Path(output_dir) / n for k, n in enumerate(files)}
     temporary = work_dir is None and output is None and output_dir is None
-    own = set() if temporary else set(_own(work_dir or default_work_dir(output, output_dir)))
+    own = set() if temporary else set(own_outputs(work_dir or default_work_dir(output, output_dir)))
     for out in outputs.values():
         if export.output_key(out, layer) not in own:
             export.check_output(_probe(out), overwrite, layer)

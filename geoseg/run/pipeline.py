@@ -28,7 +28,7 @@ from geoseg.io.inputs import list_inputs, resolve
 from geoseg.io.sources import is_mosaic, unique_names
 from geoseg.run import rowshards, shards, workdir, workers
 from geoseg.run.assemble import Assembler, area_of, mixed_crs_error, provenance, write_output, write_raster
-from geoseg.run.checks import check_run, remote_outputs
+from geoseg.run.checks import check_run, own_outputs, remote_outputs
 from geoseg.run.engine import Engine, LocalEngine
 from geoseg.run.inspection import RasterInfo, inspect, outside_all
 from geoseg.run.progress import Progress
@@ -103,7 +103,11 @@ def run(
         path = Path(tempfile.mkdtemp(prefix="geoseg-work-"))
     else:
         path = Path(work_dir) if work_dir is not None else default_work_dir(output, output_dir)
+    # what an interrupted run wrote stays its own to replace after --restart, as `check_run` allowed
+    own = own_outputs(path) if restart and not temporary else []
     work = WorkDir(path, fingerprint(settings, engine), restart=restart and not temporary)
+    for done in own:
+        work.mark_written(done)
     try:
         summary = _run(paths, several, settings, engine, work, outputs, output, layer, overwrite, collect, rasters,
                        names, upload=remote.upload_one if remote is not None and remote.folder else None)
