@@ -145,7 +145,7 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | Non
             return
         work_dir = work_dir or str(default_work_dir(output, output_dir, part))
     if part is None or not as_mosaic:  # a mosaic's shard writes a part, checked as it runs
-        check_run(mine, settings, output=output, output_dir=output_dir, fmt=fmt, layer=layer,
+        check_run(mine, settings, output=output, output_dir=output_dir, fmt=fmt, layer=layer, restart=restart,
                            overwrite=overwrite, work_dir=work_dir, raster_out=raster_out,
                            raster_values=raster_values, names=names)  # before the model loads
     options = dict(model=model, device=device, dtype=dtype, batch_size=batch_size, score_threshold=score_threshold,

@@ -186,3 +186,20 @@ def test_restart_may_replace_what_the_interrupted_run_wrote(tmp_path):
     again = run(*args, "--restart")
     assert again.exit_code == 1 and "1 of 2 files failed" in again.output, again.output
     assert "already" not in again.output and "a.gpkg" in again.output
+
+
+def test_a_changed_setting_is_refused_before_the_model_loads(tmp_path):
+    # a resume refused only after minutes of loading weights is refused in a second now
+    folder = tmp_path / "in"
+    folder.mkdir()
+    make_scene(folder / "a.tif", size=256, seed=1)
+    (folder / "b.tif").write_bytes(b"II*\0 not a raster")
+    out = tmp_path / "out"
+    out.mkdir()
+    first = run("segment", folder, "-p", "red", "--backend", "colors", "--output-dir", out, "-q",
+                "--tile-size", 128, "--overlap", 16)
+    assert first.exit_code == 1  # b.tif failed: the work folder is kept
+    # this rerun's model does not exist: the changed tile size is refused before it is looked for
+    err = one_line_error(run("segment", folder, "-p", "red", "--backend", "sam3", "--model", tmp_path / "none",
+                             "--output-dir", out, "-q", "--tile-size", 256, "--overlap", 16))
+    assert "made with --tile-size 128, this run has --tile-size 256" in err and "--restart" in err

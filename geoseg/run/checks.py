@@ -14,7 +14,7 @@ from geoseg.io.raster import RasterSource
 from geoseg.io.sources import is_remote, output_names, unique_names
 from geoseg.run import workdir
 from geoseg.run.inspection import check_area
-from geoseg.run.settings import Settings
+from geoseg.run.settings import Settings, own_fingerprint
 from geoseg.run.workdir import default_work_dir
 
 LAYER = "detections"  # the default layer: every format takes it (a GeoPackage's layer, else the file's name)
@@ -39,12 +39,13 @@ def own_outputs(work: Any) -> list[str]:
 
 def check_run(paths: list[Any], settings: Settings, *, output: Any = None, output_dir: Any = None, fmt: str = "gpkg",
               layer: str = LAYER, overwrite: bool = False, work_dir: Any = None, raster_out: Any = None,
-              raster_values: str | None = None,
-              names: list[str] | None = None) -> tuple[dict[int, Path], dict[int, rasterize.LabelRaster]]:
+              raster_values: str | None = None, names: list[str] | None = None,
+              restart: bool = False) -> tuple[dict[int, Path], dict[int, rasterize.LabelRaster]]:
     """Every check a run needs no model for, made before the model loads:
     outputs (format, folder, an existing file or layer), a single input
     (opened, and its last block read, so a truncated file is caught), the area,
-    the label rasters. Returns the per-input outputs and label rasters by index.
+    the label rasters, and an interrupted run's settings (unless `restart`).
+    Returns the per-input outputs and label rasters by index.
     `names`: the inputs' names, where not their `unique_names` (a shard's).
     """
     check_layer(output, fmt, layer)
@@ -56,7 +57,10 @@ def check_run(paths: list[Any], settings: Settings, *, output: Any = None, outpu
         files = output_names(unique_names(paths) if names is None else names, export.FORMATS[fmt])
         outputs = {k: Path(output_dir) / n for k, n in enumerate(files)}
     temporary = work_dir is None and output is None and output_dir is None
-    own = set() if temporary else set(own_outputs(work_dir or default_work_dir(output, output_dir)))
+    work = None if temporary else work_dir or default_work_dir(output, output_dir)
+    if work is not None and not restart:
+        workdir.check_resumable(work, own_fingerprint(settings))
+    own = set() if work is None else set(own_outputs(work))
     for out in outputs.values():
         if export.output_key(out, layer) not in own:
             export.check_output(_probe(out), overwrite, layer)

@@ -96,7 +96,7 @@ def run(
             return Summary(before)
     outputs, rasters = check_run(paths, settings, output=output, output_dir=output_dir, fmt=fmt, layer=layer,
                                  overwrite=overwrite, work_dir=work_dir, raster_out=raster_out,
-                                 raster_values=raster_values, names=names)
+                                 raster_values=raster_values, names=names, restart=restart)
     engine.check(settings.prompts)  # also loads the model where it runs: fails early
     temporary = work_dir is None and output is None and output_dir is None
     if temporary:
@@ -361,7 +361,7 @@ def segment(
                            neighbour_start=neighbour_start)
     paths = resolve(source, asset=asset, mosaic=mosaic, settings=settings)
     check_run(paths, settings, output=output, layer=layer, overwrite=overwrite, work_dir=work_dir,
-              raster_out=raster_out, raster_values=raster_values)  # before the model loads
+              raster_out=raster_out, raster_values=raster_values, restart=restart)  # before the model loads
     engine = LocalEngine(as_segmenter(segmenter, **backend_options))
     summary = run(paths, settings, engine, output=output, layer=layer, overwrite=overwrite, work_dir=work_dir,
                   restart=restart, collect=True, raster_out=raster_out, raster_values=raster_values)

@@ -57,9 +57,16 @@ class Settings:
 def fingerprint(settings: Settings, engine: Any) -> dict[str, Any]:
     """The settings that decide what is staged, by CLI option name (a backend's
     `config()` keys as `--key-name`)."""
-    read = settings.read
-    out: dict[str, Any] = {"--prompt": settings.prompts, "--backend": engine.backend}
+    out: dict[str, Any] = {"--backend": engine.backend}
     out.update({"--" + k.replace("_", "-"): v for k, v in engine.options.items()})
+    out.update(own_fingerprint(settings))
+    return out
+
+
+def own_fingerprint(settings: Settings) -> dict[str, Any]:
+    """The part of `fingerprint` that geoseg's own settings make: known before any model loads."""
+    read = settings.read
+    out: dict[str, Any] = {"--prompt": settings.prompts}
     out.update({
         "--tile-size": settings.tile_size, "--overlap": settings.overlap,
         "--bands": None if read.bands is None else list(read.bands), "--resolution": read.resolution,

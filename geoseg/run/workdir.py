@@ -134,6 +134,18 @@ def _changed(path: Path, key: str, old: Any, new: Any) -> str:
             f"discard it")
 
 
+def check_resumable(path: str | os.PathLike[str], settings: dict[str, Any]) -> None:
+    """Refuse now, before any model loads, to resume the run in work folder `path`
+    (if there is one) with other `settings` (part of what `WorkDir` checks)."""
+    old = read_settings(path)
+    if old is None:
+        return
+    settings = json.loads(json.dumps(settings, default=str))
+    for key in sorted(settings):
+        if old.get(key) != settings[key]:
+            raise UsageError(_changed(Path(path), key, old.get(key), settings[key]))
+
+
 class WorkDir:
     """A run's work folder; `settings` maps CLI option names to values.
 
