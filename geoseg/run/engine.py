@@ -4,6 +4,7 @@ behind. `distributed` does the same on a Dask cluster."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -63,19 +64,35 @@ def _timed_read(src: RasterSource, profile: Profile, window: Window) -> tuple[np
 class _OneAtATime:
     """A backend shared by the two batches in flight: one call of its `segment`
     at a time (the other batch meanwhile in its post-processing), each counted in
-    `profile` as "model"; the calling thread's time in them, waits included, in `held`."""
+    `profile` as "model"; the calling thread's time in them, waits included, in `held`.
+    Batches make their first call in the order they were submitted (`held.turn`),
+    so the model sees the tiles in plan order whichever thread is first ready."""
 
     held = threading.local()
 
     def __init__(self, backend: Backend, profile: Profile | None) -> None:
         self._backend, self._profile, self._lock = backend, profile, threading.Lock()
+        self._turns, self._turn = threading.Condition(), 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._backend, name)
 
+    def pass_turn(self) -> None:
+        """The calling batch's turn is over (its first call has the model, or it made none)."""
+        turn, self.held.turn = getattr(self.held, "turn", None), None
+        if turn is not None:
+            with self._turns:
+                self._turn = max(self._turn, turn + 1)
+                self._turns.notify_all()
+
     def segment(self, tiles: np.ndarray, prompts: list[str]) -> Any:
         asked = time.perf_counter()
+        turn = getattr(self.held, "turn", None)
+        if turn is not None:
+            with self._turns:
+                self._turns.wait_for(lambda: self._turn >= turn)
         with self._lock:
+            self.pass_turn()
             t = time.perf_counter()
             try:
                 return self._backend.segment(tiles, prompts)
@@ -120,17 +137,22 @@ def segment_tiles(src: RasterSource, plan: TilePlan, todo: list[int], backend: B
     neighbours ended: a tile waits until they are done (the batches in flight
     are finished first), so its start never depends on timing."""
     size, refine = backend.batch_size, refine or Refine()
+    turns = itertools.count()
     step = partial(_step, _OneAtATime(backend, profile), profile, prompts=prompts, refine=refine, plan=plan)
     done: list[int] = []
     nodata: list[int] = []
     batch: list[tuple[Tile, np.ndarray, np.ndarray]] = []
     starts: list[dict[str, int]] = []
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="geoseg-segment") as pool:
+
+        def submit(batch: list[Any], done: list[int], nodata: list[int], starts: list[Any]) -> Future[Batch]:
+            return pool.submit(step, turn=next(turns), batch=batch, done=done, nodata=nodata, start=starts)
+
         flying: deque[Future[Batch]] = deque()
         for tile, rgb, valid in read_ahead(src, [plan.tile(k) for k in todo], depth=2 * size, profile=profile):
             if neighbours is not None and not neighbours.ready(tile.index):
                 if done:
-                    flying.append(pool.submit(step, batch=batch, done=done, nodata=nodata, start=starts))
+                    flying.append(submit(batch, done, nodata, starts))
                     done, nodata, batch, starts = [], [], [], []
                 while flying:
                     yield _result(flying, neighbours)
@@ -143,12 +165,12 @@ def segment_tiles(src: RasterSource, plan: TilePlan, todo: list[int], backend: B
                 if neighbours is not None:
                     neighbours.add(tile.index, {})
             if len(batch) == size:
-                flying.append(pool.submit(step, batch=batch, done=done, nodata=nodata, start=starts))
+                flying.append(submit(batch, done, nodata, starts))
                 done, nodata, batch, starts = [], [], [], []
                 if len(flying) == 2:
                     yield _result(flying, neighbours)
         if done:
-            flying.append(pool.submit(step, batch=batch, done=done, nodata=nodata, start=starts))
+            flying.append(submit(batch, done, nodata, starts))
         while flying:
             yield _result(flying, neighbours)
 
@@ -168,12 +190,13 @@ def _result(flying: deque[Future[Batch]], neighbours: Neighbours | None = None) 
     return batch
 
 
-def _step(backend: _OneAtATime, profile: Profile | None, **kwargs: Any) -> Batch:
+def _step(backend: _OneAtATime, profile: Profile | None, turn: int, **kwargs: Any) -> Batch:
     t = time.perf_counter()
-    backend.held.seconds = 0.0
+    backend.held.seconds, backend.held.turn = 0.0, turn
     try:
         return _segment(backend, **kwargs)  # type: ignore[arg-type]
     finally:  # the segment step less the model's calls and waits: stacking tiles, masks -> pieces
+        backend.pass_turn()  # a batch of nodata tiles, or a failure, never called the model
         if profile is not None:
             profile.add("post", time.perf_counter() - t - backend.held.seconds)
 
