@@ -171,15 +171,21 @@ def test_work_folder_that_is_not_ours_is_refused(scene, tmp_path):
     assert (other / "notes.txt").read_text() == "keep"
 
 
+def one_good_one_bad(tmp_path):
+    """A folder of a good raster and a broken one (a run over it fails halfway and keeps its work
+    folder), and an output folder."""
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    out.mkdir()
+    make_scene(folder / "a.tif", size=256, seed=1)
+    (folder / "b.tif").write_bytes(b"II*\0 not a raster")
+    return folder, out
+
+
 def test_restart_may_replace_what_the_interrupted_run_wrote(tmp_path):
     # a run whose first file was written and whose second failed keeps its work folder; --restart
     # starts over and replaces its own output instead of failing at the end on "exists"
-    folder = tmp_path / "in"
-    folder.mkdir()
-    make_scene(folder / "a.tif", size=256, seed=1)
-    (folder / "b.tif").write_bytes(b"II*\0 not a raster")
-    out = tmp_path / "out"
-    out.mkdir()
+    folder, out = one_good_one_bad(tmp_path)
     args = ["segment", folder, "-p", "red", "--backend", "colors", "--output-dir", out, "-q"]
     first = run(*args)
     assert first.exit_code == 1 and (out / "a.gpkg").exists(), first.output
@@ -190,12 +196,7 @@ def test_restart_may_replace_what_the_interrupted_run_wrote(tmp_path):
 
 def test_a_changed_setting_is_refused_before_the_model_loads(tmp_path):
     # a resume refused only after minutes of loading weights is refused in a second now
-    folder = tmp_path / "in"
-    folder.mkdir()
-    make_scene(folder / "a.tif", size=256, seed=1)
-    (folder / "b.tif").write_bytes(b"II*\0 not a raster")
-    out = tmp_path / "out"
-    out.mkdir()
+    folder, out = one_good_one_bad(tmp_path)
     first = run("segment", folder, "-p", "red", "--backend", "colors", "--output-dir", out, "-q",
                 "--tile-size", 128, "--overlap", 16)
     assert first.exit_code == 1  # b.tif failed: the work folder is kept
