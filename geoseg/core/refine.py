@@ -155,7 +155,7 @@ class _Run:
                 out[i] = merge.to_pieces(dets, items[i].tile, items[i].valid, level=level)
                 full = self._saturated(dets, group)
                 if full and level < self.last:
-                    again[i] = deeper[i] + full
+                    again[i] = tuple(p for p in prompts[i] if p in deeper[i] or p in full)  # one order: one call
                 elif full:
                     self.out.at_limit.setdefault(root, set()).update(full)
         if again:
