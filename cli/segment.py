@@ -143,7 +143,7 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | Non
             logging.getLogger("geoseg").info("shard %s holds none of the %d inputs: nothing to do", shard,
                                              len(paths))
             return
-        work_dir = work_dir or str(default_work_dir(output, output_dir, part))
+        work_dir = work_dir or str(default_work_dir(output, output_dir, part, layer))
     if part is None or not as_mosaic:  # a mosaic's shard writes a part, checked as it runs
         check_run(mine, settings, output=output, output_dir=output_dir, fmt=fmt, layer=layer, restart=restart,
                            overwrite=overwrite, work_dir=work_dir, raster_out=raster_out,
@@ -174,7 +174,7 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | Non
         if len(profiled) > 1:  # the run as a whole: its files overlap in time
             _tell(summary.profile.table(f"the run ({len(profiled)} files segmented)"))
     if summary.failed:
-        where = work_dir or default_work_dir(output, output_dir)
+        where = work_dir or default_work_dir(output, output_dir, layer=layer)
         say(logging.ERROR, f"error: {len(summary.failed)} of {len(summary.files)} files failed; rerun the same "
                            f"command to retry them (work kept in {where})")
         raise SystemExit(1)

@@ -109,6 +109,7 @@ def test_restart_discards_a_folder_of_geoseg_files_only(tmp_path):
     # every kind of file a run leaves, named as WorkDir and export.Writer name them, but no run.json
     work = WorkDir(tmp_path / "w", {"--prompt": ["red"]})
     store, objects = work.name(tmp_path / "a b.tif") + ".sqlite", work.result_path(tmp_path / "a b.tif").name
+    work.close()
     (work.path / "run.json").unlink()
     for name in ["run.json.tmp", "failed.json", "written.json.tmp", store, store + "-wal", store + "-shm", objects,
                  f".{objects[:-5]}.1234.0a1b2c.tmp.gpkg", f".{objects[:-5]}.1234.0a1b2c.tmp.gpkg-journal"]:
@@ -116,7 +117,7 @@ def test_restart_discards_a_folder_of_geoseg_files_only(tmp_path):
     with pytest.raises(UsageError, match=r"run\.json is missing: the work folder .* is damaged .*restart=True"):
         WorkDir(tmp_path / "w", {"--prompt": ["red"]})
     assert not WorkDir(tmp_path / "w", {"--prompt": ["red"]}, restart=True).resumed
-    assert [p.name for p in work.path.iterdir()] == ["run.json"]
+    assert sorted(p.name for p in work.path.iterdir()) == ["lock", "run.json"]
 
 
 def test_python_callers_are_told_restart_true(scenes, work, tmp_path):

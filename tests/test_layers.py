@@ -98,14 +98,38 @@ def test_a_failed_or_stopped_write_leaves_the_geopackage_as_it_was(multi):
     assert [p.name for p in multi.parent.iterdir() if p.name.startswith(".")] == []
 
 
-def test_a_geopackage_changed_during_the_write_is_not_replaced(multi):
+def test_a_layer_added_by_another_program_during_the_write_is_kept_beside_ours(multi):
+    gdf = gpd.GeoDataFrame({"label": ["a"]}, geometry=[Point(404000, 3286000).buffer(5)], crs=32617)
+    with Writer(multi, layer="reds", provenance={"prompts": ["red"]}) as w:
+        w.write(gdf)
+        pyogrio.write_dataframe(gdf, multi, layer="edited")  # another program (run) adds a layer meanwhile
+        w.commit(gdf)
+    assert layers(multi) == ["edited", "greens", "reds", "roads"]
+    assert read_provenance(multi, "reds") == {"prompts": ["red"]}
+    assert len(pyogrio.read_dataframe(multi, layer="reds")) == 1
+    assert [p.name for p in multi.parent.iterdir() if p.name.startswith(".")] == []  # no copy left
+
+
+def test_a_new_geopackage_made_by_another_run_during_the_write_is_kept(tmp_path):
+    gdf = gpd.GeoDataFrame({"label": ["a"]}, geometry=[Point(404000, 3286000).buffer(5)], crs=32617)
+    out = tmp_path / "new.gpkg"
+    with Writer(out, layer="reds") as w, Writer(out, layer="blues") as other:
+        w.write(gdf)
+        other.write(gdf)
+        other.commit(gdf)
+        w.commit(gdf)
+    assert layers(out) == ["blues", "reds"]
+
+
+def test_the_same_layer_written_by_another_program_meanwhile_is_not_replaced(multi):
     gdf = gpd.GeoDataFrame({"label": ["a"]}, geometry=[Point(404000, 3286000).buffer(5)], crs=32617)
     with Writer(multi, layer="reds") as w:
         w.write(gdf)
-        pyogrio.write_dataframe(gdf, multi, layer="edited")  # another program adds a layer meanwhile
-        with pytest.raises(RunError, match="changed by another program"):
+        pyogrio.write_dataframe(gdf.assign(label="theirs"), multi, layer="reds")
+        with pytest.raises(RunError, match="another program wrote .* while geoseg wrote layer 'reds'"):
             w.commit(gdf)
-    assert layers(multi) == ["edited", "greens", "roads"]
+    assert list(pyogrio.read_dataframe(multi, layer="reds")["label"]) == ["theirs"]
+    assert [p.name for p in multi.parent.iterdir() if p.name.startswith(".")] == []
 
 
 def test_a_geopackage_open_in_another_program_is_refused(scene_path, multi):
@@ -222,7 +246,7 @@ def test_a_layer_made_by_another_program_during_the_run_stops_it_and_keeps_its_w
     with pytest.raises(RunError, match="already has a layer 'reds'"):
         geoseg.segment(scene_path, "red", segmenter=Meddler(), tile_size=512, overlap=64, output=multi, layer="reds")
     assert list(pyogrio.read_dataframe(multi, layer="reds")["who"]) == ["them"]  # theirs, untouched
-    work = multi.parent / "multi.gpkg.geoseg-work"
+    work = multi.parent / "multi.gpkg.reds.geoseg-work"  # the layer's own
     assert work.is_dir()  # the staged tiles are kept: the rerun does not segment again
 
     class Unused(ColorSegmenter):

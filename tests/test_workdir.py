@@ -31,6 +31,7 @@ def test_the_same_settings_resume_what_was_staged(tmp_path, raster):
     work = WorkDir(tmp_path / "w", SETTINGS)
     with work.store(raster, 4, (2, 2)) as store:
         store.put([0, 1], [Piece("red", 0.9, 0, 3, 4, np.ones((2, 2), bool))], grid_cols=2)
+    work.close()  # the run ends
     again = WorkDir(tmp_path / "w", dict(SETTINGS))
     assert again.resumed
     with again.store(raster, 4, (2, 2)) as store:
@@ -63,6 +64,7 @@ def test_restart_discards_the_old_run(tmp_path, raster):
     with work.store(raster, 4, (2, 2)) as store:
         store.put([0], [], grid_cols=2)
     work.mark_written(tmp_path / "out.gpkg")
+    work.close()
     fresh = WorkDir(tmp_path / "w", {**SETTINGS, "--tile-size": 512}, restart=True)
     assert not fresh.resumed
     assert read_settings(tmp_path / "w")["--tile-size"] == 512
@@ -135,6 +137,7 @@ def test_written_outputs_are_recorded_once_each(tmp_path):
     work.mark_written(tmp_path / "a.gpkg")
     work.mark_written(tmp_path / "b.gpkg")
     assert written(tmp_path / "w") == [str(tmp_path / "a.gpkg"), str(tmp_path / "b.gpkg")]
+    work.close()
     assert written(WorkDir(tmp_path / "w", SETTINGS).path) == written(tmp_path / "w")  # survives a resume
 
 

@@ -38,6 +38,7 @@ FORMATS = {"gpkg": ".gpkg", "geojson": ".geojson", "fgb": ".fgb", "parquet": ".p
 SHP_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
 SHP_INDEXES = (".qix", ".sbn", ".sbx")  # spatial indexes of an old shapefile: wrong for a new one
 # GPKG: replace a layer whose name differs only in case (checked first: overwrite was given)
+_CHUNK = 50_000  # features copied at once when a layer moves to another copy of its GeoPackage
 OPTIONS: dict[str, dict[str, str]] = {"GeoJSON": {"RFC7946": "YES"}, "ESRI Shapefile": {"2GB_LIMIT": "YES"},
                                       "GPKG": {"OVERWRITE": "YES"}}
 
@@ -220,9 +221,6 @@ class Writer:
                 (as_multi(gdf) if self.multi else gdf).to_parquet(self.tmp, index=False)
             elif not self._written:
                 self.write(empty)
-            if self.driver == "GPKG" and _stat(self.path) != self._original:
-                raise RunError(f"{self.path} was changed by another program while geoseg wrote layer "
-                               f"{self.layer!r}: nothing written; rerun to write it again")
             if self.driver != "GPKG":
                 side_tmp = sidecar(self.tmp)
                 side_tmp.write_text(self.meta)
@@ -234,6 +232,10 @@ class Writer:
         return self.path
 
     def _move_into_place(self) -> None:
+        if self.driver == "GPKG":
+            files.sync(self.tmp)  # first: the check below stays right up to the rename
+            while _stat(self.path) != self._original:  # another run wrote the file meanwhile (another layer)
+                self._rebase()
         if self.driver != "ESRI Shapefile":
             files.replace(self.tmp, self.path)
             return
@@ -244,6 +246,29 @@ class Writer:
         for ext in SHP_PARTS + SHP_INDEXES:  # what the replaced shapefile had and this one has not
             if ext not in kept:
                 self.path.with_suffix(ext).unlink(missing_ok=True)
+
+    def _rebase(self) -> None:
+        """Put the layer written so far into a fresh copy of the GeoPackage as another program left it."""
+        self._original = _stat(self.path)
+        try:
+            _check_layer(self.path, self.layer, self.overwrite)
+        except OutputError as e:
+            raise RunError(f"another program wrote {self.path} while geoseg wrote layer {self.layer!r} "
+                           f"({e}): nothing written; rerun to write it again") from None
+        mine, self.tmp = self.tmp, self.path.with_name(f"{self.prefix}{secrets.token_hex(2)}.gpkg")
+        if self._original is not None:
+            shutil.copy2(self.path, self.tmp)
+        total = pyogrio.read_info(mine, layer=self.layer)["features"]
+        for start in range(0, max(total, 1), _CHUNK):  # in chunks: memory stays bounded
+            gdf = pyogrio.read_dataframe(mine, layer=self.layer, skip_features=start, max_features=_CHUNK)
+            pyogrio.write_dataframe(
+                gdf, self.tmp, layer=self.layer, driver="GPKG", append=start > 0,
+                promote_to_multi=self.multi, geometry_type="MultiPolygon" if self.multi else "Unknown",
+                layer_options=OPTIONS["GPKG"] if start == 0 else None,
+                layer_metadata={"geoseg": self.meta} if start == 0 else None)
+        for leftover in self.path.parent.glob(glob.escape(mine.name) + "*"):
+            leftover.unlink(missing_ok=True)
+        files.sync(self.tmp)
 
     def abort(self) -> None:
         """Remove the temporary files (with a shapefile's parts and SQLite's journals)."""

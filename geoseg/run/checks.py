@@ -23,7 +23,7 @@ LAYER = "detections"  # the default layer: every format takes it (a GeoPackage's
 def remote_outputs(output: Any, output_dir: Any, work_dir: Any, shard: tuple[int, int] | None, fmt: str,
                    names: list[str], overwrite: bool, layer: str) -> upload.Target | None:
     """A run's outputs in a bucket (see `geoseg.io.upload.target`); None for local ones."""
-    work = work_dir if work_dir is not None else default_work_dir(output, output_dir, shard)
+    work = work_dir if work_dir is not None else default_work_dir(output, output_dir, shard, layer)
     return upload.target(output, output_dir, work_dir=work, fmt=fmt, names=names, overwrite=overwrite,
                          suffixes=export.FORMATS, layer=layer, written=own_outputs(work))
 
@@ -57,7 +57,7 @@ def check_run(paths: list[Any], settings: Settings, *, output: Any = None, outpu
         files = output_names(unique_names(paths) if names is None else names, export.FORMATS[fmt])
         outputs = {k: Path(output_dir) / n for k, n in enumerate(files)}
     temporary = work_dir is None and output is None and output_dir is None
-    work = None if temporary else work_dir or default_work_dir(output, output_dir)
+    work = None if temporary else work_dir or default_work_dir(output, output_dir, layer=layer)
     if work is not None and not restart:
         workdir.check_resumable(work, own_fingerprint(settings))
     own = set() if work is None else set(own_outputs(work))

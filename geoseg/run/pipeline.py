@@ -78,7 +78,7 @@ def run(
     if shard is not None:
         shard = shards.check(shard, output, output_dir, raster_out)
         paths, names = shards.select(paths, names, shard)
-        work_dir = work_dir if work_dir is not None else default_work_dir(output, output_dir, shard)
+        work_dir = work_dir if work_dir is not None else default_work_dir(output, output_dir, shard, layer)
         if not paths:
             log.info("shard %d/%d holds none of the %d inputs: nothing to do", *shard, len(names))
             return Summary([])
@@ -102,7 +102,7 @@ def run(
     if temporary:
         path = Path(tempfile.mkdtemp(prefix="geoseg-work-"))
     else:
-        path = Path(work_dir) if work_dir is not None else default_work_dir(output, output_dir)
+        path = Path(work_dir) if work_dir is not None else default_work_dir(output, output_dir, layer=layer)
     # what an interrupted run wrote stays its own to replace after --restart, as `check_run` allowed
     own = own_outputs(path) if restart and not temporary else []
     work = WorkDir(path, fingerprint(settings, engine), restart=restart and not temporary)
@@ -116,6 +116,8 @@ def run(
         if temporary or (isinstance(e, UsageError) and not work.resumed):
             work.remove()
         raise
+    finally:
+        work.close()
     summary.seconds = time.perf_counter() - start
     if remote is not None:  # before the work folder goes: a failed upload is retried by a rerun
         upload.publish(remote, summary, before)

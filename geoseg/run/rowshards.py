@@ -77,28 +77,31 @@ def run_part(xml: str, settings: Settings, engine: Engine, *, shard: tuple[int, 
     share = replace(info, skip=tuple(sorted(set(info.skip) | set(others))))  # staged empty, never read
     work = WorkDir(work_dir if work_dir is not None else default_work_dir(None, output_dir, shard),
                    fingerprint(settings, engine), restart=restart)
-    engine.check(settings.prompts)  # also loads the model where it runs
-    progress = Progress(bars=settings.progress, n_files=1, total_tiles=share.tiles)
-    store = work.store(xml, len(share.plan), share.plan.shape)  # refuses a mosaic changed since
-    try:  # staged only: `combine` merges every shard's rows at once
-        stage_rows(xml, settings, engine, share, store, progress)
+    try:  # the folder's lock is let go however this ends
+        engine.check(settings.prompts)  # also loads the model where it runs
+        progress = Progress(bars=settings.progress, n_files=1, total_tiles=share.tiles)
+        store = work.store(xml, len(share.plan), share.plan.shape)  # refuses a mosaic changed since
+        try:  # staged only: `combine` merges every shard's rows at once
+            stage_rows(xml, settings, engine, share, store, progress)
+        finally:
+            store.close()
+            progress.close()
+        meta = {"shard": list(shard), "rows": [rows.start, rows.stop], "tiles": share.tiles, "key": _key(xml),
+                "xml": xml, "settings": work.settings, "info": _info_json(info), "output": _output_json(settings),
+                "provenance": provenance(engine, settings, [info.name])}  # as the unsharded run's
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            with TileStore(work.path / f"{work.name(xml)}.sqlite") as store:
+                store.save(META, meta)
+            with sqlite3.connect(work.path / f"{work.name(xml)}.sqlite") as src, sqlite3.connect(tmp) as dst:
+                src.backup(dst)  # consistent, WAL included
+                dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, read without -wal/-shm files
+            files.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        work.remove()
     finally:
-        store.close()
-        progress.close()
-    meta = {"shard": list(shard), "rows": [rows.start, rows.stop], "tiles": share.tiles, "key": _key(xml),
-            "xml": xml, "settings": work.settings, "info": _info_json(info), "output": _output_json(settings),
-            "provenance": provenance(engine, settings, [info.name])}  # as the unsharded run's
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with TileStore(work.path / f"{work.name(xml)}.sqlite") as store:
-            store.save(META, meta)
-        with sqlite3.connect(work.path / f"{work.name(xml)}.sqlite") as src, sqlite3.connect(tmp) as dst:
-            src.backup(dst)  # consistent, WAL included
-            dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, read without -wal/-shm files
-        files.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    work.remove()
+        work.close()
     log.info("%s: rows %d to %d of %d rows of tiles staged", target, rows.start, rows.stop - 1, n_rows)
     return target, share.tiles
 

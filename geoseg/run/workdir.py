@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -28,9 +29,13 @@ from geoseg.io import files
 from geoseg.io.buckets import is_url
 from geoseg.io.sources import is_mosaic, is_raster_object, mosaic_identity, source_name
 
+log = logging.getLogger(__name__)
+
 RUN_FILE = "run.json"
 FAILED_FILE = "failed.json"
 WRITTEN_FILE = "written.json"
+DEFAULT_LAYER = "detections"  # its runs keep the work folder's plain name
+LOCK_FILE = "lock"  # held by the live run (`geoseg.io.files.Lock`)
 
 
 # what each file holds, checked as it is read
@@ -43,7 +48,7 @@ _SHAPES = {
 }
 # every name geoseg gives a file in a work folder (a folder holding anything else is never removed)
 _OURS = re.compile(
-    r"(run|failed|written)\.json(\.tmp)?"  # these files and their temporary files (`_atomic_json`)
+    r"(run|failed|written)\.json(\.tmp)?|lock"  # these files and their temporary files (`_atomic_json`)
     r"|[A-Za-z0-9_.-]*-[0-9a-f]{10}\.(sqlite|objects\.gpkg)(-wal|-shm|-journal)?"  # `WorkDir.name`, journals
     r"|\.[A-Za-z0-9_.-]*-[0-9a-f]{10}\.objects\.\d+\.[0-9a-f]{6}\.tmp\.gpkg(-wal|-shm|-journal)?"  # `export.Writer`
 )
@@ -73,6 +78,19 @@ def _read_json(path: Path, default: Any) -> Any:
     if not fits(value):
         raise _damaged(path, f"is not {shape}")
     return value
+
+
+def _busy(path: Path, holder: dict[str, Any]) -> UsageError:
+    who = files.holder_text(holder) or "pid unknown"
+    return UsageError(f"another geoseg run ({who}) is using the work folder {path}: wait for it to end, or "
+                      f"give this run another output, {option('layer')} or {option('work_dir')}")
+
+
+def check_free(path: str | os.PathLike[str]) -> None:
+    """Refuse now, before any model loads, a work folder a live run is using."""
+    holder = files.holder(Path(path) / LOCK_FILE)
+    if holder is not None:
+        raise _busy(Path(path), holder)
 
 
 def _check(path: Path) -> None:
@@ -137,6 +155,7 @@ def _changed(path: Path, key: str, old: Any, new: Any) -> str:
 def check_resumable(path: str | os.PathLike[str], settings: dict[str, Any]) -> None:
     """Refuse now, before any model loads, to resume the run in work folder `path`
     (if there is one) with other `settings` (part of what `WorkDir` checks)."""
+    check_free(path)
     old = read_settings(path)
     if old is None:
         return
@@ -150,7 +169,8 @@ class WorkDir:
     """A run's work folder; `settings` maps CLI option names to values.
 
     An existing folder is resumed when its settings are the same; `restart`
-    discards it first.
+    discards it first, never while another run uses it. The run holds its
+    lock until `close` or `remove`.
     """
 
     def __init__(self, path: str | os.PathLike[str], settings: dict[str, Any], *, restart: bool = False) -> None:
@@ -159,6 +179,8 @@ class WorkDir:
         run_file = self.path / RUN_FILE
         if self.path.exists() and not self.path.is_dir():
             raise UsageError(f"work folder {self.path} is a file: remove it or pass another {option('work_dir')}")
+        if self.path.is_dir():
+            check_free(self.path)
         try:
             ours = read_settings(self.path) is not None
             if ours and not restart:  # refused now, before any work, not midway
@@ -169,20 +191,45 @@ class WorkDir:
             ours = True
         if not ours and self.path.is_dir() and any(self.path.iterdir()):
             raise UsageError(f"{self.path} is not a geoseg work folder: pass another {option('work_dir')}")
-        if restart and ours:
-            shutil.rmtree(self.path)
-        self.resumed = run_file.exists()
-        if self.resumed:
-            old = read_settings(self.path) or {}
-            for key in sorted(set(old) | set(self.settings)):
-                if old.get(key) != self.settings.get(key):
-                    raise UsageError(_changed(self.path, key, old.get(key), self.settings.get(key)))
-        else:
-            try:
-                self.path.mkdir(exist_ok=True)
-            except FileNotFoundError:
-                raise UsageError(f"work folder {self.path}: {self.path.parent} does not exist: create it") from None
-            _atomic_json(run_file, {"settings": self.settings})
+        self._lock = files.Lock(self.path / LOCK_FILE)
+        try:
+            if ours:
+                self._take()
+            if restart and ours:
+                self._lock.release()
+                shutil.rmtree(self.path)
+            self.resumed = run_file.exists()
+            if self.resumed:
+                old = read_settings(self.path) or {}
+                for key in sorted(set(old) | set(self.settings)):
+                    if old.get(key) != self.settings.get(key):
+                        raise UsageError(_changed(self.path, key, old.get(key), self.settings.get(key)))
+            else:
+                try:
+                    self.path.mkdir(exist_ok=True)
+                except FileNotFoundError:
+                    raise UsageError(f"work folder {self.path}: {self.path.parent} does not exist: "
+                                     f"create it") from None
+                self._take()
+                _atomic_json(run_file, {"settings": self.settings})
+        except BaseException:  # not left held by a refused run (a notebook keeps the traceback)
+            self._lock.release()
+            raise
+
+    def _take(self) -> None:
+        """Hold the folder's lock, or refuse: another run is using it."""
+        if self._lock.held:
+            return
+        holder = self._lock.acquire()
+        if holder is not None:
+            raise _busy(self.path, holder)
+        if self._lock.stale:
+            log.info("work folder %s: taking over from the geoseg run %s, which is no longer running", self.path,
+                     files.holder_text(self._lock.stale))
+
+    def close(self) -> None:
+        """Let other runs use the folder."""
+        self._lock.release()
 
     def name(self, source: Any) -> str:
         """A file name for an input: readable, unique per path."""
@@ -248,6 +295,7 @@ class WorkDir:
         return out
 
     def remove(self) -> None:
+        self.close()
         shutil.rmtree(self.path, ignore_errors=True)
 
 
@@ -271,15 +319,25 @@ def read_settings(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     return None if run is None else run["settings"]  # type: ignore[no-any-return]
 
 
-def default_work_dir(output: Any = None, output_dir: Any = None, shard: tuple[int, int] | None = None) -> Path:
+def default_work_dir(output: Any = None, output_dir: Any = None, shard: tuple[int, int] | None = None,
+                     layer: str | None = None) -> Path:
     """Where a run stages its work: OUTPUT.geoseg-work, or OUTPUT_DIR/.geoseg-work
     (OUTPUT_DIR/.geoseg-work-K-of-N for shard K of N: shards running at once never share one).
-    A bucket output's is local, in the folder the command runs in: ./.geoseg-work-HASH (-K-of-N)."""
+    A bucket output's is local, in the folder the command runs in: ./.geoseg-work-HASH (-K-of-N).
+    A GeoPackage `layer` other than the default has its own (OUTPUT.LAYER.geoseg-work, ...):
+    runs writing two layers of one file never share one."""
     suffix = "" if shard is None else f"-{shard[0]}-of-{shard[1]}"
     url = output if is_url(output) else output_dir if is_url(output_dir) else None
+    own = "" if layer in (None, DEFAULT_LAYER) else "." + _layer_name(str(layer))
     if url is not None:
-        digest = hashlib.sha1(url.rstrip("/").encode()).hexdigest()[:10]
+        digest = hashlib.sha1((url.rstrip("/") + own).encode()).hexdigest()[:10]
         return Path.cwd() / f".geoseg-work-{digest}{suffix}"
     if output_dir is not None:
-        return Path(output_dir) / f".geoseg-work{suffix}"
-    return Path(str(output) + ".geoseg-work")
+        return Path(output_dir) / f".geoseg-work{own}{suffix}"
+    return Path(f"{output}{own}.geoseg-work")
+
+
+def _layer_name(layer: str) -> str:
+    """`layer` as a part of a file name: itself where it is plain, else made so and told apart by a hash."""
+    plain = re.sub(r"[^A-Za-z0-9_-]+", "_", layer)[:40]
+    return plain if plain == layer else f"{plain}-{hashlib.sha1(layer.encode()).hexdigest()[:6]}"
