@@ -1,5 +1,6 @@
 """Runs at the same time: a live run's work folder is locked; runs for two layers of one GeoPackage both write."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from conftest import one_line_error, run
 from shapely.geometry import Point
 from test_resume import staged_tiles
 
+from geoseg.io import files
 from geoseg.testing import make_scene
 
 SLOW = r"""
@@ -78,3 +80,20 @@ def test_two_runs_writing_two_layers_of_one_geopackage_at_once_both_write(scene,
         gdf = pyogrio.read_dataframe(out, layer=layer)
         assert len(gdf) > 10 and set(gdf["label"]) == {prompt}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["city.gpkg"]  # no work folder, no temporary file
+
+
+def test_a_run_removes_the_temporary_files_of_killed_runs_only(scene, tmp_path):
+    out = tmp_path / "out.gpkg"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, tag = int(gone.stdout), files.HOST_TAG
+    other_host = "000000" if tag != "000000" else "111111"
+    left = [f".out.{dead}-{tag}.0a1b2c.tmp.gpkg", f".out.{dead}-{tag}.0a1b2c.tmp.gpkg-journal",
+            f".out.{dead}-{tag}.0a1b2c.tmp.4f3e.gpkg"]
+    kept = [f".out.{os.getpid()}-{tag}.0a1b2c.tmp.gpkg",  # a live run's
+            f".out.{dead}-{other_host}.0a1b2c.tmp.gpkg"]  # another host's: its process cannot be checked here
+    for name in left + kept:
+        (tmp_path / name).write_bytes(b"x" * 100)
+    r = run("segment", scene, "-p", "red", "-o", out, *ARGS)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.gpkg", *kept])
+    assert "left by a run killed while writing it" in r.output

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -38,6 +40,7 @@ FORMATS = {"gpkg": ".gpkg", "geojson": ".geojson", "fgb": ".fgb", "parquet": ".p
 SHP_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
 SHP_INDEXES = (".qix", ".sbn", ".sbx")  # spatial indexes of an old shapefile: wrong for a new one
 # GPKG: replace a layer whose name differs only in case (checked first: overwrite was given)
+log = logging.getLogger(__name__)
 _CHUNK = 50_000  # features copied at once when a layer moves to another copy of its GeoPackage
 OPTIONS: dict[str, dict[str, str]] = {"GeoJSON": {"RFC7946": "YES"}, "ESRI Shapefile": {"2GB_LIMIT": "YES"},
                                       "GPKG": {"OVERWRITE": "YES"}}
@@ -167,7 +170,7 @@ class Writer:
         self.crs_requested = crs_requested
         self.meta = json.dumps(provenance or {}, default=str)
         # every temporary file starts so; unique per writer, so that aborting one never removes another's
-        self.prefix = f".{self.path.stem}.{os.getpid()}.{secrets.token_hex(3)}.tmp."
+        self.prefix = f".{self.path.stem}.{os.getpid()}-{files.HOST_TAG}.{secrets.token_hex(3)}.tmp."
         self.tmp = self.path.with_name(self.prefix + self.path.suffix[1:])
         self._chunks: list[gpd.GeoDataFrame] = []  # Parquet only
         self._written = False
@@ -176,6 +179,7 @@ class Writer:
 
     def _start(self) -> None:
         """Copy an existing GeoPackage to the temporary file: the layer goes in beside the others."""
+        remove_dead_temporaries(self.path)
         if self.driver != "GPKG":
             return
         self._original = _stat(self.path)
@@ -280,6 +284,17 @@ class Writer:
 
     def __exit__(self, *exc: object) -> None:
         self.abort()  # after a commit there is nothing left to remove
+
+
+def remove_dead_temporaries(path: Path) -> None:
+    """Remove the temporary files of output `path` left by runs killed while writing it
+    (their process gone from this host); never a live run's, nor another host's."""
+    mark = re.compile(re.escape(f".{path.stem}.") + r"(\d+)-([0-9a-f]{6})\.[0-9a-f]{6}\.tmp\.")
+    for leftover in path.parent.glob(glob.escape(f".{path.stem}.") + "*.tmp.*"):
+        found = mark.match(leftover.name)
+        if found and found[2] == files.HOST_TAG and not files.pid_alive(int(found[1])):
+            log.info("%s: removing %s, left by a run killed while writing it", path, leftover.name)
+            leftover.unlink(missing_ok=True)
 
 
 def write(

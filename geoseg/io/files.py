@@ -4,6 +4,7 @@ file or the new one, never a renamed but empty one."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import socket
@@ -48,6 +49,7 @@ def _sync(path: str | os.PathLike[str], flags: int, *, folder: bool = False) -> 
 
 
 HOST = socket.gethostname()
+HOST_TAG = hashlib.sha1(HOST.encode()).hexdigest()[:6]  # this host, in temporary files' names
 
 
 def pid_alive(pid: int) -> bool:

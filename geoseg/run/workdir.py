@@ -50,7 +50,8 @@ _SHAPES = {
 _OURS = re.compile(
     r"(run|failed|written)\.json(\.tmp)?|lock"  # these files and their temporary files (`_atomic_json`)
     r"|[A-Za-z0-9_.-]*-[0-9a-f]{10}\.(sqlite|objects\.gpkg)(-wal|-shm|-journal)?"  # `WorkDir.name`, journals
-    r"|\.[A-Za-z0-9_.-]*-[0-9a-f]{10}\.objects\.\d+\.[0-9a-f]{6}\.tmp\.gpkg(-wal|-shm|-journal)?"  # `export.Writer`
+    r"|\.[A-Za-z0-9_.-]*-[0-9a-f]{10}\.objects\.\d+(-[0-9a-f]{6})?\.[0-9a-f]{6}\.tmp\.([0-9a-f]{4}\.)?gpkg"
+    r"(-wal|-shm|-journal)?"  # `export.Writer`
 )
 
 
