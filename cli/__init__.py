@@ -75,6 +75,10 @@ class _Group(click.Group):
         except Exception as e:  # a bug or an unforeseen failure: one line, traceback with -v
             if logging.getLogger("geoseg").isEnabledFor(logging.DEBUG):
                 traceback.print_exc()
+            if errors.disk_full(e):
+                where = getattr(e, "filename", None) or "a folder geoseg writes to"
+                say(logging.ERROR, f"error: {errors.DiskFullError(where)}")
+                ctx.exit(1)
             say(logging.ERROR, f"error: {type(e).__name__}: {e} (run with -v for details)")
             ctx.exit(1)
 
@@ -141,6 +145,8 @@ def main(verbose: bool) -> None:
     log.handlers[:] = [logging.StreamHandler(sys.stderr)]
     log.handlers[0].setFormatter(logging.Formatter("geoseg: %(message)s"))
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:  # GDAL prints its errors on stderr as well: geoseg says each in one line
+        os.environ.setdefault("CPL_LOG", os.devnull)
     warnings.showwarning = _show_warning
 
 

@@ -7,6 +7,7 @@ Every message names the file or option and the fix.
 
 from __future__ import annotations
 
+import errno
 import shlex
 from typing import Any
 
@@ -76,6 +77,22 @@ class NotFoundError(UsageError, KeyError):
 
 class RunError(GeosegError, RuntimeError):
     """A failure during a run: the CLI exits with code 1."""
+
+
+class DiskFullError(RunError):
+    """No space left on the device where a run writes (its work folder, an output)."""
+
+    def __init__(self, path: Any) -> None:
+        super().__init__(f"no space left on the device holding {path}: free some space, then rerun the same "
+                         f"command to resume (nothing half-written was kept)")
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether `error` says the disk is full: an OSError (ENOSPC, EDQUOT) or SQLite's or GDAL's words for it."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(error).lower()
+    return "disk is full" in text or "no space left" in text
 
 
 class GeosegWarning(UserWarning):

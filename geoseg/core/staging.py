@@ -8,16 +8,18 @@ reads them back one row of tiles at a time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from geoseg.core.merge import KEY_BITS, Piece
+from geoseg.errors import DiskFullError, disk_full
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -51,18 +53,30 @@ class TileStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        # WAL: a committed batch survives kill -9; NORMAL: no fsync per batch
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        with self._full():
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # WAL: a committed batch survives kill -9; NORMAL: no fsync per batch
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+
+    @contextlib.contextmanager
+    def _full(self) -> Iterator[None]:
+        """A full disk named as such, with this file."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            if disk_full(e):
+                raise DiskFullError(self.path) from e
+            raise
 
     def load(self, key: str) -> Any:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
 
     def save(self, key: str, value: Any) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+        with self._full():
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
     def done(self) -> set[int]:
         """Indices of the tiles already segmented (nodata tiles included)."""
@@ -87,7 +101,7 @@ class TileStore:
             seq[p.tile] = k + 1
             rows.append((p.tile, k, p.tile // grid_cols, p.label, p.score, p.row, p.col,
                          p.mask.shape[0], p.mask.shape[1], pack(p.mask), p.level))
-        with self._db:
+        with self._full(), self._db:
             self._db.execute("BEGIN")
             self._db.executemany("DELETE FROM pieces WHERE tile = ?", [(t,) for t in tiles])  # a batch run again
             self._db.executemany("INSERT INTO pieces VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)

@@ -31,7 +31,7 @@ import pyogrio
 from pyproj import CRS
 from shapely.geometry import MultiPolygon
 
-from geoseg.errors import OutputCRSWarning, OutputError, RunError, option
+from geoseg.errors import DiskFullError, GeosegError, OutputCRSWarning, OutputError, RunError, disk_full, option
 from geoseg.io import files
 
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf", ".parquet": "Parquet",
@@ -41,6 +41,7 @@ SHP_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
 SHP_INDEXES = (".qix", ".sbn", ".sbx")  # spatial indexes of an old shapefile: wrong for a new one
 # GPKG: replace a layer whose name differs only in case (checked first: overwrite was given)
 log = logging.getLogger(__name__)
+_LOW = 4 << 20  # bytes free below which a failed write is taken for a full disk
 _CHUNK = 50_000  # features copied at once when a layer moves to another copy of its GeoPackage
 OPTIONS: dict[str, dict[str, str]] = {"GeoJSON": {"RFC7946": "YES"}, "ESRI Shapefile": {"2GB_LIMIT": "YES"},
                                       "GPKG": {"OVERWRITE": "YES"}}
@@ -192,6 +193,24 @@ class Writer:
         shutil.copy2(self.path, self.tmp)  # copy2: the file keeps its mode
 
     def write(self, gdf: gpd.GeoDataFrame) -> None:
+        try:
+            self._write(gdf)
+        except Exception as e:
+            named = self._full(e)
+            if named is not e:
+                self.abort()
+                raise named from e
+            raise
+
+    def _full(self, error: BaseException) -> BaseException:
+        """`error`, or a DiskFullError naming the file where it came of a full disk
+        (GDAL's error does not always say so: the free space tells)."""
+        if isinstance(error, Exception) and not isinstance(error, GeosegError) and (
+                disk_full(error) or shutil.disk_usage(self.tmp.parent).free < _LOW):
+            return DiskFullError(self.path)
+        return error
+
+    def _write(self, gdf: gpd.GeoDataFrame) -> None:
         if self.driver == "GeoJSON" and gdf.crs is not None and not CRS(gdf.crs).equals(CRS.from_epsg(4326)):
             if self.crs_requested and not self._warned:
                 warnings.warn(f"{self.path}: GeoJSON is always EPSG:4326 (RFC 7946); use .gpkg to keep "
@@ -230,8 +249,11 @@ class Writer:
                 side_tmp.write_text(self.meta)
                 files.replace(side_tmp, sidecar(self.path))
             self._move_into_place()
-        except BaseException:
+        except BaseException as e:
+            named = self._full(e)
             self.abort()
+            if named is not e:
+                raise named from e
             raise
         return self.path
 

@@ -58,6 +58,8 @@ def check_run(paths: list[Any], settings: Settings, *, output: Any = None, outpu
         outputs = {k: Path(output_dir) / n for k, n in enumerate(files)}
     temporary = work_dir is None and output is None and output_dir is None
     work = None if temporary else work_dir or default_work_dir(output, output_dir, layer=layer)
+    if work is not None:
+        _check_work_folder(Path(work))
     if work is not None and not restart:
         workdir.check_resumable(work, own_fingerprint(settings))
     own = set() if work is None else set(own_outputs(work))
@@ -90,6 +92,15 @@ def check_layer(output: Any, fmt: str, layer: str) -> None:
                           f"leave out {option('layer')} or write a .gpkg")
     raise OutputError(f"{option('layer', layer)}: {option('fmt', fmt, flag='--format')} has no layers (only gpkg "
                       f"has): leave out {option('layer')} or use {option('fmt', 'gpkg', flag='--format')}")
+
+
+def _check_work_folder(work: Path) -> None:
+    """Refuse a work folder that cannot be written (read-only, or under a file)."""
+    folder = work
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    if folder.is_dir() and not export.writable(folder):
+        raise UsageError(f"work folder {work}: {folder} is not writable: pass another {option('work_dir')}")
 
 
 def _local_file(source: Any) -> bool:

@@ -57,8 +57,14 @@ _OURS = re.compile(
 
 def _atomic_json(path: Path, value: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1, default=str))
-    files.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(value, indent=1, default=str))
+        files.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if errors.disk_full(e):
+            raise errors.DiskFullError(path) from e
+        raise
 
 
 def _damaged(path: Path, why: str) -> UsageError:
