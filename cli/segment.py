@@ -13,7 +13,7 @@ import click
 
 from geoseg.cli import log_to, main, say, to_log_file
 from geoseg.cli.options import area_options, read_options, refine_options, tiling_options
-from geoseg.core.segmenter import backend_names, load_segmenter
+from geoseg.core.segmenter import backend_names, check_takes_exemplars, load_segmenter
 from geoseg.errors import OutputError, UsageError
 from geoseg.io import rasterize
 from geoseg.io.buckets import is_url
@@ -37,9 +37,12 @@ def _stretch(text: str) -> tuple[float, float]:
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("-p", "--prompt", "prompts", multiple=True, required=True,
+@click.option("-p", "--prompt", "prompts", multiple=True,
               help="Text prompt; repeat for several (-p building -p 'swimming pool'), or separate them with "
-                   "commas (-p building,tree).")
+                   "commas (-p building,tree). Optional with --exemplars.")
+@click.option("--exemplars", default=None, metavar="FILE",
+              help="Boxes drawn around examples of what to find (any vector file, any CRS; columns prompt and "
+                   "positive, both optional): see docs/exemplars.md.")
 @click.option("-o", "--output", default=None,
               help="Output file: .gpkg, .geojson, .fgb, .parquet or .shp (GeoParquet needs GDAL >= 3.8 to open: "
                    "older QGIS cannot read it).")
@@ -104,7 +107,8 @@ def _stretch(text: str) -> tuple[float, float]:
 @click.option("--log-file", default=None,
               help="Also write every line the run prints (refusals and warnings included), with times, to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress lines.")
-def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | None, output_dir: str | None, fmt: str,
+def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], exemplars: str | None, output: str | None,
+            output_dir: str | None, fmt: str,
             layer: str, overwrite: bool, backend: str, model: str | None, device: str | None, dtype: str | None,
             batch_size: int | None, score_threshold: float | None, mask_threshold: float | None,
             max_detections: int | None, nms_iou: float | None, compile_encoder: bool, tile_size: int, overlap: int,
@@ -134,7 +138,9 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], output: str | Non
                            simplify=simplify, min_area=min_area, progress=not quiet and sys.stderr.isatty(),
                            bbox=bbox, bbox_crs=bbox_crs, aoi=aoi, saturation=saturation,
                            refine_depth=refine_depth, zoom=zoom, neighbour_start=neighbour_start,
-                           cpu_workers=cpu_workers)
+                           cpu_workers=cpu_workers, exemplars=exemplars)
+    if settings.exemplars is not None:
+        check_takes_exemplars(backend)
     paths = resolve(inputs, asset=asset, mosaic=as_mosaic, settings=settings)
     mine, names = paths, None
     if part is not None and not as_mosaic:  # named as in one run of the whole collection (a mosaic: its rows)

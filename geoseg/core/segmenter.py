@@ -84,7 +84,13 @@ class FullSegmenter(Segmenter, Protocol):
         runs later prompts on the kept features (one object per tile)."""
 
     def segment_features(self, features: list[Any], prompts: Sequence[str]) -> list[list[Detection]]:
-        """`segment` on features from `vision_features`."""
+        """`segment` on features from `vision_features` (with `exemplars=` too where it takes exemplars)."""
+
+    def encode_exemplars(self, tile: np.ndarray, boxes: np.ndarray, positive: np.ndarray) -> Any:
+        """Encode exemplar boxes drawn on `tile` (H, W, 3) uint8: `boxes` (K, 4) float x0, y0, x1, y1
+        in its pixels, `positive` (K,) bool. Returns opaque tokens, kept for the run: then
+        `segment(tiles, prompts, exemplars={prompt: geoseg.core.exemplars.EncodedExemplars})` must
+        add each prompt's tokens to it, on any tile. With it, a segmenter takes exemplars."""
 
 
 class Backend:
@@ -136,11 +142,40 @@ class Backend:
     def vision_features(self, tiles: np.ndarray) -> list[Any]:
         return self.segmenter.vision_features(tiles)  # type: ignore[attr-defined, no-any-return]
 
-    def segment_features(self, features: list[Any], prompts: Sequence[str]) -> list[list[Detection]]:
-        return self.segmenter.segment_features(features, prompts)  # type: ignore[attr-defined, no-any-return]
+    def segment_features(self, features: list[Any], prompts: Sequence[str],
+                         exemplars: dict[str, Any] | None = None) -> list[list[Detection]]:
+        more = {} if exemplars is None else {"exemplars": exemplars}
+        return self.segmenter.segment_features(features, prompts, **more)  # type: ignore[attr-defined, no-any-return]
 
-    def segment(self, tiles: np.ndarray, prompts: Sequence[str]) -> list[list[Detection]]:
-        return self.segmenter.segment(tiles, prompts)
+    @property
+    def takes_exemplars(self) -> bool:
+        """Whether it encodes exemplar boxes (`encode_exemplars`)."""
+        return takes_exemplars(self.segmenter)
+
+    def encode_exemplars(self, tile: np.ndarray, boxes: np.ndarray, positive: np.ndarray) -> Any:
+        return self.segmenter.encode_exemplars(tile, boxes, positive)  # type: ignore[attr-defined]
+
+    def segment(self, tiles: np.ndarray, prompts: Sequence[str],
+                exemplars: dict[str, Any] | None = None) -> list[list[Detection]]:
+        if exemplars is None:
+            return self.segmenter.segment(tiles, prompts)
+        return self.segmenter.segment(tiles, prompts, exemplars=exemplars)  # type: ignore[call-arg]
+
+
+def takes_exemplars(segmenter: Any) -> bool:
+    """Whether a segmenter, its class or the factory of a backend name takes exemplars:
+    known before any model is built."""
+    if isinstance(segmenter, str):
+        segmenter = _resolve(segmenter)
+    return callable(getattr(segmenter, "encode_exemplars", None))
+
+
+def check_takes_exemplars(segmenter: Any) -> None:
+    """Refuse exemplars for a segmenter (object or backend name) that does not take them."""
+    if not takes_exemplars(segmenter):
+        name = segmenter if isinstance(segmenter, str) else Backend(segmenter).name
+        raise UsageError(f"the {name} segmenter takes no exemplars: drop {option('exemplars')} or pick a backend "
+                         f"that takes them with {option('segmenter', flag='--backend')} (sam3)")
 
 
 def as_backend(segmenter: Segmenter | Backend) -> Backend:

@@ -7,9 +7,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from geoseg.core.exemplars import Exemplars
 from geoseg.core.tiling import Window
 from geoseg.errors import OutputError, UsageError, option
 from geoseg.io import export, rasterize, upload
+from geoseg.io.exemplars import place, prepare
 from geoseg.io.raster import RasterSource
 from geoseg.io.sources import is_remote, output_names, unique_names
 from geoseg.run import workdir
@@ -73,9 +75,20 @@ def check_run(paths: list[Any], settings: Settings, *, output: Any = None, outpu
             if _local_file(paths[0]):  # a cut copy: GDAL opens it, then fails on the blocks that are gone
                 src.read(Window(src.height - 1, src.width - 1, 1, 1))
     check_area(paths, settings.read)
+    if settings.exemplars is not None:
+        place(settings.exemplars, paths, settings.read, tile_size=settings.tile_size, overlap=settings.overlap,
+              refine=settings.refine)
     rasters = rasterize.plan(raster_out, paths, values=raster_values, prompts=settings.prompts, overwrite=overwrite,
                              written=own)
     return outputs, rasters
+
+
+def exemplars_of(paths: list[Any], settings: Settings) -> Exemplars | None:
+    """The run's exemplars placed on `paths`, with their tiles' pixels; None without."""
+    if settings.exemplars is None:
+        return None
+    return prepare(settings.exemplars, paths, settings.read, settings.text_prompts, tile_size=settings.tile_size,
+                   overlap=settings.overlap, refine=settings.refine)
 
 
 def check_layer(output: Any, fmt: str, layer: str) -> None:

@@ -20,9 +20,10 @@ from typing import Any
 from dask.distributed import Client, LocalCluster, as_completed
 
 from geoseg.core import staging
+from geoseg.core.exemplars import Exemplars, WithExemplars
 from geoseg.core.merge import Piece
 from geoseg.core.refine import Refine
-from geoseg.core.segmenter import Backend, Segmenter, as_segmenter
+from geoseg.core.segmenter import Backend, Segmenter, as_segmenter, check_takes_exemplars
 from geoseg.core.staging import TileStore
 from geoseg.core.tiling import TilePlan, plan_tiles
 from geoseg.errors import UsageError, option
@@ -32,6 +33,7 @@ from geoseg.run.engine import AtLimit, segment_tiles
 from geoseg.run.progress import Progress
 
 _SEGMENTERS: dict[str, Backend] = {}  # per worker process: built once, kept
+_EXEMPLARS: dict[tuple[str, str], WithExemplars] = {}  # per worker: tokens encoded once per box and level
 
 
 def _segmenter(key: str, spec: Any) -> Backend:
@@ -42,14 +44,28 @@ def _segmenter(key: str, spec: Any) -> Backend:
     return seg
 
 
-def _check(key: str, spec: Any, prompts: list[str]) -> tuple[dict[str, Any], int | None]:
+def _check(key: str, spec: Any, prompts: list[str], exemplars: bool = False) -> tuple[dict[str, Any], int | None]:
     segmenter = _segmenter(key, spec)
     segmenter.check_prompts(prompts)
+    if exemplars:
+        check_takes_exemplars(segmenter.segmenter)
     return segmenter.config(), segmenter.max_objects
 
 
+def _backend(key: str, spec: Any, exemplars: tuple[str, Exemplars] | None) -> Any:
+    """The worker's segmenter, with the run's exemplars (`(digest, exemplars)`) where there are some."""
+    segmenter = _segmenter(key, spec)
+    if exemplars is None:
+        return segmenter
+    digest, placed = exemplars
+    if (key, digest) not in _EXEMPLARS:
+        _EXEMPLARS[key, digest] = WithExemplars(segmenter, placed)
+    return _EXEMPLARS[key, digest]
+
+
 def _segment_block(key: str, spec: Any, path: str, read: ReadOptions, limits: Any, grid: tuple[int, int, int, int],
-                   tiles: list[int], prompts: list[str], refine: Refine) -> tuple[Any, ...]:
+                   tiles: list[int], prompts: list[str], refine: Refine,
+                   exemplars: tuple[str, Exemplars] | None = None) -> tuple[Any, ...]:
     """On a worker: read and segment `tiles` of `path`; (tiles, nodata tiles, packed pieces,
     tiles refined, tiles still saturated, the cost of each tile)."""
     plan = plan_tiles(*grid)
@@ -59,7 +75,7 @@ def _segment_block(key: str, spec: Any, path: str, read: ReadOptions, limits: An
     at_limit: dict[int, set[str]] = {}
     cost: dict[int, tuple[int, int]] = {}
     with RasterSource(path, read, stretch_limits=limits) as src:
-        for batch in segment_tiles(src, plan, tiles, _segmenter(key, spec), prompts, refine):
+        for batch in segment_tiles(src, plan, tiles, _backend(key, spec, exemplars), prompts, refine):
             nodata += batch.nodata
             packed += [(p.label, p.score, p.tile, p.row, p.col, p.mask.shape, staging.pack(p.mask), p.level)
                        for p in batch.pieces]
@@ -95,12 +111,18 @@ class DaskEngine:
         self.options: dict[str, Any] = {}
         self.max_objects: int | None = None
         self.key = hashlib.sha1(pickle.dumps(self.spec)).hexdigest()
+        self.exemplars: Any = None  #: the run's exemplars, scattered to every worker once
 
-    def check(self, prompts: list[str]) -> None:
+    def check(self, prompts: list[str], exemplars: Exemplars | None = None) -> None:
         """Build the segmenter on a worker, check the prompts there and learn its options
-        (so a bad model or prompt fails before any work)."""
-        self.options, self.max_objects = self.client.submit(_check, self.key, self.spec, prompts, pure=False,
+        (so a bad model or prompt fails before any work); send the exemplars (their
+        tiles' pixels) to every worker once, where each encodes them once per level."""
+        self.options, self.max_objects = self.client.submit(_check, self.key, self.spec, prompts,
+                                                            exemplars is not None, pure=False,
                                                             resources=self.resources).result()
+        if exemplars is not None:
+            blob = pickle.dumps(exemplars)
+            self.exemplars = self.client.scatter([(hashlib.sha1(blob).hexdigest(), exemplars)], broadcast=True)[0]
 
     def stage(self, src: RasterSource, plan: TilePlan, todo: list[int], prompts: list[str], store: TileStore,
               progress: Progress, staged: Callable[[list[int]], None] = lambda tiles: None, *,
@@ -113,7 +135,7 @@ class DaskEngine:
         limits = src.stretch_limits
         futures = [
             self.client.submit(_segment_block, self.key, self.spec, path, src.options, limits, grid,
-                               todo[i:i + self.block], prompts, refine or Refine(), pure=False,
+                               todo[i:i + self.block], prompts, refine or Refine(), self.exemplars, pure=False,
                                resources=self.resources)
             for i in range(0, len(todo), self.block)
         ]

@@ -18,9 +18,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from geoseg.core import merge
+from geoseg.core.exemplars import Exemplars, WithExemplars
 from geoseg.core.refine import Neighbours, Refine
 from geoseg.core.refine import segment as segment_refined
-from geoseg.core.segmenter import Backend, Segmenter, as_backend
+from geoseg.core.segmenter import Backend, Segmenter, as_backend, check_takes_exemplars
 from geoseg.core.staging import TileStore
 from geoseg.core.tiling import Tile, TilePlan, Window
 from geoseg.errors import GeosegError, RunError, option
@@ -226,8 +227,9 @@ class Engine(Protocol):
     max_objects: int | None  #: its capacity per tile and prompt, known once `check` has run
     neighbour_start: bool  #: whether tiles start at the level their neighbours needed (`Refine.neighbours`)
 
-    def check(self, prompts: list[str]) -> None:
-        """Make the segmenter ready (load the model where it runs) and check the prompts."""
+    def check(self, prompts: list[str], exemplars: Exemplars | None = None) -> None:
+        """Make the segmenter ready (load the model where it runs) and check the text prompts;
+        with `exemplars`, check that it takes them and keep them for every tile staged."""
 
     def stage(self, src: RasterSource, plan: TilePlan, todo: list[int], prompts: list[str], store: TileStore,
               progress: Progress, staged: Callable[[list[int]], None] = ..., *, refine: Refine | None = None,
@@ -251,9 +253,13 @@ class LocalEngine:
         self.backend = self.segmenter.name
         self.options = self.segmenter.config()
         self.max_objects = self.segmenter.max_objects
+        self.exemplars: WithExemplars | None = None
 
-    def check(self, prompts: list[str]) -> None:
+    def check(self, prompts: list[str], exemplars: Exemplars | None = None) -> None:
         self.segmenter.check_prompts(prompts)
+        if exemplars is not None:
+            check_takes_exemplars(self.segmenter.segmenter)
+            self.exemplars = WithExemplars(self.segmenter, exemplars)
 
     def stage(self, src: RasterSource, plan: TilePlan, todo: list[int], prompts: list[str], store: TileStore,
               progress: Progress, staged: Callable[[list[int]], None] = lambda tiles: None, *,
@@ -269,7 +275,8 @@ class LocalEngine:
             neighbours = Neighbours(plan.shape, store.needed())
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-stage") as writer:
             pending: Future[None] | None = None
-            for batch in segment_tiles(src, plan, todo, self.segmenter, prompts, refine, profile, neighbours):
+            backend = self.segmenter if self.exemplars is None else self.exemplars
+            for batch in segment_tiles(src, plan, todo, backend, prompts, refine, profile, neighbours):
                 if pending is not None:
                     pending.result()
                 pending = writer.submit(_put, store, batch, plan, staged, profile)

@@ -21,14 +21,14 @@ from typing import Any
 import geopandas as gpd
 import pyogrio
 
-from geoseg.core.segmenter import Segmenter, as_segmenter
+from geoseg.core.segmenter import Segmenter, as_segmenter, check_takes_exemplars
 from geoseg.errors import EmptyRasterWarning, GeosegError, OutsideAreaError, RunError, UsageError
 from geoseg.io import export, rasterize, stac, upload
 from geoseg.io.inputs import list_inputs, resolve
 from geoseg.io.sources import is_mosaic, unique_names
 from geoseg.run import rowshards, shards, workdir, workers
 from geoseg.run.assemble import Assembler, area_of, mixed_crs_error, provenance, write_output, write_raster
-from geoseg.run.checks import check_run, own_outputs, remote_outputs
+from geoseg.run.checks import check_run, exemplars_of, own_outputs, remote_outputs
 from geoseg.run.engine import Engine, LocalEngine
 from geoseg.run.inspection import RasterInfo, inspect, outside_all
 from geoseg.run.progress import Progress
@@ -97,7 +97,7 @@ def run(
     outputs, rasters = check_run(paths, settings, output=output, output_dir=output_dir, fmt=fmt, layer=layer,
                                  overwrite=overwrite, work_dir=work_dir, raster_out=raster_out,
                                  raster_values=raster_values, names=names, restart=restart)
-    engine.check(settings.prompts)  # also loads the model where it runs: fails early
+    engine.check(settings.text_prompts, exemplars_of(paths, settings))  # also loads the model: fails early
     temporary = work_dir is None and output is None and output_dir is None
     if temporary:
         path = Path(tempfile.mkdtemp(prefix="geoseg-work-"))
@@ -264,7 +264,7 @@ def _finish_one(path: Any, settings: Settings, engine: Engine, work: WorkDir, in
 
 def segment(
     source: Any,
-    prompts: str | Sequence[str],
+    prompts: str | Sequence[str] | None = None,
     *,
     segmenter: Segmenter | str = "sam3",
     tile_size: int = 1008,
@@ -294,6 +294,7 @@ def segment(
     zoom: int = 0,
     neighbour_start: bool = True,
     asset: str | None = None,
+    exemplars: Any = None,
     **backend_options: Any,
 ) -> gpd.GeoDataFrame:
     """Segment rasters with text prompts; return one polygon per object.
@@ -349,6 +350,10 @@ def segment(
             needed (per prompt), instead of at the plan's. See docs/dense.md.
         asset: the asset of STAC items given as `source` (default "visual",
             else the first RGB asset). See docs/cloud.md.
+        exemplars: boxes around examples of what to find (and, with a false
+            `positive` column, of what not to): a vector file, GeoDataFrame or
+            GeoSeries with a CRS; a `prompt` column ties a box to a prompt, or
+            makes a concept of its own. `prompts` may then be None. See docs/exemplars.md.
 
     Returns:
         A GeoDataFrame with columns id, label, score, area_m2, n_tiles, level, source.
@@ -360,7 +365,9 @@ def segment(
                            stretch=stretch, pixel_coords=pixel_coords, dst_crs=dst_crs, simplify=simplify,
                            min_area=min_area, progress=progress, bbox=bbox, bbox_crs=bbox_crs, aoi=aoi,
                            cpu_workers=cpu_workers, saturation=saturation, refine_depth=refine_depth, zoom=zoom,
-                           neighbour_start=neighbour_start)
+                           neighbour_start=neighbour_start, exemplars=exemplars)
+    if settings.exemplars is not None:
+        check_takes_exemplars(segmenter)
     paths = resolve(source, asset=asset, mosaic=mosaic, settings=settings)
     check_run(paths, settings, output=output, layer=layer, overwrite=overwrite, work_dir=work_dir,
               raster_out=raster_out, raster_values=raster_values, restart=restart)  # before the model loads

@@ -33,6 +33,7 @@ from geoseg.core.vectorize import parse_crs
 from geoseg.errors import UsageError
 from geoseg.io import export, files
 from geoseg.run.assemble import Assembler, empty_frame, provenance
+from geoseg.run.checks import exemplars_of
 from geoseg.run.engine import Engine
 from geoseg.run.inspection import RasterInfo, inspect
 from geoseg.run.progress import Progress
@@ -78,7 +79,7 @@ def run_part(xml: str, settings: Settings, engine: Engine, *, shard: tuple[int, 
     work = WorkDir(work_dir if work_dir is not None else default_work_dir(None, output_dir, shard),
                    fingerprint(settings, engine), restart=restart)
     try:  # the folder's lock is let go however this ends
-        engine.check(settings.prompts)  # also loads the model where it runs
+        engine.check(settings.text_prompts, exemplars_of([xml], settings))  # also loads the model where it runs
         progress = Progress(bars=settings.progress, n_files=1, total_tiles=share.tiles)
         store = work.store(xml, len(share.plan), share.plan.shape)  # refuses a mosaic changed since
         try:  # staged only: `combine` merges every shard's rows at once

@@ -11,6 +11,7 @@ from geoseg.core.refine import Refine
 from geoseg.core.segmenter import check_prompts
 from geoseg.core.tiling import plan_tiles
 from geoseg.io.area import Area
+from geoseg.io.exemplars import ExemplarFile, read_exemplars
 from geoseg.io.raster import ReadOptions
 from geoseg.run.workers import check_workers
 
@@ -30,6 +31,13 @@ class Settings:
     progress: bool = False
     refine: Refine = field(default_factory=Refine)
     cpu_workers: int | None = None  #: worker processes for the CPU work (None: cores - 1; see `geoseg.run.workers`)
+    exemplars: ExemplarFile | None = None  #: boxes that define concepts (see `geoseg.io.exemplars`)
+    only: tuple[str, ...] = ()  #: the labels among `prompts` of exemplar-only concepts
+
+    @property
+    def text_prompts(self) -> list[str]:
+        """The prompts given as text (`prompts` are every concept's label)."""
+        return [p for p in self.prompts if p not in self.only]
 
     @classmethod
     def of(cls, prompts: str | Sequence[str], *, tile_size: int = 1008, overlap: int = 128,
@@ -37,13 +45,20 @@ class Settings:
            stretch: tuple[float, float] = (2.0, 98.0), pixel_coords: bool = False, dst_crs: Any = None,
            simplify: float | None = None, min_area: float | None = None, progress: bool = False,
            bbox: Any = None, bbox_crs: Any = None, aoi: Any = None, saturation: float = 0.8, refine_depth: int = 2,
-           zoom: int = 0, neighbour_start: bool = True, cpu_workers: int | None = None) -> Settings:
-        """Settings from the API's loose types, checked (prompts, tiling, CRS, area, refinement) before any work."""
+           zoom: int = 0, neighbour_start: bool = True, cpu_workers: int | None = None,
+           exemplars: Any = None) -> Settings:
+        """Settings from the API's loose types, checked (prompts, tiling, CRS, area, refinement,
+        exemplars) before any work. With `exemplars`, `prompts` may be empty."""
         plan_tiles(tile_size, tile_size, tile_size, overlap)
+        boxes = None if exemplars is None else read_exemplars(exemplars)
+        text = check_prompts(prompts or []) if boxes is None or prompts else []
+        labels, only = text, []
+        if boxes is not None:
+            labels, only, _ = boxes.concepts(text)
         # the area's window is grown by the overlap, so objects crossing its edge are read whole
         area = Area.of(bbox=bbox, bbox_crs=bbox_crs, aoi=aoi, margin=overlap)
         return cls(
-            prompts=check_prompts(prompts), tile_size=tile_size, overlap=overlap,
+            prompts=labels, tile_size=tile_size, overlap=overlap,
             read=ReadOptions.of(bands=bands, resolution=resolution, stretch=stretch, pixel_coords=pixel_coords,
                                 area=area),
             dst_crs=None if dst_crs is None else vectorize.parse_crs(dst_crs),
@@ -51,6 +66,7 @@ class Settings:
             refine=Refine.of(saturation=saturation, depth=refine_depth, zoom=zoom, neighbours=neighbour_start,
                              tile_size=tile_size, overlap=overlap),
             cpu_workers=None if cpu_workers is None else check_workers(cpu_workers),
+            exemplars=boxes, only=tuple(only),
         )
 
 
@@ -66,7 +82,8 @@ def fingerprint(settings: Settings, engine: Any) -> dict[str, Any]:
 def own_fingerprint(settings: Settings) -> dict[str, Any]:
     """The part of `fingerprint` that geoseg's own settings make: known before any model loads."""
     read = settings.read
-    out: dict[str, Any] = {"--prompt": settings.prompts}
+    out: dict[str, Any] = {"--prompt": settings.text_prompts}
+    out["--exemplars"] = None if settings.exemplars is None else settings.exemplars.fingerprint()
     out.update({
         "--tile-size": settings.tile_size, "--overlap": settings.overlap,
         "--bands": None if read.bands is None else list(read.bands), "--resolution": read.resolution,

@@ -25,6 +25,8 @@ class ColorSegmenter:
     score is a fixed function of the object's colour. Registered as the test
     backend "colors". `delay` adds a fixed time per call, as a model's forward
     pass takes (for tests of interrupted runs and benchmarks of the pipeline).
+    It takes exemplars: a box stands for the colour family with the most
+    object pixels in it (see `encode_exemplars`).
     """
 
     name = "colors"
@@ -42,12 +44,38 @@ class ColorSegmenter:
             if p not in LABELS:
                 raise PromptError(f"the test backend 'colors' knows the prompts red, green and blue, not {p!r}")
 
-    def segment(self, tiles: np.ndarray, prompts: Sequence[str]) -> list[Detections]:
+    def encode_exemplars(self, tile: np.ndarray, boxes: np.ndarray, positive: np.ndarray) -> tuple[set[int], ...]:
+        """The colour families of the boxes: (those of positive boxes, those of negative ones).
+        A box's family is the one with the most object pixels in it."""
+        found: tuple[set[int], set[int]] = (set(), set())
+        for (x0, y0, x1, y1), pos in zip(boxes, positive):
+            crop = tile[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))].reshape(-1, 3).astype(np.int32)
+            top = crop.max(axis=1)
+            ch = crop.argmax(axis=1)
+            other = np.sort(crop, axis=1)[:, :2].max(axis=1)
+            counts = np.bincount(ch[(top >= 192) & (other < 64)], minlength=3)
+            if counts.any():
+                found[0 if pos else 1].add(int(counts.argmax()))
+        return found
+
+    def segment(self, tiles: np.ndarray, prompts: Sequence[str],
+                exemplars: dict[str, Any] | None = None) -> list[Detections]:
+        """With `exemplars`, a prompt finds its own family (if it is a text prompt) and those
+        of its positive boxes, less those of its negative boxes."""
         if self.delay:
             time.sleep(self.delay)
-        return [self._one(tile, prompts) for tile in tiles]
+        wanted: dict[int, list[str]] = {}
+        for p in prompts:
+            given = (exemplars or {}).get(p)
+            families = {LABELS.index(p)} if given is None or given.text else set()
+            if given is not None:
+                families |= {f for pos, _ in given.tokens for f in pos}
+                families -= {f for _, neg in given.tokens for f in neg}
+            for f in families:
+                wanted.setdefault(f, []).append(p)
+        return [self._one(tile, wanted) for tile in tiles]
 
-    def _one(self, tile: np.ndarray, prompts: Sequence[str]) -> Detections:
+    def _one(self, tile: np.ndarray, wanted: dict[int, list[str]]) -> Detections:
         # decode every object pixel's colour once, for all prompts
         dom = np.maximum(np.maximum(tile[..., 0], tile[..., 1]), tile[..., 2])
         idx = np.flatnonzero(dom >= 192)
@@ -58,7 +86,6 @@ class ColorSegmenter:
         codes_u, compact = np.unique(codes, return_inverse=True)
         labels = np.zeros(tile.shape[:2], np.int32)
         labels.reshape(-1)[idx] = compact + 1
-        wanted = {LABELS.index(p): p for p in prompts}
         names, scores, origins, masks = [], [], [], []
         for k, box in enumerate(ndimage.find_objects(labels)):
             if box is None:
@@ -72,10 +99,11 @@ class ColorSegmenter:
             score = 0.5 + 0.5 * ((number * 37) % 101) / 100
             if score < self.score_threshold:
                 continue
-            names.append(wanted[ch])
-            scores.append(score)
-            origins.append((box[0].start, box[1].start))
-            masks.append(labels[box] == k + 1)
+            for name in wanted[ch]:
+                names.append(name)
+                scores.append(score)
+                origins.append((box[0].start, box[1].start))
+                masks.append(labels[box] == k + 1)
         return Detections(names, scores, origins, masks)
 
 
@@ -94,7 +122,7 @@ class CountingSegmenter(ColorSegmenter):
         self.seen: list[np.ndarray] = []
         self.sizes: list[int] = []  #: the size of each tile given
 
-    def segment(self, tiles: np.ndarray, prompts: Sequence[str]) -> list[Detections]:
+    def segment(self, tiles: np.ndarray, prompts: Sequence[str], **exemplars: Any) -> list[Detections]:
         self.tiles += len(tiles)
         self.pixels += int(np.prod(tiles.shape[:3]))
         self.sizes += [tiles.shape[1]] * len(tiles)
@@ -102,7 +130,7 @@ class CountingSegmenter(ColorSegmenter):
             raise RuntimeError("the device fell over")
         if self.keep:
             self.seen.extend(t.copy() for t in tiles)
-        found = super().segment(tiles, prompts)
+        found = super().segment(tiles, prompts, **exemplars)
         return found if self.max_objects is None else [_best(d, self.max_objects) for d in found]
 
 

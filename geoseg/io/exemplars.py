@@ -1,0 +1,205 @@
+"""Exemplar boxes drawn on a map: read from a vector file, placed on each raster's pixel grid.
+
+Each feature's envelope is one box; its `prompt` column (optional) names the
+concept it is an example of, its `positive` column (optional boolean, default
+true) says "like this" or "not like this". A box is placed, like an area
+(`geoseg.io.area`), by reprojecting it (densified) to a raster's CRS and taking
+its envelope in that raster's pixels; the first input holding its centre
+holds it, and it is encoded on the tile of that input it lies in most centrally.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, replace
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+import shapely.affinity
+from pyproj import CRS
+
+from geoseg.core.exemplars import MIN_MODEL_PX, Exemplars, Shot, concepts, home_tile, model_px
+from geoseg.core.refine import Refine, levels
+from geoseg.core.tiling import plan_tiles
+from geoseg.errors import UsageError, option
+from geoseg.io.raster import RasterSource, ReadOptions
+from geoseg.io.sources import source_name
+from geoseg.io.vectors import read_vector
+
+
+@dataclass(frozen=True)
+class ExemplarFile:
+    """The boxes of an exemplar file, in its own CRS.
+
+    Attributes:
+        bounds: (K, 4) minx, miny, maxx, maxy of each feature, in `crs` (WKT).
+        labels: each box's prompt, or None.
+        positive: each box's sign.
+        name: the file as the user gave it (or "GeoDataFrame").
+        digest: of the geometries, the CRS and both columns: the resume check.
+    """
+
+    bounds: tuple[tuple[float, float, float, float], ...]
+    crs: str
+    labels: tuple[str | None, ...]
+    positive: tuple[bool, ...]
+    name: str
+    digest: str
+
+    def named(self) -> str:
+        """The file in the caller's terms."""
+        if self.name == "GeoDataFrame":
+            return f"the GeoDataFrame given as {option('exemplars')}"
+        return option("exemplars", self.name)
+
+    def fingerprint(self) -> str:
+        return f"{os.path.basename(self.name)} ({self.digest})"
+
+    def concepts(self, prompts: list[str]) -> tuple[list[str], list[str], list[tuple[str, ...]]]:
+        """`geoseg.core.exemplars.concepts` of these boxes with text `prompts`."""
+        return concepts(prompts, self.labels, self.positive, self.named())
+
+
+def read_exemplars(source: Any) -> ExemplarFile:
+    """Read a vector file (any format GDAL reads), a GeoDataFrame or a GeoSeries of exemplar boxes."""
+    if isinstance(source, gpd.GeoSeries):
+        source = gpd.GeoDataFrame(geometry=source)
+    name = "GeoDataFrame" if isinstance(source, gpd.GeoDataFrame) else str(source)
+    gdf = read_vector(source, name="exemplars")
+    probe = ExemplarFile((), "", (), (), name, "")
+    gdf = gdf[~(gdf.geometry.isna() | gdf.geometry.is_empty)]
+    if gdf.empty:
+        raise UsageError(f"{probe.named()}: holds no box: draw a rectangle around an example of what to find")
+    if gdf.crs is None:
+        raise UsageError(f"{probe.named()} has no CRS: set one (e.g. ogr2ogr -a_srs EPSG:4326 out.gpkg in.gpkg)")
+    labels = _labels(gdf, probe)
+    positive = _positive(gdf, probe)
+    bounds = tuple(tuple(float(v) for v in b) for b in gdf.geometry.bounds.to_numpy())
+    digest = hashlib.sha1(gdf.crs.to_wkt().encode())
+    for geom, label, pos in zip(gdf.geometry.values, labels, positive):
+        digest.update(shapely.to_wkb(geom) + repr((label, pos)).encode())
+    return ExemplarFile(bounds, gdf.crs.to_wkt(), labels, positive, name, digest.hexdigest()[:10])  # type: ignore[arg-type]
+
+
+def _labels(gdf: gpd.GeoDataFrame, file: ExemplarFile) -> tuple[str | None, ...]:
+    if "prompt" not in gdf.columns:
+        return (None,) * len(gdf)
+    out: list[str | None] = []
+    for v in gdf["prompt"]:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            out.append(None)
+        elif not isinstance(v, str):
+            raise UsageError(f"{file.named()}: its prompt column holds {v!r}: give text (or leave it empty)")
+        else:
+            out.append(v.strip() or None)
+    return tuple(out)
+
+
+def _positive(gdf: gpd.GeoDataFrame, file: ExemplarFile) -> tuple[bool, ...]:
+    if "positive" not in gdf.columns:
+        return (True,) * len(gdf)
+    col = gdf["positive"]
+    if pd.api.types.is_bool_dtype(col):
+        return tuple(bool(v) for v in col)
+    values = [v for v in col if v is not None and not (isinstance(v, float) and np.isnan(v))]
+    if all(isinstance(v, (bool, np.bool_)) for v in values):  # booleans with gaps: a gap is true
+        return tuple(True if v is None or (isinstance(v, float) and np.isnan(v)) else bool(v) for v in col)
+    bad = next(v for v in values if not isinstance(v, (bool, np.bool_)))
+    raise UsageError(f"{file.named()}: its positive column is not boolean (it holds {bad!r}): make it a boolean "
+                     f"field, true for an example of what to find, false for one of what not to find")
+
+
+@dataclass(frozen=True)
+class Placed:
+    """Where one box is encoded: input, home tile, box in its pixels, size in model pixels."""
+
+    box: int
+    source: int
+    tile: int
+    xyxy: tuple[float, float, float, float]
+    model_px: float  #: its smaller side at the first level segmented
+
+
+def in_pixels(file: ExemplarFile, src: RasterSource) -> np.ndarray:
+    """Every box's envelope in the pixel grid of `src`: (K, 4) x0, y0, x1, y1 (col, row)."""
+    if src.crs is None:
+        raise UsageError(f"{file.named()} has a CRS but {src.path} is read in pixel coordinates: "
+                         f"give a raster with a CRS")
+    boxes = [shapely.box(*b) for b in file.bounds]
+    if not CRS.from_user_input(src.crs).equals(CRS.from_wkt(file.crs)):
+        dense = [shapely.segmentize(b, max(b.bounds[2] - b.bounds[0], b.bounds[3] - b.bounds[1]) / 16 or 1)
+                 for b in boxes]
+        boxes = list(gpd.GeoSeries(dense, crs=file.crs).to_crs(src.crs).values)
+    inverse = (~src.transform).to_shapely()
+    out = np.array([shapely.bounds(shapely.affinity.affine_transform(b, inverse)) for b in boxes], float)
+    return out.reshape(-1, 4)
+
+
+def place(file: ExemplarFile, paths: list[Any], read: ReadOptions, *, tile_size: int, overlap: int,
+          refine: Refine) -> list[Placed]:
+    """Where each box is encoded; refuses, naming the box, one outside every input, one
+    smaller than `MIN_MODEL_PX` model pixels where it is first applied, one larger than a tile."""
+    whole = replace(read, area=None)  # a box may lie outside the area to segment
+    found: dict[int, Placed] = {}
+    first = levels(tile_size, overlap)[refine.zoom][0]
+    for s, path in enumerate(paths):
+        with RasterSource(path, whole) as src:
+            px = in_pixels(file, src)
+            plan = plan_tiles(src.height, src.width, tile_size, overlap)
+            for k, (x0, y0, x1, y1) in enumerate(px):
+                cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+                if k in found or not (np.isfinite(px[k]).all() and 0 <= cx < src.width and 0 <= cy < src.height):
+                    continue
+                box = (max(x0, 0.0), max(y0, 0.0), min(x1, float(src.width)), min(y1, float(src.height)))
+                t = plan.tile(home_tile(box, plan))
+                shown = f"{file.named()}: box {k + 1} ({_box(file, k)})"
+                if max(box[2] - box[0], box[3] - box[1]) > tile_size:
+                    raise UsageError(f"{shown} is {box[2] - box[0]:.0f} x {box[3] - box[1]:.0f} px in "
+                                     f"{source_name(path)}, larger than a tile ({option('tile_size', tile_size)}): "
+                                     f"draw it around one object, or raise {option('tile_size')}")
+                size = model_px(box, first)
+                if size < MIN_MODEL_PX:
+                    raise UsageError(f"{shown} is {size:.1f} model pixels across in {source_name(path)}, fewer "
+                                     f"than {MIN_MODEL_PX}: the model cannot see it; draw it around the whole "
+                                     f"object, or use {option('zoom')} or a smaller {option('tile_size')}")
+                xyxy = (box[0] - t.window.col, box[1] - t.window.row, box[2] - t.window.col, box[3] - t.window.row)
+                found[k] = Placed(k, s, t.index, xyxy, size)
+    missing = [k for k in range(len(file.bounds)) if k not in found]
+    if missing:
+        k = missing[0]
+        raise UsageError(f"{file.named()}: box {k + 1} ({_box(file, k)}) lies outside every input: draw it "
+                         f"on the rasters segmented, and check the file's CRS")
+    return [found[k] for k in range(len(file.bounds))]
+
+
+def _box(file: ExemplarFile, k: int) -> str:
+    label = file.labels[k]
+    crs = CRS.from_wkt(file.crs).to_string()
+    x0, y0, x1, y1 = file.bounds[k]
+    what = f"prompt {label!r}, " if label is not None else ""
+    return f"{what}{'positive' if file.positive[k] else 'negative'}, {x0:.8g},{y0:.8g},{x1:.8g},{y1:.8g} {crs}"
+
+
+def prepare(file: ExemplarFile, paths: list[Any], read: ReadOptions, prompts: list[str], *, tile_size: int,
+            overlap: int, refine: Refine) -> Exemplars:
+    """The run's exemplars placed, with the pixels of their home tiles (each read once).
+    `prompts`: the text prompts."""
+    placed = place(file, paths, read, tile_size=tile_size, overlap=overlap, refine=refine)
+    _, only, serves = file.concepts(prompts)
+    shots = []
+    whole = replace(read, area=None)
+    homes = sorted({(p.source, p.tile) for p in placed})
+    for s in sorted({s for s, _ in homes}):
+        with RasterSource(paths[s], whole) as src:
+            plan = plan_tiles(src.height, src.width, tile_size, overlap)
+            for _, t in [h for h in homes if h[0] == s]:
+                rgb, _ = src.read(plan.tile(t).window)
+                mine = [p for p in placed if (p.source, p.tile) == (s, t)]
+                shots.append(Shot(rgb, np.array([p.xyxy for p in mine], float),
+                                  np.array([file.positive[p.box] for p in mine], bool),
+                                  tuple(serves[p.box] for p in mine), f"{source_name(paths[s])} tile {t}"))
+    return Exemplars(tuple(shots), tuple(only), tile_size, overlap)
