@@ -12,14 +12,14 @@ from typing import Any
 import click
 
 from geoseg import __version__, errors
-from geoseg.errors import GeosegError, GeosegWarning, UsageError
+from geoseg.errors import GeosegError, GeosegWarning, UsageError, redact
 
 
 def to_log_file(level: int, message: str) -> None:
     """A line printed on stderr, also written to the --log-file (if any): a batch job run with
     `-q --log-file` finds there every refusal, warning and error it printed."""
     log = logging.getLogger("geoseg")
-    record = log.makeRecord(log.name, level, __file__, 0, message, (), None)
+    record = log.makeRecord(log.name, level, __file__, 0, redact(message), (), None)
     for handler in log.handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
@@ -27,8 +27,22 @@ def to_log_file(level: int, message: str) -> None:
 
 def say(level: int, line: str) -> None:
     """`geoseg: LINE` on stderr, and in the --log-file."""
+    line = redact(line)
     click.echo(f"geoseg: {line}", err=True)
     to_log_file(level, line)
+
+
+def echo(text: str, err: bool = False) -> None:
+    """What a command prints, a URL's secrets taken out (`geoseg.errors.redact`)."""
+    click.echo(redact(text), err=err)
+
+
+class _Redact(logging.Filter):
+    """Log lines without a URL's secrets, on stderr and in the --log-file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), ()
+        return True
 
 
 def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
@@ -114,6 +128,7 @@ def log_to(log_file: str | None, quiet: bool) -> None:
         except OSError as e:
             raise UsageError(f"--log-file {log_file}: cannot write it ({e.strerror}): choose another path") from None
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(_Redact())
         log.addHandler(handler)
 
 
@@ -144,6 +159,7 @@ def main(verbose: bool) -> None:
     log = logging.getLogger("geoseg")
     log.handlers[:] = [logging.StreamHandler(sys.stderr)]
     log.handlers[0].setFormatter(logging.Formatter("geoseg: %(message)s"))
+    log.handlers[0].addFilter(_Redact())
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     if not verbose:  # GDAL prints its errors on stderr as well: geoseg says each in one line
         os.environ.setdefault("CPL_LOG", os.devnull)

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from geoseg.cli import main
+from geoseg.cli import echo, main
 from geoseg.cli.options import area_options, read_options, tiling_options
 from geoseg.core.refine import RESOLVED, object_scale, suggested_zoom
 from geoseg.core.segmenter import check_prompts
@@ -49,14 +49,14 @@ def info(inputs: tuple[str, ...], prompts: tuple[str, ...], tile_size: int, over
             if not d.get("outside"):
                 d["object_size"] = _object_size(d, object_size)
     if as_json:
-        click.echo(json.dumps({"prompts": checked, "rasters": plans}, indent=2))
+        echo(json.dumps({"prompts": checked, "rasters": plans}, indent=2))
         return
     for d in plans:
         if d.get("outside"):
-            click.echo(f"{d['path']}\n  outside the area: would be skipped")
+            echo(f"{d['path']}\n  outside the area: would be skipped")
             continue
         km2 = "unknown (no CRS)" if d["area_km2"] is None else f"{d['area_km2']:.4f} km²"
-        click.echo(f"{d['path']}\n"
+        echo(f"{d['path']}\n"
                    f"  size       {d['width']} x {d['height']} px, bands {d['bands'] or 'none chosen'}, {d['dtype']}\n"
                    + _colours_line(d) +
                    f"  crs        {d['crs'] or 'none (pixel coordinates)'}, pixel {d['pixel_size']:.6g}\n"
@@ -68,7 +68,7 @@ def info(inputs: tuple[str, ...], prompts: tuple[str, ...], tile_size: int, over
                    f" overlap {d['overlap']} px" + ("" if area is None else ", to segment")
                    + _object_line(d.get("object_size")))
     if checked:
-        click.echo(f"prompts: {', '.join(checked)}")
+        echo(f"prompts: {', '.join(checked)}")
 
 
 def _object_size(d: dict[str, Any], metres: float) -> dict[str, Any]:
@@ -125,12 +125,12 @@ def _work_status(paths: list[str], as_json: bool) -> None:
     """What an interrupted run has done, per input, and the settings it must be resumed with."""
     status = [{"work_dir": p, "settings": read_settings(p), "files": WorkDir.status_of(p)} for p in paths]
     if as_json:
-        click.echo(json.dumps(status, indent=2))
+        echo(json.dumps(status, indent=2))
         return
     for w in status:
         opts = cli_args(w["settings"])
-        click.echo(f"{w['work_dir']}: interrupted run (resume with the same command, or --restart)")
-        click.echo(f"  settings   {opts}")
+        echo(f"{w['work_dir']}: interrupted run (resume with the same command, or --restart)")
+        echo(f"  settings   {opts}")
         for f in w["files"]:
             if f["error"]:
                 state = f"failed: {f['error']}"
@@ -138,7 +138,7 @@ def _work_status(paths: list[str], as_json: bool) -> None:
                 state = "done"
             else:
                 state = f"{f['done']}/{f['tiles']} tiles staged, {f['detections']} detections"
-            click.echo(f"  {f['source']}: {state}")
+            echo(f"  {f['source']}: {state}")
 
 
 _DTYPES = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}

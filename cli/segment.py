@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from geoseg.cli import log_to, main, say, to_log_file
+from geoseg.cli import echo, log_to, main, say, to_log_file
 from geoseg.cli.options import area_options, read_options, refine_options, tiling_options
 from geoseg.core.segmenter import backend_names, check_takes_exemplars, load_segmenter
 from geoseg.errors import OutputError, UsageError
@@ -188,7 +188,7 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], exemplars: str | 
 
 def _tell(text: str) -> None:
     """What a run reports at its end, on stderr and in the --log-file."""
-    click.echo(text, err=True)
+    echo(text, err=True)
     to_log_file(logging.INFO, text)
 
 

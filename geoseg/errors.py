@@ -8,6 +8,7 @@ Every message names the file or option and the fix.
 from __future__ import annotations
 
 import errno
+import re
 import shlex
 from typing import Any
 
@@ -16,6 +17,19 @@ cli_terms = False  # set by geoseg.cli while a command runs
 provider_terms: dict[str, str] | None = None
 
 _NO_VALUE = object()
+# a URL's scheme, then userinfo (user:password@), its host and path, then a query string and fragment
+_URL = re.compile(r"""([A-Za-z][A-Za-z0-9+.-]*://)(?:[^\s/@?#'"]*@)?([^\s?#'"]*)((?:\?[^\s#'"]*)?(?:#[^\s'"]*)?)""")
+
+
+def redact(text: str) -> str:
+    """`text` with every URL's secrets taken out: its user and password and its query string
+    (where a signed URL keeps its signature and token). The one rule for everything geoseg shows
+    or writes: messages, logs, `info`, work folders, provenance and outputs."""
+    def keep(m: re.Match[str]) -> str:  # the punctuation that ends a sentence is not part of the URL
+        end = m[3][-1] if m[3] and m[3][-1] in ":,;.)" else ""
+        return m[1] + m[2] + end
+
+    return _URL.sub(keep, text)
 
 
 def option(name: str, value: Any = _NO_VALUE, *, flag: str | None = None) -> str:
@@ -41,7 +55,10 @@ def option(name: str, value: Any = _NO_VALUE, *, flag: str | None = None) -> str
 
 
 class GeosegError(Exception):
-    """Base class of all geoseg errors."""
+    """Base class of all geoseg errors. Its message never shows a URL's secrets (`redact`)."""
+
+    def __str__(self) -> str:
+        return redact(super().__str__())
 
 
 class UsageError(GeosegError, ValueError):

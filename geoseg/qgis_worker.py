@@ -31,7 +31,7 @@ from typing import Any, TextIO
 
 from geoseg import errors
 from geoseg.core.segmenter import Backend, load_segmenter
-from geoseg.errors import GeosegError, GeosegWarning, ModelLoadError, UsageError
+from geoseg.errors import GeosegError, GeosegWarning, ModelLoadError, UsageError, redact
 from geoseg.io.inputs import list_inputs, resolve
 from geoseg.run import pipeline
 from geoseg.run.checks import check_run
@@ -166,7 +166,7 @@ def run(job: dict[str, Any], emit: Emit) -> int:
         import traceback
 
         traceback.print_exc()
-        emit("error", kind="run", text=f"{type(e).__name__}: {e}")
+        emit("error", kind="run", text=redact(f"{type(e).__name__}: {e}"))
         return 1
     finally:
         errors.provider_terms = None

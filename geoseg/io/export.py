@@ -31,7 +31,7 @@ import pyogrio
 from pyproj import CRS
 from shapely.geometry import MultiPolygon
 
-from geoseg.errors import DiskFullError, GeosegError, OutputCRSWarning, OutputError, RunError, disk_full, option
+from geoseg.errors import DiskFullError, GeosegError, OutputCRSWarning, OutputError, RunError, disk_full, option, redact
 from geoseg.io import files
 
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf", ".parquet": "Parquet",
@@ -169,7 +169,7 @@ class Writer:
         self.driver = DRIVERS[self.path.suffix.lower()]
         self.layer = layer if self.driver == "GPKG" else self.path.stem
         self.crs_requested = crs_requested
-        self.meta = json.dumps(provenance or {}, default=str)
+        self.meta = redact(json.dumps(provenance or {}, default=str))
         # every temporary file starts so; unique per writer, so that aborting one never removes another's
         self.prefix = f".{self.path.stem}.{os.getpid()}-{files.HOST_TAG}.{secrets.token_hex(3)}.tmp."
         self.tmp = self.path.with_name(self.prefix + self.path.suffix[1:])

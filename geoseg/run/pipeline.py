@@ -22,7 +22,7 @@ import geopandas as gpd
 import pyogrio
 
 from geoseg.core.segmenter import Segmenter, as_segmenter, check_takes_exemplars
-from geoseg.errors import EmptyRasterWarning, GeosegError, OutsideAreaError, RunError, UsageError
+from geoseg.errors import EmptyRasterWarning, GeosegError, OutsideAreaError, RunError, UsageError, redact
 from geoseg.io import export, rasterize, stac, upload
 from geoseg.io.inputs import list_inputs, resolve
 from geoseg.io.sources import is_mosaic, unique_names
@@ -224,7 +224,7 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Engine, wo
 
 
 def _failed(result: FileResult, work: WorkDir, path: Any, error: Exception) -> None:
-    message = str(error) if isinstance(error, GeosegError) else f"{type(error).__name__}: {error}"
+    message = str(error) if isinstance(error, GeosegError) else redact(f"{type(error).__name__}: {error}")
     result.state, result.error = "failed", message
     work.fail(path, message)
     log.error("%s: %s", result.source, message)

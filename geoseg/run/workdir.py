@@ -122,9 +122,9 @@ def identity(source: Any) -> dict[str, Any]:
     """What tells an input file apart from a changed one: path, size, mtime
     (of each member file, for a mosaic)."""
     path = _key(source)
-    info: dict[str, Any] = {"path": path}
+    info: dict[str, Any] = {"path": errors.redact(path)}  # a signed URL's signature stays out of the folder
     if is_mosaic(source):
-        info["members"] = mosaic_identity(source)
+        info["members"] = [[errors.redact(m[0]), *m[1:]] for m in mosaic_identity(source)]
     if os.path.isfile(path):
         st = os.stat(path)
         info.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
@@ -272,13 +272,13 @@ class WorkDir:
     def fail(self, source: Any, message: str | None) -> None:
         """Record (or clear, with None) the error that stopped `source`."""
         failures = _read_json(self.path / FAILED_FILE, {})
-        key = _key(source) if is_mosaic(source) else str(source)
+        key = errors.redact(_key(source) if is_mosaic(source) else str(source))
         if failures.get(key) == message:
             return
         if message is None:
             del failures[key]
         else:
-            failures[key] = message
+            failures[key] = errors.redact(message)
         _atomic_json(self.path / FAILED_FILE, failures)
 
     @staticmethod
