@@ -231,3 +231,35 @@ def test_python_runs_a_shard_named_as_the_whole_collection(folder, tmp_path):
     with pytest.raises(UsageError, match="output_dir="):
         run_pipeline(folder, settings, LocalEngine(load_segmenter("colors")), output=tmp_path / "x.gpkg",
                      shard=(1, 3))
+
+
+def test_combine_refuses_a_missing_shard_mixed_settings_and_a_failed_file(folder, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    for k in (1, 2):
+        assert segment(folder, "--shard", f"{k}/3", "--output-dir", out).exit_code == 0
+    assert sorted(p.name for p in out.glob(".geoseg-shard-*")) == [".geoseg-shard-1-of-3.json",
+                                                                     ".geoseg-shard-2-of-3.json"]
+    line = one_line_error(run("combine", out, "-o", tmp_path / "all.gpkg"))
+    assert line.endswith("shard 3/3 has not finished (2 of 3 have): run it first (--shard 3/3), then combine")
+    r = run("segment", folder, "--shard", "3/3", "--output-dir", out, "-p", "red", "-p", "blue", "--backend",
+            "colors", "--tile-size", "320", "--overlap", "32", "-q")  # another tiling: other objects
+    assert r.exit_code == 0, r.output
+    line = one_line_error(run("combine", out, "-o", tmp_path / "all.gpkg"))
+    assert "shard 3/3 was made with --tile-size 320, shard 1/3 with --tile-size 256: rerun that shard" in line
+    assert not (tmp_path / "all.gpkg").exists()
+
+
+def test_combine_refuses_a_shard_that_failed_on_a_file(tmp_path):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    out.mkdir()
+    for seed, name in enumerate(["a.tif", "c.tif"]):
+        make_scene(folder / name, size=300, seed=seed, n_objects=5)
+    good = (folder / "a.tif").read_bytes()
+    (folder / "broken.tif").write_bytes(good[: len(good) // 3])
+    k = next(k for k in (1, 2) if shards.member("broken.tif", (k, 2)))
+    for j in (1, 2):
+        segment(folder, "--shard", f"{j}/2", "--output-dir", out)
+    line = one_line_error(run("combine", out, "-o", tmp_path / "all.gpkg"))
+    assert line.endswith(f"shard {k}/2 failed on broken.tif: rerun it (--shard {k}/2), then combine")

@@ -24,6 +24,7 @@ import pyogrio
 from geoseg.core.segmenter import Segmenter, as_segmenter, check_takes_exemplars
 from geoseg.errors import EmptyRasterWarning, GeosegError, OutsideAreaError, RunError, UsageError, redact
 from geoseg.io import export, rasterize, stac, upload
+from geoseg.io.buckets import is_url
 from geoseg.io.inputs import list_inputs, resolve
 from geoseg.io.sources import is_mosaic, unique_names
 from geoseg.run import rowshards, shards, workdir, workers
@@ -75,12 +76,15 @@ def run(
                                          work_dir=work_dir, restart=restart)
         return Summary([FileResult(names[0], state="done", tiles=tiles)], time.perf_counter() - start,
                        outputs=[str(part)])
+    every = names
     if shard is not None:
         shard = shards.check(shard, output, output_dir, raster_out)
         paths, names = shards.select(paths, names, shard)
         work_dir = work_dir if work_dir is not None else default_work_dir(output, output_dir, shard, layer)
         if not paths:
-            log.info("shard %d/%d holds none of the %d inputs: nothing to do", *shard, len(names))
+            log.info("shard %d/%d holds none of the %d inputs: nothing to do", *shard, len(every))
+            if not is_url(output_dir):
+                shards.write_manifest(output_dir, shard, every, fingerprint(settings, engine), [], layer)
             return Summary([])
     remote = remote_outputs(output, output_dir, work_dir, shard, fmt, names, overwrite, layer)
     before: list[FileResult] = []
@@ -119,6 +123,8 @@ def run(
     finally:
         work.close()
     summary.seconds = time.perf_counter() - start
+    if shard is not None and remote is None:  # what `combine` checks: every shard there, of one setting
+        shards.write_manifest(output_dir, shard, every, work.settings, summary.files, layer)
     if remote is not None:  # before the work folder goes: a failed upload is retried by a rerun
         upload.publish(remote, summary, before)
     if temporary or not summary.failed:

@@ -29,8 +29,10 @@ from pyproj import CRS
 from geoseg.core.vectorize import parse_crs
 from geoseg.errors import OutputError, UsageError, option
 from geoseg.io import export
+from geoseg.io.files import replace as move_into_place
 from geoseg.io.inputs import visible_files
 from geoseg.run.assemble import read_chunks
+from geoseg.run.workdir import show
 
 log = logging.getLogger("geoseg")
 
@@ -84,6 +86,80 @@ def find_outputs(folder: Path, exclude: Path | None = None) -> list[Path]:
     skip = exclude.resolve() if exclude is not None else None
     found = [p for p in visible_files(folder) if p.name.lower().endswith(SUFFIXES) and p.resolve() != skip]
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+MANIFEST = re.compile(r"\.geoseg-shard-(\d+)-of-(\d+)\.json")
+
+
+def write_manifest(folder: str | os.PathLike[str], shard: Shard, names: list[str], settings: dict[str, Any],
+                   results: list[Any], layer: str) -> Path:
+    """Record in `folder` that shard `shard` is done: the collection (`names`), the
+    settings fingerprint, and per input of the shard its state and output (from the
+    runs' `FileResult`s), so that `combine` can tell a missing or mixed shard."""
+    k, n = shard
+    path = Path(folder) / f".geoseg-shard-{k}-of-{n}.json"
+    manifest = {"shard": [k, n], "inputs": names, "settings": settings, "layer": layer,
+                "files": {f.source: {"state": f.state, "output": None if f.output is None else
+                                     Path(f.output).relative_to(folder).as_posix()} for f in results}}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, default=str))
+    move_into_place(tmp, path)
+    return path
+
+
+def _manifests(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
+    found = sorted(p for p in folder.iterdir() if MANIFEST.fullmatch(p.name))
+    out = []
+    for p in found:
+        try:
+            out.append((p, json.loads(p.read_text())))
+        except ValueError:
+            k, n = MANIFEST.fullmatch(p.name).groups()  # type: ignore[union-attr]
+            raise UsageError(f"{p} is damaged: rerun shard {k}/{n} (--shard {k}/{n}) to write it again") from None
+    return out
+
+
+def _from_manifests(folder: Path, layer: str) -> list[Path] | None:
+    """The outputs the shards' manifests list, checked to be one complete set made
+    with one set of settings; None where the folder has no manifest (older outputs)."""
+    loaded = _manifests(folder)
+    if not loaded:
+        return None
+    first_path, first = loaded[0]
+    n = first["shard"][1]
+    for p, m in loaded[1:]:
+        if m["shard"][1] != n or m["inputs"] != first["inputs"]:
+            raise UsageError(f"{p} is shard {m['shard'][0]}/{m['shard'][1]} of {len(m['inputs'])} inputs, "
+                             f"{first_path} shard {first['shard'][0]}/{n} of {len(first['inputs'])}: remove the "
+                             f"shards of the other run")
+        for key in sorted(set(m["settings"]) | set(first["settings"])):
+            a, b = m["settings"].get(key), first["settings"].get(key)
+            if a != b:
+                raise UsageError(f"shard {m['shard'][0]}/{n} was made with {key} {show(a)}, shard "
+                                 f"{first['shard'][0]}/{n} with {key} {show(b)}: rerun that shard with the same "
+                                 f"settings")
+        if m["layer"] != first["layer"]:
+            raise UsageError(f"shard {m['shard'][0]}/{n} wrote layer {m['layer']!r}, shard {first['shard'][0]}/{n} "
+                             f"layer {first['layer']!r}: rerun that shard with the same --layer")
+    have = {m["shard"][0] for _, m in loaded}
+    missing = [k for k in range(1, n + 1) if k not in have]
+    if missing:
+        raise UsageError(f"{folder}: shard {missing[0]}/{n} has not finished ({len(have)} of {n} have): run it "
+                         f"first (--shard {missing[0]}/{n}), then combine")
+    outputs = []
+    for _, m in sorted(loaded, key=lambda pm: pm[1]["shard"][0]):
+        for name, f in m["files"].items():
+            if f["state"] == "failed":
+                raise UsageError(f"shard {m['shard'][0]}/{n} failed on {name}: rerun it (--shard "
+                                 f"{m['shard'][0]}/{n}), then combine")
+            if f["output"] is not None:
+                path = folder / f["output"]
+                if not path.is_file():
+                    raise UsageError(f"{path} is missing: shard {m['shard'][0]}/{n} wrote it; rerun that shard")
+                outputs.append(path)
+    if first["layer"] != layer:
+        raise UsageError(f"the shards wrote layer {first['layer']!r}: pass {option('layer', first['layer'])}")
+    return sorted(outputs, key=lambda p: p.relative_to(folder).as_posix())
 
 
 def _layer(path: Path, layer: str) -> str | None:
@@ -152,7 +228,8 @@ def combine(folder: str | os.PathLike[str], output: str | os.PathLike[str], *, l
         raise UsageError(f"{folder}: no such folder: give the --output-dir of the shards")
     target = export.check_output(output, overwrite, layer)
     crs = None if dst_crs is None else parse_crs(dst_crs)
-    files = find_outputs(folder, exclude=target)
+    listed = _from_manifests(folder, layer)
+    files = find_outputs(folder, exclude=target) if listed is None else listed
     if not files:
         raise UsageError(f"{folder}: holds no geoseg output ({', '.join(SUFFIXES)}), also in its subfolders: "
                          f"give the --output-dir of the shards")
@@ -177,6 +254,9 @@ def combine(folder: str | os.PathLike[str], output: str | os.PathLike[str], *, l
             "sources": [s for p in files for s in _sources(p, layer)]}
     if crs is not None:
         meta["dst_crs"] = crs.to_string()
+    if listed is None:
+        log.info("%s: no shard manifest (outputs of an older geoseg): every output found is combined, and a "
+                 "missing shard cannot be told", folder)
     n = 0
     with export.Writer(target, layer=layer, overwrite=overwrite, provenance=meta,
                        crs_requested=crs is not None) as writer:
