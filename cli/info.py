@@ -10,11 +10,14 @@ import click
 
 from geoseg.cli import echo, main
 from geoseg.cli.options import area_options, read_options, tiling_options
-from geoseg.core.refine import RESOLVED, object_scale, suggested_zoom
+from geoseg.core.refine import MODEL_INPUT, RESOLVED, Refine, object_scale, suggested_zoom
 from geoseg.core.segmenter import check_prompts
 from geoseg.errors import OutsideAreaError, UsageError
 from geoseg.io.area import Area
+from geoseg.io.exemplars import place, read_exemplars
 from geoseg.io.inputs import list_inputs
+from geoseg.io.raster import ReadOptions
+from geoseg.io.sources import unique_names
 from geoseg.run.inspection import describe
 from geoseg.run.workdir import WorkDir, read_settings
 
@@ -27,10 +30,12 @@ from geoseg.run.workdir import WorkDir, read_settings
 @area_options
 @click.option("--object-size", type=click.FloatRange(min=0, min_open=True), default=None, metavar="METRES",
               help="Show how large objects of this size look to SAM 3 at each zoom level, and the --zoom to use.")
+@click.option("--exemplars", default=None, metavar="FILE",
+              help="Show the tile each exemplar box is encoded on and its size in model pixels.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info(inputs: tuple[str, ...], prompts: tuple[str, ...], tile_size: int, overlap: int, bands: str | None,
          resolution: float | None, pixel_coords: bool, bbox: str | None, bbox_crs: str | None, aoi: str | None,
-         object_size: float | None, as_json: bool) -> None:
+         object_size: float | None, exemplars: str | None, as_json: bool) -> None:
     """Show size, CRS, dtype, nodata, tiles and area of rasters, or the status of
     an interrupted run's work folder (OUT.geoseg-work)."""
     works = [i for i in inputs if read_settings(i) is not None]
@@ -48,8 +53,12 @@ def info(inputs: tuple[str, ...], prompts: tuple[str, ...], tile_size: int, over
         for d in plans:
             if not d.get("outside"):
                 d["object_size"] = _object_size(d, object_size)
+    boxes = None if exemplars is None else _exemplars(exemplars, paths, tile_size, overlap,
+                                                      ReadOptions.of(bands=bands, resolution=resolution,
+                                                                     pixel_coords=pixel_coords))
     if as_json:
-        echo(json.dumps({"prompts": checked, "rasters": plans}, indent=2))
+        more = {} if boxes is None else {"exemplars": boxes}
+        echo(json.dumps({"prompts": checked, "rasters": plans, **more}, indent=2))
         return
     for d in plans:
         if d.get("outside"):
@@ -69,6 +78,25 @@ def info(inputs: tuple[str, ...], prompts: tuple[str, ...], tile_size: int, over
                    + _object_line(d.get("object_size")))
     if checked:
         echo(f"prompts: {', '.join(checked)}")
+    for b in boxes or []:
+        sign = "positive" if b["positive"] else "negative"
+        what = f"prompt {b['prompt']!r}" if b["prompt"] is not None else "no prompt"
+        echo(f"box {b['box']} ({what}, {sign}): encoded on {b['source']} tile {b['tile']}, "
+             f"{b['size_px'][0]:g} x {b['size_px'][1]:g} px = {b['model_px'][0]:g} x {b['model_px'][1]:g} model px")
+
+
+def _exemplars(path: str, inputs: list[str], tile_size: int, overlap: int, read: ReadOptions) -> list[dict[str, Any]]:
+    """Where each box of an exemplar file is encoded, and how large the model sees it (at level 0)."""
+    file = read_exemplars(path)
+    names = unique_names(inputs)
+    out = []
+    for p in place(file, inputs, read, tile_size=tile_size, overlap=overlap, refine=Refine()):
+        x0, y0, x1, y1 = p.xyxy
+        size = [round(x1 - x0, 1), round(y1 - y0, 1)]
+        out.append({"box": p.box + 1, "prompt": file.labels[p.box], "positive": file.positive[p.box],
+                    "source": names[p.source], "tile": p.tile, "size_px": size,
+                    "model_px": [round(v * MODEL_INPUT / tile_size, 1) for v in size]})
+    return out
 
 
 def _object_size(d: dict[str, Any], metres: float) -> dict[str, Any]:

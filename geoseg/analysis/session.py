@@ -23,10 +23,12 @@ import numpy as np
 
 from geoseg.analysis.plot import plot
 from geoseg.core import merge, vectorize
+from geoseg.core.exemplars import Exemplars, WithExemplars
 from geoseg.core.refine import Refine
-from geoseg.core.segmenter import Backend, Segmenter, as_segmenter, check_prompts
+from geoseg.core.segmenter import Backend, Segmenter, as_segmenter, check_prompts, check_takes_exemplars
 from geoseg.core.tiling import TilePlan, plan_tiles
 from geoseg.errors import EmptyRasterWarning
+from geoseg.io.exemplars import prepare, read_exemplars
 from geoseg.io.raster import RasterSource, ReadOptions
 from geoseg.io.sources import source_name
 from geoseg.run.assemble import combine_frames, objects, provenance
@@ -44,6 +46,8 @@ class Segmentation:
         tile_size, overlap, bands, resolution, stretch, pixel_coords: as `geoseg.segment`.
         saturation, refine_depth, zoom: dense scenes, as `geoseg.segment`.
         progress: show a progress bar while the tiles are read and encoded.
+        exemplars: boxes around examples, as `geoseg.segment`; their tokens are
+            encoded once in the session.
 
     Example:
         >>> seg = Segmentation("ortho.tif", model="facebook/sam3")
@@ -66,6 +70,7 @@ class Segmentation:
         saturation: float = 0.8,
         refine_depth: int = 2,
         zoom: int = 0,
+        exemplars: Any = None,
         **backend_options: Any,
     ) -> None:
         self.source = source
@@ -74,7 +79,11 @@ class Segmentation:
         with RasterSource(source, self.read) as src:  # fails on a bad input before the model loads
             self.plan: TilePlan = plan_tiles(src.height, src.width, tile_size, overlap)
             self.transform, self.crs = src.transform, src.crs
+        self.exemplars = None if exemplars is None else read_exemplars(exemplars)
+        if self.exemplars is not None:
+            check_takes_exemplars(segmenter)
         self.segmenter = Backend(as_segmenter(segmenter, **backend_options))
+        self.tokens: dict[Any, Any] = {}  #: encoded exemplars, by level and concept
         self.name = source_name(source)
         # the cascade: each call is one prompt set, so no neighbour levels are kept between calls
         self.refine = Refine.of(saturation=saturation, depth=refine_depth, zoom=zoom, tile_size=tile_size,
@@ -93,8 +102,10 @@ class Segmentation:
 
         return tqdm(total=len(self.plan), desc=self.name, unit="tile", disable=not self.progress, leave=False)
 
-    def _pieces(self, prompts: list[str]) -> list[merge.Piece]:
-        backend = _Reusing(self.segmenter, self.features) if self.caches_features else self.segmenter
+    def _pieces(self, prompts: list[str], exemplars: Exemplars | None = None) -> list[merge.Piece]:
+        backend: Any = _Reusing(self.segmenter, self.features) if self.caches_features else self.segmenter
+        if exemplars is not None:
+            backend = WithExemplars(backend, exemplars, self.segmenter.encode_exemplars, self.tokens)
         pieces: list[merge.Piece] = []
         self._nodata = 0
         with RasterSource(self.source, self.read) as src, self._bar() as bar:
@@ -109,7 +120,7 @@ class Segmentation:
 
     def segment(
         self,
-        prompts: str | Sequence[str],
+        prompts: str | Sequence[str] | None = None,
         *,
         dst_crs: Any = None,
         simplify: float | None = None,
@@ -118,13 +129,18 @@ class Segmentation:
         """Segment the raster with `prompts`; the same GeoDataFrame `geoseg.segment` returns."""
         import warnings
 
+        text = check_prompts(prompts or []) if self.exemplars is None or prompts else []
+        labels, only = (text, []) if self.exemplars is None else self.exemplars.concepts(text)[:2]
         settings = Settings(
-            prompts=check_prompts(prompts), tile_size=self.tile_size, overlap=self.overlap, read=self.read,
+            prompts=labels, tile_size=self.tile_size, overlap=self.overlap, read=self.read,
             dst_crs=None if dst_crs is None else vectorize.parse_crs(dst_crs), simplify=simplify, min_area=min_area,
-            refine=self.refine,
+            refine=self.refine, exemplars=self.exemplars, only=tuple(only),
         )
-        self.segmenter.check_prompts(settings.prompts)
-        pieces = self._pieces(settings.prompts)
+        self.segmenter.check_prompts(settings.text_prompts)
+        placed = None if self.exemplars is None else prepare(
+            self.exemplars, [self.source], self.read, text, tile_size=self.tile_size, overlap=self.overlap,
+            refine=self.refine)
+        pieces = self._pieces(settings.prompts, placed)
         if self._nodata == len(self.plan):
             warnings.warn(f"{self.name}: every pixel is nodata: no object can be found", EmptyRasterWarning,
                           stacklevel=2)
@@ -140,8 +156,9 @@ class Segmentation:
         return plot(self.source, gdf, **kwargs)
 
     def clear(self) -> None:
-        """Drop the cached features (frees the device memory they hold)."""
+        """Drop the cached features and exemplar tokens (frees the device memory they hold)."""
         self.features.clear()
+        self.tokens.clear()
 
     def __repr__(self) -> str:
         return (
@@ -160,11 +177,11 @@ class _Reusing:
         self.backend, self.features = backend, features
         self.name, self.batch_size, self.max_objects = backend.name, backend.batch_size, backend.max_objects
 
-    def segment(self, tiles: np.ndarray, prompts: Sequence[str]) -> list[Any]:
+    def segment(self, tiles: np.ndarray, prompts: Sequence[str], exemplars: dict[str, Any] | None = None) -> list[Any]:
         keys = [hashlib.blake2b(t.tobytes(), digest_size=16, person=str(t.shape).encode()[:16]).digest()
                 for t in tiles]
         new = [i for i, k in enumerate(keys) if k not in self.features]
         if new:
             for i, f in zip(new, self.backend.vision_features(tiles[new]), strict=True):
                 self.features[keys[i]] = f
-        return self.backend.segment_features([self.features[k] for k in keys], prompts)
+        return self.backend.segment_features([self.features[k] for k in keys], prompts, exemplars)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from geoseg.core.exemplars import EncodedExemplars
 from geoseg.core.segmenter import Detection, check_prompts
 from geoseg.errors import ModelLoadError, PromptError, RunError, UsageError, option
 
@@ -47,6 +48,7 @@ HEAD_ROWS = 16
 GATHER_PIXELS = 2**26
 # Seconds to wait for the hub's answer before loading a hub id (see `_check_hub`).
 HUB_TIMEOUT = 2.0
+VISUAL = "visual"  # SAM 3's text for a concept given by exemplars alone (as Sam3Processor puts it)
 
 
 class Sam3Segmenter:
@@ -171,8 +173,10 @@ class Sam3Segmenter:
             log.warning("estimated CPU time: %s more for the %d tile(s) x %d prompt(s) left of %d "
                         "(%.2g s per tile, measured)", _duration(per_tile * left), left, n_prompts, n_tiles, per_tile)
 
-    def segment(self, tiles: np.ndarray, prompts: Sequence[str]) -> list[list[Detection]]:
+    def segment(self, tiles: np.ndarray, prompts: Sequence[str],
+                exemplars: dict[str, EncodedExemplars] | None = None) -> list[list[Detection]]:
         """Segment `tiles` (uint8, N x H x W x 3, any H and W) with each prompt; one list per tile.
+        `exemplars`: the encoded exemplars of some prompts (`encode_exemplars`), appended to them.
 
         Runs `batch_size` tiles at a time; on CUDA the next batch goes up while this one
         computes. On CUDA out-of-memory the batch is halved and the same tiles retried,
@@ -182,7 +186,7 @@ class Sam3Segmenter:
 
         tiles = _check_tiles(tiles)
         prompts = list(prompts)
-        self.check_prompts(prompts)
+        self._check_text(prompts, exemplars)
         results: list[list[Detection]] = []
         start, size, lowered = 0, max(1, self.batch_size), False
         started = time.perf_counter()
@@ -191,7 +195,7 @@ class Sam3Segmenter:
             batch = tiles[start : start + size]
             upcoming = tiles[start + len(batch) : start + len(batch) + size]
             try:
-                results.extend(self._segment_batch(batch, prompts, upcoming=upcoming))
+                results.extend(self._segment_batch(batch, prompts, exemplars, upcoming=upcoming))
             except torch.cuda.OutOfMemoryError:
                 self._prefetched = None
                 if size == 1:
@@ -233,12 +237,13 @@ class Sam3Segmenter:
             for i in range(len(tiles))
         ]
 
-    def segment_features(self, features: Sequence[dict[str, Any]], prompts: Sequence[str]) -> list[list[Detection]]:
+    def segment_features(self, features: Sequence[dict[str, Any]], prompts: Sequence[str],
+                         exemplars: dict[str, EncodedExemplars] | None = None) -> list[list[Detection]]:
         """The detection and mask heads only, on features from `vision_features`; one list per tile."""
         import torch
 
         prompts = list(prompts)
-        self.check_prompts(prompts)
+        self._check_text(prompts, exemplars)
         found: list[list[Detection]] = [[] for _ in features]
         step = max(1, self.batch_size)
         for lo in range(0, len(features), step):
@@ -249,7 +254,7 @@ class Sam3Segmenter:
                     index = [i for i, f in enumerate(batch) if tuple(f["size"]) == size]
                     levels = zip(*(batch[i]["fpn_hidden_states"] for i in index))
                     fpn = tuple(torch.cat(level) for level in levels)
-                    for i, detections in zip(index, self._heads(fpn, size[0], size[1], prompts)):
+                    for i, detections in zip(index, self._heads(fpn, size[0], size[1], prompts, exemplars)):
                         found[lo + i].extend(detections)
         return found
 
@@ -281,6 +286,47 @@ class Sam3Segmenter:
                 ).pooler_output
             self._text[prompt] = (features, tokens["attention_mask"])
         return self._text[prompt]
+
+    def _prompt_features(self, prompt: str, exemplars: EncodedExemplars | None) -> tuple[Any, Any]:
+        """A prompt's tokens and mask: its text's (SAM 3's "visual" for an exemplar-only
+        concept), then each of its exemplar token sets, as `Sam3Model.forward` joins them."""
+        import torch
+
+        if exemplars is None:
+            return self._text_features(prompt)
+        features, mask = self._text_features(prompt if exemplars.text else VISUAL)
+        parts = [(features, mask), *((f, m.to(mask.dtype)) for f, m in exemplars.tokens)]
+        return torch.cat([f for f, _ in parts], dim=1), torch.cat([m for _, m in parts], dim=1)
+
+    def _check_text(self, prompts: list[str], exemplars: dict[str, EncodedExemplars] | None) -> None:
+        """`check_prompts` of the prompts read as text (an exemplar-only concept's label is not)."""
+        text = [p for p in prompts if exemplars is None or p not in exemplars or exemplars[p].text]
+        if text or not prompts:
+            self.check_prompts(text)
+
+    # -- exemplars -----------------------------------------------------------------
+
+    def encode_exemplars(self, tile: np.ndarray, boxes: np.ndarray, positive: np.ndarray) -> tuple[Any, Any]:
+        """Run the geometry encoder on boxes (K x 4: x0, y0, x1, y1 in the pixels of `tile`, H x W x 3)
+        against the tile's own vision features, as `Sam3Model.forward` does with `input_boxes`:
+        (tokens 1 x (K + 1) x D, their mask), to append to a prompt on any tile."""
+        import torch
+
+        tile = _check_tiles(np.asarray(tile)[None])
+        height, width = tile.shape[1:3]
+        with torch.inference_mode():
+            vision = self._encode(self._preprocess(tile))
+            xyxy = torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4), device=self.device)
+            xyxy = xyxy / torch.tensor([width, height, width, height], dtype=torch.float32, device=self.device)
+            x0, y0, x1, y1 = xyxy.unbind(-1)  # to (cx, cy, w, h), as the processor does
+            cxcywh = torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)[None]
+            labels = torch.as_tensor(np.asarray(positive, bool), device=self.device).long()[None]
+            out = self.model.geometry_encoder(
+                box_embeddings=cxcywh.to(self.dtype), box_mask=torch.ones_like(labels, dtype=torch.bool),
+                box_labels=labels, img_feats=vision.fpn_hidden_states[:-1],
+                img_pos_embeds=vision.fpn_position_encoding[:-1],
+            )
+        return out.last_hidden_state, out.attention_mask
 
     def _upload(self, tiles: np.ndarray) -> torch.Tensor:
         """uint8 tiles onto the device. On CUDA: from pinned memory, without blocking, on
@@ -341,7 +387,8 @@ class Sam3Segmenter:
         return vision
 
     def _segment_batch(
-        self, tiles: np.ndarray, prompts: list[str], upcoming: np.ndarray | None = None
+        self, tiles: np.ndarray, prompts: list[str], exemplars: dict[str, EncodedExemplars] | None = None,
+        upcoming: np.ndarray | None = None,
     ) -> list[list[Detection]]:
         import torch
 
@@ -350,11 +397,13 @@ class Sam3Segmenter:
             vision = self._encode(self._preprocess(tiles))
             if upcoming is not None:
                 self._prefetch(upcoming)  # queued behind nothing: overlaps the encoder
-            return self._heads(vision.fpn_hidden_states, height, width, prompts)
+            return self._heads(vision.fpn_hidden_states, height, width, prompts, exemplars)
 
-    def _heads(self, fpn: tuple[Any, ...], height: int, width: int, prompts: list[str]) -> list[list[Detection]]:
+    def _heads(self, fpn: tuple[Any, ...], height: int, width: int, prompts: list[str],
+               exemplars: dict[str, EncodedExemplars] | None = None) -> list[list[Detection]]:
         """The detection and mask heads on tiles x prompts rows (prompt-major), up to
-        `HEAD_ROWS` rows per call, on `n` tiles' FPN features; one list per tile."""
+        `HEAD_ROWS` rows per call, on `n` tiles' FPN features; one list per tile. A prompt's
+        exemplar tokens follow its text's; prompts of other lengths are padded (masked out)."""
         import torch
         from transformers.modeling_outputs import BaseModelOutputWithPooling
         from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
@@ -368,7 +417,7 @@ class Sam3Segmenter:
         for lo in range(0, len(prompts), per_call):
             group = prompts[lo : lo + per_call]
             rows = n * len(group)
-            text = [self._text_features(p) for p in group]
+            text = _padded([self._prompt_features(p, (exemplars or {}).get(p)) for p in group])
             features = torch.cat([f.expand(n, -1, -1) for f, _ in text])
             mask = torch.cat([m.expand(n, -1) for _, m in text])
             # The heads use every FPN level but the last; that one is passed along unrepeated.
@@ -451,6 +500,16 @@ class Sam3Segmenter:
                 survivors = members[keep[members]]
                 keep[survivors[self.max_detections :]] = False
         return torch.from_numpy(np.flatnonzero(keep)).to(probs.device)
+
+
+def _padded(prompts: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    """Prompt tokens (1 x L x D) and masks (1 x L) padded to one length with masked-out zeros."""
+    import torch.nn.functional as F
+
+    longest = max(f.shape[1] for f, _ in prompts)
+    return [(f, m) if f.shape[1] == longest else
+            (F.pad(f, (0, 0, 0, longest - f.shape[1])), F.pad(m, (0, longest - m.shape[1])))
+            for f, m in prompts]
 
 
 def _check_tiles(tiles: np.ndarray) -> np.ndarray:

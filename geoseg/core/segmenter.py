@@ -114,7 +114,7 @@ class Backend:
 
     def check_prompts(self, prompts: Sequence[str]) -> None:
         check = getattr(self.segmenter, "check_prompts", None)
-        if callable(check):
+        if callable(check) and prompts:  # none: every concept is given by exemplars
             check(prompts)
 
     def begin(self, n_tiles: int, prompts: list[str]) -> None:
@@ -205,6 +205,7 @@ def check_prompts(prompts: Sequence[str] | str) -> list[str]:
 
 _BUILTIN: dict[str, str] = {
     "sam3": "geoseg.backends.sam3:Sam3Segmenter",
+    "yolo": "geoseg.backends.yolo:YoloSegmenter",
     "colors": "geoseg.testing.segmenters:ColorSegmenter",
 }
 
@@ -243,6 +244,17 @@ def load_segmenter(name: str, **options: Any) -> Segmenter:
     if not callable(getattr(segmenter, "segment", None)):
         raise UsageError(f"backend {name!r} gave an object without a segment(tiles, prompts) method")
     return segmenter  # type: ignore[no-any-return]
+
+
+def preferred_resolution(segmenter: Segmenter | str, **options: Any) -> float | None:
+    """The ground pixel size a model was trained at (CRS units), read before it loads: a
+    backend's `preferred_resolution(**options)`, or a segmenter object's `resolution`; None for
+    models that take any (SAM 3). A run without its own resolution reads at this one."""
+    if isinstance(segmenter, str):
+        hook = getattr(_resolve(segmenter), "preferred_resolution", None)
+        return hook(**{k: v for k, v in options.items() if v is not None}) if callable(hook) else None
+    value = getattr(segmenter, "resolution", None)
+    return None if value is None else float(value)
 
 
 def as_segmenter(segmenter: Segmenter | str, **options: Any) -> Segmenter:

@@ -25,7 +25,7 @@ from pyproj import CRS
 from geoseg.core.exemplars import MIN_MODEL_PX, Exemplars, Shot, concepts, home_tile, model_px
 from geoseg.core.refine import Refine, levels
 from geoseg.core.tiling import plan_tiles
-from geoseg.errors import UsageError, option
+from geoseg.errors import RasterError, UsageError, option
 from geoseg.io.raster import RasterSource, ReadOptions
 from geoseg.io.sources import source_name
 from geoseg.io.vectors import read_vector
@@ -147,7 +147,13 @@ def place(file: ExemplarFile, paths: list[Any], read: ReadOptions, *, tile_size:
     found: dict[int, Placed] = {}
     first = levels(tile_size, overlap)[refine.zoom][0]
     for s, path in enumerate(paths):
-        with RasterSource(path, whole) as src:
+        try:
+            src = RasterSource(path, whole)
+        except RasterError:
+            if len(paths) == 1:
+                raise
+            continue  # with several inputs, a broken one is the run's to report, as that file's failure
+        with src:
             px = in_pixels(file, src)
             plan = plan_tiles(src.height, src.width, tile_size, overlap)
             for k, (x0, y0, x1, y1) in enumerate(px):
