@@ -281,3 +281,14 @@ def test_the_log_file_gets_every_line_a_run_prints(tmp_path):
     assert "exists" in again and again.removeprefix("geoseg: ") in log.read_text()
     assert all(line.split(" ", 3)[2] in ("INFO", "WARNING", "ERROR") for line in log.read_text().splitlines()
                if line.strip() and line[:2] == "20")  # each line with its time and level
+
+
+def test_a_warning_that_needs_no_pixels_comes_before_the_model_loads(tmp_path):
+    scene = make_scene(tmp_path / "scene.tif", size=256, seed=1)
+    r = run("segment", scene, "-p", "red", "-o", tmp_path / "a.geojson", "--dst-crs", "EPSG:32617",
+            "--model", tmp_path / "no-model")  # SAM 3 from a folder that is not there: refused as it loads
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 2, r.output
+    assert lines[0] == (f"geoseg: warning: {tmp_path / 'a.geojson'}: GeoJSON is always EPSG:4326 (RFC 7946); use "
+                        f".gpkg to keep EPSG:32617")
+    assert "no-model" in lines[1] and lines[1].startswith("geoseg: error: ")

@@ -155,27 +155,27 @@ class Writer:
     `commit()` renames it into place, so a failed run writes nothing.
 
     GeoJSON is written in EPSG:4326 (RFC 7946); a warning says so when another
-    CRS was asked for (`crs_requested`). GeoPackage, GeoJSON, FlatGeobuf and
+    CRS was asked for (`crs`), as it is made. GeoPackage, GeoJSON, FlatGeobuf and
     Shapefile are appended to chunk by chunk; GeoParquet is written whole at
     `commit()`. Into an existing GeoPackage only `layer` is written (see the
     module docstring); the layer of other formats is named after the file.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, layer: str = "detections", overwrite: bool = False,
-                 provenance: dict[str, Any] | None = None, crs_requested: bool = False, multi: bool = True) -> None:
+                 provenance: dict[str, Any] | None = None, crs: Any = None, multi: bool = True) -> None:
         self.path = check_output(path, overwrite, layer)
         self.overwrite = overwrite
         self.multi = multi  # False: keep Polygons and MultiPolygons as they are (a staging file)
         self.driver = DRIVERS[self.path.suffix.lower()]
         self.layer = layer if self.driver == "GPKG" else self.path.stem
-        self.crs_requested = crs_requested
+        if crs is not None:  # said before any work
+            warn_crs(self.path, crs)
         self.meta = redact(json.dumps(provenance or {}, default=str))
         # every temporary file starts so; unique per writer, so that aborting one never removes another's
         self.prefix = f".{self.path.stem}.{os.getpid()}-{files.HOST_TAG}.{secrets.token_hex(3)}.tmp."
         self.tmp = self.path.with_name(self.prefix + self.path.suffix[1:])
         self._chunks: list[gpd.GeoDataFrame] = []  # Parquet only
         self._written = False
-        self._warned = False
         self._original: tuple[int, int] | None = None  # the GeoPackage as the write began: size, mtime
 
     def _start(self) -> None:
@@ -212,10 +212,6 @@ class Writer:
 
     def _write(self, gdf: gpd.GeoDataFrame) -> None:
         if self.driver == "GeoJSON" and gdf.crs is not None and not CRS(gdf.crs).equals(CRS.from_epsg(4326)):
-            if self.crs_requested and not self._warned:
-                warnings.warn(f"{self.path}: GeoJSON is always EPSG:4326 (RFC 7946); use .gpkg to keep "
-                              f"{gdf.crs.to_string()}", OutputCRSWarning, stacklevel=2)
-                self._warned = True
             gdf = gdf.to_crs(4326)
         if self.driver == "Parquet":
             self._chunks.append(gdf)
@@ -308,6 +304,13 @@ class Writer:
         self.abort()  # after a commit there is nothing left to remove
 
 
+def warn_crs(path: str | os.PathLike[str], crs: Any) -> None:
+    """Warn that a GeoJSON `path` is written in EPSG:4326 whatever `crs` was asked for (RFC 7946)."""
+    if DRIVERS.get(Path(path).suffix.lower()) == "GeoJSON" and not CRS(crs).equals(CRS.from_epsg(4326)):
+        warnings.warn(f"{path}: GeoJSON is always EPSG:4326 (RFC 7946); use .gpkg to keep {CRS(crs).to_string()}",
+                      OutputCRSWarning, stacklevel=3)
+
+
 def remove_dead_temporaries(path: Path) -> None:
     """Remove the temporary files of output `path` left by runs killed while writing it
     (their process gone from this host); never a live run's, nor another host's."""
@@ -321,10 +324,10 @@ def remove_dead_temporaries(path: Path) -> None:
 
 def write(
     gdf: gpd.GeoDataFrame, path: str | os.PathLike[str], *, layer: str = "detections",
-    overwrite: bool = False, provenance: dict[str, Any] | None = None, crs_requested: bool = False,
+    overwrite: bool = False, provenance: dict[str, Any] | None = None, crs: Any = None,
 ) -> Path:
     """Write `gdf` to `path` atomically, with provenance (see `Writer`)."""
-    with Writer(path, layer=layer, overwrite=overwrite, provenance=provenance, crs_requested=crs_requested) as w:
+    with Writer(path, layer=layer, overwrite=overwrite, provenance=provenance, crs=crs) as w:
         w.write(gdf)
         return w.commit(gdf)
 

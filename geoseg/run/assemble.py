@@ -155,8 +155,7 @@ def write_output(output: Any, results: list[Path], sources: list[str], layer: st
     `files`: what the run did with those inputs (their refinement and cost, for the provenance)."""
     meta = provenance(engine, settings, sources, files)
     try:
-        w = export.Writer(output, layer=layer, overwrite=overwrite, provenance=meta,
-                          crs_requested=settings.dst_crs is not None)
+        w = export.Writer(output, layer=layer, overwrite=overwrite, provenance=meta)  # CRS: warned by check_run
     except UsageError as e:  # the output appeared during the run: a failure of the run, whose work is kept
         raise RunError(str(e)) from None
     with w:

@@ -70,6 +70,9 @@ def check_run(paths: list[Any], settings: Settings, *, output: Any = None, outpu
             export.check_output(_probe(out), overwrite, layer)
     if output is not None:
         export.check_output(output, overwrite or export.output_key(output, layer) in own, layer)
+    if settings.dst_crs is not None:  # warned now, not once the model has run
+        export.warn_crs(output if output is not None else f"{output_dir}/*{export.FORMATS.get(fmt, '')}",
+                        settings.dst_crs)
     if len(paths) == 1:  # several: each file's faults are its own, reported by the run
         with RasterSource(paths[0], settings.read) as src:
             if _local_file(paths[0]):  # a cut copy: GDAL opens it, then fails on the blocks that are gone

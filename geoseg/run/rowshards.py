@@ -239,7 +239,7 @@ def combine(folder: Path, output: str | os.PathLike[str], *, layer: str = "detec
         if settings.dst_crs is not None:
             meta["dst_crs"] = settings.dst_crs.to_string()
         with export.Writer(target, layer=layer, overwrite=overwrite, provenance=meta,
-                           crs_requested=settings.dst_crs is not None) as w:
+                           crs=settings.dst_crs) as w:
             assembler = Assembler(w, collect=False)
             assembler.add(objects)
             w.commit(assembler.empty if assembler.empty is not None else empty_frame())

@@ -259,7 +259,7 @@ def combine(folder: str | os.PathLike[str], output: str | os.PathLike[str], *, l
                  "missing shard cannot be told", folder)
     n = 0
     with export.Writer(target, layer=layer, overwrite=overwrite, provenance=meta,
-                       crs_requested=crs is not None) as writer:
+                       crs=crs) as writer:
         columns: list[str] | None = None
         empty = None
         for path in files:
