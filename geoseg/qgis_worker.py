@@ -137,6 +137,9 @@ def run(job: dict[str, Any], emit: Emit) -> int:
         settings = Settings.of(job["prompts"], **common)
         paths = resolve(inputs, mosaic=bool(job.get("mosaic")), settings=settings)
         check_run(paths, settings, **out)  # before the model loads: a bad BANDS is refused in a second
+        if job.get("check"):  # the dialog's check of its parameters: no model, no run
+            emit("done", output=None, objects=0, crs=None, provenance={})
+            return 0
         backend = job.get("backend") or "sam3"
         options = {k: job.get(k) for k in ("model", "device", "score_threshold", "mask_threshold")}
         if backend == "colors":  # the test backend has no model

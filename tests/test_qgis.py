@@ -501,3 +501,13 @@ def test_processing_renders_a_web_layer(qgis_profile, tmp_path):
         assert got["error"].count(words) == 1 and got["pid"] is None, got
     got = run_in_qgis(qgis_profile, {**params, "WEB_RESOLUTION": 0.01})  # 40 000 pixels a side: refused
     assert "more than 25000 a side: choose a coarser WEB_RESOLUTION" in got["error"] and got["pid"] is None, got
+
+
+@pytest.mark.qgis
+def test_a_usage_error_is_said_once_before_the_run_starts(qgis_profile, scene, tmp_path):
+    # the worker's own checks (here BANDS against the raster) run from the dialog's check of its
+    # parameters, with no model: QGIS shows the message once, and no run is started
+    got = run_in_qgis(qgis_profile, {"INPUT": scene, "PROMPTS": "red", **COLORS, "BANDS": "1,2,9",
+                                     "OUTPUT": str(tmp_path / "o.gpkg")})
+    assert got["error"].count("BANDS 9 is out of range") == 1 and got["pid"] is None, got
+    assert "bands=" not in got["error"] and not (tmp_path / "o.gpkg").exists()

@@ -253,11 +253,32 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         if not ok:
             return ok, message
         try:
-            self.plan(parameters, context)
-            self.python()
+            job, web = self.plan(parameters, context)
+            python = self.python()
         except QgsProcessingException as e:
             return False, str(e)
+        if web is None:  # a web layer is rendered by the run: its checks come then
+            problem = self.check_in_worker(python, job, parameters, context)
+            if problem:
+                return False, problem
         return True, ""
+
+    def check_in_worker(self, python: str, job: dict[str, Any], parameters: dict[str, Any], context: Any) -> str:
+        """The worker's own checks (inputs, bands, area, output), made without loading the model:
+        a usage error said once, in seconds; "" when there is none."""
+        folder = Path(tempfile.mkdtemp(prefix="geoseg_qgis_check_"))
+        try:
+            aoi = self.parameterAsSource(parameters, self.AOI, context)
+            job = {**job, "check": True, "output": str(folder / "objects.fgb")}
+            if aoi is not None:  # as the run takes it (`processAlgorithm`)
+                box, box_crs = job.pop("bbox", None), job.pop("bbox_crs", None)
+                job["aoi"] = export_aoi(aoi, folder / "aoi.gpkg", context, box, box_crs)
+            run_worker(python, job, lambda event: None, lambda: False)
+        except WorkerError as e:
+            return f"geoseg: {e}" if e.kind in ("usage", "model") else ""  # others: the run reports them
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return ""
 
     def prepareAlgorithm(self, parameters: dict[str, Any], context: Any, feedback: Any) -> bool:  # noqa: N802
         # on the main thread: layers (and the clone of a web layer's provider) are read here, not in the worker thread
