@@ -8,7 +8,8 @@ geoseg's environment. Protocol: one JSON job on stdin, JSON lines on stdout::
              "device": ..., "score_threshold": ..., "tile_size": ..., "overlap": ..., "bands": ...,
              "dst_crs": ..., "min_area": ..., "resolution": ..., "mask_threshold": ...,
              "bbox": [minx, miny, maxx, maxy], "bbox_crs": ..., "aoi": "aoi.gpkg",
-             "mosaic": true, "refine_depth": 2, "zoom": 0}   (optional keys may be absent)
+             "exemplars": "exemplars.gpkg", "mosaic": true, "refine_depth": 2, "zoom": 0}
+            (optional keys may be absent; "prompts" may be empty with "exemplars")
     lines:  {"type": "info" | "warning", "text": ...}
             {"type": "progress", "value": 0.0 .. 1.0}
             {"type": "done", "output": ..., "objects": N, "crs": ..., "provenance": {...}}
@@ -30,7 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from geoseg import errors
-from geoseg.core.segmenter import Backend, load_segmenter
+from geoseg.core.segmenter import Backend, check_takes_exemplars, load_segmenter, preferred_resolution
 from geoseg.errors import GeosegError, GeosegWarning, ModelLoadError, UsageError, redact
 from geoseg.io.inputs import list_inputs, resolve
 from geoseg.run import pipeline
@@ -75,8 +76,11 @@ class ProgressSegmenter:
         self.inner.begin(n_tiles, prompts)
         self._report()
 
-    def segment(self, tiles: Any, prompts: Sequence[str]) -> Any:
-        result = self.inner.segment(tiles, prompts)
+    def encode_exemplars(self, tile: Any, boxes: Any, positive: Any) -> Any:
+        return self.inner.encode_exemplars(tile, boxes, positive)
+
+    def segment(self, tiles: Any, prompts: Sequence[str], **exemplars: Any) -> Any:
+        result = self.inner.segment(tiles, prompts, **exemplars)
         self.done += len(tiles)
         self._report()
         return result
@@ -109,7 +113,7 @@ class _LogToProtocol(logging.Handler):
 
 #: Python parameter -> the Processing provider's (geoseg/qgis/algorithm.py), for messages
 PROVIDER_TERMS = {"prompts": "PROMPTS", "bbox": "EXTENT", "bbox_crs": "EXTENT", "dst_crs": "TARGET_CRS",
-                  "segmenter": "BACKEND", "output": "OUTPUT"}
+                  "segmenter": "BACKEND", "output": "OUTPUT", "exemplars": "EXEMPLARS"}
 
 
 def run(job: dict[str, Any], emit: Emit) -> int:
@@ -128,10 +132,12 @@ def run(job: dict[str, Any], emit: Emit) -> int:
     try:
         inputs = list_inputs(job["inputs"])
         # Only the keys given: a geoseg without them still runs the jobs that do not use them.
-        where = {k: job[k] for k in ("bbox", "bbox_crs", "aoi") if job.get(k) is not None}
+        where = {k: job[k] for k in ("bbox", "bbox_crs", "aoi", "exemplars") if job.get(k) is not None}
         where.update({k: int(job[k]) for k in ("refine_depth", "zoom") if job.get(k) is not None})
         common = dict(tile_size=int(job.get("tile_size") or 1008), overlap=int(job.get("overlap", 128)),
-                      bands=job.get("bands") or None, resolution=job.get("resolution"),
+                      bands=job.get("bands") or None,
+                      resolution=job.get("resolution") or preferred_resolution(job.get("backend") or "sam3",
+                                                                               model=job.get("model")),
                       dst_crs=job.get("dst_crs") or None, min_area=job.get("min_area"), **where)
         out = dict(output=job["output"], layer=job.get("layer") or "detections", overwrite=bool(job.get("overwrite")))
         settings = Settings.of(job["prompts"], **common)
@@ -141,6 +147,8 @@ def run(job: dict[str, Any], emit: Emit) -> int:
             emit("done", output=None, objects=0, crs=None, provenance={})
             return 0
         backend = job.get("backend") or "sam3"
+        if settings.exemplars is not None:
+            check_takes_exemplars(backend)
         options = {k: job.get(k) for k in ("model", "device", "score_threshold", "mask_threshold")}
         if backend == "colors":  # the test backend has no model
             options.pop("model")

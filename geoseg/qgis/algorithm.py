@@ -32,7 +32,7 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
-from .layers import Render, crs_text, export_aoi, is_file_layer, plan_render, render, stamp
+from .layers import Render, crs_text, export_aoi, export_exemplars, is_file_layer, plan_render, render, stamp
 from .runner import SETTING, Cancelled, WorkerError, check_python, find_python, not_found_message, run_worker
 
 HELP = """Finds the objects named by the prompts in a raster layer with SAM 3 and writes one polygon per object, \
@@ -45,8 +45,12 @@ recursively), written into the same output.
 <b>Treat the inputs as one mosaic</b>: read all inputs as one raster (adjacent or overlapping tiles of a survey): \
 objects on file edges come back once and whole; the first input wins where files overlap (as --mosaic).
 <b>Prompts</b>: comma-separated or one per line ("building, swimming pool").
-<b>Model</b>: a Hugging Face id (facebook/sam3: accept its licence and run `hf auth login` once) or a local folder.
+<b>Model</b>: a Hugging Face id (facebook/sam3: accept its licence and run `hf auth login` once) or a local folder; \
+with the <b>yolo</b> backend (advanced), the folder of a student trained by `geoseg train`, read at its resolution.
 <b>Extent</b>, <b>Area of interest</b>: keep the objects whose centre lies inside (as --bbox and --aoi).
+<b>Exemplars</b>: a layer of boxes drawn around a few examples of what to find, anywhere on the inputs; a text field \
+<b>prompt</b> ties a box to a prompt or names a concept of its own; a boolean field <b>positive</b> set false \
+marks an example of what not to find (default true). Prompts are then optional (as --exemplars; docs/exemplars.md).
 <b>Tile size</b>, <b>overlap</b>: tiling in pixels; objects crossing tile seams are merged into one.
 <b>Refinement depth</b>: a tile whose detections fill the model's capacity (SAM 3: 200 objects) is \
 segmented again in 2 x 2 sub-tiles, down to this many levels (0: never; as --refine-depth).
@@ -75,6 +79,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
     MODEL = "MODEL"
     EXTENT = "EXTENT"
     AOI = "AOI"
+    EXEMPLARS = "EXEMPLARS"
     TILE_SIZE = "TILE_SIZE"
     OVERLAP = "OVERLAP"
     REFINE_DEPTH = "REFINE_DEPTH"
@@ -115,7 +120,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             self.MOSAIC, "Treat the inputs as one mosaic (adjacent tiles: objects on file edges come back once)",
             defaultValue=False))
         self.addParameter(QgsProcessingParameterString(self.PROMPTS, "Prompts (comma-separated or one per line)",
-                                                       multiLine=True))
+                                                       multiLine=True, optional=True))
         self.addParameter(QgsProcessingParameterString(self.MODEL, "Model (Hugging Face id or folder)",
                                                        defaultValue="facebook/sam3"))
         self.addParameter(QgsProcessingParameterExtent(
@@ -123,6 +128,9 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterFeatureSource(
             self.AOI, "Area of interest (objects whose centre is in its polygons)", [QgsProcessing.TypeVectorPolygon],
             optional=True))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            self.EXEMPLARS, "Exemplars: boxes around examples of what to find (fields prompt, positive: optional)",
+            [QgsProcessing.TypeVectorAnyGeometry], optional=True))
         self.addParameter(QgsProcessingParameterNumber(self.TILE_SIZE, "Tile size (pixels)", integer, 1008,
                                                        minValue=16))
         self.addParameter(QgsProcessingParameterNumber(self.OVERLAP, "Overlap (pixels)", integer, 128, minValue=0))
@@ -146,7 +154,8 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterCrs(self.TARGET_CRS, "Target CRS", "ProjectCrs", optional=True))
         self.addParameter(QgsProcessingParameterNumber(self.MIN_AREA, "Minimum area (m²)", double, optional=True,
                                                        minValue=0))
-        for name, label, default in ((self.BACKEND, "Backend (sam3; colors is the test backend)", "sam3"),
+        for name, label, default in ((self.BACKEND, "Backend (sam3; yolo: a student from `geoseg train`, its folder as "
+                                                    "Model; colors is the test backend)", "sam3"),
                                      (self.DEVICE, "Device (cuda, cuda:1, mps, cpu; empty: best available)", None)):
             param = QgsProcessingParameterString(name, label, defaultValue=default, optional=default is None)
             param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
@@ -183,8 +192,8 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException("MOSAIC: give several layers (MORE_INPUTS) or a FOLDER of tiles to read "
                                          "as one mosaic")
         prompts = split_prompts(self.parameterAsString(parameters, self.PROMPTS, context))
-        if not prompts:
-            raise QgsProcessingException("PROMPTS: give at least one, e.g. building, tree crown")
+        if not prompts and parameters.get(self.EXEMPLARS) in (None, ""):
+            raise QgsProcessingException("PROMPTS: give at least one, e.g. building, tree crown, or EXEMPLARS")
         crs = self.parameterAsCrs(parameters, self.TARGET_CRS, context)
         min_area = self.parameterAsDouble(parameters, self.MIN_AREA, context)
         resolution = self.number(parameters, self.RESOLUTION, context)
@@ -270,6 +279,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         try:
             aoi = self.parameterAsSource(parameters, self.AOI, context)
             job = {**job, "check": True, "output": str(folder / "objects.fgb")}
+            self.add_exemplars(job, parameters, context, folder)
             if aoi is not None:  # as the run takes it (`processAlgorithm`)
                 box, box_crs = job.pop("bbox", None), job.pop("bbox_crs", None)
                 job["aoi"] = export_aoi(aoi, folder / "aoi.gpkg", context, box, box_crs)
@@ -279,6 +289,13 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return ""
+
+    def add_exemplars(self, job: dict[str, Any], parameters: dict[str, Any], context: Any, folder: Path) -> Any:
+        """The EXEMPLARS layer into a GeoPackage for the worker (`job["exemplars"]`); the layer, or None."""
+        source = self.parameterAsSource(parameters, self.EXEMPLARS, context)
+        if source is not None:
+            job["exemplars"] = export_exemplars(source, folder / "exemplars.gpkg", context)
+        return source
 
     def prepareAlgorithm(self, parameters: dict[str, Any], context: Any, feedback: Any) -> bool:  # noqa: N802
         # on the main thread: layers (and the clone of a web layer's provider) are read here, not in the worker thread
@@ -298,6 +315,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
                 job.pop("bbox_crs", None)
                 job["aoi"] = export_aoi(aoi, folder / "aoi.gpkg", context, box, box_crs)
             job["output"] = str(folder / "objects.fgb")  # FlatGeobuf: QGIS's older GDAL reads it quietly
+            exemplars = self.add_exemplars(job, parameters, context, folder)
             try:
                 done = run_worker(python, job, lambda event: self.show(event, feedback), feedback.isCanceled)
             except Cancelled as e:
@@ -315,6 +333,9 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             if aoi is not None:  # the temporary file is gone: name the layer
                 within = f" within EXTENT {','.join(f'{v:.15g}' for v in box)} [{box_crs}]" if box else ""
                 provenance["area"] = f"--aoi {aoi.sourceName()} (QGIS layer){within}"
+            if exemplars is not None:  # the temporary file is gone: name the layer
+                digest = str(provenance.get("exemplars", "")).rpartition(" ")[2]
+                provenance["exemplars"] = f"{exemplars.sourceName()} (QGIS layer) {digest}".strip()
             where = stamp(dest, provenance)
             feedback.pushInfo(f"provenance: {where}" if where else "provenance: not stored (not a file output)")
             return {self.OUTPUT: dest}

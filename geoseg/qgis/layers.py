@@ -118,6 +118,29 @@ def render(plan: Render, path: Path, context: Any, feedback: Any) -> str:
     return str(path)
 
 
+def export_exemplars(source: Any, path: Path, context: Any) -> str:
+    """The EXEMPLARS layer's features (geometry, and its prompt and positive fields where it has them)
+    into a GeoPackage for the worker; returns its path."""
+    fields = QgsFields()
+    for name in ("prompt", "positive"):
+        k = source.fields().indexFromName(name)
+        if k >= 0:
+            fields.append(source.fields().at(k))
+    options = QgsVectorFileWriter.SaveVectorOptions()
+    options.driverName, options.layerName = "GPKG", "exemplars"
+    writer = QgsVectorFileWriter.create(str(path), fields, source.wkbType(), source.sourceCrs(),
+                                        context.transformContext(), options)
+    if writer.hasError() != QgsVectorFileWriter.NoError:
+        raise QgsProcessingException(f"EXEMPLARS: cannot write its boxes to {path}: {writer.errorMessage()}")
+    for feature in source.getFeatures():
+        out = QgsFeature(fields)
+        out.setGeometry(feature.geometry())
+        out.setAttributes([feature[name] for name in fields.names()])
+        writer.addFeature(out)
+    del writer  # closes the file
+    return str(path)
+
+
 def export_aoi(source: Any, path: Path, context: Any, bbox: list[float] | None = None,
                bbox_crs: str | None = None) -> str:
     """The AOI's polygons (geometry only), cut to `bbox` (in `bbox_crs`) when given, into a GeoPackage for
