@@ -17,6 +17,7 @@ format  # geoseg/testing/http.py Handler.log_message
 
 # Hooks assigned for the interpreter or a library to call.
 _.showwarning  # warnings.showwarning = ... (cli/__init__.py, geoseg/qgis_worker.py)
+_.msg  # cli/__init__.py _Redact: a log record's message, read by the handler's formatter
 __getattr__  # geoseg/__init__.py: module __getattr__ (PEP 562) for the lazy names
 __dir__  # geoseg/__init__.py: module __dir__ (PEP 562), lists the lazy names
 _.__class__  # geoseg/analysis/plot.py: makes the module callable, geoseg.plot(...)
