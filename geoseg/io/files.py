@@ -77,6 +77,7 @@ class Lock:
     def acquire(self) -> dict[str, Any] | None:
         """Take the lock: None once taken, or the live holder's record."""
         f = open(self.path, "a+")  # noqa: SIM115  (kept open: closing it releases the lock)
+        f.seek(0)  # Windows locks from the position on
         try:
             _try_lock(f)
         except OSError:
