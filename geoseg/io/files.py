@@ -53,12 +53,14 @@ HOST_TAG = hashlib.sha1(HOST.encode()).hexdigest()[:6]  # this host, in temporar
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process `pid` runs on this host."""
+    """Whether process `pid` runs on this host (on Windows, where os.kill would end it: always taken as alive)."""
+    if os.name == "nt":
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):  # someone else's process, or a platform that cannot tell: alive
+    except OSError:  # someone else's process: alive
         return True
     return True
 
@@ -81,12 +83,10 @@ class Lock:
         try:
             _try_lock(f)
         except OSError:
-            f.seek(0)
-            holder = _record(f.read())
+            holder = _read_record(f)
             f.close()
             return holder
-        f.seek(0)
-        self.stale = _record(f.read())
+        self.stale = _read_record(f)
         f.seek(0)
         f.truncate()
         f.write(json.dumps({"pid": os.getpid(), "host": HOST, "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
@@ -115,14 +115,16 @@ def holder(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         try:
             _try_lock(f)
         except OSError:
-            return _record(f.read())
+            return _read_record(f)
         return None  # closing the file unlocks it
 
 
-def _record(text: str) -> dict[str, Any]:
+def _read_record(f: Any) -> dict[str, Any]:
+    """The record in the open lock file `f`; {} where there is none (or Windows keeps a locked file from being read)."""
     try:
-        value = json.loads(text)
-    except ValueError:
+        f.seek(0)
+        value = json.loads(f.read())
+    except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
 
