@@ -25,10 +25,15 @@ _.__class__  # geoseg/analysis/plot.py: makes the module callable, geoseg.plot(.
 # Click commands: registered by their decorators, called by click.
 evaluate_cmd  # cli/evaluate.py, `geoseg evaluate`
 export_dataset_cmd  # cli/export_dataset.py, `geoseg export-dataset`
+train_cmd  # cli/train.py, `geoseg train`
+distill_cmd  # cli/distill.py, `geoseg distill`
 install  # cli/qgis.py, `geoseg qgis install`
 
 # Entry points and the contract.
 Sam3Segmenter  # pyproject.toml [project.entry-points."geoseg.backends"] and segmenter._BUILTIN name it as a string
+YoloSegmenter  # the same, for the yolo student
+_.check_font  # geoseg.backends.yolo: Ultralytics' font download replaced (read by Ultralytics)
+_.NUM_THREADS  # geoseg.backends.yolo: the torch threads Ultralytics sets (read by Ultralytics)
 FullSegmenter  # geoseg/core/segmenter.py: the written contract (a Protocol) that backend authors implement
 
 # QGIS calls these (plugin loader, Processing framework, QgsVectorFileWriter options).

@@ -176,8 +176,17 @@ def _add_verbose(group: click.Group) -> None:
                                            callback=_verbose, help=VERBOSE_HELP))
 
 
-from geoseg.cli import combine, evaluate, export_dataset, info, qgis, segment  # noqa: E402,F401  (commands register on main)
+from geoseg.cli import (  # noqa: E402,F401  (commands register on main)
+    combine,
+    distill,
+    evaluate,
+    export_dataset,
+    info,
+    qgis,
+    segment,
+    train,
+)
 
 _add_verbose(main)
 
-__all__ = ["main", "combine", "evaluate", "export_dataset", "info", "qgis", "segment"]
+__all__ = ["main", "combine", "distill", "evaluate", "export_dataset", "info", "qgis", "segment", "train"]

@@ -353,6 +353,7 @@ def export_dataset(
             "rasters": [{"path": str(r.path), "name": r.stem, "crs": CRS(r.crs).to_wkt(), "transform": r.transform,
                          "height": r.height, "width": r.width} for r in planned],
             "format": fmt, "image_format": image_format, "chip_size": chip_size, "overlap": overlap,
+            "bands": None if read.bands is None else list(read.bands),
             "block_size_chips": size, "split": dict(zip(SPLITS, fractions)), "seed": seed, "min_area_px": min_area,
             "categories": names, "summary": {k: v for k, v in summary.__dict__.items() if k != "out_dir"},
             "chips": [{k: c[k] for k in ("file", "source", "split", "row", "col", "block", "objects")}

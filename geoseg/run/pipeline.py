@@ -21,7 +21,7 @@ from typing import Any
 import geopandas as gpd
 import pyogrio
 
-from geoseg.core.segmenter import Segmenter, as_segmenter, check_takes_exemplars
+from geoseg.core.segmenter import Segmenter, as_segmenter, check_takes_exemplars, preferred_resolution
 from geoseg.errors import EmptyRasterWarning, GeosegError, OutsideAreaError, RunError, UsageError, redact
 from geoseg.io import export, rasterize, stac, upload
 from geoseg.io.buckets import is_url
@@ -367,6 +367,8 @@ def segment(
     Raises:
         RunError: with several inputs, when some failed (the others are written).
     """
+    if resolution is None:  # a student reads at the resolution it was trained at
+        resolution = preferred_resolution(segmenter, **backend_options)
     settings = Settings.of(prompts, tile_size=tile_size, overlap=overlap, bands=bands, resolution=resolution,
                            stretch=stretch, pixel_coords=pixel_coords, dst_crs=dst_crs, simplify=simplify,
                            min_area=min_area, progress=progress, bbox=bbox, bbox_crs=bbox_crs, aoi=aoi,

@@ -1,0 +1,269 @@
+"""Distilling a teacher (SAM 3) into a fast student, in one call.
+
+rasters + prompts -> sample blocks cut out as GeoTIFFs (`sample/`) -> the
+teacher labels them (`teacher.gpkg`, `teacher-heldout.gpkg`) -> a YOLO dataset
+of the training blocks (`dataset/`) -> a student (`model/`) -> the student on
+the held-out blocks, scored against the teacher there (F1 at IoU 0.5) and
+timed against it on the same pixels -> the student over every raster
+(`student.gpkg`) -> `report.json` and `report.txt`.
+
+The sample is a set of square blocks (2 chips a side) of the rasters: those
+touching `sample_aoi`, or a random `sample_fraction` of them. Each block is
+its own small raster: the teacher sees exactly what the chips show, so an
+object cut by a block edge is labelled as cut, as the student sees it. A
+share `holdout` of the blocks (at least one) is kept out of training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import shapely
+from pyproj import CRS
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+
+from geoseg.analysis.dataset import export_dataset, to_pixels
+from geoseg.analysis.evaluate import evaluate
+from geoseg.analysis.train import train
+from geoseg.backends.yolo import import_ultralytics
+from geoseg.core.segmenter import check_prompts
+from geoseg.errors import OutputError, UsageError, option
+from geoseg.io.inputs import list_inputs
+from geoseg.io.sources import unique_names
+from geoseg.io.vectors import polygons_only, read_vector
+from geoseg.run.pipeline import segment
+
+log = logging.getLogger("geoseg")
+
+REPORT = "report.json"
+
+
+@dataclass(frozen=True)
+class Block:
+    """One sample block: a window of one raster, cut out to `path`."""
+
+    raster: Any
+    window: Window
+    path: Path
+    heldout: bool
+
+
+def plan_blocks(rasters: list[Any], size: int, *, aoi: Any = None, fraction: float | None = None,
+                seed: int = 0) -> list[tuple[Any, Window]]:
+    """The sample's blocks (`size` px a side, clipped to each raster): those touching `aoi`'s
+    polygons, or a random `fraction` of all blocks (at least two)."""
+    grid = []
+    for path in rasters:
+        with rasterio.open(path) as src:
+            area = None
+            if aoi is not None:
+                polys = aoi.to_crs(src.crs) if aoi.crs is not None and not CRS(aoi.crs).equals(CRS(src.crs)) else aoi
+                area = shapely.union_all(to_pixels(np.asarray(polys.geometry.values), src.transform))
+            for row in range(0, src.height, size):
+                for col in range(0, src.width, size):
+                    w = Window(col, row, min(size, src.width - col), min(size, src.height - row))
+                    box = shapely.box(col, row, col + w.width, row + w.height)
+                    if area is None or shapely.intersection(area, box).area > 0:
+                        grid.append((path, w))
+    if fraction is not None:
+        rng = np.random.default_rng(seed)
+        n = min(len(grid), max(2, math.ceil(fraction * len(grid))))
+        grid = [grid[k] for k in sorted(rng.choice(len(grid), n, replace=False))]
+    return grid
+
+
+def cut_blocks(blocks: list[tuple[Any, Window]], names: list[str], folder: Path, holdout: float,
+               seed: int) -> list[Block]:
+    """Write each block as a GeoTIFF (the raster's bands and type as they are); deal `holdout` of them
+    (at least one, and one left to train on) to the held-out part."""
+    if len(blocks) < 2:
+        raise UsageError(f"the sample holds {len(blocks)} block: it needs two or more (one to train on, one "
+                         f"held out); give a larger {option('sample_fraction')} or {option('sample_aoi')}")
+    rng = np.random.default_rng(seed + 1)
+    n_held = min(len(blocks) - 1, max(1, round(holdout * len(blocks))))
+    held = set(rng.choice(len(blocks), n_held, replace=False).tolist())
+    folder.mkdir(parents=True)
+    out = []
+    for k, ((raster, w), name) in enumerate(zip(blocks, names)):
+        part = "heldout" if k in held else "train"
+        path = folder / part / f"{name}_r{w.row_off}_c{w.col_off}.tif"
+        path.parent.mkdir(exist_ok=True)
+        with rasterio.open(raster) as src:
+            meta = src.profile | {"driver": "GTiff", "height": w.height, "width": w.width,
+                                  "transform": window_transform(w, src.transform), "compress": "deflate"}
+            meta.pop("blockxsize", None), meta.pop("blockysize", None), meta.pop("tiled", None)
+            with rasterio.open(path, "w", **meta) as dst:
+                dst.write(src.read(window=w))
+        out.append(Block(raster, w, path, k in held))
+    return out
+
+
+def check_out(out_dir: str | os.PathLike[str], overwrite: bool) -> Path:
+    out = Path(out_dir)
+    shown = option("out_dir", str(out), flag="-o")
+    if not out.parent.is_dir():
+        raise OutputError(f"{shown}: folder {str(out.parent)!r} does not exist: create it first")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / REPORT).is_file() and not (out / "sample").is_dir():
+            raise OutputError(f"{shown} is not empty and holds no geoseg distillation: choose a new or empty folder")
+        if not overwrite:
+            raise OutputError(f"{shown} holds a distillation: pass {option('overwrite', True)} to replace it")
+        shutil.rmtree(out)
+    elif out.exists() and not out.is_dir():
+        raise OutputError(f"{shown} is a file: give a folder")
+    return out
+
+
+def distill(rasters: Any, prompts: Any, out_dir: str | os.PathLike[str], *, teacher: str = "sam3",
+            teacher_options: dict[str, Any] | None = None, sample_aoi: Any = None,
+            sample_fraction: float | None = None, holdout: float = 0.2, chip_size: int = 512,
+            tile_size: int = 1008, overlap: int = 128, epochs: int = 100, patience: int = 20,
+            batch_size: int = 16, device: str | None = None, weights: str | None = None, seed: int = 0,
+            workers: int = 2, run_all: bool = True, progress: bool = False, overwrite: bool = False,
+            **hyper: Any) -> dict[str, Any]:
+    """Label a sample with `teacher`, train a student on it, score and time it, and run it over `rasters`.
+
+    Args:
+        rasters: files or folders (each raster is sampled on its own).
+        prompts: what the teacher finds; they become the student's classes.
+        teacher, teacher_options: a registered backend ("sam3"; "colors" in tests) and its options.
+        sample_aoi, sample_fraction: the sample: blocks touching these polygons, or this share of all
+            blocks (exactly one of the two).
+        holdout: the share of the sample's blocks kept out of training, to score the student on.
+        chip_size: training chip side; sample blocks are 2 chips a side.
+        tile_size, overlap: the tiling of every run (teacher and student).
+        epochs, patience, batch_size, device, weights, workers, hyper: for `train`.
+        run_all: also run the student over every raster (student.gpkg).
+    Returns the report (also written to report.json and report.txt in `out_dir`).
+    """
+    prompts = check_prompts(prompts)
+    if (sample_aoi is None) == (sample_fraction is None):
+        raise UsageError(f"name the sample to label with the teacher: {option('sample_aoi', 'FILE')} or "
+                         f"{option('sample_fraction', 0.1)}")
+    if sample_fraction is not None and not 0 < sample_fraction <= 1:
+        raise UsageError(f"{option('sample_fraction', sample_fraction)}: give a share in (0, 1]")
+    if not 0 < holdout < 1:
+        raise UsageError(f"{option('holdout', holdout)}: give a share in (0, 1)")
+    import_ultralytics()  # before any work: without it, one line saying what to install
+    out = check_out(out_dir, overwrite)
+    paths = list_inputs(rasters)
+    aoi = None if sample_aoi is None else polygons_only(read_vector(sample_aoi, name="sample_aoi"), "sample_aoi")
+    steps: dict[str, float] = {}
+    clock = _Clock(steps)
+    (out / ".work").mkdir(parents=True, exist_ok=True)
+    options = dict(teacher_options or {})
+
+    with clock("sample"):
+        planned = plan_blocks(paths, 2 * chip_size, aoi=aoi, fraction=sample_fraction, seed=seed)
+        stems = [str(n).rsplit(".", 1)[0].replace("/", "_") for n in unique_names(paths)]
+        names = [stems[paths.index(r)] for r, _ in planned]
+        blocks = cut_blocks(planned, names, out / "sample", holdout, seed)
+    train_paths = [str(b.path) for b in blocks if not b.heldout]
+    held_paths = [str(b.path) for b in blocks if b.heldout]
+    common = dict(tile_size=tile_size, overlap=overlap, progress=progress)
+    log.info("distill: the %s teacher labels %d sample blocks", teacher, len(blocks))
+    with clock("teacher"):
+        labels = segment(train_paths, prompts, segmenter=teacher, output=out / "teacher.gpkg",
+                         work_dir=out / ".work" / "teacher", **common, **options)
+    with clock("teacher_heldout"):
+        truth = segment(held_paths, prompts, segmenter=teacher, output=out / "teacher-heldout.gpkg",
+                        work_dir=out / ".work" / "teacher-heldout", **common, **options)
+    found = sorted(set(labels["label"]))
+    missing = [p for p in prompts if p not in found]
+    if not found:
+        raise UsageError(f"the {teacher} teacher found none of {', '.join(prompts)} in the sample's training "
+                         f"blocks: nothing to learn; check the prompts or sample another area")
+    with clock("dataset"):
+        export_dataset(train_paths, out / "teacher.gpkg", out / "dataset", fmt="yolo", chip_size=chip_size,
+                       seed=seed)
+    with clock("train"):
+        info = train(out / "dataset", out / "model", epochs=epochs, patience=patience, batch_size=batch_size,
+                     device=device, weights=weights, seed=seed, workers=workers, progress=progress, **hyper)
+    student = {"model": str(out / "model")} | ({"device": device} if device else {})
+    with clock("student_heldout"):
+        segment(held_paths, found, segmenter="yolo", output=out / "student-heldout.gpkg",
+                work_dir=out / ".work" / "student-heldout", **common, **student)
+    scored = evaluate(out / "student-heldout.gpkg", out / "teacher-heldout.gpkg", iou=0.5)
+    if run_all:
+        with clock("student_all"):
+            segment(paths, found, segmenter="yolo", output=out / "student.gpkg", work_dir=out / ".work" / "student",
+                    **common, **student)
+    shutil.rmtree(out / ".work", ignore_errors=True)
+    held_px = sum(b.window.width * b.window.height for b in blocks if b.heldout)
+    report = {
+        "geoseg": "distill", "prompts": prompts, "classes": found, "not_found_by_teacher": missing,
+        "teacher": {"backend": teacher, **{k: v for k, v in options.items() if v is not None}},
+        "sample": {"blocks": len(blocks), "block_px": 2 * chip_size, "heldout_blocks": len(held_paths),
+                   "teacher_objects": len(labels), "teacher_objects_heldout": len(truth)},
+        "dataset": info["dataset"]["chips"], "val": info["val"],
+        "training": {k: info["training"][k] for k in ("start", "epochs", "epochs_run", "seconds", "device")},
+        "heldout": {s.label: {"f1": _round(s.f1), "precision": _round(s.precision), "recall": _round(s.recall),
+                              "tp": s.tp, "fp": s.fp, "fn": s.fn} for s in scored.scores},
+        "speed": {"heldout_mpx": round(held_px / 1e6, 3),
+                  "teacher_s": round(steps["teacher_heldout"], 2), "student_s": round(steps["student_heldout"], 2),
+                  "student_vs_teacher": _round(steps["teacher_heldout"] / max(steps["student_heldout"], 1e-9), 2)},
+        "steps_s": {k: round(v, 1) for k, v in steps.items()},
+        "outputs": {"model": "model", "student": "student.gpkg" if run_all else None},
+    }
+    (out / REPORT).write_text(json.dumps(report, indent=1))
+    (out / "report.txt").write_text(format_report(report) + "\n")
+    return report
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The report in a few lines."""
+    a = r["heldout"].get("all", {})
+    s = r["speed"]
+    lines = [
+        f"student for {', '.join(r['classes'])} (teacher: {r['teacher']['backend']})",
+        f"sample: {r['sample']['blocks']} blocks of {r['sample']['block_px']} px, {r['sample']['heldout_blocks']} "
+        f"held out; teacher objects {r['sample']['teacher_objects']} (train) + "
+        f"{r['sample']['teacher_objects_heldout']} (held out); chips {r['dataset']}",
+        f"training: {r['training']['epochs_run']} epochs from {r['training']['start']} in "
+        f"{r['training']['seconds'] / 60:.1f} min on {r['training']['device']}; val mask mAP50 "
+        f"{r['val']['mask_map50']:.3f}",
+        f"held out, student vs teacher at IoU 0.5: F1 {a.get('f1')}, precision {a.get('precision')}, "
+        f"recall {a.get('recall')} (TP {a.get('tp')}, FP {a.get('fp')}, FN {a.get('fn')})",
+    ]
+    for label, v in r["heldout"].items():
+        if label != "all":
+            lines.append(f"  {label}: F1 {v['f1']}")
+    lines.append(f"speed on the held-out blocks ({s['heldout_mpx']} Mpx): teacher {s['teacher_s']} s, student "
+                 f"{s['student_s']} s: the student is {s['student_vs_teacher']}x the teacher's speed")
+    lines.append("time per step (s): " + ", ".join(f"{k} {v}" for k, v in r["steps_s"].items()))
+    if r["not_found_by_teacher"]:
+        lines.append(f"the teacher found no {', '.join(r['not_found_by_teacher'])} in the sample: the student "
+                     f"does not know them")
+    return "\n".join(lines)
+
+
+def _round(v: float, digits: int = 3) -> float | None:
+    return None if v is None or math.isnan(v) else round(float(v), digits)
+
+
+class _Clock:
+    """`with clock("step"):` adds the step's wall time to `steps`."""
+
+    def __init__(self, steps: dict[str, float]) -> None:
+        self.steps = steps
+
+    def __call__(self, name: str) -> _Clock:
+        self.name = name
+        return self
+
+    def __enter__(self) -> None:
+        self.started = time.perf_counter()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.steps[self.name] = time.perf_counter() - self.started

@@ -1,0 +1,258 @@
+"""Training a student: a YOLO dataset from `export-dataset` -> one model folder.
+
+The folder holds `weights.pt` (the epoch best on the val split), `results.csv`
+(the training curve) and `geoseg.json`: classes, chip size, ground resolution
+and bands (so the `yolo` backend reads as the student was trained), the
+dataset's provenance, the training settings and the validation metrics.
+
+Ultralytics runs inside a work folder next to the output (its runs, label
+caches and settings never land in the working directory, the dataset or the
+home folder); the output appears only once training has finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from geoseg.analysis.dataset import MANIFEST as DATASET_MANIFEST
+from geoseg.analysis.dataset import export_dataset
+from geoseg.backends.yolo import MANIFEST, WEIGHTS, file_hash, import_ultralytics, keep_torch_threads
+from geoseg.errors import OutputError, UsageError, option
+from geoseg.io import files
+
+log = logging.getLogger("geoseg")
+
+ARCHITECTURE = "yolo11n-seg.yaml"
+METRICS = {"mask_map50": "metrics/mAP50(M)", "mask_map50_95": "metrics/mAP50-95(M)",
+           "box_map50": "metrics/mAP50(B)", "box_map50_95": "metrics/mAP50-95(B)",
+           "mask_precision": "metrics/precision(M)", "mask_recall": "metrics/recall(M)"}
+
+
+def check_model_dir(out_dir: str | os.PathLike[str], overwrite: bool) -> Path:
+    """The model folder must be new, empty, or one `geoseg train` wrote (with `overwrite`)."""
+    out = Path(out_dir)
+    shown = option("out_dir", str(out), flag="-o")
+    if not out.parent.is_dir():
+        raise OutputError(f"{shown}: folder {str(out.parent)!r} does not exist: create it first")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{shown} is a file: give a folder for the model")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MANIFEST).is_file():
+            raise OutputError(f"{shown} is not empty and holds no geoseg model: choose a new or empty folder")
+        if not overwrite:
+            raise OutputError(f"{shown} holds a model: pass {option('overwrite', True)} to replace it")
+    return out
+
+
+def read_dataset(dataset: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of a YOLO dataset written by `export-dataset`; UsageError naming the fix otherwise."""
+    folder = Path(dataset)
+    try:
+        manifest = json.loads((folder / DATASET_MANIFEST).read_text())
+    except (OSError, ValueError):
+        raise UsageError(f"DATASET {dataset}: no {DATASET_MANIFEST} in it, so export-dataset did not write it; "
+                         f"export one with `geoseg export-dataset RASTERS VECTOR -o DIR --format yolo`, or give "
+                         f"RASTERS VECTOR") from None
+    if manifest.get("format") != "yolo":
+        raise UsageError(f"DATASET {dataset} is in {manifest.get('format')} format: export it again with "
+                         f"--format yolo")
+    summary = manifest.get("summary", {})
+    for split in ("train", "val"):
+        if not summary.get("chips", {}).get(split):
+            raise UsageError(f"DATASET {dataset}: its {split} split holds no chip; export it again from more "
+                             f"rasters or with a smaller --chip-size")
+    return manifest  # type: ignore[no-any-return]
+
+
+def ground_resolution(manifest: dict[str, Any]) -> float | None:
+    """The pixel size of the dataset's rasters (CRS units), or None when they differ (by over 1 %)."""
+    sizes = [abs(float(r["transform"][0])) for r in manifest["rasters"]]
+    if not sizes or max(sizes) > 1.01 * min(sizes):
+        return None
+    return round(sizes[0], 9)
+
+
+def train(dataset: Any, out_dir: str | os.PathLike[str], *, vector: Any = None, epochs: int = 100,
+          patience: int = 20, batch_size: int = 16, device: str | None = None, weights: str | None = None,
+          chip_size: int = 512, label_field: str | None = None, split: str = "0.8,0.2", bands: str | None = None,
+          seed: int = 0, workers: int = 2, progress: bool = False, overwrite: bool = False,
+          **hyper: Any) -> dict[str, Any]:
+    """Train a YOLO segmentation student; return its `geoseg.json`.
+
+    Args:
+        dataset: a YOLO dataset folder from `export_dataset`, or (with `vector`) rasters to export
+            one from first (kept in the model folder, under dataset/).
+        vector: the polygon layer labelling `dataset`'s rasters.
+        epochs, patience: at most this many epochs; stop after `patience` without a better val score.
+        batch_size: chips per step. device: "cpu", "cuda", "cuda:1", "mps" (default: CUDA if any).
+        weights: a checkpoint to start from (e.g. yolo11n-seg.pt, much faster to train) or an
+            architecture yaml; default yolo11n-seg.yaml with random weights (offline).
+        chip_size, label_field, split, bands: for the export (chip_size is also the training size).
+        hyper: other Ultralytics training arguments (lr0, mosaic, degrees, ...).
+    """
+    if epochs < 1 or patience < 1 or batch_size < 1:
+        raise UsageError(f"{option('epochs')}, {option('patience')} and {option('batch_size')} must be 1 or more")
+    out = check_model_dir(out_dir, overwrite)
+    if weights is not None and not weights.endswith(".yaml") and not Path(weights).is_file():
+        raise UsageError(f"{option('weights', weights)}: no such file; download the checkpoint first (geoseg "
+                         f"never does), or leave it out to train from {ARCHITECTURE}")
+    if vector is None:
+        manifest = read_dataset(dataset)
+    import_ultralytics()  # before any work: without it, one line saying what to install
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        if vector is not None:
+            export_dataset(dataset, vector, tmp / "dataset", fmt="yolo", chip_size=chip_size, split=split,
+                           label_field=label_field, bands=bands, seed=seed)
+            dataset = tmp / "dataset"
+            manifest = read_dataset(dataset)
+        info = _fit(Path(dataset), manifest, tmp, epochs=epochs, patience=patience, batch_size=batch_size,
+                    device=device, weights=weights, seed=seed, workers=workers, progress=progress, hyper=hyper)
+        if vector is not None:
+            info["dataset"]["path"] = "dataset"
+        (tmp / MANIFEST).write_text(json.dumps(info, indent=1))
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
+
+
+def _fit(dataset: Path, manifest: dict[str, Any], tmp: Path, *, epochs: int, patience: int, batch_size: int,
+         device: str | None, weights: str | None, seed: int, workers: int, progress: bool,
+         hyper: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from ultralytics import YOLO
+    from ultralytics.utils import LOGGER
+
+    if device is None:
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    on_gpu = device.startswith("cuda")
+    work = tmp / ".work"
+    data = _mirror(dataset, work / "data")
+    model = YOLO(weights or ARCHITECTURE, task="segment")
+    bar = _EpochBar(epochs, progress)
+    model.add_callback("on_fit_epoch_end", bar.update)
+    chip = int(manifest["chip_size"])
+    args = dict(data=str(data), epochs=epochs, patience=patience, batch=batch_size, imgsz=chip,
+                device=device.removeprefix("cuda:") if on_gpu else device, workers=workers, seed=seed,
+                project=str(work), name="run", exist_ok=True, plots=False, amp=on_gpu, verbose=False,
+                flipud=0.5)  # aerial views have no up: flip both ways
+    args.update(hyper)
+    started = time.perf_counter()
+    level = LOGGER.level
+    LOGGER.setLevel(logging.WARNING if not log.isEnabledFor(logging.DEBUG) else level)
+    keep_torch_threads()
+    try:
+        model.train(**args)
+    finally:
+        LOGGER.setLevel(level)
+        bar.close()
+    seconds = time.perf_counter() - started
+    trainer = model.trainer
+    best = Path(trainer.best)
+    if not best.is_file():
+        best = Path(trainer.last)
+    shutil.copyfile(best, tmp / WEIGHTS)
+    periodic = sorted((Path(trainer.save_dir) / "weights").glob("epoch*.pt"))
+    if periodic:  # hyper save_period=N: kept, to score the student as training went on
+        (tmp / "checkpoints").mkdir()
+        for f in periodic:
+            shutil.move(f, tmp / "checkpoints" / f.name)
+    if (Path(trainer.save_dir) / "results.csv").is_file():
+        shutil.copyfile(Path(trainer.save_dir) / "results.csv", tmp / "results.csv")
+    metrics = {k: round(float(trainer.metrics.get(v, float("nan"))), 4) for k, v in METRICS.items()}
+    curve = tmp / "results.csv"
+    epochs_run = max(0, len(curve.read_text().splitlines()) - 1) if curve.is_file() else bar.done
+    shutil.rmtree(work, ignore_errors=True)
+    return {
+        "geoseg": "train", "format": "ultralytics-yolo-segment", "weights": WEIGHTS,
+        "sha256": file_hash(tmp / WEIGHTS),
+        "classes": list(manifest["categories"]), "chip_size": chip, "resolution": ground_resolution(manifest),
+        "crs": _short_crs(manifest),
+        "bands": manifest.get("bands"),
+        "dataset": {"path": str(dataset.resolve()), "vector": manifest.get("vector"),
+                    "rasters": [r["path"] for r in manifest["rasters"]], "chips": manifest["summary"]["chips"],
+                    "objects": manifest["summary"]["objects"], "split": manifest.get("split"),
+                    "seed": manifest.get("seed")},
+        "training": {"start": weights or ARCHITECTURE, "epochs": epochs, "epochs_run": epochs_run,
+                     "patience": patience, "batch_size": batch_size, "imgsz": chip, "device": device,
+                     "seed": seed, "seconds": round(seconds, 1), "ultralytics": _version(),
+                     **{k: v for k, v in hyper.items() if isinstance(v, (int, float, str, bool))}},
+        "val": metrics,
+    }
+
+
+def _short_crs(manifest: dict[str, Any]) -> str | None:
+    from pyproj import CRS
+
+    crs = {CRS(r["crs"]).to_string() for r in manifest["rasters"]}
+    return crs.pop() if len(crs) == 1 else None
+
+
+def _mirror(dataset: Path, where: Path) -> Path:
+    """A data.yaml over the dataset whose label caches Ultralytics writes under `where`, not in the
+    dataset: folders of links to the dataset's files (copies where links are not allowed)."""
+    for kind in ("images", "labels"):
+        for split in sorted(p for p in (dataset / kind).iterdir() if p.is_dir()):
+            (where / kind / split.name).mkdir(parents=True)
+            for f in split.iterdir():
+                try:
+                    os.symlink(f.resolve(), where / kind / split.name / f.name)
+                except OSError:
+                    shutil.copyfile(f, where / kind / split.name / f.name)
+    text = (dataset / "data.yaml").read_text()
+    (where / "data.yaml").write_text(f"path: {json.dumps(str(where.resolve()))}\n{text}")
+    return where / "data.yaml"
+
+
+class _EpochBar:
+    """One line per epoch (a bar on a terminal): epoch, losses, val mask mAP50."""
+
+    def __init__(self, epochs: int, show: bool) -> None:
+        self.done = 0
+        self.bar = None
+        if show:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=epochs, unit="epoch", desc="training", leave=True)
+
+    def update(self, trainer: Any) -> None:
+        if int(trainer.epoch) + 1 <= self.done or int(trainer.epoch) >= int(trainer.epochs):
+            return  # the final evaluation calls back once more
+        self.done = int(trainer.epoch) + 1
+        m = trainer.metrics or {}
+        text = f"val mask mAP50 {float(m.get(METRICS['mask_map50'], float('nan'))):.3f}"
+        if self.bar is not None:
+            self.bar.update(self.done - self.bar.n)
+            self.bar.set_postfix_str(text)
+        else:
+            log.getChild("run.progress").info("epoch %d/%d: %s", self.done, trainer.epochs, text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("ultralytics")
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = out.with_name(f".{out.name}.{os.getpid()}.old")
+        files.replace(out, old)
+        files.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        files.replace(tmp, out)

@@ -1,0 +1,258 @@
+"""The student: `geoseg train` makes a model folder; the `yolo` backend runs it through the pipeline.
+
+The student here is trained for one epoch on a small generated scene: its
+detections are poor but real, enough to check every mechanism (crops in the
+tile frame, seams, resume, QGIS, refusals). How good a student gets is
+benchmarks/distill.py's business.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+from affine import Affine
+from conftest import one_line_error, run
+
+import geoseg
+from geoseg.analysis.dataset import export_dataset
+from geoseg.io.export import read_provenance
+from geoseg.testing import make_scene
+
+PROMPTS = ["red", "green", "blue"]
+NO_NETWORK = """
+import socket, sys
+def deny(*args, **kwargs):
+    sys.stderr.write("NETWORK ATTEMPT %r\\n" % (args[:2],))
+    raise OSError("network blocked by the test")
+socket.getaddrinfo = deny
+socket.create_connection = deny
+connect = socket.socket.connect
+def guarded(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        deny(address)
+    return connect(self, address)
+socket.socket.connect = guarded
+"""
+NO_ULTRALYTICS = "import sys\nsys.modules['ultralytics'] = None\n"
+
+
+def cli(*args, site: str, tmp: Path, cwd: Path | None = None):
+    """Run the geoseg CLI in a fresh Python whose startup runs `site` (a sitecustomize), HOME in `tmp`."""
+    folder = tmp / f"site-{abs(hash(site))}"
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(site)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")]),
+           "HOME": str(tmp / "home"), "OMP_NUM_THREADS": "2"}
+    env.pop("YOLO_CONFIG_DIR", None)
+    (tmp / "home").mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, "-c", "from geoseg.cli import main; main()", *map(str, args)],
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    return make_scene(tmp_path_factory.mktemp("scene") / "scene.tif", size=512, seed=3)
+
+
+@pytest.fixture(scope="module")
+def dataset(scene, tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    geoseg.segment(scene, PROMPTS, segmenter="colors", output=root / "labels.gpkg", tile_size=256, overlap=32)
+    export_dataset(scene, root / "labels.gpkg", root / "dataset", fmt="yolo", chip_size=128)
+    return root / "dataset"
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    """`geoseg train` in a fresh process, the network cut off, HOME and the working folder empty."""
+    tmp = tmp_path_factory.mktemp("train")
+    (tmp / "cwd").mkdir()
+    model = tmp / "student"
+    proc = cli("train", dataset, "-o", model, "--epochs", 1, "--batch-size", 8, "--workers", 0, site=NO_NETWORK,
+               tmp=tmp, cwd=tmp / "cwd")
+    return model, proc, tmp
+
+
+def test_train_makes_a_model_folder_offline_writing_nowhere_else(trained, dataset):
+    model, proc, tmp = trained
+    assert proc.returncode == 0, proc.stderr
+    assert "NETWORK ATTEMPT" not in proc.stderr
+    assert "val mask mAP50" in proc.stderr and "--backend yolo" in proc.stderr
+    assert sorted(p.name for p in model.iterdir()) == ["geoseg.json", "results.csv", "weights.pt"]
+    assert not any((tmp / "cwd").iterdir()) and not any((tmp / "home").iterdir())
+    assert not list(dataset.rglob("*.cache"))  # Ultralytics' label caches stayed in the work folder
+    info = json.loads((model / "geoseg.json").read_text())
+    assert info["classes"] == ["blue", "green", "red"] and info["chip_size"] == 128
+    assert info["resolution"] == 0.5 and info["crs"] == "EPSG:32617" and info["bands"] is None
+    assert info["dataset"]["path"] == str(dataset.resolve()) and info["dataset"]["chips"]["val"] > 0
+    assert info["training"]["epochs_run"] == 1 and info["training"]["start"] == "yolo11n-seg.yaml"
+    assert set(info["val"]) >= {"mask_map50", "mask_map50_95", "box_map50"}
+    from geoseg.backends.yolo import file_hash
+
+    assert info["sha256"] == file_hash(model / "weights.pt")
+
+
+@pytest.fixture(scope="module")
+def student(trained):
+    from geoseg.backends.yolo import YoloSegmenter
+
+    model = trained[0]
+    assert (model / "weights.pt").is_file(), trained[1].stderr
+    # an untrained student scores low: keep everything, to have detections to check
+    return YoloSegmenter(model=str(model), score_threshold=0.0, batch_size=2)
+
+
+def test_masks_are_crops_in_the_tile_frame(student, scene):
+    import rasterio
+
+    with rasterio.open(scene) as src:
+        rgb = np.moveaxis(src.read(), 0, -1)
+    tiles = np.stack([rgb[:200, :130], rgb[300:500, 50:180], rgb[100:300, 382:512]])
+    found = student.segment(tiles, ["red", "blue"])
+    assert len(found) == 3 and sum(len(d) for d in found) > 0
+    # the same tiles through Ultralytics alone: full masks, to place the crops against
+    for tile, dets in zip(tiles, found):
+        assert len(dets) <= student.max_objects
+        assert set(dets.labels.tolist()) <= {"red", "blue"}
+        assert ((dets.scores >= 0) & (dets.scores <= 1)).all()
+        for (r, c), mask in zip(dets.origins, dets.masks):
+            assert mask.dtype == bool and mask.ndim == 2 and mask.any()
+            assert r >= 0 and c >= 0 and r + mask.shape[0] <= 200 and c + mask.shape[1] <= 130
+        ref = student.model.predict([np.ascontiguousarray(tile[..., ::-1])], imgsz=(224, 160), conf=0.0,
+                                    classes=[2, 0], retina_masks=True, verbose=False)[0]
+        full = ref.masks.data.cpu().numpy() > 0.5 if ref.masks is not None else np.zeros((0, 200, 130), bool)
+        placed = np.zeros((len(dets), 200, 130), bool)
+        for k, ((r, c), mask) in enumerate(zip(dets.origins, dets.masks)):
+            placed[k, r:r + mask.shape[0], c:c + mask.shape[1]] = mask
+        kept = full[full.reshape(len(full), -1).any(axis=1)]
+        assert len(kept) == len(placed) and (kept == placed).all()
+
+
+def test_unknown_classes_are_refused_before_any_pixel_is_read(trained, scene, tmp_path):
+    model = trained[0]
+    line = one_line_error(run("segment", scene, "-p", "red", "-p", "tree", "--backend", "yolo", "--model", model,
+                              "-o", tmp_path / "o.gpkg"))
+    assert "'tree'" in line and "blue, green, red" in line
+    assert not (tmp_path / "o.gpkg").exists() and not list(tmp_path.iterdir())
+
+
+def test_a_student_run_is_exact_across_seams(trained, scene, tmp_path):
+    """Through the whole pipeline on a raster of 3 x 3 tiles: objects seen by two tiles come back as one,
+    and the file reads back with the student's provenance (its weights' hash). That a trained student's
+    objects come back whole is measured by benchmarks/distill.py (a held-out scene of 3 x 3 tiles)."""
+    out = tmp_path / "student.gpkg"
+    r = run("segment", scene, "-p", "red,green,blue", "--backend", "yolo", "--model", trained[0],
+            "--score-threshold", "0.0", "--tile-size", 224, "--overlap", 64, "-o", out, "-q")
+    assert r.exit_code == 0, r.output
+    got = pyogrio.read_dataframe(out)
+    assert len(got) > 0 and got["id"].is_unique
+    assert set(got["label"]) <= set(PROMPTS)
+    assert (got["n_tiles"] >= 1).all() and (got["n_tiles"] > 1).any()  # merged across seams
+    assert got.geometry.is_valid.all()
+    xmin, ymin, xmax, ymax = got.total_bounds
+    assert xmin >= 404000 and xmax <= 404000 + 256 and ymin >= 3286000 - 256 and ymax <= 3286000
+    meta = read_provenance(out)
+    assert meta["backend"] == "yolo" and meta["sha256"] == json.loads((trained[0] / "geoseg.json").read_text())[
+        "sha256"]
+
+
+def test_the_student_reads_at_its_training_resolution(trained, tmp_path):
+    """A raster at 0.25 m is read at the 0.5 m the student learnt at, unless --resolution says otherwise."""
+    fine = make_scene(tmp_path / "fine.tif", size=256, seed=5, transform=Affine(0.25, 0, 404000.0, 0, -0.25,
+                                                                                   3286000.0))
+    gdf = geoseg.segment(fine, ["red"], segmenter="yolo", model=str(trained[0]), tile_size=128, overlap=32)
+    assert gdf.attrs["geoseg"]["resolution"] == 0.5
+    gdf = geoseg.segment(fine, ["red"], segmenter="yolo", model=str(trained[0]), tile_size=128, overlap=32,
+                         resolution=0.25)
+    assert gdf.attrs["geoseg"]["resolution"] == 0.25
+
+
+def test_resume_refuses_a_changed_model_file(trained, scene, tmp_path):
+    import shutil
+
+    import torch
+
+    from geoseg.backends.yolo import YoloSegmenter
+
+    model = tmp_path / "student"
+    shutil.copytree(trained[0], model)
+    out, work = tmp_path / "o.gpkg", tmp_path / "work"
+
+    class Interrupted(YoloSegmenter):
+        calls = 0
+
+        def segment(self, tiles, prompts):
+            Interrupted.calls += 1
+            if Interrupted.calls > 2:
+                raise RuntimeError("the device fell over")
+            return super().segment(tiles, prompts)
+
+    with pytest.raises(geoseg.RunError):
+        geoseg.segment(scene, ["red"], segmenter=Interrupted(model=str(model), batch_size=1), tile_size=128,
+                       overlap=32, output=out, work_dir=work)
+    assert work.is_dir() and not out.exists()
+    args = ["segment", scene, "-p", "red", "--backend", "yolo", "--model", model, "--batch-size", 1,
+            "--tile-size", 128, "--overlap", 32, "-o", out, "--work-dir", work]
+    ckpt = torch.load(model / "weights.pt", weights_only=False)
+    ckpt["retrained"] = True  # new weights file, same folder
+    torch.save(ckpt, model / "weights.pt")
+    line = one_line_error(run(*args))
+    assert "--sha256" in line and "--restart" in line
+    assert not out.exists()
+    r = run(*args, "--restart", "-q")
+    assert r.exit_code == 0, r.output
+    assert out.exists()
+
+
+def test_qgis_worker_runs_a_student(trained, scene, tmp_path):
+    out = tmp_path / "out.gpkg"
+    job = {"inputs": [str(scene)], "prompts": ["red", "green"], "output": str(out), "backend": "yolo",
+           "model": str(trained[0]), "device": "cpu", "tile_size": 256, "overlap": 32, "score_threshold": 0.0}
+    proc = subprocess.run([sys.executable, "-m", "geoseg.qgis_worker"], input=json.dumps(job), capture_output=True,
+                          text=True, timeout=300)
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert proc.returncode == 0 and lines[-1]["type"] == "done", (lines, proc.stderr)
+    assert lines[-1]["provenance"]["resolution"] == 0.5
+    assert set(pyogrio.read_dataframe(out)["label"]) <= {"red", "green"}
+
+
+def test_without_ultralytics_train_and_the_backend_say_what_to_install(trained, dataset, scene, tmp_path):
+    r = cli("train", dataset, "-o", tmp_path / "m", site=NO_ULTRALYTICS, tmp=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "pip install 'geoseg[yolo]'" in r.stderr and "Traceback" not in r.stderr
+    r = cli("segment", scene, "-p", "red", "--backend", "yolo", "--model", trained[0], "-o", tmp_path / "o.gpkg",
+            site=NO_ULTRALYTICS, tmp=tmp_path)
+    assert r.returncode == 2 and "pip install 'geoseg[yolo]'" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "m").exists() and not (tmp_path / "o.gpkg").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--model", "{nowhere}"], "no such folder"),
+    (["--model", "{empty}"], "geoseg.json"),
+    ([], "--model DIR"),
+    (["--model", "{model}", "--mask-threshold", "0.4"], "does not take --mask-threshold"),
+])
+def test_bad_student_options_are_one_line(trained, scene, tmp_path, args, words):
+    (tmp_path / "empty").mkdir()
+    names = {"nowhere": tmp_path / "nowhere", "empty": tmp_path / "empty", "model": trained[0]}
+    args = [a.format(**names) for a in args]
+    line = one_line_error(run("segment", scene, "-p", "red", "--backend", "yolo", *args, "-o", tmp_path / "o.gpkg"))
+    assert words in line
+
+
+def test_train_refuses_what_it_cannot_train_on(dataset, tmp_path, scene):
+    line = one_line_error(run("train", scene, "-o", tmp_path / "m"))
+    assert "RASTERS... VECTOR" in line
+    coco = tmp_path / "coco"
+    labels = dataset.parent / "labels.gpkg"
+    export_dataset(scene, labels, coco, chip_size=128)
+    assert "--format yolo" in one_line_error(run("train", coco, "-o", tmp_path / "m"))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    assert "not empty" in one_line_error(run("train", dataset, "-o", tmp_path / "full"))
+    assert "no such file" in one_line_error(run("train", dataset, "-o", tmp_path / "m", "--weights", "nope.pt"))
