@@ -195,7 +195,7 @@ class Sam3Segmenter:
             batch = tiles[start : start + size]
             upcoming = tiles[start + len(batch) : start + len(batch) + size]
             try:
-                results.extend(self._segment_batch(batch, prompts, exemplars, upcoming=upcoming))
+                results.extend(self._segment_batch(batch, prompts, exemplars=exemplars, upcoming=upcoming))
             except torch.cuda.OutOfMemoryError:
                 self._prefetched = None
                 if size == 1:

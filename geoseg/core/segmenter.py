@@ -147,11 +147,6 @@ class Backend:
         more = {} if exemplars is None else {"exemplars": exemplars}
         return self.segmenter.segment_features(features, prompts, **more)  # type: ignore[attr-defined, no-any-return]
 
-    @property
-    def takes_exemplars(self) -> bool:
-        """Whether it encodes exemplar boxes (`encode_exemplars`)."""
-        return takes_exemplars(self.segmenter)
-
     def encode_exemplars(self, tile: np.ndarray, boxes: np.ndarray, positive: np.ndarray) -> Any:
         return self.segmenter.encode_exemplars(tile, boxes, positive)  # type: ignore[attr-defined]
 
