@@ -155,7 +155,7 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], exemplars: str | 
     if part is None or not as_mosaic:  # a mosaic's shard writes a part, checked as it runs
         check_run(mine, settings, output=output, output_dir=output_dir, fmt=fmt, layer=layer, restart=restart,
                            overwrite=overwrite, work_dir=work_dir, raster_out=raster_out,
-                           raster_values=raster_values, names=names)  # before the model loads
+                           raster_values=raster_values, names=names, every=paths)  # before the model loads
     options = dict(model=model, device=device, dtype=dtype, batch_size=batch_size, score_threshold=score_threshold,
                    mask_threshold=mask_threshold, max_detections=max_detections, nms_iou=nms_iou,
                    compile=compile_encoder or None)  # None: not passed to backends without it

@@ -132,6 +132,15 @@ def test_mosaic_of_files_and_dask(scene, tmp_path):
     want = relabel(truth["green"], "roofs")
     assert_found(pyogrio.read_dataframe(tmp_path / "mosaic.gpkg"), want)
 
+    # file shards: the box lies in one file, in one shard; the other shard uses it too
+    (tmp_path / "shards").mkdir()
+    for k in (1, 2):
+        r = segment(files, "--exemplars", boxes, "--shard", f"{k}/2", "--output-dir", tmp_path / "shards")
+        assert r.exit_code == 0, r.output
+    parts = [pyogrio.read_dataframe(p) for p in sorted((tmp_path / "shards").glob("*.gpkg"))]
+    assert len(parts) == 9 and sum(map(len, parts)) >= len(want)  # objects on file edges: in parts
+    assert {lab for p in parts for lab in p["label"]} == {"roofs"}
+
     client = connect(workers=2)
     try:
         settings = pipeline.Settings.of(None, tile_size=TILE, overlap=OVERLAP, exemplars=boxes)

@@ -42,13 +42,16 @@ def own_outputs(work: Any) -> list[str]:
 def check_run(paths: list[Any], settings: Settings, *, output: Any = None, output_dir: Any = None, fmt: str = "gpkg",
               layer: str = LAYER, overwrite: bool = False, work_dir: Any = None, raster_out: Any = None,
               raster_values: str | None = None, names: list[str] | None = None,
-              restart: bool = False) -> tuple[dict[int, Path], dict[int, rasterize.LabelRaster]]:
+              restart: bool = False, every: list[Any] | None = None,
+              ) -> tuple[dict[int, Path], dict[int, rasterize.LabelRaster]]:
     """Every check a run needs no model for, made before the model loads:
     outputs (format, folder, an existing file or layer), a single input
     (opened, and its last block read, so a truncated file is caught), the area,
     the label rasters, and an interrupted run's settings (unless `restart`).
     Returns the per-input outputs and label rasters by index.
     `names`: the inputs' names, where not their `unique_names` (a shard's).
+    `every`: all the inputs of the collection (a shard's or a resumed bucket run's `paths`
+    are some of them), where exemplar boxes may lie; default `paths`.
     """
     check_layer(output, fmt, layer)
     remote = remote_outputs(output, output_dir, work_dir, None, fmt, names or unique_names(paths), overwrite, layer)
@@ -79,8 +82,8 @@ def check_run(paths: list[Any], settings: Settings, *, output: Any = None, outpu
                 src.read(Window(src.height - 1, src.width - 1, 1, 1))
     check_area(paths, settings.read)
     if settings.exemplars is not None:
-        place(settings.exemplars, paths, settings.read, tile_size=settings.tile_size, overlap=settings.overlap,
-              refine=settings.refine)
+        place(settings.exemplars, every or paths, settings.read, tile_size=settings.tile_size,
+              overlap=settings.overlap, refine=settings.refine)
     rasters = rasterize.plan(raster_out, paths, values=raster_values, prompts=settings.prompts, overwrite=overwrite,
                              written=own)
     return outputs, rasters

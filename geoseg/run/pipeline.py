@@ -68,6 +68,7 @@ def run(
     """
     start = time.perf_counter()
     paths = list_inputs(sources)
+    collection = paths  # exemplars may lie in any input, also one of another shard or one done before
     names = unique_names(paths)  # of the whole collection: a shard's outputs are named as in one run
     several = len(paths) > 1
     if shard is not None and len(paths) == 1 and is_mosaic(paths[0]):  # shards of the mosaic's rows
@@ -100,8 +101,9 @@ def run(
             return Summary(before)
     outputs, rasters = check_run(paths, settings, output=output, output_dir=output_dir, fmt=fmt, layer=layer,
                                  overwrite=overwrite, work_dir=work_dir, raster_out=raster_out,
-                                 raster_values=raster_values, names=names, restart=restart)
-    engine.check(settings.text_prompts, exemplars_of(paths, settings))  # also loads the model: fails early
+                                 raster_values=raster_values, names=names, restart=restart,
+                                 every=collection)
+    engine.check(settings.text_prompts, exemplars_of(collection, settings))  # also loads the model: fails early
     temporary = work_dir is None and output is None and output_dir is None
     if temporary:
         path = Path(tempfile.mkdtemp(prefix="geoseg-work-"))
