@@ -18,7 +18,8 @@ from conftest import one_line_error, run
 from test_mosaic import matches
 
 import geoseg
-from geoseg.core.exemplars import Exemplars, Shot, WithExemplars, concepts
+from geoseg.core.exemplars import Exemplars, Shot, WithExemplars, centrality, concepts, home_tile
+from geoseg.core.tiling import plan_tiles
 from geoseg.errors import UsageError
 from geoseg.testing import ColorSegmenter, draw, write_geotiff
 from geoseg.testing.scenes import random_objects
@@ -236,6 +237,16 @@ def test_concepts():
     with pytest.raises(UsageError, match="prompt 'c' has negative boxes only"):
         concepts(["a"], ["c"], [False], "f")
     assert concepts([], [None], [True], "f")[0] == ["exemplar"]
+
+
+def test_home_tile_is_the_most_central():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        plan = plan_tiles(int(rng.integers(300, 2000)), int(rng.integers(300, 2000)), 256, 32)
+        x0, y0 = rng.uniform(0, plan.width - 60), rng.uniform(0, plan.height - 60)
+        box = (x0, y0, x0 + rng.uniform(1, 60), y0 + rng.uniform(1, 60))
+        margins = [centrality(box, (t.window.row, t.window.col, 256, 256)) for t in plan]
+        assert margins[home_tile(box, plan)] == max(margins)
 
 
 def test_groups_place_each_box_on_its_most_central_sub_tile():

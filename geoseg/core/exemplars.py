@@ -66,9 +66,13 @@ def centrality(box: Sequence[float], window: tuple[int, int, int, int]) -> float
 
 
 def home_tile(box: Sequence[float], plan: TilePlan) -> int:
-    """The tile of `plan` the box (raster pixels) lies in most centrally."""
-    best = max(plan, key=lambda t: centrality(box, (t.window.row, t.window.col, t.window.height, t.window.width)))
-    return best.index
+    """The tile of `plan` the box (raster pixels) lies in most centrally. Its centrality is the
+    lesser of its row and column margins, so the best row of tiles and the best column make it."""
+    x0, y0, x1, y1 = box
+    rows, cols, size = np.array(plan.row_starts), np.array(plan.col_starts), plan.tile_size
+    i = int(np.argmax(np.minimum(y0 - rows, rows + size - y1)))
+    j = int(np.argmax(np.minimum(x0 - cols, cols + size - x1)))
+    return i * len(cols) + j
 
 
 def model_px(box: Sequence[float], tile_px: int) -> float:

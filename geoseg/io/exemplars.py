@@ -115,13 +115,12 @@ def _positive(gdf: gpd.GeoDataFrame, file: ExemplarFile) -> tuple[bool, ...]:
 
 @dataclass(frozen=True)
 class Placed:
-    """Where one box is encoded: input, home tile, box in its pixels, size in model pixels."""
+    """Where one box is encoded: input, home tile, box (x0, y0, x1, y1) in its pixels."""
 
     box: int
     source: int
     tile: int
     xyxy: tuple[float, float, float, float]
-    model_px: float  #: its smaller side at the first level segmented
 
 
 def in_pixels(file: ExemplarFile, src: RasterSource) -> np.ndarray:
@@ -173,7 +172,7 @@ def place(file: ExemplarFile, paths: list[Any], read: ReadOptions, *, tile_size:
                                      f"than {MIN_MODEL_PX}: the model cannot see it; draw it around the whole "
                                      f"object, or use {option('zoom')} or a smaller {option('tile_size')}")
                 xyxy = (box[0] - t.window.col, box[1] - t.window.row, box[2] - t.window.col, box[3] - t.window.row)
-                found[k] = Placed(k, s, t.index, xyxy, size)
+                found[k] = Placed(k, s, t.index, xyxy)
     missing = [k for k in range(len(file.bounds)) if k not in found]
     if missing:
         k = missing[0]

@@ -120,6 +120,7 @@ class DaskEngine:
         self.options, self.max_objects = self.client.submit(_check, self.key, self.spec, prompts,
                                                             exemplars is not None, pure=False,
                                                             resources=self.resources).result()
+        self.exemplars = None
         if exemplars is not None:
             blob = pickle.dumps(exemplars)
             self.exemplars = self.client.scatter([(hashlib.sha1(blob).hexdigest(), exemplars)], broadcast=True)[0]

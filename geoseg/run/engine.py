@@ -257,6 +257,7 @@ class LocalEngine:
 
     def check(self, prompts: list[str], exemplars: Exemplars | None = None) -> None:
         self.segmenter.check_prompts(prompts)
+        self.exemplars = None
         if exemplars is not None:
             check_takes_exemplars(self.segmenter.segmenter)
             self.exemplars = WithExemplars(self.segmenter, exemplars)
