@@ -216,6 +216,13 @@ def test_tokens_are_encoded_once_per_box_and_level(scene, tmp_path):
         assert sum(n for s, n in seg.encoded if s == size) == 3  # each box once at each level
     assert len(gdf) and set(gdf["label"]) == {"mine"}
 
+    # a box without a prompt serves both prompts: still encoded once
+    seg = CountingEncoder()
+    seg.max_objects = None
+    boxes = write_boxes(tmp_path / "one.gpkg", [box_of(objs, "blue")])
+    geoseg.segment(path, ["red", "green"], segmenter=seg, exemplars=boxes, tile_size=TILE, overlap=OVERLAP)
+    assert seg.encoded == [(TILE, 1)]
+
 
 def test_a_session_keeps_the_tokens(scene, tmp_path):
     d, path, objs, _, truth = scene
@@ -254,9 +261,9 @@ def test_groups_place_each_box_on_its_most_central_sub_tile():
     shot = Shot(rgb, np.array([[150.0, 150, 170, 170], [0, 0, TILE, TILE]]), np.array([True, True]), (("a",), ("a",)))
     ex = Exemplars((shot,), ("a",), TILE, OVERLAP)
     level1 = ex.groups(1)
-    sides = sorted(g[1].shape[0] for g in level1)
+    sides = sorted(g[2].shape[0] for g in level1)
     assert sides == [104, 104]  # two sub-tiles of ceil((192 + 16) / 2) px
-    (whole,) = [g[2][0] for g in level1 if g[2][0][2] - g[2][0][0] > 50]
+    (whole,) = [g[3][0] for g in level1 if g[3][0][2] - g[3][0][0] > 50]
     assert whole.tolist() == [0, 0, 104, 104]  # a box larger than the sub-tile is clipped to it
     wrapped = WithExemplars(ColorSegmenter(), ex)
     with pytest.raises(UsageError, match="no level"):

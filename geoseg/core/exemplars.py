@@ -89,14 +89,12 @@ class Shot:
         boxes: (K, 4) float x0, y0, x1, y1 in the tile's pixels.
         positive: (K,) bool.
         serves: per box, the concept labels it serves.
-        where: the tile in words, for messages ("scene.tif tile 5").
     """
 
     rgb: np.ndarray
     boxes: np.ndarray
     positive: np.ndarray
     serves: tuple[tuple[str, ...], ...]
-    where: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,8 +114,9 @@ class Exemplars:
     def labels(self) -> list[str]:
         return list(dict.fromkeys(c for s in self.shots for serves in s.serves for c in serves))
 
-    def groups(self, level: int) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
-        """(label, sub-tile pixels, boxes in them, positive) per concept and sub-tile of `level`."""
+    def groups(self, level: int) -> list[tuple[str, tuple[int, ...], np.ndarray, np.ndarray, np.ndarray]]:
+        """(label, key, sub-tile pixels, boxes in them, positive) per concept and sub-tile of `level`;
+        groups of the same boxes (boxes without a prompt serve every prompt) have the same key."""
         wins = windows_at(levels(self.tile_size, self.overlap)[:level + 1])[level]
         out: dict[tuple[str, int, int], list[int]] = {}
         placed: dict[tuple[int, int], np.ndarray] = {}
@@ -132,7 +131,7 @@ class Exemplars:
         for (label, s, w), ks in out.items():
             row, col, height, width = wins[w]
             rgb = self.shots[s].rgb[row:row + height, col:col + width]
-            groups.append((label, rgb, np.stack([placed[s, k] for k in ks]), self.shots[s].positive[ks]))
+            groups.append((label, (s, w, *ks), rgb, np.stack([placed[s, k] for k in ks]), self.shots[s].positive[ks]))
         return groups
 
 
@@ -164,9 +163,12 @@ class WithExemplars:
         with self._lock:
             if level not in self._done:
                 parts: dict[str, list[Any]] = {}
-                for label, rgb, boxes, positive in self.exemplars.groups(level):
+                made: dict[tuple[int, ...], Any] = {}  # the same boxes serving several concepts: encoded once
+                for label, key, rgb, boxes, positive in self.exemplars.groups(level):
                     if (level, label, label not in only) not in self.cache:
-                        parts.setdefault(label, []).append(self.encode(rgb, boxes, positive))
+                        if key not in made:
+                            made[key] = self.encode(rgb, boxes, positive)
+                        parts.setdefault(label, []).append(made[key])
                 for c, t in parts.items():
                     self.cache[level, c, c not in only] = EncodedExemplars(tuple(t), c not in only)
                 self._done.add(level)

@@ -206,5 +206,5 @@ def prepare(file: ExemplarFile, paths: list[Any], read: ReadOptions, prompts: li
                 mine = [p for p in placed if (p.source, p.tile) == (s, t)]
                 shots.append(Shot(rgb, np.array([p.xyxy for p in mine], float),
                                   np.array([file.positive[p.box] for p in mine], bool),
-                                  tuple(serves[p.box] for p in mine), f"{source_name(paths[s])} tile {t}"))
+                                  tuple(serves[p.box] for p in mine)))
     return Exemplars(tuple(shots), tuple(only), tile_size, overlap)
