@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> dict:
         started = time.perf_counter()
         info = train(scenes, model, vector=labels, epochs=args.epochs, patience=args.epochs, chip_size=args.chip,
                      batch_size=args.batch, device="cpu", workers=args.workers, overwrite=True,
-                     save_period=args.every, progress=False, close_mosaic=args.close_mosaic)
+                     save_period=args.every, progress=False, close_mosaic=args.close_mosaic,
+                     val=not args.no_val)
         seconds = time.perf_counter() - started
         curve = []
         for ckpt in sorted((model / "checkpoints").glob("epoch*.pt"), key=lambda p: int(p.stem[5:])):
@@ -143,6 +144,8 @@ def main() -> None:
     p.add_argument("--every", type=int, default=10, help="score a checkpoint every this many epochs")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--close-mosaic", type=int, default=10)
+    p.add_argument("--no-val", action="store_true",
+                   help="skip Ultralytics' validation after each epoch (the checkpoints are scored here anyway)")
     p.add_argument("--workers", type=int, default=0, help="data loader processes")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--sam3-s-per-tile", type=float, default=25.5,

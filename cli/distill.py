@@ -47,7 +47,8 @@ def distill_cmd(rasters: tuple[str, ...], prompts: tuple[str, ...], out_dir: str
                 batch_size: int, weights: str | None, seed: int, workers: int, sample_only: bool, overwrite: bool,
                 quiet: bool) -> None:
     """Label a sample of RASTERS with a teacher (SAM 3), train a fast student on it, score it against
-    the teacher on held-out blocks, run it over all RASTERS and report. Needs `pip install 'geoseg[yolo]'`."""
+    the teacher on held-out blocks, run it over all RASTERS and report.
+    Needs Ultralytics (AGPL-3.0): `pip install ultralytics`."""
     log_to(None, quiet)
     teacher_options = {"model": teacher_model, "device": device}
     report = distill(list(rasters), list(prompts), out_dir, teacher=teacher, teacher_options=teacher_options,

@@ -49,7 +49,7 @@ def train_cmd(inputs: tuple[str, ...], out_dir: str, epochs: int, patience: int,
               bands: str | None, seed: int, workers: int, overwrite: bool, quiet: bool) -> None:
     """Train a YOLO segmentation student on DATASET (from `geoseg export-dataset --format yolo`), or on
     RASTERS labelled by the polygons of VECTOR (exported first); run it with
-    `geoseg segment ... --backend yolo --model OUTPUT`. Needs `pip install 'geoseg[yolo]'` (AGPL-3.0)."""
+    `geoseg segment ... --backend yolo --model OUTPUT`. Needs Ultralytics (AGPL-3.0): `pip install ultralytics`."""
     log_to(None, quiet)
     data, vector = dataset_or_rasters(inputs)
     info = train(data, out_dir, vector=vector, epochs=epochs, patience=patience, batch_size=batch_size,

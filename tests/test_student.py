@@ -172,6 +172,18 @@ def test_the_student_reads_at_its_training_resolution(trained, tmp_path):
     assert gdf.attrs["geoseg"]["resolution"] == 0.25
 
 
+def test_a_session_runs_the_student_at_its_resolution(trained, tmp_path):
+    fine = make_scene(tmp_path / "fine.tif", size=256, seed=5, transform=Affine(0.25, 0, 404000.0, 0, -0.25,
+                                                                                   3286000.0))
+    seg = geoseg.Segmentation(fine, segmenter="yolo", model=str(trained[0]), score_threshold=0.0, tile_size=128,
+                              overlap=32)
+    assert seg.read.resolution == 0.5 and seg.plan.height == 128  # 64 m read at 0.5 m
+    gdf = seg.segment(["red", "blue"])
+    assert set(gdf["label"]) <= {"red", "blue"}
+    with pytest.raises(geoseg.PromptError, match="blue, green, red"):
+        seg.segment(["tree"])
+
+
 def test_resume_refuses_a_changed_model_file(trained, scene, tmp_path):
     import shutil
 
@@ -211,8 +223,9 @@ def test_resume_refuses_a_changed_model_file(trained, scene, tmp_path):
 
 def test_qgis_worker_runs_a_student(trained, scene, tmp_path):
     out = tmp_path / "out.gpkg"
-    job = {"inputs": [str(scene)], "prompts": ["red", "green"], "output": str(out), "backend": "yolo",
-           "model": str(trained[0]), "device": "cpu", "tile_size": 256, "overlap": 32, "score_threshold": 0.0}
+    small = make_scene(tmp_path / "small.tif", size=200, seed=4)
+    job = {"inputs": [small], "prompts": ["red", "green"], "output": str(out), "backend": "yolo",
+           "model": str(trained[0]), "device": "cpu", "tile_size": 256, "overlap": 32, "score_threshold": 0.5}
     proc = subprocess.run([sys.executable, "-m", "geoseg.qgis_worker"], input=json.dumps(job), capture_output=True,
                           text=True, timeout=300)
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -224,10 +237,10 @@ def test_qgis_worker_runs_a_student(trained, scene, tmp_path):
 def test_without_ultralytics_train_and_the_backend_say_what_to_install(trained, dataset, scene, tmp_path):
     r = cli("train", dataset, "-o", tmp_path / "m", site=NO_ULTRALYTICS, tmp=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
-    assert "pip install 'geoseg[yolo]'" in r.stderr and "Traceback" not in r.stderr
+    assert "pip install ultralytics" in r.stderr and "Traceback" not in r.stderr
     r = cli("segment", scene, "-p", "red", "--backend", "yolo", "--model", trained[0], "-o", tmp_path / "o.gpkg",
             site=NO_ULTRALYTICS, tmp=tmp_path)
-    assert r.returncode == 2 and "pip install 'geoseg[yolo]'" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 2 and "pip install ultralytics" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "m").exists() and not (tmp_path / "o.gpkg").exists()
 
 

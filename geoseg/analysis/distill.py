@@ -37,7 +37,7 @@ from geoseg.analysis.dataset import export_dataset, to_pixels
 from geoseg.analysis.evaluate import evaluate
 from geoseg.analysis.train import train
 from geoseg.backends.yolo import import_ultralytics
-from geoseg.core.segmenter import check_prompts
+from geoseg.core.segmenter import as_backend, check_prompts, load_segmenter
 from geoseg.errors import OutputError, UsageError, option
 from geoseg.io.inputs import list_inputs
 from geoseg.io.sources import unique_names
@@ -85,11 +85,8 @@ def plan_blocks(rasters: list[Any], size: int, *, aoi: Any = None, fraction: flo
 
 def cut_blocks(blocks: list[tuple[Any, Window]], names: list[str], folder: Path, holdout: float,
                seed: int) -> list[Block]:
-    """Write each block as a GeoTIFF (the raster's bands and type as they are); deal `holdout` of them
-    (at least one, and one left to train on) to the held-out part."""
-    if len(blocks) < 2:
-        raise UsageError(f"the sample holds {len(blocks)} block: it needs two or more (one to train on, one "
-                         f"held out); give a larger {option('sample_fraction')} or {option('sample_aoi')}")
+    """Write each block (two or more) as a GeoTIFF (the raster's bands and type as they are); deal
+    `holdout` of them (at least one, and one left to train on) to the held-out part."""
     rng = np.random.default_rng(seed + 1)
     n_held = min(len(blocks) - 1, max(1, round(holdout * len(blocks))))
     held = set(rng.choice(len(blocks), n_held, replace=False).tolist())
@@ -119,7 +116,6 @@ def check_out(out_dir: str | os.PathLike[str], overwrite: bool) -> Path:
             raise OutputError(f"{shown} is not empty and holds no geoseg distillation: choose a new or empty folder")
         if not overwrite:
             raise OutputError(f"{shown} holds a distillation: pass {option('overwrite', True)} to replace it")
-        shutil.rmtree(out)
     elif out.exists() and not out.is_dir():
         raise OutputError(f"{shown} is a file: give a folder")
     return out
@@ -159,13 +155,21 @@ def distill(rasters: Any, prompts: Any, out_dir: str | os.PathLike[str], *, teac
     out = check_out(out_dir, overwrite)
     paths = list_inputs(rasters)
     aoi = None if sample_aoi is None else polygons_only(read_vector(sample_aoi, name="sample_aoi"), "sample_aoi")
+    planned = plan_blocks(paths, 2 * chip_size, aoi=aoi, fraction=sample_fraction, seed=seed)
+    if len(planned) < 2:
+        raise UsageError(f"the sample holds {len(planned)} block of {2 * chip_size} px: it needs two or more (one "
+                         f"to train on, one held out); sample more with {option('sample_fraction')} or "
+                         f"{option('sample_aoi')}, or use a smaller {option('chip_size')}")
+    # loaded once for both of its runs; the prompts checked before any pixel is read
+    labeller = as_backend(load_segmenter(teacher, **{k: v for k, v in (teacher_options or {}).items()
+                                                     if v is not None}))
+    labeller.check_prompts(prompts)
     steps: dict[str, float] = {}
     clock = _Clock(steps)
-    (out / ".work").mkdir(parents=True, exist_ok=True)
-    options = dict(teacher_options or {})
+    shutil.rmtree(out, ignore_errors=True)  # checked above: empty, or a distillation to overwrite
+    (out / ".work").mkdir(parents=True)
 
     with clock("sample"):
-        planned = plan_blocks(paths, 2 * chip_size, aoi=aoi, fraction=sample_fraction, seed=seed)
         stems = [str(n).rsplit(".", 1)[0].replace("/", "_") for n in unique_names(paths)]
         names = [stems[paths.index(r)] for r, _ in planned]
         blocks = cut_blocks(planned, names, out / "sample", holdout, seed)
@@ -174,11 +178,11 @@ def distill(rasters: Any, prompts: Any, out_dir: str | os.PathLike[str], *, teac
     common = dict(tile_size=tile_size, overlap=overlap, progress=progress)
     log.info("distill: the %s teacher labels %d sample blocks", teacher, len(blocks))
     with clock("teacher"):
-        labels = segment(train_paths, prompts, segmenter=teacher, output=out / "teacher.gpkg",
-                         work_dir=out / ".work" / "teacher", **common, **options)
+        labels = segment(train_paths, prompts, segmenter=labeller.segmenter, output=out / "teacher.gpkg",
+                         work_dir=out / ".work" / "teacher", **common)
     with clock("teacher_heldout"):
-        truth = segment(held_paths, prompts, segmenter=teacher, output=out / "teacher-heldout.gpkg",
-                        work_dir=out / ".work" / "teacher-heldout", **common, **options)
+        truth = segment(held_paths, prompts, segmenter=labeller.segmenter, output=out / "teacher-heldout.gpkg",
+                        work_dir=out / ".work" / "teacher-heldout", **common)
     found = sorted(set(labels["label"]))
     missing = [p for p in prompts if p not in found]
     if not found:
@@ -203,7 +207,7 @@ def distill(rasters: Any, prompts: Any, out_dir: str | os.PathLike[str], *, teac
     held_px = sum(b.window.width * b.window.height for b in blocks if b.heldout)
     report = {
         "geoseg": "distill", "prompts": prompts, "classes": found, "not_found_by_teacher": missing,
-        "teacher": {"backend": teacher, **{k: v for k, v in options.items() if v is not None}},
+        "teacher": {"backend": labeller.name, **labeller.config()},
         "sample": {"blocks": len(blocks), "block_px": 2 * chip_size, "heldout_blocks": len(held_paths),
                    "teacher_objects": len(labels), "teacher_objects_heldout": len(truth)},
         "dataset": info["dataset"]["chips"], "val": info["val"],

@@ -25,7 +25,14 @@ from geoseg.analysis.plot import plot
 from geoseg.core import merge, vectorize
 from geoseg.core.exemplars import Exemplars, WithExemplars
 from geoseg.core.refine import Refine
-from geoseg.core.segmenter import Backend, Segmenter, as_segmenter, check_prompts, check_takes_exemplars
+from geoseg.core.segmenter import (
+    Backend,
+    Segmenter,
+    as_segmenter,
+    check_prompts,
+    check_takes_exemplars,
+    preferred_resolution,
+)
 from geoseg.core.tiling import TilePlan, plan_tiles
 from geoseg.errors import EmptyRasterWarning
 from geoseg.io.exemplars import prepare, read_exemplars
@@ -74,6 +81,8 @@ class Segmentation:
         **backend_options: Any,
     ) -> None:
         self.source = source
+        if resolution is None:  # a student reads at the resolution it was trained at
+            resolution = preferred_resolution(segmenter, **backend_options)
         self.read = ReadOptions.of(bands=bands, resolution=resolution, stretch=stretch, pixel_coords=pixel_coords)
         self.tile_size, self.overlap, self.progress = tile_size, overlap, progress
         with RasterSource(source, self.read) as src:  # fails on a bad input before the model loads

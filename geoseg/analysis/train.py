@@ -145,7 +145,8 @@ def _fit(dataset: Path, manifest: dict[str, Any], tmp: Path, *, epochs: int, pat
     args = dict(data=str(data), epochs=epochs, patience=patience, batch=batch_size, imgsz=chip,
                 device=device.removeprefix("cuda:") if on_gpu else device, workers=workers, seed=seed,
                 project=str(work), name="run", exist_ok=True, plots=False, amp=on_gpu, verbose=False,
-                flipud=0.5)  # aerial views have no up: flip both ways
+                flipud=0.5,  # aerial views have no up: flip both ways
+                nbs=batch_size)  # a step per batch: accumulating to 64 chips leaves small datasets few steps
     args.update(hyper)
     started = time.perf_counter()
     level = LOGGER.level

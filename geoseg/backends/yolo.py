@@ -32,7 +32,7 @@ from geoseg.errors import ModelLoadError, PromptError, UsageError, option
 
 MANIFEST = "geoseg.json"
 WEIGHTS = "weights.pt"
-INSTALL = "pip install 'geoseg[yolo]' (Ultralytics, AGPL-3.0)"
+INSTALL = 'pip install ultralytics (AGPL-3.0; in a clone of geoseg: pip install ".[yolo]")'
 STRIDE = 32
 
 

@@ -1,0 +1,89 @@
+"""`geoseg distill`: the whole loop with the `colors` backend as the teacher (a one-epoch student)."""
+
+import json
+
+import geopandas as gpd
+import pyogrio
+import pytest
+import rasterio
+import shapely
+from conftest import one_line_error, run
+
+from geoseg.analysis.distill import plan_blocks
+from geoseg.testing import make_scene
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    return make_scene(tmp_path_factory.mktemp("scene") / "scene.tif", size=512, seed=7)
+
+
+def test_distill_end_to_end_with_the_colors_teacher(scene, tmp_path):
+    out = tmp_path / "distilled"
+    r = run("distill", scene, "-p", "red,green,blue", "-o", out, "--teacher", "colors", "--sample-fraction", 1,
+            "--chip-size", 128, "--epochs", 1, "--batch-size", 8, "--workers", 0, "--tile-size", 256,
+            "--overlap", 32, "-q")
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "report.json").read_text())
+    assert (out / "report.txt").read_text().strip() in r.output  # printed as written
+    assert "held out, student vs teacher at IoU 0.5: F1" in r.output and "time per step" in r.output
+    # 512 px in blocks of 2 chips (256 px): 4 blocks, one held out
+    held = sorted((out / "sample" / "heldout").glob("*.tif"))
+    trained = sorted((out / "sample" / "train").glob("*.tif"))
+    assert len(held) == 1 and len(trained) == 3 and report["sample"]["heldout_blocks"] == 1
+    with rasterio.open(scene) as src, rasterio.open(held[0]) as block:
+        assert block.crs == src.crs and block.res == src.res and (block.width, block.height) == (256, 256)
+        window = rasterio.windows.from_bounds(*block.bounds, transform=src.transform)
+        assert (src.read(window=window) == block.read()).all()  # the raster's own pixels
+    # the score is the teacher's held-out objects against the student's, read back from the files
+    truth = pyogrio.read_dataframe(out / "teacher-heldout.gpkg")
+    pred = pyogrio.read_dataframe(out / "student-heldout.gpkg")
+    everything = report["heldout"]["all"]
+    assert everything["tp"] + everything["fn"] == len(truth) == report["sample"]["teacher_objects_heldout"]
+    assert everything["tp"] + everything["fp"] == len(pred)
+    assert report["classes"] == ["blue", "green", "red"] and report["teacher"]["backend"] == "colors"
+    assert set(report["steps_s"]) == {"sample", "teacher", "teacher_heldout", "dataset", "train", "student_heldout",
+                                      "student_all"}
+    speed = report["speed"]
+    assert speed["student_vs_teacher"] == pytest.approx(speed["teacher_s"] / speed["student_s"], rel=0.02)
+    assert report["training"]["epochs_run"] == 1 and report["dataset"]["train"] > 0
+    model = json.loads((out / "model" / "geoseg.json").read_text())
+    assert model["classes"] == report["classes"] and model["dataset"]["path"] == str((out / "dataset").resolve())
+    everywhere = pyogrio.read_dataframe(out / "student.gpkg")
+    assert set(everywhere["label"]) <= set(report["classes"])
+    assert not (out / ".work").exists()
+
+    line = one_line_error(run("distill", scene, "-p", "red", "-o", out, "--teacher", "colors",
+                              "--sample-fraction", 1))
+    assert "--overwrite" in line
+
+
+def test_sample_blocks_from_an_aoi_or_a_fraction(scene, tmp_path):
+    with rasterio.open(scene) as src:
+        x0, y0 = src.transform @ (300, 20)  # cols 300-330, rows 20-40: in the block of 128 px at (0, 256)
+        x1, y1 = src.transform @ (330, 40)
+        crs = src.crs
+    aoi = gpd.GeoDataFrame(geometry=[shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))], crs=crs)
+    blocks = plan_blocks([scene], 128, aoi=aoi)
+    assert [(w.row_off, w.col_off) for _, w in blocks] == [(0, 256)]
+    assert len(plan_blocks([scene], 128, aoi=aoi.to_crs("EPSG:4326"))) == 1  # any CRS
+    assert len(plan_blocks([scene], 128, fraction=0.25)) == 4  # of 16
+    assert len(plan_blocks([scene], 128, fraction=0.01)) == 2  # at least one to train on, one held out
+    assert plan_blocks([scene], 128, fraction=0.25, seed=1) != plan_blocks([scene], 128, fraction=0.25, seed=2)
+
+
+@pytest.mark.parametrize("args, words", [
+    ([], "--sample-aoi FILE or --sample-fraction"),
+    (["--sample-fraction", 0.5, "--sample-aoi", "x.gpkg"], "--sample-aoi FILE or --sample-fraction"),
+    (["--sample-aoi", "/no/such.gpkg"], "/no/such.gpkg"),
+    (["--sample-fraction", 1, "--chip-size", 512], "needs two or more"),
+    (["--sample-fraction", 1, "--chip-size", 128, "--teacher", "colors", "-p", "tree"], "red, green and blue"),
+])
+def test_distill_refusals_are_one_line(scene, tmp_path, args, words):
+    if "-p" not in args:
+        args = [*args, "-p", "red"]
+    if "--teacher" not in args:
+        args = [*args, "--teacher", "colors"]
+    line = one_line_error(run("distill", scene, "-o", tmp_path / "d", *args))
+    assert words in line
+    assert not (tmp_path / "d").exists()
