@@ -33,8 +33,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(build_tiny_sam3(tmp_path_factory.mktemp("tiny_sam3")))
 
 
-def test_there_are_five_notebooks_with_outputs_cleared():
-    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05"]
+def test_there_are_six_notebooks_with_outputs_cleared():
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06"]
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         for cell in nb.cells:
@@ -52,6 +52,7 @@ def test_notebook_runs(path: pathlib.Path, tiny_model: str, monkeypatch):
     # the kernel inherits this process's environment
     monkeypatch.setenv("GEOSEG_MODEL", tiny_model)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("GEOSEG_EPOCHS", "1")  # 06: the distillation loop end to end, the student untrained
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(path, as_version=4)  # executed in memory: the file on disk stays cleared
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
