@@ -123,9 +123,12 @@ def test_masks_are_crops_in_the_tile_frame(student, scene):
         for (r, c), mask in zip(dets.origins, dets.masks):
             assert mask.dtype == bool and mask.ndim == 2 and mask.any()
             assert r >= 0 and c >= 0 and r + mask.shape[0] <= 200 and c + mask.shape[1] <= 130
-        ref = student.model.predict([np.ascontiguousarray(tile[..., ::-1])], imgsz=(224, 160), conf=0.0,
-                                    classes=[2, 0], retina_masks=True, verbose=False)[0]
-        full = ref.masks.data.cpu().numpy() > 0.5 if ref.masks is not None else np.zeros((0, 200, 130), bool)
+        padded = np.zeros((224, 160, 3), np.uint8)  # to the stride, not resized
+        padded[:200, :130] = tile[..., ::-1]
+        ref = student.model.predict([padded], imgsz=(224, 160), conf=0.0, classes=[2, 0], retina_masks=True,
+                                    verbose=False)[0]
+        full = (ref.masks.data.cpu().numpy() > 0.5)[:, :200, :130] if ref.masks is not None else \
+            np.zeros((0, 200, 130), bool)
         placed = np.zeros((len(dets), 200, 130), bool)
         for k, ((r, c), mask) in enumerate(zip(dets.origins, dets.masks)):
             placed[k, r:r + mask.shape[0], c:c + mask.shape[1]] = mask

@@ -2,8 +2,8 @@
 
 The model folder holds the weights and `geoseg.json` (classes, chip size, ground
 resolution, bands, training settings). Prompts are the student's class names.
-Tiles go through the network at their own size (rounded up to the stride), so
-objects keep the pixel size the student learnt at; masks come back at tile
+Tiles go through the network at their own size (padded to the stride, never
+resized), so objects keep the pixel size the student learnt at; masks come back at tile
 resolution, cut to their boxes.
 
 Ultralytics (AGPL-3.0) is imported only when a `YoloSegmenter` is built, with
@@ -178,8 +178,11 @@ class YoloSegmenter:
     def _batch(self, tiles: np.ndarray, wanted: list[int]) -> list[Detections]:
         h, w = tiles.shape[1:3]
         size = (-(-h // STRIDE) * STRIDE, -(-w // STRIDE) * STRIDE)
-        # Ultralytics takes arrays as BGR, as OpenCV reads the training chips
-        images = [np.ascontiguousarray(t[..., ::-1]) for t in tiles]
+        # Padded (with 0, as export-dataset pads edge chips) to the stride, never resized: objects keep
+        # the pixel size the student learnt. BGR, as OpenCV reads the training chips.
+        padded = np.zeros((len(tiles), *size, 3), np.uint8)
+        padded[:, :h, :w] = tiles[..., ::-1]
+        images = list(padded)
         keep_torch_threads()
         results = self.model.predict(images, imgsz=size, conf=self.score_threshold, iou=self.nms_iou,
                                      max_det=self.max_objects, classes=wanted, device=self.device,
@@ -193,7 +196,7 @@ class YoloSegmenter:
         boxes = np.concatenate([np.floor(xyxy[:, :2]), np.ceil(xyxy[:, 2:])], axis=1).astype(int)
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
-        masks = result.masks.data  # (N, H, W) at the tile's size, zero outside each box
+        masks = result.masks.data  # (N, H, W) at the padded tile's size, zero outside each box
         labels, scores, origins, crops = [], [], [], []
         for k, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
             if x1 <= x0 or y1 <= y0:
