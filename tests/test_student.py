@@ -272,3 +272,5 @@ def test_train_refuses_what_it_cannot_train_on(dataset, tmp_path, scene):
     (tmp_path / "full" / "x").write_text("")
     assert "not empty" in one_line_error(run("train", dataset, "-o", tmp_path / "full"))
     assert "no such file" in one_line_error(run("train", dataset, "-o", tmp_path / "m", "--weights", "nope.pt"))
+    if not __import__("torch").cuda.is_available():
+        assert "no CUDA GPU" in one_line_error(run("train", dataset, "-o", tmp_path / "m", "--device", "cuda"))

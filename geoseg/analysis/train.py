@@ -22,7 +22,7 @@ from typing import Any
 
 from geoseg.analysis.dataset import MANIFEST as DATASET_MANIFEST
 from geoseg.analysis.dataset import export_dataset
-from geoseg.backends.yolo import MANIFEST, WEIGHTS, file_hash, import_ultralytics, keep_torch_threads
+from geoseg.backends.yolo import MANIFEST, WEIGHTS, file_hash, import_ultralytics, keep_torch_threads, pick_device
 from geoseg.errors import OutputError, UsageError, option
 from geoseg.io import files
 
@@ -105,6 +105,7 @@ def train(dataset: Any, out_dir: str | os.PathLike[str], *, vector: Any = None, 
     if vector is None:
         manifest = read_dataset(dataset)
     import_ultralytics()  # before any work: without it, one line saying what to install
+    device = pick_device(device)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -127,14 +128,11 @@ def train(dataset: Any, out_dir: str | os.PathLike[str], *, vector: Any = None, 
 
 
 def _fit(dataset: Path, manifest: dict[str, Any], tmp: Path, *, epochs: int, patience: int, batch_size: int,
-         device: str | None, weights: str | None, seed: int, workers: int, progress: bool,
+         device: str, weights: str | None, seed: int, workers: int, progress: bool,
          hyper: dict[str, Any]) -> dict[str, Any]:
-    import torch
     from ultralytics import YOLO
     from ultralytics.utils import LOGGER
 
-    if device is None:
-        device = "cuda:0" if torch.cuda.is_available() else "cpu"
     on_gpu = device.startswith("cuda")
     work = tmp / ".work"
     data = _mirror(dataset, work / "data")

@@ -123,10 +123,9 @@ class YoloSegmenter:
         self.folder = Path(model).expanduser()
         self.manifest = read_manifest(self.folder)
         import_ultralytics()
-        import torch
         from ultralytics import YOLO
 
-        self.device = _pick_device(device, torch)
+        self.device = pick_device(device)
         if dtype not in (None, "fp16", "fp32"):
             raise UsageError(f"{option('dtype', dtype)}: the yolo backend runs in fp16 or fp32")
         self.half = (dtype or ("fp16" if self.device.startswith("cuda") else "fp32")) == "fp16"
@@ -211,7 +210,10 @@ class YoloSegmenter:
         return Detections(labels, scores, origins, crops) if crops else Detections.empty()
 
 
-def _pick_device(device: str | None, torch: Any) -> str:
+def pick_device(device: str | None) -> str:
+    """The device for Ultralytics ("cpu", "mps", "cuda:N"); UsageError for one torch cannot use."""
+    import torch
+
     if device is None:
         return "cuda:0" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
