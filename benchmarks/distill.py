@@ -34,18 +34,22 @@ def teacher_labels(rasters: list[str], out: Path) -> Path:
     return out
 
 
-def student_f1(model: Path, heldout: str, truth: Path, work: Path) -> tuple[float, float]:
-    """F1 at IoU 0.5 over the held-out scene, and the seconds the student's run took."""
+def student_f1(model: Path, heldout: str, truth: Path, work: Path) -> tuple[float, float, float, float]:
+    """Over the held-out scene: F1 at IoU 0.5 at the default score threshold (0.25), the best F1 over
+    thresholds and its threshold, and the seconds the student's run took."""
     import geoseg
     from geoseg.analysis.evaluate import evaluate
 
     pred = work / "pred.gpkg"
     started = time.perf_counter()
-    geoseg.segment(heldout, PROMPTS, segmenter="yolo", model=str(model), output=pred, overwrite=True,
-                   restart=True, work_dir=work / "pred-work")
+    found = geoseg.segment(heldout, PROMPTS, segmenter="yolo", model=str(model), output=pred, overwrite=True,
+                           restart=True, work_dir=work / "pred-work", score_threshold=0.01)
     seconds = time.perf_counter() - started
-    scores = evaluate(pred, truth, iou=0.5)
-    return next(s.f1 for s in scores.scores if s.label == "all"), seconds
+    at_default = evaluate(found[found["score"] >= 0.25], truth, iou=0.5)
+    swept = evaluate(pred, truth, iou=0.5, sweep="score")
+    best = swept.best
+    f1 = next(s.f1 for s in at_default.scores if s.label == "all")
+    return f1, (best.f1 if best else 0.0), (best.threshold if best else float("nan")), seconds
 
 
 def with_weights(model: Path, weights: Path, where: Path) -> Path:
@@ -88,20 +92,23 @@ def run(args: argparse.Namespace) -> dict:
         labels = teacher_labels(scenes, root / f"teacher-{k}.gpkg")
         model = root / f"student-{k}"
         started = time.perf_counter()
-        info = train(scenes, model, vector=labels, epochs=args.epochs, patience=args.epochs, chip_size=args.chip,
+        info = train(scenes, model, vector=labels, epochs=args.epochs, weights=args.weights, patience=args.epochs,
+                     chip_size=args.chip,
                      batch_size=args.batch, device="cpu", workers=args.workers, overwrite=True,
                      save_period=args.every, progress=False, close_mosaic=args.close_mosaic,
                      val=not args.no_val)
         seconds = time.perf_counter() - started
         curve = []
         for ckpt in sorted((model / "checkpoints").glob("epoch*.pt"), key=lambda p: int(p.stem[5:])):
-            f1, _ = student_f1(with_weights(model, ckpt, root / "ckpt"), heldout, truth, root)
-            curve.append({"epoch": int(ckpt.stem[5:]) + 1, "f1": round(f1, 3)})  # saved as 0-based
+            f1, best, at, _ = student_f1(with_weights(model, ckpt, root / "ckpt"), heldout, truth, root)
+            curve.append({"epoch": int(ckpt.stem[5:]) + 1, "f1": round(f1, 3), "best_f1": round(best, 3),
+                          "at_score": round(at, 3)})  # saved as 0-based
             print(k, curve[-1], flush=True)
-        f1, run_s = student_f1(model, heldout, truth, root)
+        f1, best, at, run_s = student_f1(model, heldout, truth, root)
         row = {"scenes": k, "chips": info["dataset"]["chips"], "epochs_run": info["training"]["epochs_run"],
-               "train_s": round(seconds, 1), "val": info["val"], "curve": curve, "f1_best": round(f1, 3),
-               "heldout_run_s": round(run_s, 2), "tiles_per_s": round(tiles_per_second(model), 3)}
+               "train_s": round(seconds, 1), "val": info["val"], "curve": curve, "f1": round(f1, 3),
+               "best_f1": round(best, 3), "at_score": round(at, 3), "heldout_run_s": round(run_s, 2),
+               "tiles_per_s": round(tiles_per_second(model), 3)}
         results["runs"].append(row)
         print(json.dumps(row), flush=True)
         Path(args.json).write_text(json.dumps(results, indent=1))
@@ -121,15 +128,16 @@ def table(results: dict, sam3_s: float, machine: str) -> str:
         f"held-out scene `make_scene(size=2048, seed=0)` through the whole pipeline, tile 1008, overlap 128; "
         f"F1 at IoU 0.5 against the teacher):",
         "",
-        "| scenes | train / val chips | epochs | training time | F1 at epochs (held-out) | F1 best.pt | "
-        "student tiles/s (1008²) | vs full SAM 3 |",
+        "| scenes | train / val chips | epochs | training time | held-out F1 by epoch: at score 0.25 / best "
+        "(score) | F1 final, at 0.25 / best | student tiles/s (1008²) | vs full SAM 3 |",
         "|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
-    for r in sorted(results["runs"], key=lambda r: r["scenes"]):
-        curve = ", ".join(f"{c['epoch']}: {c['f1']:.2f}" for c in r["curve"])
+    for r in sorted(results["runs"], key=lambda r: (r["scenes"], r["epochs_run"])):
+        curve = ", ".join(f"{c['epoch']}: {c['f1']:.2f} / {c['best_f1']:.2f} ({c['at_score']:.2f})"
+                          for c in r["curve"])
         lines.append(f"| {r['scenes']} | {r['chips']['train']} / {r['chips']['val']} | {r['epochs_run']} | "
-                     f"{r['train_s'] / 60:.0f} min | {curve} | {r['f1_best']:.3f} | {r['tiles_per_s']:.2f} | "
-                     f"{r['tiles_per_s'] * sam3_s:.0f}x |")
+                     f"{r['train_s'] / 60:.0f} min | {curve} | {r['f1']:.2f} / {r['best_f1']:.2f} | "
+                     f"{r['tiles_per_s']:.2f} | {r['tiles_per_s'] * sam3_s:.0f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -143,6 +151,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--every", type=int, default=10, help="score a checkpoint every this many epochs")
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--weights", default=None, help="start from this checkpoint [default: yolo11n-seg.yaml]")
     p.add_argument("--close-mosaic", type=int, default=10)
     p.add_argument("--no-val", action="store_true",
                    help="skip Ultralytics' validation after each epoch (the checkpoints are scored here anyway)")
@@ -152,14 +161,18 @@ def main() -> None:
                    help="full-size SAM 3 on a 1008² tile (this machine: benchmarks/README.md, SAM 3 throughput)")
     p.add_argument("--work", default=None, help="keep scenes and models in this folder")
     p.add_argument("--json", default="distill.json", help="results, written after each run")
-    p.add_argument("--from-json", action="store_true", help="only make the table from --json")
+    p.add_argument("--from-json", nargs="+", default=None, help="only make the table from these results files")
     p.add_argument("--write", action="store_true", help="put the table into benchmarks/README.md")
     args = p.parse_args()
     import torch
     from common import cpu_name, write_section
 
     torch.set_num_threads(args.threads)
-    results = json.loads(Path(args.json).read_text()) if args.from_json else run(args)
+    if args.from_json:
+        parts = [json.loads(Path(f).read_text()) for f in args.from_json]
+        results = {"args": parts[-1]["args"], "runs": [r for p in parts for r in p["runs"]]}
+    else:
+        results = run(args)
     text = table(results, args.sam3_s_per_tile, f"{cpu_name()}, {os.cpu_count()} cores, "
                                                 f"{torch.get_num_threads()} torch threads")
     print(text)

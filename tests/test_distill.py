@@ -40,7 +40,8 @@ def test_distill_end_to_end_with_the_colors_teacher(scene, tmp_path):
     pred = pyogrio.read_dataframe(out / "student-heldout.gpkg")
     everything = report["heldout"]["all"]
     assert everything["tp"] + everything["fn"] == len(truth) == report["sample"]["teacher_objects_heldout"]
-    assert everything["tp"] + everything["fp"] == len(pred)
+    kept = pred[pred["score"] >= report["score_threshold"]]
+    assert everything["tp"] + everything["fp"] == len(kept) and (pred["score"] >= 0.01).all()
     assert report["classes"] == ["blue", "green", "red"] and report["teacher"]["backend"] == "colors"
     assert set(report["steps_s"]) == {"sample", "teacher", "teacher_heldout", "dataset", "train", "student_heldout",
                                       "student_all"}
@@ -49,6 +50,7 @@ def test_distill_end_to_end_with_the_colors_teacher(scene, tmp_path):
     assert report["training"]["epochs_run"] == 1 and report["dataset"]["train"] > 0
     model = json.loads((out / "model" / "geoseg.json").read_text())
     assert model["classes"] == report["classes"] and model["dataset"]["path"] == str((out / "dataset").resolve())
+    assert model["score_threshold"] == report["score_threshold"]  # chosen on the held-out blocks, kept
     everywhere = pyogrio.read_dataframe(out / "student.gpkg")
     assert set(everywhere["label"]) <= set(report["classes"])
     assert not (out / ".work").exists()

@@ -36,7 +36,7 @@ from rasterio.windows import transform as window_transform
 from geoseg.analysis.dataset import export_dataset, to_pixels
 from geoseg.analysis.evaluate import evaluate
 from geoseg.analysis.train import train
-from geoseg.backends.yolo import import_ultralytics
+from geoseg.backends.yolo import DEFAULT_SCORE, MANIFEST, import_ultralytics
 from geoseg.core.segmenter import as_backend, check_prompts, load_segmenter
 from geoseg.errors import OutputError, UsageError, option
 from geoseg.io.inputs import list_inputs
@@ -47,6 +47,7 @@ from geoseg.run.pipeline import segment
 log = logging.getLogger("geoseg")
 
 REPORT = "report.json"
+LOW = 0.01  # the student's held-out run keeps objects scoring this or more, to choose its threshold
 
 
 @dataclass(frozen=True)
@@ -195,10 +196,13 @@ def distill(rasters: Any, prompts: Any, out_dir: str | os.PathLike[str], *, teac
         info = train(out / "dataset", out / "model", epochs=epochs, patience=patience, batch_size=batch_size,
                      device=device, weights=weights, seed=seed, workers=workers, progress=progress, **hyper)
     student = {"model": str(out / "model")} | ({"device": device} if device else {})
-    with clock("student_heldout"):
-        segment(held_paths, found, segmenter="yolo", output=out / "student-heldout.gpkg",
-                work_dir=out / ".work" / "student-heldout", **common, **student)
-    scored = evaluate(out / "student-heldout.gpkg", out / "teacher-heldout.gpkg", iou=0.5)
+    with clock("student_heldout"):  # every object scoring LOW or more, to choose the threshold on
+        found_held = segment(held_paths, found, segmenter="yolo", output=out / "student-heldout.gpkg",
+                             work_dir=out / ".work" / "student-heldout", score_threshold=LOW, **common, **student)
+    threshold, scored, at_default = choose_threshold(found_held, truth)
+    model_info = json.loads((out / "model" / MANIFEST).read_text())
+    model_info["score_threshold"] = threshold  # the yolo backend's default from now on
+    (out / "model" / MANIFEST).write_text(json.dumps(model_info, indent=1))
     if run_all:
         with clock("student_all"):
             segment(paths, found, segmenter="yolo", output=out / "student.gpkg", work_dir=out / ".work" / "student",
@@ -212,6 +216,7 @@ def distill(rasters: Any, prompts: Any, out_dir: str | os.PathLike[str], *, teac
                    "teacher_objects": len(labels), "teacher_objects_heldout": len(truth)},
         "dataset": info["dataset"]["chips"], "val": info["val"],
         "training": {k: info["training"][k] for k in ("start", "epochs", "epochs_run", "seconds", "device")},
+        "score_threshold": threshold, "f1_at_default_threshold": at_default,
         "heldout": {s.label: {"f1": _round(s.f1), "precision": _round(s.precision), "recall": _round(s.recall),
                               "tp": s.tp, "fp": s.fp, "fn": s.fn} for s in scored.scores},
         "speed": {"heldout_mpx": round(held_px / 1e6, 3),
@@ -223,6 +228,17 @@ def distill(rasters: Any, prompts: Any, out_dir: str | os.PathLike[str], *, teac
     (out / REPORT).write_text(json.dumps(report, indent=1))
     (out / "report.txt").write_text(format_report(report) + "\n")
     return report
+
+
+def choose_threshold(found: Any, truth: Any) -> tuple[float, Any, float | None]:
+    """The score threshold giving the best F1 (IoU 0.5) of the student's objects against the teacher's,
+    the scores there, and the F1 at the default threshold."""
+    swept = evaluate(found, truth, iou=0.5, sweep="score") if len(found) else None
+    best = None if swept is None else swept.best
+    threshold = DEFAULT_SCORE if best is None or not best.f1 > 0 else round(float(best.threshold), 4)
+    scored = evaluate(found[found["score"] >= threshold], truth, iou=0.5)
+    default = evaluate(found[found["score"] >= DEFAULT_SCORE], truth, iou=0.5)
+    return threshold, scored, _round(next(s.f1 for s in default.scores if s.label == "all"))
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -238,7 +254,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"{r['training']['seconds'] / 60:.1f} min on {r['training']['device']}; val mask mAP50 "
         f"{r['val']['mask_map50']:.3f}",
         f"held out, student vs teacher at IoU 0.5: F1 {a.get('f1')}, precision {a.get('precision')}, "
-        f"recall {a.get('recall')} (TP {a.get('tp')}, FP {a.get('fp')}, FN {a.get('fn')})",
+        f"recall {a.get('recall')} (TP {a.get('tp')}, FP {a.get('fp')}, FN {a.get('fn')}) at score >= "
+        f"{r['score_threshold']} (the best; kept as the student's default); F1 {r['f1_at_default_threshold']} at "
+        f"{DEFAULT_SCORE}",
     ]
     for label, v in r["heldout"].items():
         if label != "all":

@@ -34,6 +34,7 @@ MANIFEST = "geoseg.json"
 WEIGHTS = "weights.pt"
 INSTALL = 'pip install ultralytics (AGPL-3.0; in a clone of geoseg: pip install ".[yolo]")'
 STRIDE = 32
+DEFAULT_SCORE = 0.25
 
 
 def import_ultralytics() -> Any:
@@ -108,7 +109,8 @@ class YoloSegmenter:
         device: "cuda", "cuda:1", "mps" or "cpu"; default CUDA when there is one.
         dtype: "fp16" or "fp32"; default fp16 on CUDA, fp32 elsewhere.
         batch_size: tiles per forward pass (default 16 on CUDA, 4 elsewhere).
-        score_threshold: keep instances scoring at least this.
+        score_threshold: keep instances scoring at least this (default: the threshold `geoseg distill`
+            chose on held-out blocks, kept in geoseg.json, else 0.25).
         max_detections: the most instances per tile (the model's `max_det`).
         nms_iou: non-maximum suppression IoU of boxes of one class.
     """
@@ -116,7 +118,7 @@ class YoloSegmenter:
     name = "yolo"
 
     def __init__(self, *, model: str | None = None, device: str | None = None, dtype: str | None = None,
-                 batch_size: int | None = None, score_threshold: float = 0.25, max_detections: int = 300,
+                 batch_size: int | None = None, score_threshold: float | None = None, max_detections: int = 300,
                  nms_iou: float = 0.7) -> None:
         if model is None:
             raise UsageError(f"the yolo backend needs {option('model', 'DIR')}: a folder made by `geoseg train`")
@@ -143,7 +145,8 @@ class YoloSegmenter:
         self.batch_size = int(batch_size or (16 if self.device.startswith("cuda") else 4))
         if self.batch_size < 1:
             raise UsageError(f"{option('batch_size', batch_size)}: give 1 or more")
-        self.score_threshold = float(score_threshold)
+        self.score_threshold = float(self.manifest.get("score_threshold", DEFAULT_SCORE) if score_threshold is None
+                                     else score_threshold)
         self.max_objects = int(max_detections)
         self.nms_iou = float(nms_iou)
 
