@@ -17,8 +17,12 @@ import logging
 import os
 import shutil
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+
+from pyproj import CRS
+from tqdm import tqdm
 
 from geoseg.analysis.dataset import MANIFEST as DATASET_MANIFEST
 from geoseg.analysis.dataset import export_dataset
@@ -191,8 +195,6 @@ def _fit(dataset: Path, manifest: dict[str, Any], tmp: Path, *, epochs: int, pat
 
 
 def _short_crs(manifest: dict[str, Any]) -> str | None:
-    from pyproj import CRS
-
     crs = {CRS(r["crs"]).to_string() for r in manifest["rasters"]}
     return crs.pop() if len(crs) == 1 else None
 
@@ -220,8 +222,6 @@ class _EpochBar:
         self.done = 0
         self.bar = None
         if show:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=epochs, unit="epoch", desc="training", leave=True)
 
     def update(self, trainer: Any) -> None:
@@ -242,8 +242,6 @@ class _EpochBar:
 
 
 def _version() -> str:
-    from importlib.metadata import version
-
     return version("ultralytics")
 
 
