@@ -172,8 +172,8 @@ def test_info_does_not_import_torch(scene_path):
 def test_click_usage_errors_are_one_line_too(scene_path, tmp_path, args, match):
     r = run("segment", scene_path, "-p", "red", "-o", tmp_path / "o.gpkg", *args)
     assert match in one_line_error(r)
-    r = run("segment", scene_path, "-o", tmp_path / "o.gpkg")
-    assert "'-p' / '--prompt'" in one_line_error(r)
+    r = run("segment", scene_path, "-o", tmp_path / "o.gpkg")  # -p is optional with --exemplars, not without
+    assert "no prompt given: pass at least one, e.g. -p building" in one_line_error(r)
     assert not (tmp_path / "o.gpkg").exists()
 
 
