@@ -45,7 +45,9 @@ a warm-up, the configurations interleaved. No object passes the score threshold,
 post-processing (which scales with the objects found, as with text) is left out: this is
 the model's cost. "encode" is the one-off cost of a group of boxes, paid once per run and
 level: a vision pass of the boxes' tile and the geometry encoder. Random weights; fp32 on
-the CPU; on a shared 2-core machine, differences of 10-20 % between rows are noise."""
+the CPU; on a shared 2-core machine, differences of 10-20 % between rows are noise. The
+full-size rows (2026-12-04) were measured while other jobs kept the machine's load average
+near 5 (idle, its vision encoder takes ~26 s a tile): read their ratios, not their times."""
 
 
 def boxes(n: int, seed: int = 1) -> np.ndarray:
@@ -99,7 +101,8 @@ def table(results: dict[str, dict]) -> str:
             enc = "–" if row["encode_ms"] is None else f"{row['encode_ms']:g}"
             lines.append(f"| {name} | {r['machine']} | {row['boxes']} | {row['ms_per_tile']:g} | {row['heads_ms']:g} "
                          f"| {enc} | {100 * (row['ms_per_tile'] / base - 1):+.1f} % |")
-    return "\n".join(lines) + "\n\nRun: `python benchmarks/exemplars.py --size tiny --write`.\n"
+    return "\n".join(lines) + ("\n\nRun: `python benchmarks/exemplars.py --size tiny --write`; "
+                               "`--size full --tiles 1 --repeats 1` for the real architecture.\n")
 
 
 def main() -> None:
@@ -109,7 +112,11 @@ def main() -> None:
     ap.add_argument("--tiles", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--write", action="store_true", help="rebuild the README section from results/")
+    ap.add_argument("--readme-only", action="store_true", help="only rebuild the README section from results/")
     args = ap.parse_args()
+    if args.readme_only:
+        write_section("Exemplars", table(_results()))
+        return
     from geoseg.testing.sam3 import build_tiny_sam3
 
     folder = build_tiny_sam3(Path(tempfile.mkdtemp(prefix="sam3_exemplars_")), size=args.size, device=args.device)
@@ -122,9 +129,12 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     if args.write:
-        found = {p.stem.removeprefix("exemplars_").replace("_", " "): json.loads(p.read_text())
-                 for p in sorted((HERE / "results").glob("exemplars_*.json"))}
-        write_section("Exemplars", table(found))
+        write_section("Exemplars", table(_results()))
+
+
+def _results() -> dict[str, dict]:
+    return {p.stem.removeprefix("exemplars_").replace("_", " "): json.loads(p.read_text())
+            for p in sorted((HERE / "results").glob("exemplars_*.json"))}
 
 
 if __name__ == "__main__":
