@@ -102,15 +102,12 @@ def _labels(gdf: gpd.GeoDataFrame, file: ExemplarFile) -> tuple[str | None, ...]
 def _positive(gdf: gpd.GeoDataFrame, file: ExemplarFile) -> tuple[bool, ...]:
     if "positive" not in gdf.columns:
         return (True,) * len(gdf)
-    col = gdf["positive"]
-    if pd.api.types.is_bool_dtype(col):
-        return tuple(bool(v) for v in col)
-    values = [v for v in col if v is not None and not (isinstance(v, float) and np.isnan(v))]
-    if all(isinstance(v, (bool, np.bool_)) for v in values):  # booleans with gaps: a gap is true
-        return tuple(True if v is None or (isinstance(v, float) and np.isnan(v)) else bool(v) for v in col)
-    bad = next(v for v in values if not isinstance(v, (bool, np.bool_)))
-    raise UsageError(f"{file.named()}: its positive column is not boolean (it holds {bad!r}): make it a boolean "
-                     f"field, true for an example of what to find, false for one of what not to find")
+    values = list(gdf["positive"])
+    bad = [v for v in values if not pd.isna(v) and not isinstance(v, (bool, np.bool_))]
+    if bad:
+        raise UsageError(f"{file.named()}: its positive column is not boolean (it holds {bad[0]!r}): make it a "
+                         f"boolean field, true for an example of what to find, false for one of what not to find")
+    return tuple(True if pd.isna(v) else bool(v) for v in values)  # an empty cell: the default, true
 
 
 @dataclass(frozen=True)
