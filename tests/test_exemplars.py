@@ -142,6 +142,15 @@ def test_mosaic_of_files_and_dask(scene, tmp_path):
     assert len(parts) == 9 and sum(map(len, parts)) >= len(want)  # objects on file edges: in parts
     assert {lab for p in parts for lab in p["label"]} == {"roofs"}
 
+    # the mosaic's rows in two shards, combined: each shard used the box
+    (tmp_path / "rows").mkdir()
+    for k in (1, 2):
+        r = segment(files, "--mosaic", "--exemplars", boxes, "--shard", f"{k}/2", "--output-dir", tmp_path / "rows")
+        assert r.exit_code == 0, r.output
+    r = run("combine", tmp_path / "rows", "-o", tmp_path / "combined.gpkg")
+    assert r.exit_code == 0, r.output
+    assert_found(pyogrio.read_dataframe(tmp_path / "combined.gpkg"), want)
+
     client = connect(workers=2)
     try:
         settings = pipeline.Settings.of(None, tile_size=TILE, overlap=OVERLAP, exemplars=boxes)
