@@ -108,6 +108,7 @@ def run(args: argparse.Namespace) -> dict:
         row = {"scenes": k, "chips": info["dataset"]["chips"], "epochs_run": info["training"]["epochs_run"],
                "train_s": round(seconds, 1), "val": info["val"], "curve": curve, "f1": round(f1, 3),
                "best_f1": round(best, 3), "at_score": round(at, 3), "heldout_run_s": round(run_s, 2),
+               "start": Path(info["training"]["start"]).name,
                "tiles_per_s": round(tiles_per_second(model), 3)}
         results["runs"].append(row)
         print(json.dumps(row), flush=True)
@@ -115,29 +116,38 @@ def run(args: argparse.Namespace) -> dict:
     return results
 
 
-def table(results: dict, sam3_s: float, machine: str) -> str:
-    a = results["args"]
+def command(a: dict) -> str:
+    """The command line that made a results file."""
+    return (f"`python benchmarks/distill.py --scenes {' '.join(map(str, a['scenes']))} --size {a['size']} "
+            f"{'' if a['objects'] is None else '--objects ' + str(a['objects']) + ' '}--chip {a['chip']} "
+            f"--epochs {a['epochs']} --every {a['every']} --batch {a['batch']}"
+            f"{' --no-val' if a.get('no_val') else ''}{' --weights ' + a['weights'] if a.get('weights') else ''}`")
+
+
+def table(parts: list[dict], sam3_s: float, machine: str) -> str:
+    a = parts[-1]["args"]
     lines = [
         "## Distillation",
         "",
-        f"`python benchmarks/distill.py --scenes {' '.join(map(str, a['scenes']))} --size {a['size']} "
-        f"{'' if a['objects'] is None else '--objects ' + str(a['objects']) + ' '}"
-        f"--chip {a['chip']} --epochs {a['epochs']} --every {a['every']} --batch {a['batch']}` "
-        f"({time.strftime('%Y-%m-%d')}, {machine}; `colors` teacher, a student from yolo11n-seg.yaml with random "
-        f"weights; training scenes `make_scene(size={a['size']}, n_objects={a['objects']})` seeds 1..N, "
-        f"held-out scene `make_scene(size=2048, seed=0)` through the whole pipeline, tile 1008, overlap 128; "
-        f"F1 at IoU 0.5 against the teacher):",
+        "; ".join(command(p["args"]) for p in parts) +
+        f" ({time.strftime('%Y-%m-%d')}, {machine}; `colors` teacher; training scenes "
+        f"`make_scene(size={a['size']}, n_objects={a['objects']})` seeds 1..N, held-out scene "
+        f"`make_scene(size=2048, seed=0)` through the whole pipeline, tile 1008, overlap 128; F1 at IoU 0.5 "
+        f"against the teacher; full SAM 3 at {sam3_s:g} s per 1008² tile, see SAM 3 throughput):",
         "",
-        "| scenes | train / val chips | epochs | training time | held-out F1 by epoch: at score 0.25 / best "
-        "(score) | F1 final, at 0.25 / best | student tiles/s (1008²) | vs full SAM 3 |",
-        "|---:|---:|---:|---:|---|---:|---:|---:|",
+        "| scenes | train / val chips | from | epochs | training time | held-out F1 by epoch: at score 0.25 / "
+        "best (its score) | F1 at the end: 0.25 / best (score) | val mask mAP50 | student tiles/s (1008²) | "
+        "vs full SAM 3 |",
+        "|---:|---:|---|---:|---:|---|---:|---:|---:|---:|",
     ]
-    for r in sorted(results["runs"], key=lambda r: (r["scenes"], r["epochs_run"])):
+    runs = [r for p in parts for r in p["runs"]]
+    for r in sorted(runs, key=lambda r: (r["scenes"], r.get("start", ""), r["epochs_run"])):
         curve = ", ".join(f"{c['epoch']}: {c['f1']:.2f} / {c['best_f1']:.2f} ({c['at_score']:.2f})"
                           for c in r["curve"])
-        lines.append(f"| {r['scenes']} | {r['chips']['train']} / {r['chips']['val']} | {r['epochs_run']} | "
-                     f"{r['train_s'] / 60:.0f} min | {curve} | {r['f1']:.2f} / {r['best_f1']:.2f} | "
-                     f"{r['tiles_per_s']:.2f} | {r['tiles_per_s'] * sam3_s:.0f}x |")
+        lines.append(f"| {r['scenes']} | {r['chips']['train']} / {r['chips']['val']} | "
+                     f"{r.get('start', 'yolo11n-seg.yaml')} | {r['epochs_run']} | {r['train_s'] / 60:.0f} min | "
+                     f"{curve} | {r['f1']:.2f} / {r['best_f1']:.2f} ({r['at_score']:.2f}) | "
+                     f"{r['val']['mask_map50']:.2f} | {r['tiles_per_s']:.2f} | {r['tiles_per_s'] * sam3_s:.0f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -168,12 +178,8 @@ def main() -> None:
     from common import cpu_name, write_section
 
     torch.set_num_threads(args.threads)
-    if args.from_json:
-        parts = [json.loads(Path(f).read_text()) for f in args.from_json]
-        results = {"args": parts[-1]["args"], "runs": [r for p in parts for r in p["runs"]]}
-    else:
-        results = run(args)
-    text = table(results, args.sam3_s_per_tile, f"{cpu_name()}, {os.cpu_count()} cores, "
+    parts = [json.loads(Path(f).read_text()) for f in args.from_json] if args.from_json else [run(args)]
+    text = table(parts, args.sam3_s_per_tile, f"{cpu_name()}, {os.cpu_count()} cores, "
                                                 f"{torch.get_num_threads()} torch threads")
     print(text)
     if args.write:
