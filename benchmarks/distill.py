@@ -145,7 +145,7 @@ def table(parts: list[dict], sam3_s: float, machine: str) -> str:
         curve = ", ".join(f"{c['epoch']}: {c['f1']:.2f} / {c['best_f1']:.2f} ({c['at_score']:.2f})"
                           for c in r["curve"])
         lines.append(f"| {r['scenes']} | {r['chips']['train']} / {r['chips']['val']} | "
-                     f"{r.get('start', 'yolo11n-seg.yaml')} | {r['epochs_run']} | {r['train_s'] / 60:.0f} min | "
+                     f"{r.get('start', 'yolo11n-seg.yaml')} | {r['epochs_run']} | {r['train_s'] / 60:.1f} min | "
                      f"{curve} | {r['f1']:.2f} / {r['best_f1']:.2f} ({r['at_score']:.2f}) | "
                      f"{r['val']['mask_map50']:.2f} | {r['tiles_per_s']:.2f} | {r['tiles_per_s'] * sam3_s:.0f}x |")
     return "\n".join(lines) + "\n"
