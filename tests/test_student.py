@@ -224,6 +224,19 @@ def test_resume_refuses_a_changed_model_file(trained, scene, tmp_path):
     assert out.exists()
 
 
+def test_a_dask_run_of_the_student_gives_the_serial_output(trained, scene, tmp_path):
+    pytest.importorskip("distributed")
+    args = ["-p", "red,green,blue", "--backend", "yolo", "--model", trained[0], "--score-threshold", "0.0",
+            "--max-detections", 20, "--refine-depth", 0, "--tile-size", 256, "--overlap", 32, "-q"]
+    r = run("segment", scene, *args, "-o", tmp_path / "dask.gpkg", "--workers", 1)
+    assert r.exit_code == 0, r.output
+    r = run("segment", scene, *args, "-o", tmp_path / "serial.gpkg")
+    assert r.exit_code == 0, r.output
+    a, b = (pyogrio.read_dataframe(tmp_path / f) for f in ("dask.gpkg", "serial.gpkg"))
+    assert len(a) == len(b) > 0 and (a["label"].to_numpy() == b["label"].to_numpy()).all()
+    assert a.geometry.geom_equals_exact(b.geometry, tolerance=0).all()
+
+
 def test_qgis_worker_runs_a_student(trained, scene, tmp_path):
     out = tmp_path / "out.gpkg"
     small = make_scene(tmp_path / "small.tif", size=200, seed=4)
