@@ -46,7 +46,8 @@ def test_distill_end_to_end_with_the_colors_teacher(scene, tmp_path):
     assert set(report["steps_s"]) == {"sample", "teacher", "teacher_heldout", "dataset", "train", "student_heldout",
                                       "student_all"}
     speed = report["speed"]
-    assert speed["student_vs_teacher"] == pytest.approx(speed["teacher_s"] / speed["student_s"], rel=0.02)
+    t, st = speed["teacher_s"], speed["student_s"]  # both rounded to 0.01 s
+    assert (t - 0.005) / (st + 0.005) - 0.005 <= speed["student_vs_teacher"] <= (t + 0.005) / (st - 0.005) + 0.005
     assert report["training"]["epochs_run"] == 1 and report["dataset"]["train"] > 0
     model = json.loads((out / "model" / "geoseg.json").read_text())
     assert model["classes"] == report["classes"] and model["dataset"]["path"] == str((out / "dataset").resolve())
