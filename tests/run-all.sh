@@ -20,4 +20,5 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then  # never pip into the system Python (refused 
 fi
 export HF_HUB_OFFLINE=1  # no test may touch the network
 python -m pip install -e ".[sam3,test]"
-python -m pytest "$@"
+# two processes, each file's tests in one of them (module fixtures built once); GEOSEG_TEST_WORKERS=0: one process
+python -m pytest -n "${GEOSEG_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -142,19 +142,21 @@ def _yolo_lines(pieces: list[Piece], size: tuple[int, int]) -> tuple[list[str], 
     return lines, cut
 
 
-def check_out_dir(out_dir: str | os.PathLike[str], overwrite: bool) -> Path:
-    """The output folder must not exist, be empty, or be a dataset geoseg wrote (with `overwrite`)."""
+def check_out_dir(out_dir: str | os.PathLike[str], overwrite: bool, *, what: str = "dataset",
+                  marks: tuple[str, ...] = (MANIFEST,)) -> Path:
+    """The output folder (of a dataset, a model, a distillation: `what`) must not exist, be empty,
+    or be one geoseg wrote (one of `marks` in it), replaced only with `overwrite`."""
     out = Path(out_dir)
     shown = option("out_dir", str(out), flag="-o")
     if not out.parent.is_dir():
         raise OutputError(f"{shown}: folder {str(out.parent)!r} does not exist: create it first")
     if out.exists() and not out.is_dir():
-        raise OutputError(f"{shown} is a file: give a folder for the dataset")
+        raise OutputError(f"{shown} is a file: give a folder for the {what}")
     if out.is_dir() and any(out.iterdir()):
-        if not (out / MANIFEST).is_file():
-            raise OutputError(f"{shown} is not empty and holds no geoseg dataset: choose a new or empty folder")
+        if not any((out / mark).exists() for mark in marks):
+            raise OutputError(f"{shown} is not empty and holds no geoseg {what}: choose a new or empty folder")
         if not overwrite:
-            raise OutputError(f"{shown} holds a dataset: pass {option('overwrite', True)} to replace it, "
+            raise OutputError(f"{shown} holds a {what}: pass {option('overwrite', True)} to replace it, "
                               "or choose another folder")
     if not os.access(out.parent, os.W_OK):
         raise OutputError(f"{shown}: folder {str(out.parent)!r} is not writable: choose another output")
@@ -360,7 +362,7 @@ def export_dataset(
                       for c in chips],
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
-        _replace(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -441,8 +443,8 @@ def _write_labels(tmp: Path, fmt: str, names: list[str], chips: list[dict[str, A
     (tmp / "data.yaml").write_text("\n".join(yaml) + "\n")
 
 
-def _replace(tmp: Path, out: Path) -> None:
-    """Move the finished dataset into place; an old one goes only once the new one is complete."""
+def replace_folder(tmp: Path, out: Path) -> None:
+    """Move the finished folder (a dataset, a model) into place; an old one goes only once the new one is complete."""
     if out.exists():
         old = out.with_name(f".{out.name}.{os.getpid()}.old")
         files.replace(out, old)

@@ -33,12 +33,12 @@ from pyproj import CRS
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from geoseg.analysis.dataset import export_dataset, to_pixels
+from geoseg.analysis.dataset import check_out_dir, export_dataset, to_pixels
 from geoseg.analysis.evaluate import evaluate
 from geoseg.analysis.train import train
 from geoseg.backends.yolo import DEFAULT_SCORE, MANIFEST, import_ultralytics
 from geoseg.core.segmenter import as_backend, check_prompts, load_segmenter
-from geoseg.errors import OutputError, UsageError, option
+from geoseg.errors import UsageError, option
 from geoseg.io.inputs import list_inputs
 from geoseg.io.sources import unique_names
 from geoseg.io.vectors import polygons_only, read_vector
@@ -107,21 +107,6 @@ def cut_blocks(blocks: list[tuple[Any, Window]], names: list[str], folder: Path,
     return out
 
 
-def check_out(out_dir: str | os.PathLike[str], overwrite: bool) -> Path:
-    out = Path(out_dir)
-    shown = option("out_dir", str(out), flag="-o")
-    if not out.parent.is_dir():
-        raise OutputError(f"{shown}: folder {str(out.parent)!r} does not exist: create it first")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / REPORT).is_file() and not (out / "sample").is_dir():
-            raise OutputError(f"{shown} is not empty and holds no geoseg distillation: choose a new or empty folder")
-        if not overwrite:
-            raise OutputError(f"{shown} holds a distillation: pass {option('overwrite', True)} to replace it")
-    elif out.exists() and not out.is_dir():
-        raise OutputError(f"{shown} is a file: give a folder")
-    return out
-
-
 def distill(rasters: Any, prompts: Any, out_dir: str | os.PathLike[str], *, teacher: str = "sam3",
             teacher_options: dict[str, Any] | None = None, sample_aoi: Any = None,
             sample_fraction: float | None = None, holdout: float = 0.2, chip_size: int = 512,
@@ -153,7 +138,7 @@ def distill(rasters: Any, prompts: Any, out_dir: str | os.PathLike[str], *, teac
     if not 0 < holdout < 1:
         raise UsageError(f"{option('holdout', holdout)}: give a share in (0, 1)")
     import_ultralytics()  # before any work: without it, one line saying what to install
-    out = check_out(out_dir, overwrite)
+    out = check_out_dir(out_dir, overwrite, what="distillation", marks=(REPORT, "sample"))
     paths = list_inputs(rasters)
     aoi = None if sample_aoi is None else polygons_only(read_vector(sample_aoi, name="sample_aoi"), "sample_aoi")
     planned = plan_blocks(paths, 2 * chip_size, aoi=aoi, fraction=sample_fraction, seed=seed)

@@ -25,10 +25,9 @@ from pyproj import CRS
 from tqdm import tqdm
 
 from geoseg.analysis.dataset import MANIFEST as DATASET_MANIFEST
-from geoseg.analysis.dataset import export_dataset
+from geoseg.analysis.dataset import check_out_dir, export_dataset, replace_folder
 from geoseg.backends.yolo import MANIFEST, WEIGHTS, file_hash, import_ultralytics, keep_torch_threads, pick_device
-from geoseg.errors import OutputError, UsageError, option
-from geoseg.io import files
+from geoseg.errors import UsageError, option
 
 log = logging.getLogger("geoseg")
 
@@ -36,22 +35,6 @@ ARCHITECTURE = "yolo11n-seg.yaml"
 METRICS = {"mask_map50": "metrics/mAP50(M)", "mask_map50_95": "metrics/mAP50-95(M)",
            "box_map50": "metrics/mAP50(B)", "box_map50_95": "metrics/mAP50-95(B)",
            "mask_precision": "metrics/precision(M)", "mask_recall": "metrics/recall(M)"}
-
-
-def check_model_dir(out_dir: str | os.PathLike[str], overwrite: bool) -> Path:
-    """The model folder must be new, empty, or one `geoseg train` wrote (with `overwrite`)."""
-    out = Path(out_dir)
-    shown = option("out_dir", str(out), flag="-o")
-    if not out.parent.is_dir():
-        raise OutputError(f"{shown}: folder {str(out.parent)!r} does not exist: create it first")
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{shown} is a file: give a folder for the model")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / MANIFEST).is_file():
-            raise OutputError(f"{shown} is not empty and holds no geoseg model: choose a new or empty folder")
-        if not overwrite:
-            raise OutputError(f"{shown} holds a model: pass {option('overwrite', True)} to replace it")
-    return out
 
 
 def read_dataset(dataset: str | os.PathLike[str]) -> dict[str, Any]:
@@ -102,7 +85,7 @@ def train(dataset: Any, out_dir: str | os.PathLike[str], *, vector: Any = None, 
     """
     if epochs < 1 or patience < 1 or batch_size < 1:
         raise UsageError(f"{option('epochs')}, {option('patience')} and {option('batch_size')} must be 1 or more")
-    out = check_model_dir(out_dir, overwrite)
+    out = check_out_dir(out_dir, overwrite, what="model", marks=(MANIFEST,))
     if weights is not None and not weights.endswith(".yaml") and not Path(weights).is_file():
         raise UsageError(f"{option('weights', weights)}: no such file; download the checkpoint first (geoseg "
                          f"never does), or leave it out to train from {ARCHITECTURE}")
@@ -124,7 +107,7 @@ def train(dataset: Any, out_dir: str | os.PathLike[str], *, vector: Any = None, 
         if vector is not None:
             info["dataset"]["path"] = "dataset"
         (tmp / MANIFEST).write_text(json.dumps(info, indent=1))
-        _replace(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -245,11 +228,3 @@ def _version() -> str:
     return version("ultralytics")
 
 
-def _replace(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.with_name(f".{out.name}.{os.getpid()}.old")
-        files.replace(out, old)
-        files.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        files.replace(tmp, out)
