@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -479,13 +480,14 @@ def test_processing_renders_a_web_layer(qgis_profile, tmp_path):
                         b.top - 90 * src.res[0])
     lonlat = gpd.GeoSeries([inner], crs=3857).to_crs(4326).total_bounds
     extent = f"{lonlat[0]},{lonlat[2]},{lonlat[1]},{lonlat[3]} [EPSG:4326]"
-    temp = tmp_path / "temp"
-    temp.mkdir()
+    # a short TMPDIR: the CPU workers' socket lives there, and a UNIX socket path is at most 107 bytes
+    temp = Path(tempfile.mkdtemp(prefix="gq-"))
     params = {"INPUT": xyz, "PROMPTS": "red,green,blue", "BACKEND": "colors", "TILE_SIZE": 256, "OVERLAP": 32,
               "EXTENT": extent, "WEB_RESOLUTION": round(ground, 4), "OUTPUT": str(tmp_path / "web.gpkg")}
     got = run_in_qgis(qgis_profile, params, TMPDIR=str(temp))
     assert got["error"] is None and got["crs"] == "EPSG:3857", got
     assert any("rendering" in line for line in got["lines"]) and not list(temp.glob("geoseg_qgis_*"))  # removed
+    shutil.rmtree(temp)
     truth = geoseg.segment(tif, ["red", "green", "blue"], segmenter="colors", tile_size=256, overlap=32)
     truth = truth[truth.geometry.centroid.within(inner)]
     found = gpd.read_file(tmp_path / "web.gpkg")
