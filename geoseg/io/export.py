@@ -39,10 +39,10 @@ DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "
 FORMATS = {"gpkg": ".gpkg", "geojson": ".geojson", "fgb": ".fgb", "parquet": ".parquet", "shp": ".shp"}
 SHP_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
 SHP_INDEXES = (".qix", ".sbn", ".sbx")  # spatial indexes of an old shapefile: wrong for a new one
-# GPKG: replace a layer whose name differs only in case (checked first: overwrite was given)
 log = logging.getLogger(__name__)
 _LOW = 4 << 20  # bytes free below which a failed write is taken for a full disk
 _CHUNK = 50_000  # features copied at once when a layer moves to another copy of its GeoPackage
+# GPKG: replace a layer whose name differs only in case (checked first: overwrite was given)
 OPTIONS: dict[str, dict[str, str]] = {"GeoJSON": {"RFC7946": "YES"}, "ESRI Shapefile": {"2GB_LIMIT": "YES"},
                                       "GPKG": {"OVERWRITE": "YES"}}
 

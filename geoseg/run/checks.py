@@ -115,9 +115,7 @@ def check_layer(output: Any, fmt: str, layer: str) -> None:
 
 def _check_work_folder(work: Path) -> None:
     """Refuse a work folder that cannot be written (read-only, or under a file)."""
-    folder = work
-    while not folder.is_dir() and folder != folder.parent:
-        folder = folder.parent
+    folder = _nearest_folder(work)
     if folder.is_dir() and not export.writable(folder):
         raise UsageError(f"work folder {work}: {folder} is not writable: pass another {option('work_dir')}")
 
@@ -132,7 +130,11 @@ def _probe(out: Path) -> Path:
     input's folder), a name in the nearest existing folder to check instead."""
     if out.parent.is_dir():
         return out
-    folder = out.parent
-    while not folder.is_dir() and folder != folder.parent:
-        folder = folder.parent
-    return folder / f".geoseg-{os.getpid()}{out.suffix}"
+    return _nearest_folder(out.parent) / f".geoseg-{os.getpid()}{out.suffix}"
+
+
+def _nearest_folder(path: Path) -> Path:
+    """`path`, or its nearest parent that is an existing folder."""
+    while not path.is_dir() and path != path.parent:
+        path = path.parent
+    return path
