@@ -55,6 +55,8 @@ class _Group(click.Group):
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
+        given = args[0] if args else kwargs.get("args")
+        errors.keep_secret(*(sys.argv[1:] if given is None else given))  # a URL's secrets, however it is cut later
         before, errors.cli_terms = errors.cli_terms, True  # library messages name --flags here
         try:
             rv = super().main(*args, **kwargs)

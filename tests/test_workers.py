@@ -217,3 +217,20 @@ def test_the_verdict_names_what_set_the_pace():
     slow_merge = Profile(model=2.0, merge=6.0, read=1.0, wall=10.0).verdict()
     assert "the CPU side set the pace" in slow_merge and "merge" in slow_merge
     assert "vectorise+write: more" in Profile(model=1.0, write=8.0, wall=10.0).verdict()
+
+
+def test_a_deep_temporary_folder_does_not_break_the_workers(tmp_path):
+    """The fork server's UNIX socket must fit in 107 bytes whatever $TMPDIR is (Python < 3.13 puts it
+    there): a 150-character TMPDIR, the default options otherwise, and the run finishes."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    assert len(str(deep)) > 120
+    scene = make_scene(tmp_path / "scene.tif", size=400, seed=2, n_objects=30)
+    env = {**os.environ, "TMPDIR": str(deep)}
+    cmd = [os.path.join(os.path.dirname(sys.executable), "geoseg"), "segment", str(scene), "-p", "red",
+           "--backend", "colors", "--tile-size", "128", "--overlap", "16", "--cpu-workers", "1",
+           "-o", str(tmp_path / "out.gpkg")]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "objects" in r.stderr and (tmp_path / "out.gpkg").exists()
+    assert not list(deep.iterdir())  # multiprocessing's folder went to a short place, and was removed

@@ -31,7 +31,17 @@ import pyogrio
 from pyproj import CRS
 from shapely.geometry import MultiPolygon
 
-from geoseg.errors import DiskFullError, GeosegError, OutputCRSWarning, OutputError, RunError, disk_full, option, redact
+from geoseg.errors import (
+    DiskFullError,
+    GeosegError,
+    OutputCRSWarning,
+    OutputError,
+    RunError,
+    disk_full,
+    keep_secret,
+    option,
+    redact,
+)
 from geoseg.io import files
 
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf", ".parquet": "Parquet",
@@ -83,6 +93,7 @@ def check_output(path: str | os.PathLike[str], overwrite: bool = False, layer: s
     A GeoPackage that exists takes a new `layer` without `overwrite`; an
     existing layer of that name needs `overwrite`, which replaces only it.
     """
+    keep_secret(path)  # a signed URL's secrets, in any message
     path = Path(path)
     if path.suffix.lower() not in DRIVERS:
         raise OutputError(f"{path}: unknown output format {path.suffix!r}: use .gpkg, .geojson, .fgb, .parquet or .shp")

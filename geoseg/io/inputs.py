@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from geoseg.errors import RasterError, UsageError, option
+from geoseg.errors import RasterError, UsageError, keep_secret, option
 from geoseg.io import buckets, stac
 from geoseg.io import mosaic as mosaics
 from geoseg.io.sources import RASTER_SUFFIXES, SIDECARS, is_raster_object, is_remote
@@ -104,5 +104,6 @@ def resolve(inputs: Any, *, asset: str | None = None, mosaic: bool = False, sett
     `inputs` expanded by `list_inputs`; with `mosaic`, all of them read as one
     virtual raster on the grid of `settings` (a run's `Settings`: its
     `dst_crs`, resolution and bands; see `geoseg.io.mosaic.from_settings`)."""
+    keep_secret(*(inputs if isinstance(inputs, (list, tuple)) else [inputs]))  # a URL's secrets, in any message
     paths = list_inputs(inputs, asset)
     return [mosaics.from_settings(paths, settings)] if mosaic else paths

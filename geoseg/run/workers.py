@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.spawn
+import multiprocessing.util
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -77,11 +79,36 @@ def _preparation_data(name: str) -> dict[str, Any]:
     return data
 
 
+# the fork server listens on a UNIX socket in multiprocessing's temporary folder, whose path
+# must fit in 107 bytes: "pymp-XXXXXXXX/listener-XXXXXXXX" leaves about 70 for the folder above it
+_LONGEST_TEMP = 64
+
+
+def _short_temp_dir() -> None:
+    """Make multiprocessing's temporary folder in a short place when $TMPDIR is deep (Python
+    before 3.13 fails with 'AF_UNIX path too long' there): /tmp, /dev/shm or /var/tmp, the
+    first writable. It is private to this process and removed at its exit, as always."""
+    if len(tempfile.gettempdir()) <= _LONGEST_TEMP:
+        return
+    saved = tempfile.tempdir
+    try:
+        for folder in ("/tmp", "/dev/shm", "/var/tmp"):
+            if os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK):
+                tempfile.tempdir = folder  # the documented way to set where mkdtemp makes folders
+                multiprocessing.util.get_temp_dir()  # made now, kept for the process's life
+                return
+    finally:
+        tempfile.tempdir = saved
+    raise UsageError(f"the temporary folder {tempfile.gettempdir()} is too deep for the CPU workers' socket and "
+                     f"no short one is writable: set TMPDIR to a shorter folder, or pass {option('cpu_workers', 0)}")
+
+
 class _Context:
     """A forkserver (or spawn) context whose processes are named as ours."""
 
     def __init__(self) -> None:
         if "forkserver" in multiprocessing.get_all_start_methods():
+            _short_temp_dir()
             self._ctx: Any = multiprocessing.get_context("forkserver")
             self._ctx.set_forkserver_preload(["geoseg.run.workers"])  # imported once, in the server
         else:
