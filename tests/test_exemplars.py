@@ -7,6 +7,8 @@ pixels in it, so a scene with known truth shows what the boxes find.
 from __future__ import annotations
 
 import json
+import os
+import re
 
 import geopandas as gpd
 import numpy as np
@@ -354,3 +356,69 @@ def test_resume_refuses_a_changed_exemplar_file(tmp_path):
     # refused before the (missing) model is looked for
     line = one_line_error(run("segment", *args, "--backend", "sam3", "--model", tmp_path / "none"))
     assert "made with --exemplars b.gpkg (" in line and "--restart" in line
+
+
+# -- hostile files: one line, exit 2, before the model loads; geoseg's own errors from Python
+
+def hostile(tmp, objs):
+    """(name, file, words the refusal says): the shapes of a file geoseg cannot use."""
+    good = box_of(objs, "red")
+    x, y = good.centroid.x, good.centroid.y
+    frame = gpd.GeoDataFrame
+    out = []
+    path = tmp / "point.gpkg"
+    frame(geometry=[shapely.Point(x, y)], crs=CRS).to_file(path)
+    out.append(("a point", path, "feature 1 is a Point"))
+    path = tmp / "line.gpkg"
+    frame(geometry=[shapely.LineString([(x, y), (x + 5, y + 5)])], crs=CRS).to_file(path)
+    out.append(("a line", path, "feature 1 is a LineString"))
+    path = tmp / "degrees.gpkg"  # UTM metres in a file that says degrees
+    frame(geometry=[good], crs="EPSG:4326").to_file(path)
+    out.append(("metres in a file in degrees", path, "are not degrees, though its CRS is EPSG:4326"))
+    path = tmp / "elsewhere.gpkg"  # degrees in a file that says UTM: far from every input
+    frame(geometry=[shapely.box(-82.1, 29.6, -82.09, 29.61)], crs=CRS).to_file(path)
+    out.append(("degrees in a file in metres", path, "outside every input"))
+    for name, value in (("inf", np.inf), ("nan", np.nan)):
+        path = tmp / f"{name}.gpkg"
+        frame(geometry=[good, shapely.box(x, y, value, y + 5)], crs=CRS).to_file(path)
+        words = "feature 2 has coordinates that are not numbers" if name == "inf" else "feature 2 has no geometry"
+        out.append((f"{name} coordinates", path, words))
+    path = tmp / "flat.gpkg"
+    frame(geometry=[shapely.Polygon([(x, y), (x + 5, y), (x + 9, y), (x, y)])], crs=CRS).to_file(path)
+    out.append(("a box of no area", path, "has no area"))
+    path = tmp / "fifo.gpkg"
+    os.mkfifo(path)  # reading it would wait for ever for a writer
+    out.append(("a FIFO", path, "not a regular file"))
+    path = tmp / "layers.gpkg"
+    frame(geometry=[good], crs=CRS).to_file(path, layer="sheds")
+    frame(geometry=[good], crs=CRS).to_file(path, layer="roofs")
+    out.append(("two layers", path, "holds 2 layers (sheds, roofs): name one as"))
+    out.append(("a layer it lacks", f"{path}:barns", "has no layer 'barns'"))
+    path = tmp / "newline.gpkg"
+    frame({"prompt": ["red\nshed"]}, geometry=[good], crs=CRS).to_file(path)
+    out.append(("a prompt holding a newline", path, "holds a control character"))
+    path = tmp / "long.gpkg"
+    frame({"prompt": ["shed " * 60]}, geometry=[good], crs=CRS).to_file(path)
+    out.append(("a prompt of 300 characters", path, "characters long"))
+    return out
+
+
+def test_hostile_exemplar_files_are_refused_in_one_line(bad):
+    path, objs, tmp = bad
+    for what, boxes, words in hostile(tmp, objs):
+        r = segment(path, "-p", "red", "--exemplars", boxes, "-o", tmp / "o.gpkg")
+        line = one_line_error(r)
+        assert words in line and "--exemplars" in line, (what, line)
+        with pytest.raises(UsageError, match=re.escape(words)):  # the Python API: geoseg's errors, not shapely's
+            geoseg.segment(path, "red", segmenter="colors", exemplars=boxes, tile_size=TILE, overlap=OVERLAP)
+    assert not (tmp / "o.gpkg").exists()
+
+
+def test_a_layer_of_a_file_is_named_with_a_colon(bad):
+    path, objs, tmp = bad
+    two = tmp / "two.gpkg"
+    gpd.GeoDataFrame(geometry=[box_of(objs, "blue")], crs=CRS).to_file(two, layer="sheds")
+    gpd.GeoDataFrame(geometry=[box_of(objs, "red")], crs=CRS).to_file(two, layer="roofs")
+    found = geoseg.segment(path, segmenter="colors", exemplars=f"{two}:roofs", tile_size=TILE, overlap=OVERLAP)
+    assert len(found) and (found.geometry.intersects(box_of(objs, "red"))).any()
+    assert not found.geometry.intersects(box_of(objs, "blue")).any()

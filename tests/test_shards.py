@@ -1,5 +1,8 @@
 """Array jobs: `segment --shard K/N` and `geoseg combine`."""
 
+import json
+import shutil
+
 import geopandas as gpd
 import pyogrio
 import pytest
@@ -263,3 +266,42 @@ def test_combine_refuses_a_shard_that_failed_on_a_file(tmp_path):
         segment(folder, "--shard", f"{j}/2", "--output-dir", out)
     line = one_line_error(run("combine", out, "-o", tmp_path / "all.gpkg"))
     assert line.endswith(f"shard {k}/2 failed on broken.tif: rerun it (--shard {k}/2), then combine")
+
+
+def test_combine_refuses_malformed_manifests_and_a_changed_output(folder, tmp_path):
+    """A manifest edited by hand or truncated, and a shard's output replaced by a valid file with
+    fewer objects or changed in place: one line naming the shard, nothing written."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for k in (1, 2, 3):
+        assert segment(folder, "--shard", f"{k}/3", "--output-dir", out).exit_code == 0
+    loaded = {k: json.loads((out / f".geoseg-shard-{k}-of-3.json").read_text()) for k in (1, 2, 3)}
+    k, m = next((k, m) for k, m in loaded.items() if any(f["output"] for f in m["files"].values()))
+    manifest = out / f".geoseg-shard-{k}-of-3.json"
+    good = manifest.read_text()
+    name, entry = next((n, f) for n, f in m["files"].items() if f["output"])
+    assert entry["objects"] > 0 and len(entry["sha256"]) == 64
+    broken = [{}, [], None, "x", {**m, "files": None}, {**m, "shard": [k % 3 + 1, 3]}, {**m, "inputs": [1, 2]},
+              {**m, "files": {name: {**entry, "objects": "9"}}}, {**m, "files": {name: None}}]
+    for bad in broken:
+        manifest.write_text(json.dumps(bad))
+        line = one_line_error(run("combine", out, "-o", tmp_path / "all.gpkg"))
+        assert line.endswith(f"{manifest} is damaged: rerun shard {k}/3 (--shard {k}/3) to write it again"), (bad, line)
+    manifest.write_text(good)
+
+    target = out / entry["output"]
+    gdf = pyogrio.read_dataframe(target)
+    shutil.copy(target, tmp_path / "kept.gpkg")
+    target.unlink()
+    pyogrio.write_dataframe(gdf.iloc[: len(gdf) - 3], target, layer="detections")  # a valid file, 3 fewer
+    line = one_line_error(run("combine", out, "-o", tmp_path / "all.gpkg"))
+    assert f"{target} holds {len(gdf) - 3} objects but shard {k}/3 wrote {len(gdf)}" in line
+    target.unlink()
+    gdf.loc[0, "label"] = "tampered"
+    pyogrio.write_dataframe(gdf, target, layer="detections")  # as many objects, another content
+    line = one_line_error(run("combine", out, "-o", tmp_path / "all.gpkg"))
+    assert f"{target} is not the file shard {k}/3 wrote" in line
+    assert not (tmp_path / "all.gpkg").exists()
+    shutil.copy(tmp_path / "kept.gpkg", target)
+    r = run("combine", out, "-o", tmp_path / "all.gpkg")
+    assert r.exit_code == 0, r.output

@@ -178,24 +178,36 @@ def as_backend(segmenter: Segmenter | Backend) -> Backend:
     return segmenter if isinstance(segmenter, Backend) else Backend(segmenter)
 
 
+MAX_PROMPT_CHARS = 200  #: a prompt names a concept in a few words; a model's own limit may be lower
+
+
+def check_prompt(prompt: Any) -> str:
+    """One prompt stripped, or PromptError for an empty or blank one, one holding a control
+    character (a newline, a tab), or one longer than `MAX_PROMPT_CHARS`."""
+    p = prompt.strip() if isinstance(prompt, str) else prompt
+    if not isinstance(p, str) or not p:
+        raise PromptError(f"empty prompt {p!r}: give some words, e.g. {option('prompts', 'tree crown', flag='-p')}")
+    if any(unicodedata.category(c) == "Cc" for c in p):  # a newline or tab would become part of a label
+        raise PromptError(f"prompt {p!r} holds a control character (newline, tab, ...): give the words on "
+                          f"one line, e.g. {option('prompts', 'tree crown', flag='-p')}")
+    if len(p) > MAX_PROMPT_CHARS:
+        raise PromptError(f"prompt {p[:40]!r}... is {len(p)} characters long, more than {MAX_PROMPT_CHARS}: "
+                          f"name the concept in a few words")
+    return p
+
+
 def check_prompts(prompts: Sequence[str] | str) -> list[str]:
     """Return the prompts stripped, split at commas ("tree, shrub" is two prompts, as `-p tree -p shrub`),
-    or raise PromptError for an empty or blank one, or one holding a control character (a newline, a tab)."""
+    each checked by `check_prompt`, or raise PromptError."""
     if isinstance(prompts, str):
         prompts = [prompts]
     # one rule on every interface (CLI, Python, QGIS): a comma separates prompts
-    cleaned = [q.strip() for p in prompts for q in p.split(",")] if all(isinstance(p, str) for p in prompts) \
-        else [p.strip() if isinstance(p, str) else p for p in prompts]
+    cleaned = [q for p in prompts for q in p.split(",")] if all(isinstance(p, str) for p in prompts) \
+        else list(prompts)
     if not cleaned:
         raise PromptError(f"no prompt given: pass at least one, e.g. {option('prompts', 'building', flag='-p')}")
-    for p in cleaned:
-        if not isinstance(p, str) or not p:
-            raise PromptError(f"empty prompt {p!r}: give some words, e.g. {option('prompts', 'tree crown', flag='-p')}")
-        if any(unicodedata.category(c) == "Cc" for c in p):  # a newline or tab would become part of a label
-            raise PromptError(f"prompt {p!r} holds a control character (newline, tab, ...): give the words on "
-                              f"one line, e.g. {option('prompts', 'tree crown', flag='-p')}")
     # keep the user's order, drop repeats
-    return list(dict.fromkeys(cleaned))
+    return list(dict.fromkeys(check_prompt(p) for p in cleaned))
 
 
 _BUILTIN: dict[str, str] = {
@@ -220,6 +232,12 @@ def _resolve(name: str) -> Callable[..., Any]:
         module, attr = _BUILTIN[name].split(":")
         return getattr(__import__(module, fromlist=[attr]), attr)  # type: ignore[no-any-return]
     raise UsageError(f"unknown backend {name!r}: choose one of {', '.join(backend_names())}")
+
+
+def takes_option(name: str, key: str) -> bool:
+    """Whether the registered backend `name` takes the option `key` (known before it is built)."""
+    params = inspect.signature(_resolve(name)).parameters
+    return key in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def load_segmenter(name: str, **options: Any) -> Segmenter:

@@ -24,8 +24,9 @@ from pyproj import CRS
 
 from geoseg.core.exemplars import MIN_MODEL_PX, Exemplars, Shot, concepts, home_tile, model_px
 from geoseg.core.refine import Refine, levels
+from geoseg.core.segmenter import check_prompt
 from geoseg.core.tiling import plan_tiles
-from geoseg.errors import RasterError, UsageError, option
+from geoseg.errors import PromptError, RasterError, UsageError, option
 from geoseg.io.raster import RasterSource, ReadOptions
 from geoseg.io.sources import source_name
 from geoseg.io.vectors import read_vector
@@ -71,18 +72,43 @@ def read_exemplars(source: Any) -> ExemplarFile:
     name = "GeoDataFrame" if isinstance(source, gpd.GeoDataFrame) else str(source)
     gdf = read_vector(source, name="exemplars")
     probe = ExemplarFile((), "", (), (), name, "")
-    gdf = gdf[~(gdf.geometry.isna() | gdf.geometry.is_empty)]
     if gdf.empty:
         raise UsageError(f"{probe.named()}: holds no box: draw a rectangle around an example of what to find")
+    lost = np.flatnonzero((gdf.geometry.isna() | gdf.geometry.is_empty).to_numpy())
+    if lost.size:  # a box drawn with NaN coordinates reads as no geometry: never dropped without a word
+        raise UsageError(f"{probe.named()}: feature {lost[0] + 1} has no geometry (or coordinates that are not "
+                         f"numbers): redraw it, or delete it")
     if gdf.crs is None:
         raise UsageError(f"{probe.named()} has no CRS: set one (e.g. ogr2ogr -a_srs EPSG:4326 out.gpkg in.gpkg)")
     labels = _labels(gdf, probe)
     positive = _positive(gdf, probe)
-    bounds = tuple(tuple(float(v) for v in b) for b in gdf.geometry.bounds.to_numpy())
+    bounds = _bounds(gdf, probe)
     digest = hashlib.sha1(gdf.crs.to_wkt().encode())
     for geom, label, pos in zip(gdf.geometry.values, labels, positive):
         digest.update(shapely.to_wkb(geom) + repr((label, pos)).encode())
     return ExemplarFile(bounds, gdf.crs.to_wkt(), labels, positive, name, digest.hexdigest()[:10])  # type: ignore[arg-type]
+
+
+def _bounds(gdf: gpd.GeoDataFrame, file: ExemplarFile) -> tuple[tuple[float, float, float, float], ...]:
+    """Each feature's envelope; refuses, naming the feature, a point or a line (a box has an area)
+    and coordinates that are not finite numbers."""
+    kinds = gdf.geometry.geom_type.to_numpy()
+    out = []
+    for k, (kind, box) in enumerate(zip(kinds, gdf.geometry.bounds.to_numpy())):
+        if kind not in ("Polygon", "MultiPolygon"):
+            raise UsageError(f"{file.named()}: feature {k + 1} is a {kind}: draw a rectangle around the example "
+                             f"(a polygon; its envelope is the box)")
+        if not np.isfinite(box).all():
+            raise UsageError(f"{file.named()}: feature {k + 1} has coordinates that are not numbers "
+                             f"({', '.join(f'{v:g}' for v in box)}): redraw it")
+        if gdf.crs.is_geographic and not (-360 <= box[0] and box[2] <= 360 and -90 <= box[1] and box[3] <= 90):
+            raise UsageError(f"{file.named()}: feature {k + 1} has coordinates ({box[0]:.8g}, {box[1]:.8g}) that "
+                             f"are not degrees, though its CRS is {gdf.crs.to_string()}: set the file's right CRS")
+        if box[2] <= box[0] or box[3] <= box[1]:
+            raise UsageError(f"{file.named()}: feature {k + 1} has no area ({', '.join(f'{v:g}' for v in box)}): "
+                             f"draw a rectangle around the example")
+        out.append(tuple(float(v) for v in box))
+    return tuple(out)  # type: ignore[return-value]
 
 
 def _labels(gdf: gpd.GeoDataFrame, file: ExemplarFile) -> tuple[str | None, ...]:
@@ -94,8 +120,13 @@ def _labels(gdf: gpd.GeoDataFrame, file: ExemplarFile) -> tuple[str | None, ...]
             out.append(None)
         elif not isinstance(v, str):
             raise UsageError(f"{file.named()}: its prompt column holds {v!r}: give text (or leave it empty)")
+        elif not v.strip():
+            out.append(None)
         else:
-            out.append(v.strip() or None)
+            try:  # the rules of -p: a prompt on one line, of a few words
+                out.append(check_prompt(v))
+            except PromptError as e:
+                raise UsageError(f"{file.named()}: its prompt column: {e}") from None
     return tuple(out)
 
 
@@ -127,12 +158,17 @@ def in_pixels(file: ExemplarFile, src: RasterSource) -> np.ndarray:
                          f"give a raster with a CRS")
     boxes = [shapely.box(*b) for b in file.bounds]
     if not CRS.from_user_input(src.crs).equals(CRS.from_wkt(file.crs)):
-        dense = [shapely.segmentize(b, max(b.bounds[2] - b.bounds[0], b.bounds[3] - b.bounds[1]) / 16 or 1)
+        dense = [shapely.segmentize(b, max(b.bounds[2] - b.bounds[0], b.bounds[3] - b.bounds[1]) / 16)
                  for b in boxes]
-        boxes = list(gpd.GeoSeries(dense, crs=file.crs).to_crs(src.crs).values)
+        with np.errstate(all="ignore"):
+            boxes = list(gpd.GeoSeries(dense, crs=file.crs).to_crs(src.crs).values)
     inverse = (~src.transform).to_shapely()
-    out = np.array([shapely.bounds(shapely.affinity.affine_transform(b, inverse)) for b in boxes], float)
-    return out.reshape(-1, 4)
+    out = np.full((len(boxes), 4), np.nan)
+    for k, b in enumerate(boxes):
+        # a box whose coordinates the CRS cannot take (degrees in a UTM file) comes back not finite
+        if b is not None and not b.is_empty and np.isfinite(shapely.get_coordinates(b)).all():
+            out[k] = shapely.bounds(shapely.affinity.affine_transform(b, inverse))
+    return out
 
 
 def place(file: ExemplarFile, paths: list[Any], read: ReadOptions, *, tile_size: int, overlap: int,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from typing import TypeAlias
 
 import geopandas as gpd
+import pyogrio
 import shapely
 
 from geoseg.errors import GeosegWarning, UsageError, option
@@ -22,24 +24,44 @@ Vector: TypeAlias = "str | os.PathLike[str] | gpd.GeoDataFrame"
 
 
 def read_vector(source: Vector, what: str = "vector", *, name: str | None = None) -> gpd.GeoDataFrame:
-    """Read any vector file geopandas reads (or pass a GeoDataFrame through).
+    """Read any vector file geopandas reads (or pass a GeoDataFrame through). `FILE:LAYER`
+    names a layer; a file of several layers without one is refused, naming them.
 
     Messages call it `what` (PRED, REF), or the parameter `name` in the caller's terms.
     """
     if isinstance(source, gpd.GeoDataFrame):
         return source
-    path = str(source)
-    shown = f"{what} {path}" if name is None else option(name, path)
+    path, layer = _split_layer(str(source))
+    shown = f"{what} {source}" if name is None else option(name, str(source))
     if not os.path.exists(path):
         raise UsageError(f"{shown}: no such file: check the path")
-    if os.path.isdir(path) and not path.lower().endswith(".gdb"):
+    kind = os.stat(path).st_mode
+    if stat.S_ISDIR(kind) and not path.lower().endswith(".gdb"):
         raise UsageError(f"{shown}: is a folder, not a vector file")
+    if not stat.S_ISDIR(kind) and not stat.S_ISREG(kind):  # a FIFO or a device would block the read for ever
+        raise UsageError(f"{shown}: is not a regular file (a pipe or a device): give a vector file")
     try:
-        return gpd.read_file(path)
+        layers = [str(n) for n in pyogrio.list_layers(path)[:, 0]]
+        if layer is None and len(layers) > 1:
+            raise UsageError(f"{shown}: holds {len(layers)} layers ({', '.join(layers[:5])}"
+                             f"{', ...' if len(layers) > 5 else ''}): name one as {path}:LAYER")
+        if layer is not None and layer not in layers:
+            raise UsageError(f"{shown}: has no layer {layer!r} (it has {', '.join(layers[:5])}): check its name")
+        return gpd.read_file(path, layer=layer)
+    except UsageError:
+        raise
     except Exception as e:  # pyogrio raises DataSourceError and friends; keep it one line
         reason = str(e).split("\n")[0]
         raise UsageError(f"{shown}: not a readable vector file ({reason}): give a GPKG, GeoJSON, "
                          "Shapefile, FlatGeobuf or GeoParquet") from None
+
+
+def _split_layer(text: str) -> tuple[str, str | None]:
+    """`FILE:LAYER` -> (FILE, LAYER) where FILE exists and `text` does not; else (text, None)."""
+    head, sep, layer = text.rpartition(":")
+    if sep and head and layer and not os.path.exists(text) and os.path.exists(head):
+        return head, layer
+    return text, None
 
 
 def polygons_only(gdf: gpd.GeoDataFrame, name: str) -> gpd.GeoDataFrame:

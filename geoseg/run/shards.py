@@ -98,25 +98,67 @@ def write_manifest(folder: str | os.PathLike[str], shard: Shard, names: list[str
     runs' `FileResult`s), so that `combine` can tell a missing or mixed shard."""
     k, n = shard
     path = Path(folder) / f".geoseg-shard-{k}-of-{n}.json"
-    manifest = {"shard": [k, n], "inputs": names, "settings": settings, "layer": layer,
-                "files": {f.source: {"state": f.state, "output": None if f.output is None else
-                                     Path(f.output).relative_to(folder).as_posix()} for f in results}}
+    files: dict[str, Any] = {}
+    for f in results:
+        files[f.source] = {"state": f.state, "output": None}
+        if f.output is not None:  # what combine checks the output against: it may be replaced meanwhile
+            out = Path(f.output)
+            files[f.source].update(output=out.relative_to(folder).as_posix(), objects=_count(out, layer),
+                                   sha256=_digest(out))
+    manifest = {"shard": [k, n], "inputs": names, "settings": settings, "layer": layer, "files": files}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1, default=str))
     move_into_place(tmp, path)
     return path
 
 
+def _count(path: Path, layer: str) -> int:
+    if path.suffix.lower() == ".parquet":
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    return int(pyogrio.read_info(path, layer=_layer(path, layer), force_feature_count=True)["features"])
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _manifests(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
     found = sorted(p for p in folder.iterdir() if MANIFEST.fullmatch(p.name))
     out = []
     for p in found:
+        k, n = (int(v) for v in MANIFEST.fullmatch(p.name).groups())  # type: ignore[union-attr]
         try:
-            out.append((p, json.loads(p.read_text())))
+            m = json.loads(p.read_text())
         except ValueError:
-            k, n = MANIFEST.fullmatch(p.name).groups()  # type: ignore[union-attr]
-            raise UsageError(f"{p} is damaged: rerun shard {k}/{n} (--shard {k}/{n}) to write it again") from None
+            m = None
+        if not _well_formed(m) or m["shard"] != [k, n]:
+            raise UsageError(f"{p} is damaged: rerun shard {k}/{n} (--shard {k}/{n}) to write it again")
+        out.append((p, m))
     return out
+
+
+def _well_formed(m: Any) -> bool:
+    """Whether `m` has the fields `write_manifest` writes, of their types (a hand-edited or truncated
+    manifest must be refused in one line, not fail deep in combine)."""
+    if not isinstance(m, dict) or not isinstance(m.get("shard"), list) or len(m["shard"]) != 2:
+        return False
+    if not all(isinstance(v, int) for v in m["shard"]) or not isinstance(m.get("layer"), str):
+        return False
+    if not isinstance(m.get("inputs"), list) or not all(isinstance(v, str) for v in m["inputs"]):
+        return False
+    if not isinstance(m.get("settings"), dict) or not isinstance(m.get("files"), dict):
+        return False
+    for f in m["files"].values():
+        if not isinstance(f, dict) or not isinstance(f.get("state"), str):
+            return False
+        if f.get("output") is not None and not (isinstance(f["output"], str) and isinstance(f.get("objects"), int)
+                                                and isinstance(f.get("sha256"), str)):
+            return False
+    return True
 
 
 def _from_manifests(folder: Path, layer: str) -> list[Path] | None:
@@ -154,8 +196,20 @@ def _from_manifests(folder: Path, layer: str) -> list[Path] | None:
                                  f"{m['shard'][0]}/{n}), then combine")
             if f["output"] is not None:
                 path = folder / f["output"]
+                shard = f"shard {m['shard'][0]}/{n}"
                 if not path.is_file():
-                    raise UsageError(f"{path} is missing: shard {m['shard'][0]}/{n} wrote it; rerun that shard")
+                    raise UsageError(f"{path} is missing: {shard} wrote it; rerun that shard")
+                try:
+                    count = _count(path, m["layer"])
+                except Exception as e:  # another program's file, or a damaged one
+                    raise UsageError(f"{path} cannot be read as {shard} wrote it ({str(e).splitlines()[0]}): "
+                                     f"rerun that shard (--shard {m['shard'][0]}/{n})") from None
+                if count != f["objects"]:
+                    raise UsageError(f"{path} holds {count} objects but {shard} wrote {f['objects']}: it was "
+                                     f"replaced or changed since; rerun that shard (--shard {m['shard'][0]}/{n})")
+                if _digest(path) != f["sha256"]:
+                    raise UsageError(f"{path} is not the file {shard} wrote (its content changed since): rerun "
+                                     f"that shard (--shard {m['shard'][0]}/{n})")
                 outputs.append(path)
     if first["layer"] != layer:
         raise UsageError(f"the shards wrote layer {first['layer']!r}: pass {option('layer', first['layer'])}")
