@@ -1,6 +1,7 @@
 """`geoseg distill`: the whole loop with the `colors` backend as the teacher (a one-epoch student)."""
 
 import json
+from pathlib import Path
 
 import geopandas as gpd
 import pyogrio
@@ -10,6 +11,7 @@ import shapely
 from conftest import one_line_error, run
 
 from geoseg.analysis.distill import plan_blocks
+from geoseg.io.export import read_provenance
 from geoseg.testing import make_scene
 
 
@@ -18,12 +20,22 @@ def scene(tmp_path_factory):
     return make_scene(tmp_path_factory.mktemp("scene") / "scene.tif", size=512, seed=7)
 
 
-def test_distill_end_to_end_with_the_colors_teacher(scene, tmp_path):
-    out = tmp_path / "distilled"
-    r = run("distill", scene, "-p", "red,green,blue", "-o", out, "--teacher", "colors", "--sample-fraction", 1,
-            "--chip-size", 128, "--epochs", 1, "--batch-size", 8, "--workers", 0, "--tile-size", 256,
-            "--overlap", 32, "-q")
+ARGS = ["-p", "red,green,blue", "--teacher", "colors", "--sample-fraction", 1, "--chip-size", 128, "--epochs", 1,
+        "--batch-size", 8, "--workers", 0, "--tile-size", 256, "--overlap", 32, "-q"]
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_distill_end_to_end_with_the_colors_teacher(scene, tmp_path, monkeypatch):
+    """With a relative -o (and --device, for the student: the colors teacher has none): the distillation,
+    and nothing else, in the working folder."""
+    monkeypatch.chdir(tmp_path)
+    r = run("distill", scene, "-o", "distilled", *ARGS, "--device", "cpu")
     assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["distilled"]  # no Ultralytics runs/, no hidden build
+    out = tmp_path / "distilled"
     report = json.loads((out / "report.json").read_text())
     assert (out / "report.txt").read_text().strip() in r.output  # printed as written
     assert "held out, student vs teacher at IoU 0.5: F1" in r.output and "time per step" in r.output
@@ -51,6 +63,10 @@ def test_distill_end_to_end_with_the_colors_teacher(scene, tmp_path):
     assert report["training"]["epochs_run"] == 1 and report["dataset"]["train"] > 0
     model = json.loads((out / "model" / "geoseg.json").read_text())
     assert model["classes"] == report["classes"] and model["dataset"]["path"] == str((out / "dataset").resolve())
+    assert model["training"]["device"] == "cpu" and report["training"]["device"] == "cpu"
+    dataset = json.loads((out / "dataset" / "dataset.json").read_text())
+    assert all(Path(r["path"]).is_relative_to(out) for r in dataset["rasters"])  # where they are now
+    assert read_provenance(out / "student.gpkg")["model"] == str(out / "model")
     assert model["score_threshold"] == report["score_threshold"]  # chosen on the held-out blocks, kept
     everywhere = pyogrio.read_dataframe(out / "student.gpkg")
     assert set(everywhere["label"]) <= set(report["classes"])
@@ -59,6 +75,33 @@ def test_distill_end_to_end_with_the_colors_teacher(scene, tmp_path):
     line = one_line_error(run("distill", scene, "-p", "red", "-o", out, "--teacher", "colors",
                               "--sample-fraction", 1))
     assert "--overwrite" in line
+
+    # a new run that fails keeps the finished distillation, whatever it fails on
+    before = _snapshot(out)
+    line = one_line_error(run("distill", scene, "-o", out, *ARGS, "--overwrite", "--weights", tmp_path / "no.pt"))
+    assert "no such file" in line
+    assert _snapshot(out) == before
+    # a file of the user's in it (or one changed) is never deleted
+    (out / "sample" / "my-notes.txt").write_text("mine")
+    line = one_line_error(run("distill", scene, "-o", out, *ARGS, "--overwrite"))
+    assert "my-notes.txt" in line and "did not write" in line
+    assert (out / "sample" / "my-notes.txt").read_text() == "mine"
+    (out / "sample" / "my-notes.txt").unlink()
+    r = run("distill", scene, "-o", out, *ARGS, "--overwrite", "--sample-only")
+    assert r.exit_code == 0, r.output
+    assert not (out / "student.gpkg").exists() and (out / "report.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["distilled"]
+
+
+def test_overwrite_refuses_a_folder_that_only_looks_like_a_distillation(scene, tmp_path):
+    project = tmp_path / "project"
+    (project / "sample").mkdir(parents=True)
+    (project / "report.json").write_text("{}")
+    (project / "thesis.tex").write_text("years of work")
+    before = _snapshot(project)
+    line = one_line_error(run("distill", scene, "-o", project, *ARGS, "--overwrite"))
+    assert ".geoseg-written.json" in line
+    assert _snapshot(project) == before and (project / "sample").is_dir()
 
 
 def test_sample_blocks_from_an_aoi_or_a_fraction(scene, tmp_path):

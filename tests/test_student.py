@@ -83,7 +83,8 @@ def test_train_makes_a_model_folder_offline_writing_nowhere_else(trained, datase
     assert proc.returncode == 0, proc.stderr
     assert "NETWORK ATTEMPT" not in proc.stderr
     assert "val mask mAP50" in proc.stderr and "--backend yolo" in proc.stderr
-    assert sorted(p.name for p in model.iterdir()) == ["geoseg.json", "results.csv", "weights.pt"]
+    assert sorted(p.name for p in model.iterdir()) == [".geoseg-written.json", "geoseg.json", "results.csv",
+                                                       "weights.pt"]
     assert not any((tmp / "cwd").iterdir()) and not any((tmp / "home").iterdir())
     assert not list(dataset.rglob("*.cache"))  # Ultralytics' label caches stayed in the work folder
     info = json.loads((model / "geoseg.json").read_text())
@@ -287,3 +288,99 @@ def test_train_refuses_what_it_cannot_train_on(dataset, tmp_path, scene):
     assert "no such file" in one_line_error(run("train", dataset, "-o", tmp_path / "m", "--weights", "nope.pt"))
     if not __import__("torch").cuda.is_available():
         assert "no CUDA GPU" in one_line_error(run("train", dataset, "-o", tmp_path / "m", "--device", "cuda"))
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_never_deletes_what_geoseg_did_not_write(trained, dataset, tmp_path):
+    """`train --overwrite` over a folder of the user's, over a model the user put a file in, or with a start
+    that cannot load: one line, and every file as it was."""
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "chapter1.docx").write_text("years of work")
+    (thesis / "geoseg.json").write_text("{}")  # looks like a model folder: a name proves nothing
+    line = one_line_error(run("train", dataset, "-o", thesis, "--overwrite", "--epochs", 1))
+    assert ".geoseg-written.json" in line
+    assert _snapshot(thesis) == {"chapter1.docx": b"years of work", "geoseg.json": b"{}"}
+
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(trained[0], model)
+    before = _snapshot(model)
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a checkpoint")
+    for weights, words in [(tmp_path / "nope.pt", "no such file"), (bad, "not a YOLO checkpoint"),
+                           ("nope.yaml", "not an architecture yaml")]:
+        line = one_line_error(run("train", dataset, "-o", model, "--overwrite", "--weights", weights))
+        assert words in line and str(weights) in line
+        assert _snapshot(model) == before
+    (model / "notes.txt").write_text("mine")
+    line = one_line_error(run("train", dataset, "-o", model, "--overwrite", "--epochs", 1))
+    assert "notes.txt" in line and "did not write" in line
+    (model / "notes.txt").unlink()
+    (model / "results.csv").write_text("edited by hand\n")
+    line = one_line_error(run("train", dataset, "-o", model, "--overwrite", "--epochs", 1))
+    assert "results.csv" in line and "changed" in line
+    assert (model / "results.csv").read_text() == "edited by hand\n"
+
+
+def test_a_killed_train_leaves_nothing_once_a_rerun_succeeds(dataset, tmp_path):
+    """kill -9 in the middle of training, then the same command again, with a relative -o: the model
+    folder and nothing else in the working folder (no Ultralytics runs/, no hidden build)."""
+    import signal
+    import time
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    args = ["train", dataset, "-o", "student", "--batch-size", 8, "--workers", 0]
+    (tmp_path / "home").mkdir()
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "2"}
+    proc = subprocess.Popen([sys.executable, "-c", "from geoseg.cli import main; main()", *map(str, args),
+                             "--epochs", "50"],
+                            cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(cwd.glob(".student.*.tmp/.work/run")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the training ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(cwd.glob(".student.*.tmp")) and not (cwd / "student").exists()
+    r = cli(*args, "--epochs", 1, site="", tmp=tmp_path, cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in cwd.iterdir()) == ["student"]
+    assert sorted(p.name for p in (cwd / "student").iterdir()) == [".geoseg-written.json", "geoseg.json",
+                                                                  "results.csv", "weights.pt"]
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("garbage", "is not `class x1 y1"),
+    ("class", "class id 7 is not one of the 3 classes"),
+    ("no-val", "images/val holds no image"),
+    ("no-label", "has no label file"),
+    ("short", "3 or more x y pairs"),
+])
+def test_a_damaged_dataset_is_refused_in_one_line_naming_the_file(dataset, tmp_path, damage, words):
+    import shutil
+
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset, copy)
+    labels = sorted((copy / "labels" / "train").glob("*.txt"))
+    named = labels[0]
+    if damage == "garbage":
+        named.write_bytes(b"\x00\x01 garbage here\n")
+    elif damage == "class":
+        named.write_text("7 0.1 0.1 0.2 0.1 0.2 0.2\n")
+    elif damage == "short":
+        named.write_text("1 0.1 0.1 0.2 0.1\n")
+    elif damage == "no-val":
+        for f in (copy / "images" / "val").iterdir():
+            f.unlink()
+        named = copy / "images" / "val"
+    else:
+        named.unlink()
+    line = one_line_error(run("train", copy, "-o", tmp_path / "m", "--epochs", 1))
+    assert words in line and str(named) in line
+    assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.*"))

@@ -30,7 +30,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -46,10 +45,10 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import array_bounds
 from rasterio.warp import transform_bounds
 
+from geoseg.analysis.folders import building, check_out_dir
 from geoseg.analysis.splits import assign_splits, chip_blocks, overlap_guard, parse_split
 from geoseg.core.tiling import Window, plan_tiles
-from geoseg.errors import GeosegWarning, OutputError, UsageError, option
-from geoseg.io import files
+from geoseg.errors import GeosegWarning, UsageError, option
 from geoseg.io.inputs import list_inputs
 from geoseg.io.raster import RasterSource, ReadOptions, parse_bands
 from geoseg.io.sources import unique_names
@@ -140,27 +139,6 @@ def _yolo_lines(pieces: list[Piece], size: tuple[int, int]) -> tuple[list[str], 
             if piece.truncated:
                 cut.append(len(lines))
     return lines, cut
-
-
-def check_out_dir(out_dir: str | os.PathLike[str], overwrite: bool, *, what: str = "dataset",
-                  marks: tuple[str, ...] = (MANIFEST,)) -> Path:
-    """The output folder (of a dataset, a model, a distillation: `what`) must not exist, be empty,
-    or be one geoseg wrote (one of `marks` in it), replaced only with `overwrite`."""
-    out = Path(out_dir)
-    shown = option("out_dir", str(out), flag="-o")
-    if not out.parent.is_dir():
-        raise OutputError(f"{shown}: folder {str(out.parent)!r} does not exist: create it first")
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{shown} is a file: give a folder for the {what}")
-    if out.is_dir() and any(out.iterdir()):
-        if not any((out / mark).exists() for mark in marks):
-            raise OutputError(f"{shown} is not empty and holds no geoseg {what}: choose a new or empty folder")
-        if not overwrite:
-            raise OutputError(f"{shown} holds a {what}: pass {option('overwrite', True)} to replace it, "
-                              "or choose another folder")
-    if not os.access(out.parent, os.W_OK):
-        raise OutputError(f"{shown}: folder {str(out.parent)!r} is not writable: choose another output")
-    return out
 
 
 def _write_image(path: Path, rgb: np.ndarray, valid: np.ndarray, driver: str, transform: Any, crs: Any) -> None:
@@ -311,7 +289,7 @@ def export_dataset(
     if (block_size is not None and block_size <= 0) or min_area < 0:
         raise UsageError(f"{option('block_size')} must be > 0 and {option('min_area')} >= 0")
     fractions = parse_split(split)
-    out = check_out_dir(out_dir, overwrite)
+    out = check_out_dir(out_dir, overwrite, what="dataset")
     paths = list_inputs(rasters)
     stems = chip_stems(paths)
     read = ReadOptions(bands=parse_bands(bands))
@@ -332,12 +310,10 @@ def export_dataset(
                           f"its chips are padded to {chip_size} x {chip_size} px with nodata (0)",
                           GeosegWarning, stacklevel=2)
     _warn_shared_ground(planned, deal)
-    summary = DatasetSummary(out, fmt, names)
+    summary = DatasetSummary(Path(out_dir), fmt, names)
     for s in range(len(fractions)):
         summary.blocks[SPLITS[s]] = sum(1 for v in deal.values() if v == s)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with building(out, "dataset") as tmp:
         chips = []
         for r in planned:
             splits = [deal[b] for b in r.blocks]
@@ -362,10 +338,6 @@ def export_dataset(
                       for c in chips],
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
 
 
@@ -441,14 +413,3 @@ def _write_labels(tmp: Path, fmt: str, names: list[str], chips: list[dict[str, A
             *(f"{s}: images/{s}" for s in SPLITS[:n_splits]), f"nc: {len(names)}", "names:"]
     yaml += [f"  {k}: {json.dumps(n)}" for k, n in enumerate(names)]
     (tmp / "data.yaml").write_text("\n".join(yaml) + "\n")
-
-
-def replace_folder(tmp: Path, out: Path) -> None:
-    """Move the finished folder (a dataset, a model) into place; an old one goes only once the new one is complete."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.{os.getpid()}.old")
-        files.replace(out, old)
-        files.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        files.replace(tmp, out)

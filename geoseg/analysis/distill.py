@@ -16,12 +16,15 @@ share `holdout` of the blocks (at least one) is kept out of training.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import shutil
+import sqlite3
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,12 +36,14 @@ from pyproj import CRS
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from geoseg.analysis.dataset import check_out_dir, export_dataset, to_pixels
+from geoseg.analysis.dataset import MANIFEST as DATASET_MANIFEST
+from geoseg.analysis.dataset import export_dataset, to_pixels
 from geoseg.analysis.evaluate import evaluate
-from geoseg.analysis.train import train
-from geoseg.backends.yolo import DEFAULT_SCORE, MANIFEST, import_ultralytics
-from geoseg.core.segmenter import as_backend, check_prompts, load_segmenter
-from geoseg.errors import UsageError, option
+from geoseg.analysis.folders import building, check_out_dir, seal
+from geoseg.analysis.train import check_start, train
+from geoseg.backends.yolo import DEFAULT_SCORE, MANIFEST, import_ultralytics, pick_device
+from geoseg.core.segmenter import as_backend, check_prompts, load_segmenter, takes_option
+from geoseg.errors import GeosegWarning, UsageError, option
 from geoseg.io.inputs import list_inputs
 from geoseg.io.sources import unique_names
 from geoseg.io.vectors import polygons_only, read_vector
@@ -48,6 +53,7 @@ log = logging.getLogger("geoseg")
 
 REPORT = "report.json"
 LOW = 0.01  # the student's held-out run keeps objects scoring this or more, to choose its threshold
+UNDERTRAINED = 0.05  # a best threshold below this: the student is undertrained (warned)
 
 
 @dataclass(frozen=True)
@@ -138,7 +144,10 @@ def distill(rasters: Any, prompts: Any, out_dir: str | os.PathLike[str], *, teac
     if not 0 < holdout < 1:
         raise UsageError(f"{option('holdout', holdout)}: give a share in (0, 1)")
     import_ultralytics()  # before any work: without it, one line saying what to install
-    out = check_out_dir(out_dir, overwrite, what="distillation", marks=(REPORT, "sample"))
+    out = check_out_dir(out_dir, overwrite, what="distillation")
+    check_start(weights)
+    if device is not None:
+        pick_device(device)
     paths = list_inputs(rasters)
     aoi = None if sample_aoi is None else polygons_only(read_vector(sample_aoi, name="sample_aoi"), "sample_aoi")
     planned = plan_blocks(paths, 2 * chip_size, aoi=aoi, fraction=sample_fraction, seed=seed)
@@ -146,53 +155,67 @@ def distill(rasters: Any, prompts: Any, out_dir: str | os.PathLike[str], *, teac
         raise UsageError(f"the sample holds {len(planned)} block of {2 * chip_size} px: it needs two or more (one "
                          f"to train on, one held out); sample more with {option('sample_fraction')} or "
                          f"{option('sample_aoi')}, or use a smaller {option('chip_size')}")
+    options = {k: v for k, v in (teacher_options or {}).items() if v is not None}
+    if "device" in options and not takes_option(teacher, "device"):  # a teacher with no device (colors: numpy)
+        del options["device"]
     # loaded once for both of its runs; the prompts checked before any pixel is read
-    labeller = as_backend(load_segmenter(teacher, **{k: v for k, v in (teacher_options or {}).items()
-                                                     if v is not None}))
+    labeller = as_backend(load_segmenter(teacher, **options))
     labeller.check_prompts(prompts)
+    with building(out, "distillation") as tmp:
+        report = _distill(tmp, out, paths, planned, prompts, labeller, teacher=teacher, holdout=holdout,
+                          chip_size=chip_size, tile_size=tile_size, overlap=overlap, seed=seed, run_all=run_all,
+                          progress=progress, student={"device": device} if device else {},
+                          training=dict(epochs=epochs, patience=patience, batch_size=batch_size, device=device,
+                                        weights=weights, seed=seed, workers=workers, progress=progress, **hyper))
+    return report
+
+
+def _distill(tmp: Path, out: Path, paths: list[Any], planned: list[tuple[Any, Window]], prompts: list[str],
+             labeller: Any, *, teacher: str, holdout: float, chip_size: int, tile_size: int, overlap: int,
+             seed: int, run_all: bool, progress: bool, student: dict[str, Any],
+             training: dict[str, Any]) -> dict[str, Any]:
+    """The steps of `distill`, written into `tmp` (renamed to `out` once complete)."""
     steps: dict[str, float] = {}
     clock = _Clock(steps)
-    shutil.rmtree(out, ignore_errors=True)  # checked above: empty, or a distillation to overwrite
-    (out / ".work").mkdir(parents=True)
-
+    (tmp / ".work").mkdir()
     with clock("sample"):
         stems = [str(n).rsplit(".", 1)[0].replace("/", "_") for n in unique_names(paths)]
         names = [stems[paths.index(r)] for r, _ in planned]
-        blocks = cut_blocks(planned, names, out / "sample", holdout, seed)
+        blocks = cut_blocks(planned, names, tmp / "sample", holdout, seed)
     train_paths = [str(b.path) for b in blocks if not b.heldout]
     held_paths = [str(b.path) for b in blocks if b.heldout]
     common = dict(tile_size=tile_size, overlap=overlap, progress=progress)
     log.info("distill: the %s teacher labels %d sample blocks", teacher, len(blocks))
     with clock("teacher"):
-        labels = segment(train_paths, prompts, segmenter=labeller.segmenter, output=out / "teacher.gpkg",
-                         work_dir=out / ".work" / "teacher", **common)
+        labels = segment(train_paths, prompts, segmenter=labeller.segmenter, output=tmp / "teacher.gpkg",
+                         work_dir=tmp / ".work" / "teacher", **common)
     with clock("teacher_heldout"):
-        truth = segment(held_paths, prompts, segmenter=labeller.segmenter, output=out / "teacher-heldout.gpkg",
-                        work_dir=out / ".work" / "teacher-heldout", **common)
+        truth = segment(held_paths, prompts, segmenter=labeller.segmenter, output=tmp / "teacher-heldout.gpkg",
+                        work_dir=tmp / ".work" / "teacher-heldout", **common)
     found = sorted(set(labels["label"]))
     missing = [p for p in prompts if p not in found]
     if not found:
         raise UsageError(f"the {teacher} teacher found none of {', '.join(prompts)} in the sample's training "
                          f"blocks: nothing to learn; check the prompts or sample another area")
     with clock("dataset"):
-        export_dataset(train_paths, out / "teacher.gpkg", out / "dataset", fmt="yolo", chip_size=chip_size,
+        export_dataset(train_paths, tmp / "teacher.gpkg", tmp / "dataset", fmt="yolo", chip_size=chip_size,
                        seed=seed)
     with clock("train"):
-        info = train(out / "dataset", out / "model", epochs=epochs, patience=patience, batch_size=batch_size,
-                     device=device, weights=weights, seed=seed, workers=workers, progress=progress, **hyper)
-    student = {"model": str(out / "model")} | ({"device": device} if device else {})
+        info = train(tmp / "dataset", tmp / "model", **training)
+    model = {"model": str(tmp / "model")} | student
     with clock("student_heldout"):  # every object scoring LOW or more, to choose the threshold on
-        found_held = segment(held_paths, found, segmenter="yolo", output=out / "student-heldout.gpkg",
-                             work_dir=out / ".work" / "student-heldout", score_threshold=LOW, **common, **student)
+        found_held = segment(held_paths, found, segmenter="yolo", output=tmp / "student-heldout.gpkg",
+                             work_dir=tmp / ".work" / "student-heldout", score_threshold=LOW, **common, **model)
     threshold, scored, at_default = choose_threshold(found_held, truth)
-    model_info = json.loads((out / "model" / MANIFEST).read_text())
+    model_info = json.loads((tmp / "model" / MANIFEST).read_text())
     model_info["score_threshold"] = threshold  # the yolo backend's default from now on
-    (out / "model" / MANIFEST).write_text(json.dumps(model_info, indent=1))
+    (tmp / "model" / MANIFEST).write_text(json.dumps(model_info, indent=1))
     if run_all:
         with clock("student_all"):
-            segment(paths, found, segmenter="yolo", output=out / "student.gpkg", work_dir=out / ".work" / "student",
-                    **common, **student)
-    shutil.rmtree(out / ".work", ignore_errors=True)
+            segment(paths, found, segmenter="yolo", output=tmp / "student.gpkg", work_dir=tmp / ".work" / "student",
+                    **common, **model)
+    shutil.rmtree(tmp / ".work", ignore_errors=True)
+    relocate(tmp, out)
     held_px = sum(b.window.width * b.window.height for b in blocks if b.heldout)
     report = {
         "geoseg": "distill", "prompts": prompts, "classes": found, "not_found_by_teacher": missing,
@@ -210,17 +233,36 @@ def distill(rasters: Any, prompts: Any, out_dir: str | os.PathLike[str], *, teac
         "steps_s": {k: round(v, 1) for k, v in steps.items()},
         "outputs": {"model": "model", "student": "student.gpkg" if run_all else None},
     }
-    (out / REPORT).write_text(json.dumps(report, indent=1))
-    (out / "report.txt").write_text(format_report(report) + "\n")
+    (tmp / REPORT).write_text(json.dumps(report, indent=1))
+    (tmp / "report.txt").write_text(format_report(report) + "\n")
     return report
+
+
+def relocate(tmp: Path, out: Path) -> None:
+    """The paths into `tmp` that the steps stored (the dataset's rasters and vector, the model's dataset,
+    the student's model folder in the GeoPackages' provenance) made paths into `out`, where the folder
+    is about to be renamed."""
+    for gpkg in tmp.glob("*.gpkg"):
+        with contextlib.closing(sqlite3.connect(gpkg)) as db, db:
+            db.execute("UPDATE gpkg_metadata SET metadata = replace(metadata, ?, ?)", (str(tmp), str(out)))
+    for folder, manifest, what in (("dataset", DATASET_MANIFEST, "dataset"), ("model", MANIFEST, "model")):
+        path = tmp / folder / manifest
+        path.write_text(path.read_text().replace(json.dumps(str(tmp))[1:-1], json.dumps(str(out))[1:-1]))
+        seal(tmp / folder, what)
 
 
 def choose_threshold(found: Any, truth: Any) -> tuple[float, Any, float | None]:
     """The score threshold giving the best F1 (IoU 0.5) of the student's objects against the teacher's,
-    the scores there, and the F1 at the default threshold."""
+    the scores there, and the F1 at the default threshold. A best threshold under `UNDERTRAINED` is kept,
+    with a warning: the student is unsure of what it finds."""
     swept = evaluate(found, truth, iou=0.5, sweep="score") if len(found) else None
     best = None if swept is None else swept.best
     threshold = DEFAULT_SCORE if best is None or not best.f1 > 0 else round(float(best.threshold), 4)
+    if threshold < UNDERTRAINED:
+        warnings.warn(f"the student's best score threshold on the held-out blocks is {threshold:g} (under "
+                      f"{UNDERTRAINED:g}): it is undertrained; it is kept as the student's default, but train it "
+                      f"longer ({option('epochs')}), label more ({option('sample_fraction')}) or start from a "
+                      f"checkpoint ({option('weights')})", GeosegWarning, stacklevel=2)
     scored = evaluate(found[found["score"] >= threshold], truth, iou=0.5)
     default = evaluate(found[found["score"] >= DEFAULT_SCORE], truth, iou=0.5)
     return threshold, scored, _round(next(s.f1 for s in default.scores if s.label == "all"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from importlib.metadata import version
@@ -25,13 +26,15 @@ from pyproj import CRS
 from tqdm import tqdm
 
 from geoseg.analysis.dataset import MANIFEST as DATASET_MANIFEST
-from geoseg.analysis.dataset import check_out_dir, export_dataset, replace_folder
+from geoseg.analysis.dataset import export_dataset
+from geoseg.analysis.folders import building, check_out_dir
 from geoseg.backends.yolo import MANIFEST, WEIGHTS, file_hash, import_ultralytics, keep_torch_threads, pick_device
 from geoseg.errors import UsageError, option
 
 log = logging.getLogger("geoseg")
 
 ARCHITECTURE = "yolo11n-seg.yaml"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 METRICS = {"mask_map50": "metrics/mAP50(M)", "mask_map50_95": "metrics/mAP50-95(M)",
            "box_map50": "metrics/mAP50(B)", "box_map50_95": "metrics/mAP50-95(B)",
            "mask_precision": "metrics/precision(M)", "mask_recall": "metrics/recall(M)"}
@@ -55,6 +58,78 @@ def read_dataset(dataset: str | os.PathLike[str]) -> dict[str, Any]:
             raise UsageError(f"DATASET {dataset}: its {split} split holds no chip; export it again from more "
                              f"rasters or with a smaller --chip-size")
     return manifest  # type: ignore[no-any-return]
+
+
+def check_start(weights: str | None) -> None:
+    """Refuse, in one line, a `--weights` checkpoint or architecture yaml Ultralytics cannot build a
+    model from: before any work (needs `import_ultralytics` first)."""
+    if weights is None:
+        return
+    shown = option("weights", weights)
+    if not weights.endswith(".yaml") and not Path(weights).is_file():
+        raise UsageError(f"{shown}: no such file; download the checkpoint first (geoseg never does), or leave it "
+                         f"out to train from {ARCHITECTURE}")
+    from ultralytics import YOLO
+
+    try:
+        YOLO(weights, task="segment")
+    except Exception as err:  # a missing yaml, a file that is no checkpoint: Ultralytics' own words, on one line
+        reason = " ".join(str(err).split()) or type(err).__name__
+        what = "an architecture yaml Ultralytics can read" if weights.endswith(".yaml") else "a YOLO checkpoint"
+        raise UsageError(f"{shown}: not {what} ({reason}); give one, or leave it out to train from "
+                         f"{ARCHITECTURE}") from None
+
+
+def check_dataset(dataset: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
+    """What Ultralytics would trip over, said in one line naming the file: every split of data.yaml
+    holds images (val at least one), each image has its label file, every label line parses as
+    `class x1 y1 x2 y2 ...` (3 points or more, coordinates in [0, 1]) with a class id below nc."""
+    folder = Path(dataset)
+    try:
+        yaml = (folder / "data.yaml").read_text()
+    except OSError:
+        raise UsageError(f"DATASET {dataset}: no data.yaml in it: export it again with --format yolo") from None
+    found = re.search(r"^nc:\s*(\d+)\s*$", yaml, re.M)
+    nc = int(found.group(1)) if found else len(manifest.get("categories", []))
+    splits = [m.group(1) for m in re.finditer(r"^(train|val|test):\s*\S", yaml, re.M)]
+    for split in ("train", "val"):
+        if split not in splits:
+            raise UsageError(f"DATASET {folder / 'data.yaml'}: names no {split} images: export the dataset again")
+    for split in splits:
+        images = folder / "images" / split
+        chips = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if images.is_dir() else []
+        if not chips:
+            raise UsageError(f"DATASET {dataset}: {images} holds no image: Ultralytics needs {split} images; export "
+                             f"the dataset again (from more rasters, or with a smaller --chip-size)")
+        for chip in chips:
+            label = folder / "labels" / split / f"{chip.stem}.txt"
+            if not label.is_file():
+                raise UsageError(f"DATASET {dataset}: image {chip} has no label file {label} (an empty file marks "
+                                 f"a chip without objects): export the dataset again")
+            _check_label(label, nc)
+
+
+def _check_label(path: Path, nc: int) -> None:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"label file {path}: cannot read it ({err}): export the dataset again") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        words = line.split()
+        if not words:
+            continue
+        where = f"label file {path} line {n}"
+        try:
+            cls, coords = int(words[0]), [float(w) for w in words[1:]]
+        except ValueError:
+            raise UsageError(f"{where}: {line[:60]!r} is not `class x1 y1 x2 y2 ...` (a class id, then "
+                             f"coordinates): fix it or export the dataset again") from None
+        if not 0 <= cls < nc:
+            raise UsageError(f"{where}: class id {cls} is not one of the {nc} classes of data.yaml (0 to {nc - 1}): "
+                             f"fix it or export the dataset again")
+        if len(coords) < 6 or len(coords) % 2 or not all(0 <= v <= 1 for v in coords):
+            raise UsageError(f"{where}: a polygon needs 3 or more x y pairs between 0 and 1 (got {len(coords)} "
+                             f"numbers): fix it or export the dataset again")
 
 
 def ground_resolution(manifest: dict[str, Any]) -> float | None:
@@ -85,32 +160,25 @@ def train(dataset: Any, out_dir: str | os.PathLike[str], *, vector: Any = None, 
     """
     if epochs < 1 or patience < 1 or batch_size < 1:
         raise UsageError(f"{option('epochs')}, {option('patience')} and {option('batch_size')} must be 1 or more")
-    out = check_out_dir(out_dir, overwrite, what="model", marks=(MANIFEST,))
-    if weights is not None and not weights.endswith(".yaml") and not Path(weights).is_file():
-        raise UsageError(f"{option('weights', weights)}: no such file; download the checkpoint first (geoseg "
-                         f"never does), or leave it out to train from {ARCHITECTURE}")
+    out = check_out_dir(out_dir, overwrite, what="model")
     if vector is None:
         manifest = read_dataset(dataset)
+        check_dataset(dataset, manifest)
     import_ultralytics()  # before any work: without it, one line saying what to install
+    check_start(weights)
     device = pick_device(device)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with building(out, "model") as tmp:
         if vector is not None:
             export_dataset(dataset, vector, tmp / "dataset", fmt="yolo", chip_size=chip_size, split=split,
                            label_field=label_field, bands=bands, seed=seed)
             dataset = tmp / "dataset"
             manifest = read_dataset(dataset)
+            check_dataset(dataset, manifest)
         info = _fit(Path(dataset), manifest, tmp, epochs=epochs, patience=patience, batch_size=batch_size,
                     device=device, weights=weights, seed=seed, workers=workers, progress=progress, hyper=hyper)
         if vector is not None:
             info["dataset"]["path"] = "dataset"
         (tmp / MANIFEST).write_text(json.dumps(info, indent=1))
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return info
 
 
