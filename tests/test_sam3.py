@@ -207,7 +207,7 @@ def test_tiles_times_prompts_in_one_call_match_transformers(tiny_dir, reference_
 
 
 def test_many_prompts_split_evenly_over_calls(tiny_dir, monkeypatch):
-    import geoseg.backends.sam3 as backend
+    import geoseg.backends.sam3.detector as backend
 
     tiles, prompts = make_tiles(2, size=336, seed=11), ["red", "green", "blue", "grey", "white"]
     seg = cpu_segmenter(tiny_dir, score_threshold=0.3, batch_size=2)
@@ -259,8 +259,8 @@ def test_next_batch_is_uploaded_ahead_once(tiny_dir, monkeypatch):
 # CUDA's way (in one gather, or in several of at most 50 pixels) and the CPU's
 @pytest.mark.parametrize(("gather", "limit"), [(True, 2**26), (True, 50), (False, None)])
 def test_crops_and_origins_of_masks(gather, limit, monkeypatch):
-    import geoseg.backends.sam3 as backend
-    from geoseg.backends.sam3 import _crops
+    import geoseg.backends.sam3.postprocess as backend
+    from geoseg.backends.sam3.postprocess import crops as _crops
 
     monkeypatch.setattr(backend, "GATHER_PIXELS", limit)
 

@@ -178,3 +178,26 @@ def test_cached_model_loads_without_the_hub(raster, tmp_path, cached_home, silen
     assert seconds < 60
     frame = pyogrio.read_dataframe(out)
     assert len(frame) > 0 and set(frame["label"]) == {"red"}
+
+
+def test_a_torchvision_of_another_torch_is_named(raster, tmp_path, cached_home, refused):
+    """A torchvision built for another torch fails as transformers imports it ("operator
+    torchvision::nms does not exist"), which transformers reports as "Could not import module
+    'Sam3Model'". A torchvision that fails so is put first on the path (the same import error a
+    mismatched pair gives); geoseg names both versions in one line."""
+    shadow = tmp_path / "shadow" / "torchvision"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms does not exist")\n')
+    out = tmp_path / "out.gpkg"
+    os.environ["PYTHONPATH"], before = str(shadow.parent), os.environ.get("PYTHONPATH")
+    try:
+        result, _ = segment(raster, out, cached_home, refused, offline=True, model="geoseg-test/tiny-sam3")
+    finally:
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("geoseg: error: torch ") and "do not match" in lines[0], lines[0]
+    assert "torchvision::nms" in lines[0] and not out.exists()

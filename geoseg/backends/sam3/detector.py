@@ -1,4 +1,4 @@
-"""Meta's SAM 3 (Promptable Concept Segmentation) through Hugging Face transformers.
+"""SAM 3's detector: tiles x text prompts (and exemplar tokens) -> detections.
 
 Per batch of tiles the vision encoder runs once; each prompt's text features are
 computed once per run and cached; the detection and mask heads then run on tiles x
@@ -7,48 +7,36 @@ stay on the device: tiles go up as uint8 (on CUDA from pinned memory, on a side
 stream, the next batch's while this one computes), masks come back cropped to
 their boxes in one copy per chunk; no step waits on the device once per tile.
 Attention runs through PyTorch's SDPA, which picks flash kernels on CUDA.
-
-torch and transformers are imported only when a `Sam3Segmenter` is built.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from geoseg.backends.sam3.exemplars import VISUAL, encode_boxes, join, padded
+from geoseg.backends.sam3.loading import DTYPES, HUB_ID, check_hub, dtype_name, load, pick_device, pick_dtype, revision
+from geoseg.backends.sam3.postprocess import UPSAMPLE_PIXELS, crops
 from geoseg.core.exemplars import EncodedExemplars
 from geoseg.core.segmenter import Detection, check_prompts
-from geoseg.errors import ModelLoadError, PromptError, RunError, UsageError, option
+from geoseg.errors import PromptError, RunError, UsageError, option
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger("geoseg")
 
-HUB_ID = "facebook/sam3"
-LICENCE = f"accept the licence on https://huggingface.co/{HUB_ID} and run `hf auth login`"
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-
 # Rough GPU memory per 1008 px tile (activations of the encoder and of one prompt's
 # heads, plus post-processing); the OOM back-off in `segment` covers a wrong guess.
 GPU_BYTES_PER_TILE = {"bfloat16": 1.0 * 2**30, "float16": 1.0 * 2**30, "float32": 2.0 * 2**30}
 MAX_AUTO_BATCH = 16
-# Upsample at most this many mask pixels at once (float32: 256 MB; 1 GB on CUDA).
-UPSAMPLE_PIXELS = {"cuda": 2**28, "other": 2**26}
 # Tile x prompt rows per call of the heads at most, unless one prompt's batch is more:
 # about the memory of the heads of a batch of 16 tiles with one prompt.
 HEAD_ROWS = 16
-# Crop pixels cut out per gather on CUDA at most (its indices: ~20 bytes a pixel).
-GATHER_PIXELS = 2**26
-# Seconds to wait for the hub's answer before loading a hub id (see `_check_hub`).
-HUB_TIMEOUT = 2.0
-VISUAL = "visual"  # SAM 3's text for a concept given by exemplars alone (as Sam3Processor puts it)
 
 
 class Sam3Segmenter:
@@ -85,14 +73,14 @@ class Sam3Segmenter:
         nms_iou: float | None = None,
         compile: bool = False,
     ) -> None:
-        local_only = _check_hub(str(model))  # before torch loads: a missing model fails in a second
+        local_only = check_hub(str(model))  # before torch loads: a missing model fails in a second
         import torch
 
         self.name = "sam3"
         self.model_id = str(model)
-        self.device = _pick_device(device)
-        self.dtype = _pick_dtype(dtype, self.device)
-        self.processor, self.model = _load(str(model), self.device, self.dtype, local_only=local_only)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.processor, self.model = load(str(model), self.device, self.dtype, local_only=local_only)
         self.revision = revision(str(model), self.model)
         self.score_threshold = float(score_threshold)
         self.mask_threshold = float(mask_threshold)
@@ -136,7 +124,7 @@ class Sam3Segmenter:
         """The settings that change what SAM 3 finds (device and batch size do not); `revision`
         tells the weights apart when a folder's are replaced (see `revision`)."""
         short = {v: k for k, v in DTYPES.items()}
-        return {"model": self.model_id, "revision": self.revision, "dtype": short[_name(self.dtype)],
+        return {"model": self.model_id, "revision": self.revision, "dtype": short[dtype_name(self.dtype)],
                 "score_threshold": self.score_threshold,
                 "mask_threshold": self.mask_threshold, "max_detections": self.max_detections, "nms_iou": self.nms_iou}
 
@@ -266,7 +254,7 @@ class Sam3Segmenter:
         if self.device.type != "cuda":
             return 1
         free, _ = torch.cuda.mem_get_info(self.device)
-        per_tile = GPU_BYTES_PER_TILE[_name(self.dtype)]
+        per_tile = GPU_BYTES_PER_TILE[dtype_name(self.dtype)]
         # Keep 2 GiB for the CUDA context, allocator slack and the text encoder.
         return int(max(1, min(MAX_AUTO_BATCH, (free - 2 * 2**30) // per_tile)))
 
@@ -290,13 +278,9 @@ class Sam3Segmenter:
     def _prompt_features(self, prompt: str, exemplars: EncodedExemplars | None) -> tuple[Any, Any]:
         """A prompt's tokens and mask: its text's (SAM 3's "visual" for an exemplar-only
         concept), then each of its exemplar token sets, as `Sam3Model.forward` joins them."""
-        import torch
-
         if exemplars is None:
             return self._text_features(prompt)
-        features, mask = self._text_features(prompt if exemplars.text else VISUAL)
-        parts = [(features, mask), *((f, m.to(mask.dtype)) for f, m in exemplars.tokens)]
-        return torch.cat([f for f, _ in parts], dim=1), torch.cat([m for _, m in parts], dim=1)
+        return join(self._text_features(prompt if exemplars.text else VISUAL), exemplars)
 
     def _check_text(self, prompts: list[str], exemplars: dict[str, EncodedExemplars] | None) -> None:
         """`check_prompts` of the prompts read as text (an exemplar-only concept's label is not)."""
@@ -316,17 +300,7 @@ class Sam3Segmenter:
         height, width = tile.shape[1:3]
         with torch.inference_mode():
             vision = self._encode(self._preprocess(tile))
-            xyxy = torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4), device=self.device)
-            xyxy = xyxy / torch.tensor([width, height, width, height], dtype=torch.float32, device=self.device)
-            x0, y0, x1, y1 = xyxy.unbind(-1)  # to (cx, cy, w, h), as the processor does
-            cxcywh = torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)[None]
-            labels = torch.as_tensor(np.asarray(positive, bool), device=self.device).long()[None]
-            out = self.model.geometry_encoder(
-                box_embeddings=cxcywh.to(self.dtype), box_mask=torch.ones_like(labels, dtype=torch.bool),
-                box_labels=labels, img_feats=vision.fpn_hidden_states[:-1],
-                img_pos_embeds=vision.fpn_position_encoding[:-1],
-            )
-        return out.last_hidden_state, out.attention_mask
+            return encode_boxes(self.model, vision, boxes, positive, height, width, self.dtype)
 
     def _upload(self, tiles: np.ndarray) -> torch.Tensor:
         """uint8 tiles onto the device. On CUDA: from pinned memory, without blocking, on
@@ -417,7 +391,7 @@ class Sam3Segmenter:
         for lo in range(0, len(prompts), per_call):
             group = prompts[lo : lo + per_call]
             rows = n * len(group)
-            text = _padded([self._prompt_features(p, (exemplars or {}).get(p)) for p in group])
+            text = padded([self._prompt_features(p, (exemplars or {}).get(p)) for p in group])
             features = torch.cat([f.expand(n, -1, -1) for f, _ in text])
             mask = torch.cat([m.expand(n, -1) for _, m in text])
             # The heads use every FPN level but the last; that one is passed along unrepeated.
@@ -462,8 +436,8 @@ class Sam3Segmenter:
             up = F.interpolate(probs[lo : lo + chunk, None], size=(height, width), mode="bilinear")
             masks = up[:, 0] > self.mask_threshold
             del up
-            boxes, crops = _crops(masks, gather=masks.device.type == "cuda")
-            for k, (box, crop) in enumerate(zip(boxes, crops)):
+            boxes, cut = crops(masks, gather=masks.device.type == "cuda")
+            for k, (box, crop) in enumerate(zip(boxes, cut)):
                 if box is None or crop is None:  # empty mask
                     continue
                 r = rows[lo + k]
@@ -502,16 +476,6 @@ class Sam3Segmenter:
         return torch.from_numpy(np.flatnonzero(keep)).to(probs.device)
 
 
-def _padded(prompts: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
-    """Prompt tokens (1 x L x D) and masks (1 x L) padded to one length with masked-out zeros."""
-    import torch.nn.functional as F
-
-    longest = max(f.shape[1] for f, _ in prompts)
-    return [(f, m) if f.shape[1] == longest else
-            (F.pad(f, (0, 0, 0, longest - f.shape[1])), F.pad(m, (0, longest - m.shape[1])))
-            for f, m in prompts]
-
-
 def _check_tiles(tiles: np.ndarray) -> np.ndarray:
     tiles = np.asarray(tiles)
     if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
@@ -528,278 +492,6 @@ def _is_oom(err: BaseException) -> bool:
     import torch
 
     return isinstance(err, torch.cuda.OutOfMemoryError)
-
-
-def _crops(
-    masks: torch.Tensor, *, gather: bool = True
-) -> tuple[list[tuple[int, int] | None], list[np.ndarray | None]]:
-    """The origin (row, col) of each boolean mask's box and the mask cropped to it; None
-    for an empty one. Boxes come back in one copy, then every crop in one copy: with
-    `gather` (CUDA) cut out by one gather, a few kernels whatever the number of masks;
-    else (CPU, where a slice launches nothing) one slice per mask."""
-    import torch
-
-    if len(masks) == 0:
-        return [], []
-    k, height, width = masks.shape
-    rows, cols = masks.any(dim=2), masks.any(dim=1)
-    first_row = rows.to(torch.uint8).argmax(dim=1)
-    last_row = height - rows.flip(1).to(torch.uint8).argmax(dim=1)
-    first_col = cols.to(torch.uint8).argmax(dim=1)
-    last_col = width - cols.flip(1).to(torch.uint8).argmax(dim=1)
-    found = rows.any(dim=1)
-    boxes = torch.stack([first_row, last_row, first_col, last_col, found], dim=1).cpu().numpy()
-    h = np.where(boxes[:, 4] > 0, boxes[:, 1] - boxes[:, 0], 0)
-    w = np.where(boxes[:, 4] > 0, boxes[:, 3] - boxes[:, 2], 0)
-    areas = h * w
-    if not areas.any():
-        return [None] * k, [None] * k
-    starts = np.concatenate([[0], np.cumsum(areas)[:-1]])
-    if gather:
-        flat = _gather_crops(masks, boxes[:, 0], boxes[:, 2], w, areas)
-    else:
-        parts = [masks[i, b[0] : b[1], b[2] : b[3]].reshape(-1) for i, b in enumerate(boxes) if areas[i]]
-        flat = torch.cat(parts).cpu().numpy()
-    origins: list[tuple[int, int] | None] = []
-    crops: list[np.ndarray | None] = []
-    for i in range(k):
-        if areas[i] == 0:
-            origins.append(None)
-            crops.append(None)
-            continue
-        origins.append((int(boxes[i, 0]), int(boxes[i, 2])))
-        crops.append(flat[starts[i] : starts[i] + areas[i]].reshape(int(h[i]), int(w[i])))
-    return origins, crops
-
-
-def _gather_crops(masks: torch.Tensor, row0: np.ndarray, col0: np.ndarray, w: np.ndarray,
-                  areas: np.ndarray) -> np.ndarray:
-    """Every mask's box, row by row, concatenated, cut out by gathers of at most
-    `GATHER_PIXELS` pixels (more only for one mask alone): pixel p of the result is
-    found from its mask, then its row and column in that box."""
-    import torch
-
-    k, height, width = masks.shape
-    dev, flat = masks.device, masks.reshape(-1)
-    # Flat index of each box's top-left pixel; int32 is enough, a chunk of masks holds
-    # fewer than 2**31 pixels.
-    base = torch.from_numpy((np.arange(k) * height * width + row0 * width + col0).astype(np.int32)).to(dev)
-    w_t = torch.from_numpy(w.astype(np.int32)).to(dev)
-    parts, lo = [], 0
-    while lo < k:
-        hi = lo + max(1, int(np.searchsorted(np.cumsum(areas[lo:]), GATHER_PIXELS, side="right")))
-        total = int(areas[lo:hi].sum())
-        if total:
-            which = torch.repeat_interleave(torch.arange(lo, hi, dtype=torch.int32, device=dev),
-                                            torch.from_numpy(areas[lo:hi]).to(dev), output_size=total)
-            starts = np.concatenate([[0], np.cumsum(areas[lo:hi])[:-1]]).astype(np.int32)
-            local = torch.arange(total, dtype=torch.int32, device=dev)
-            local -= torch.from_numpy(starts).to(dev)[which - lo]
-            crop_w = w_t[which]
-            r = local // crop_w
-            local -= r * crop_w  # now the column
-            parts.append(flat[base[which] + r * width + local].cpu().numpy())
-        lo = hi
-    return np.concatenate(parts)
-
-
-# -- device, dtype, loading ------------------------------------------------------------
-
-
-def _pick_device(device: str | None) -> torch.device:
-    import torch
-
-    if device is None:
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        chosen = torch.device(device)
-    except RuntimeError:
-        raise UsageError(f"{option('device', device)} is not a torch device: use cuda, cuda:N, mps or cpu") from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"{option('device', device)}: no CUDA GPU is visible to torch; use {option('device', 'cpu')}")
-    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
-        raise UsageError(f"{option('device', device)}: only {torch.cuda.device_count()} CUDA GPU(s) here "
-                         "(cuda:0 first)")
-    if chosen.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"{option('device', device)}: MPS is not available here; use {option('device', 'cpu')}")
-    return chosen
-
-
-def _pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
-    import torch
-
-    if dtype is None:
-        if device.type != "cuda":
-            return torch.float32
-        # Pre-Ampere GPUs (T4, V100) have no fast bf16.
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if dtype not in DTYPES:
-        raise UsageError(f"{option('dtype', dtype)}: choose one of {', '.join(DTYPES)}")
-    return getattr(torch, DTYPES[dtype])  # type: ignore[no-any-return]
-
-
-def _name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _looks_like_path(model: str) -> bool:
-    """A hub id is `owner/name`; anything else that names the filesystem is a folder."""
-    return (
-        os.path.isabs(model)
-        or model.startswith((".", "~"))
-        or model.count("/") > 1
-        or (os.sep != "/" and os.sep in model)
-    )
-
-
-def _load(model: str, device: torch.device, dtype: torch.dtype, *, local_only: bool = False) -> tuple[Any, Any]:
-    """Processor and model from a hub id or a folder, on `device` in `dtype`; from the
-    Hugging Face cache alone with `local_only`."""
-    from transformers import Sam3Model, Sam3Processor
-
-    folder = os.path.expanduser(model)
-    if os.path.isdir(folder):
-        if not os.path.isfile(os.path.join(folder, "config.json")):
-            raise ModelLoadError(
-                f"{option('model', model)}: the folder has no config.json, so it holds no saved SAM 3; "
-                f"pass {option('model', 'DIR')} with a folder from `hf download {HUB_ID} --local-dir DIR` "
-                f"or save_pretrained"
-            )
-        model = folder
-    elif _looks_like_path(model):
-        raise ModelLoadError(
-            f"{option('model', model)}: no such folder; pass an existing folder with SAM 3 weights, "
-            f"or the hub id {HUB_ID}"
-        )
-    started = time.perf_counter()
-    try:
-        # The model first: its errors keep the hub's cause (gated, offline), the processor's don't.
-        # SDPA: PyTorch's fused attention (flash kernels on CUDA in half precision), even
-        # where a saved config asks for eager attention.
-        net = Sam3Model.from_pretrained(model, dtype=dtype, local_files_only=local_only, attn_implementation="sdpa")
-        processor = Sam3Processor.from_pretrained(model, local_files_only=local_only)
-    except Exception as err:  # any failure here means no usable weights: say which and the fix
-        raise ModelLoadError(_why_not_loaded(model, err)) from err
-    net = net.to(device).eval()  # type: ignore[arg-type]  # transformers types `to` oddly
-    log.info("loaded SAM 3 %s on %s (%s) in %.1f s", model, device, _name(dtype), time.perf_counter() - started)
-    return processor, net
-
-
-WEIGHTS = (".safetensors", ".bin", ".pt", ".pth")
-
-
-def revision(model: str, net: Any) -> str:
-    """What tells these weights from others: for a hub id, the commit the hub
-    gave (transformers records it in the config); for a folder, a hash of its
-    config.json and of the names, sizes and modification times of its weight
-    files. Not of their contents: hashing 3.4 GB costs 2 s or more at every start,
-    and weights replaced by a download or a copy get a new time anyway."""
-    folder = os.path.expanduser(model)
-    if not os.path.isdir(folder):
-        return str(getattr(net.config, "_commit_hash", None) or "unknown")
-    digest = hashlib.sha1(open(os.path.join(folder, "config.json"), "rb").read())
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(WEIGHTS):
-            st = os.stat(os.path.join(folder, name))
-            digest.update(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return "folder:" + digest.hexdigest()[:16]
-
-
-def _check_hub(model: str) -> bool:
-    """For a hub id, ask the hub once, briefly, before transformers does: transformers
-    retries every file for ~25 s with log noise when the hub cannot be reached.
-
-    Raises ModelLoadError when the model is not cached and the hub cannot give it
-    (HF_HUB_OFFLINE, no answer, gated, not found). Returns True when it is cached but
-    the hub cannot be reached, so loading must not ask the hub. Folders are left to
-    `_load`; HF_HUB_OFFLINE with a cached model costs no request, other hub ids one.
-    """
-    if os.path.isdir(os.path.expanduser(model)) or _looks_like_path(model):
-        return False
-    from huggingface_hub import constants, try_to_load_from_cache
-    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
-
-    try:
-        cached = isinstance(try_to_load_from_cache(model, "config.json"), str)
-    except HFValidationError:
-        return False  # not a hub id: transformers says why
-    if constants.HF_HUB_OFFLINE:
-        if cached:
-            return False  # transformers reads the cache alone already
-        raise ModelLoadError(_not_cached(model, offline=True))
-    answer = _ask_hub(model)
-    if cached:
-        if answer is None:
-            log.info("the Hugging Face hub cannot be reached: loading %s from the cache", model)
-        return answer is None
-    if answer is None:
-        raise ModelLoadError(_not_cached(model, offline=False))
-    if isinstance(answer, (GatedRepoError, RepositoryNotFoundError)):
-        raise ModelLoadError(_why_not_loaded(model, answer)) from answer
-    return False
-
-
-def _ask_hub(model: str, timeout: float = HUB_TIMEOUT) -> BaseException | bool | None:
-    """HEAD `model`'s config.json once, no retries: True, the hub's HTTP error, or None
-    when no answer came within `timeout` seconds. A thread bounds the wait, since a slow
-    DNS lookup escapes the HTTP client's timeout."""
-    import threading
-
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.errors import HfHubHTTPError
-
-    answer: list[BaseException | bool | None] = [None]
-
-    def head() -> None:
-        try:
-            get_hf_file_metadata(hf_hub_url(model, "config.json"), timeout=timeout)
-            answer[0] = True
-        except HfHubHTTPError as err:  # the hub answered: gated, not found, ...
-            answer[0] = err
-        except Exception as err:  # no answer: DNS, refused, timeout, proxy, TLS
-            log.debug("the Hugging Face hub cannot be reached: %s", err)
-
-    probe = threading.Thread(target=head, daemon=True)
-    probe.start()
-    probe.join(timeout + 0.5)
-    return answer[0]
-
-
-def _not_cached(model: str, *, offline: bool) -> str:
-    where = "HF_HUB_OFFLINE=1 is set" if offline else "the hub cannot be reached"
-    return (
-        f"{option('model', model)}: not in the Hugging Face cache and {where}; download it once online "
-        f"(`hf download {model}`; for {HUB_ID} first {LICENCE}), or pass {option('model', 'DIR')}"
-    )
-
-
-def _why_not_loaded(model: str, err: BaseException) -> str:
-    """One line naming why `model` could not be loaded and the fix."""
-    from huggingface_hub import constants
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    chain: list[BaseException] = []
-    e: BaseException | None = err
-    while e is not None and e not in chain:
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    if any(isinstance(e, GatedRepoError) for e in chain):
-        return (f"{option('model', model)}: the repository is gated and this account has no access; {LICENCE}, "
-                f"or pass {option('model', 'DIR')} (a folder with the downloaded weights)")
-    if any(isinstance(e, LocalEntryNotFoundError) for e in chain):
-        return _not_cached(model, offline=constants.HF_HUB_OFFLINE)
-    if any(isinstance(e, RepositoryNotFoundError) for e in chain):
-        return (
-            f"{option('model', model)}: neither a local folder nor a model on the Hugging Face hub "
-            f"(or a private one: run `hf auth login`); use {HUB_ID} or {option('model', 'DIR')}"
-        )
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return (f"{option('model', model)}: cannot load SAM 3 weights ({first}); "
-            f"pass {option('model', 'DIR')} with a saved SAM 3 or {HUB_ID}")
 
 
 def _duration(seconds: float) -> str:
