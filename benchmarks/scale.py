@@ -16,14 +16,27 @@ segmenter. Two passes per size:
     python benchmarks/scale.py                        # 4k, 16k, 40k
     python benchmarks/scale.py --sizes 4096 --write
 
+With --region, a region scene instead: a green forest over the whole raster
+with round clearings (holes) and a blue river across 80 % of its width
+(`geoseg.testing.scenes.write_region_scene`, written strip by strip), segmented
+by `geoseg segment` in a fresh process with the default CPU workers. Peak
+memory is the sum of the peak resident memory (VmHWM) of every process of the
+run: the run's own, the fork server and the CPU workers. Targets: 20,000² <
+1.5 GB and 50,000² < 2 GB with the `colors` backend, < 2 GB at 20,000² with
+the random tiny SAM 3 (`--backend sam3-tiny`: prompt "tree"):
+
+    python benchmarks/scale.py --region --sizes 5000 20000 50000 --write
+    python benchmarks/scale.py --region --backend sam3-tiny --sizes 20000 --write
+
 Scenes are cached in benchmarks/.data (ignored by git). With --write the table
-replaces the "Scale" section of benchmarks/README.md.
+replaces the "Scale" (or "Regions") section of benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -32,6 +45,8 @@ from pathlib import Path
 
 from common import write_section
 from pipeline import machine
+
+from geoseg.testing.memory import run_measured
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / ".data"
@@ -86,15 +101,100 @@ def measure(path: Path, delay: float) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def region_scene(size: int) -> tuple[Path, dict[str, int]]:
+    from geoseg.testing.scenes import write_region_scene
+
+    DATA.mkdir(exist_ok=True)
+    path = DATA / f"region_{size}.tif"
+    meta = path.with_suffix(".json")
+    if not path.exists() or not meta.exists():
+        t = time.perf_counter()
+        meta.write_text(json.dumps(write_region_scene(path, size)))
+        print(f"wrote {path.name} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    return path, json.loads(meta.read_text())
+
+
+def tiny_sam3() -> Path:
+    from geoseg.testing import build_tiny_sam3
+
+    folder = DATA / "tiny_sam3"
+    if not (folder / "config.json").exists():
+        build_tiny_sam3(folder)
+    return folder
+
+
+def measure_region(path: Path, backend: str) -> dict:
+    import pyogrio
+    import shapely
+
+    cli = str(Path(sys.executable).with_name("geoseg"))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.gpkg"
+        if backend == "colors":
+            args = ["-p", "green", "-p", "blue", "--backend", "colors"]
+        else:
+            args = ["-p", "tree", "--backend", "sam3", "--model", str(tiny_sam3())]
+        run = run_measured([cli, "segment", str(path), *args, "-o", str(out), "-q"],
+                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if run.returncode:
+            raise SystemExit(run.stderr)
+        gdf = pyogrio.read_dataframe(out)
+    vertices = shapely.get_num_coordinates(gdf.geometry.values)
+    areas = gdf.groupby("label").geometry.apply(lambda g: float(g.area.sum()))
+    return {"seconds": run.seconds, "objects": len(gdf), "vertices": int(vertices.sum()),
+            "most_vertices": int(vertices.max()) if len(gdf) else 0,
+            "peak_sum_mb": run.peak_mb, "largest_process_mb": max(run.peaks_mb.values()),
+            "processes": len(run.peaks_mb), "area_px": {k: v / 0.25 for k, v in areas.items()}}
+
+
+def regions(args: argparse.Namespace) -> None:
+    rows = []
+    for size in args.sizes:
+        path, painted = region_scene(size)
+        r = measure_region(path, args.backend)
+        row = {"size": size, "backend": args.backend, **r, "painted_px": painted}
+        if args.backend == "colors":
+            row["area_error"] = {k: r["area_px"].get(k, 0.0) / n - 1 for k, n in painted.items()}
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    table = ["| raster | backend | objects | vertices (largest object) | time (s) | peak RSS, sum (MB) | "
+             "largest process (MB) | area vs painted |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        err = ", ".join(f"{k} {v:+.4%}" for k, v in r.get("area_error", {}).items()) or "-"
+        table.append(f"| {r['size']:,}² | {r['backend']} | {r['objects']} | {r['vertices']:,} ({r['most_vertices']:,}) "
+                     f"| {r['seconds']:.0f} | {r['peak_sum_mb']:.0f} | {r['largest_process_mb']:.0f} | {err} |")
+    text = "\n".join(table)
+    print(text)
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / f"scale_regions_{args.backend}.json").write_text(
+        json.dumps({"machine": machine(), "rows": rows}, indent=2))
+    if args.write:
+        command = " ".join(["python benchmarks/scale.py", *sys.argv[1:]])
+        section = (f"## Regions ({args.backend})\n\n`{command}` ({time.strftime('%Y-%m-%d')}, {machine()}; "
+                   "region scene: a forest over the whole raster with round clearings and a river across 80 % "
+                   "of it; `geoseg segment` with the default CPU workers and simplification; peak RSS summed "
+                   "over every process of the run)\n\n"
+                   + text + "\n")
+        write_section(f"Regions ({args.backend})", section)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384, 40960])
+    ap.add_argument("--sizes", type=int, nargs="+", default=None,
+                    help="raster sizes (default: 4096 16384 40960; with --region 5000 20000 50000)")
+    ap.add_argument("--region", action="store_true", help="the region scene (forest, clearings, river)")
+    ap.add_argument("--backend", choices=["colors", "sam3-tiny"], default="colors", help="with --region")
     ap.add_argument("--per-mpx", type=float, default=20.0, help="discs per million pixels (sparse)")
     ap.add_argument("--delay", type=float, default=0.2, help="seconds per batch of 4 tiles in the fixed pass")
     ap.add_argument("--fixed-sizes", type=int, nargs="*", default=None,
                     help="sizes for the fixed-time pass (default: all)")
     ap.add_argument("--write", action="store_true", help="write the tables into benchmarks/README.md")
     args = ap.parse_args()
+    if args.region:
+        args.sizes = args.sizes or [5000, 20000, 50000]
+        regions(args)
+        return
+    args.sizes = args.sizes or [4096, 16384, 40960]
     fixed_sizes = args.sizes if args.fixed_sizes is None else args.fixed_sizes
     rows = []
     for size in args.sizes:

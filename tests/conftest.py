@@ -3,6 +3,7 @@ import pytest
 
 from geoseg.core.merge import Instance, merge
 from geoseg.core.tiling import plan_tiles
+from geoseg.core.vectorize import mask_of
 from geoseg.testing import ColorSegmenter, pieces_in_memory
 
 PROMPTS = ["red", "green", "blue"]
@@ -25,9 +26,10 @@ def paint(instances: list[Instance], shape) -> np.ndarray:
     """An id image (0 = none); fails if two instances claim one pixel."""
     out = np.zeros(shape, np.int32)
     for k, inst in enumerate(instances, 1):
-        sub = out[inst.row:inst.row + inst.mask.shape[0], inst.col:inst.col + inst.mask.shape[1]]
-        assert not (sub[inst.mask] != 0).any(), "two instances claim one pixel"
-        sub[inst.mask] = k
+        mask = mask_of(inst)
+        sub = out[inst.row:inst.row + mask.shape[0], inst.col:inst.col + mask.shape[1]]
+        assert not (sub[mask] != 0).any(), "two instances claim one pixel"
+        sub[mask] = k
     return out
 
 

@@ -1,10 +1,15 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
-from conftest import match_ious, paint, run_merge, untiled
+from conftest import PROMPTS, match_ious, paint, run_merge, untiled
 
+from geoseg.core.merge import KEY_BITS, REGION, RowMerger, merge
 from geoseg.core.segmenter import Detection
-from geoseg.testing import ColorSegmenter, disc, draw, rectangle, ring
-from geoseg.testing.scenes import random_objects
+from geoseg.core.tiling import plan_tiles
+from geoseg.core.vectorize import mask_of, trace
+from geoseg.testing import ColorSegmenter, disc, draw, pieces_in_memory, rectangle, ring
+from geoseg.testing.scenes import SceneObject, random_objects
 
 
 def test_objects_crossing_seams_become_one_polygon_each_equal_to_the_untiled_result():
@@ -150,3 +155,119 @@ def test_full_tile_masks_are_accepted_and_padding_never_yields_pixels():
     result, plan = run_merge(rgb, 512, 64, segmenter=Everything(), prompts=["all"])
     assert len(plan) == 1 and len(result) == 1
     assert result[0].mask.shape == (300, 200) and result[0].mask.all()
+
+
+# -- regions: objects composed band by band (outlines, not masks)
+
+
+def both_ways(rgb, tile_size, overlap, region, segmenter=None, prompts=PROMPTS):
+    """The objects merged as masks, and merged with objects past `region` px composed band by band."""
+    plan = plan_tiles(rgb.shape[0], rgb.shape[1], tile_size, overlap)
+    pieces = pieces_in_memory(rgb, plan, segmenter or ColorSegmenter(), prompts)
+    return merge(pieces, plan), merge(pieces, plan, trace=trace, region=region)
+
+
+def assert_same_objects(masks, regions):
+    """Same objects, same order, same pixels, scores, tiles and levels; at least one was a region."""
+    assert len(masks) == len(regions)
+    for a, b in zip(masks, regions):
+        assert (a.label, a.row, a.col, a.height, a.width, a.score, a.n_tiles, a.level) == \
+            (b.label, b.row, b.col, b.height, b.width, b.score, b.n_tiles, b.level)
+        assert np.array_equal(mask_of(a), mask_of(b))
+    assert any(b.mask is None for b in regions)
+
+
+def u_shape(height, width, arm):
+    """A U: two arms down from the top, joined along the bottom."""
+    u = np.zeros((height, width), bool)
+    u[:, :arm] = u[:, -arm:] = u[-arm:, :] = True
+    return u
+
+
+def test_a_u_closing_rows_after_it_opens_is_one_object_exact():
+    objs = random_objects(1800, 1400, 80, seed=2, start=10)
+    rgb = draw(1800, 1400, objs + [SceneObject("green", 1, 100, 100, u_shape(1600, 1200, 300))])  # the U on top
+    masks, regions = both_ways(rgb, 256, 32, 300)
+    assert_same_objects(masks, regions)
+    u = [i for i in regions if i.label == "green" and i.mask is None]
+    assert len(u) == 1 and u[0].outline.geom_type == "Polygon" and len(u[0].outline.interiors) == 0
+    assert u[0].n_tiles > 40  # the arms were two objects for 6 rows of tiles
+    assert match_ious(untiled(rgb), regions, rgb.shape[:2]) == [1.0] * len(masks)
+
+
+def test_a_ring_with_its_hole_across_many_tiles_is_exact():
+    rgb = draw(2000, 2000, random_objects(2000, 2000, 100, seed=3, start=10) + [ring("green", 1, 1000, 1000, 900, 350)])
+    masks, regions = both_ways(rgb, 300, 40, 200)
+    assert_same_objects(masks, regions)
+    ring_ = next(i for i in regions if i.label == "green" and i.mask is None)
+    assert ring_.n_tiles >= 36 and len(ring_.outline.interiors) == 1
+    assert ring_.outline.area == masks[regions.index(ring_)].mask.sum()
+    assert match_ious(untiled(rgb), regions, rgb.shape[:2]) == [1.0] * len(masks)
+
+
+def test_a_region_touching_every_edge_of_the_raster_is_exact():
+    # a field over the whole raster, a pond inside it (its hole) and a lake in it of another label
+    rgb = draw(1500, 1300, [rectangle("blue", 1, 0, 0, 1500, 1300), ring("blue", 2, 700, 600, 300, 100),
+                            disc("red", 3, 700, 600, 60)])
+    masks, regions = both_ways(rgb, 256, 32, 100)
+    assert_same_objects(masks, regions)
+    field = next(i for i in regions if i.height == 1500)
+    assert field.mask is None and field.outline.bounds == (0, 0, 1300, 1500)
+    assert match_ious(untiled(rgb), regions, rgb.shape[:2]) == [1.0] * 3
+
+
+class Ragged(ColorSegmenter):
+    """A model whose masks differ from tile to tile: holes punched at random in
+    each mask, and some masks cut in two, so that the merge takes many pixels
+    from a neighbour (the owning tile missed them) and parts join rows later."""
+
+    def segment(self, tiles, prompts):
+        out = []
+        for tile, tile_dets in zip(tiles, super().segment(tiles, prompts)):
+            rng = np.random.default_rng(int(tile.sum()) % 2**32)
+            dets = []
+            for d in tile_dets:
+                m = d.mask.copy()
+                for y, x in zip(rng.integers(0, m.shape[0], 20), rng.integers(0, m.shape[1], 20)):
+                    m[max(y - 15, 0):y + 15, max(x - 15, 0):x + 15] = False
+                parts = [m]
+                if rng.random() < 0.5 and m.shape[1] > 4:
+                    cut = rng.integers(1, m.shape[1] - 1)
+                    parts = [m.copy(), m.copy()]
+                    parts[0][:, cut:] = parts[1][:, :cut] = False
+                dets += [Detection(d.label, d.score * rng.uniform(0.5, 1), p, d.origin) for p in parts if p.any()]
+            out.append(dets)
+        return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_regions_merged_band_by_band_equal_masks_merged_whole_with_a_ragged_model(seed):
+    objs = random_objects(1500, 1500, 60, seed=seed, r_range=(20, 300), start=10)
+    objs.append(SceneObject("green", 1, 0, 0, u_shape(1500, 1500, 200)))
+    masks, regions = both_ways(draw(1500, 1500, objs), 256, 48, 150, Ragged())
+    assert_same_objects(masks, regions)
+    assert sum(i.mask is None for i in regions) >= 20
+
+
+def test_a_region_as_tall_as_the_raster_holds_a_few_rows_of_tiles_not_all():
+    rgb = draw(6000, 700, random_objects(6000, 700, 200, seed=5, start=10) + [rectangle("green", 1, 0, 100, 6000, 500)])
+    plan = plan_tiles(6000, 700, 256, 32)
+    pieces = pieces_in_memory(rgb, plan, ColorSegmenter(), PROMPTS)
+    rows = {}
+    for seq, p in enumerate(sorted(pieces, key=lambda p: p.tile)):
+        rows.setdefault(p.tile // plan.shape[1], []).append(replace(p, key=(p.tile << KEY_BITS) | seq))
+    held = {}  # the most rows of tiles held, and pieces of one object, once past the middle of the raster
+    for region in (None, 1000):
+        merger = RowMerger(plan, trace=None if region is None else trace, region=region or REGION)
+        out, rows_held, members = [], 0, 0
+        for t in range(plan.shape[0]):
+            out += merger.add(t, rows.get(t, []))
+            if t >= plan.shape[0] // 2:
+                rows_held = max(rows_held, len(merger.rows))
+                members = max([members] + [len(g.members) for g in merger.groups.values()])
+        held[region] = rows_held, members
+        tall = [i for i in out if i.height == 6000]
+        assert len(tall) == 1 and mask_of(tall[0]).sum() == 6000 * 500 and (tall[0].mask is None) == bool(region)
+    assert plan.shape == (27, 3)
+    assert held[None][0] >= 26 and held[None][1] >= 26 * 2  # as masks: every row, every piece, until it closes
+    assert held[1000][0] <= 3 and held[1000][1] <= 3 * 2  # band by band: the rows owning the bands to compose

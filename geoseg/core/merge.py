@@ -14,6 +14,18 @@ So the result has no seam, no double edge and no pixel counted twice.
 
 `RowMerger` does this one row of tiles at a time, as rows arrive, holding only
 the rows that open objects still need; `merge` is its in-memory form.
+
+An object that grows large (a forest, a river: a *region*) is not composed
+as one mask. The rule above decides each pixel from the tile owning it, so it
+can be applied one core band of rows (`TilePlan.row_cuts`) at a time: as the
+rows of tiles owning a band arrive, the region's pixels in that band are
+composed and traced into polygons in pixel coordinates (integer corners, so
+that their union is exact), and the pieces no later band needs are dropped.
+When the region closes, its polygons are unioned into one outline. Two parts
+of one object composed apart (the arms of a U, joined rows later) combine
+exactly: a pixel taken from a neighbour because its owning tile did not see
+the part (the fallback) is dropped when the other part shows that the owning
+tile did see the object. So memory follows the outlines, not the area.
 """
 
 from __future__ import annotations
@@ -56,15 +68,31 @@ class Piece:
 
 @dataclass
 class Instance:
-    """One merged object: a tight boolean crop at (row, col) in raster pixels."""
+    """One merged object: a tight boolean crop at (row, col) in raster pixels,
+    or for a region (see the module's note) its `outline` instead: a
+    (Multi)Polygon in raster pixel coordinates (x a column, y a row; pixel
+    corners), with `mask` None."""
 
     label: str
     score: float
     n_tiles: int
     row: int
     col: int
-    mask: np.ndarray
+    mask: np.ndarray | None
     level: int = 0  #: the coarsest level among the pieces it was made of
+    outline: shapely.Geometry | None = None
+
+    @property
+    def height(self) -> int:
+        if self.mask is not None:
+            return int(self.mask.shape[0])
+        return int(shapely.bounds(self.outline)[3]) - self.row
+
+    @property
+    def width(self) -> int:
+        if self.mask is not None:
+            return int(self.mask.shape[1])
+        return int(shapely.bounds(self.outline)[2]) - self.col
 
 
 def _tight(mask: np.ndarray) -> tuple[int, int, np.ndarray] | None:
@@ -205,6 +233,19 @@ KEY_BITS = 20  #: a piece's key is (tile << KEY_BITS) | its number in the tile
 
 
 @dataclass
+class _Region:
+    """What a region keeps of the core bands composed so far (see the module's note)."""
+
+    label: str
+    done: int  #: bands before this one are composed
+    tiles: set[int]  #: every tile that saw it, also those of pieces dropped
+    score: float
+    level: int
+    parts: list[shapely.Geometry]  #: pixels kept from the tiles owning them, as polygons in pixel coordinates
+    fallback: list[tuple[int, shapely.Geometry]]  #: (owning tile, polygon): pixels taken from neighbours
+
+
+@dataclass
 class _Group:
     """Pieces joined so far, with their extent in rows of tiles and pixels."""
 
@@ -215,6 +256,14 @@ class _Group:
     c0: int
     r1: int
     c1: int
+    region: _Region | None = None
+
+
+REGION = 4096  #: an object taller than this many pixels, or larger than its square, is composed band by band
+
+Trace = Callable[[np.ndarray, int, int], list[shapely.Geometry]]
+"""A boolean mask at (row, col) -> its polygons in pixel coordinates (x a column, y a row), 4-connected,
+holes kept: `geoseg.core.vectorize.trace`, given by the caller (this module draws no polygons itself)."""
 
 
 class RowMerger:
@@ -225,16 +274,27 @@ class RowMerger:
     last row returns the rest. Row i is matched with the rows overlapping it
     once they have all arrived; an object is complete once no later row can
     join it and the rows owning its pixels have arrived. A row is dropped once
-    no open object can need it, so memory follows the rows spanned by the
-    largest object, not the raster. The result depends only on the pieces, not
-    on when rows arrive: a merge running behind the model, a resumed run and a
-    merge of everything at the end give the same objects in the same order.
+    no open object can need it. Given `trace`, an object taller than `region`
+    pixels or larger than `region`² is a region: composed band by band into
+    polygons (its `Instance` has an `outline`, no mask), so it holds only the
+    rows owning the bands not composed yet, and memory follows the outlines,
+    not the raster. Without `trace`, memory follows the rows spanned by the
+    largest object. The result depends only on the pieces, not on when rows
+    arrive: a merge running behind the model, a resumed run and a merge of
+    everything at the end give the same objects in the same order.
     """
 
-    def __init__(self, plan: TilePlan, *, iou: float = 0.5, containment: float = 0.8) -> None:
+    def __init__(self, plan: TilePlan, *, iou: float = 0.5, containment: float = 0.8,
+                 trace: Trace | None = None, region: int = REGION) -> None:
         self.plan, self.iou, self.containment = plan, iou, containment
+        self.trace = trace  #: with a tracer, objects past `region` px are composed band by band
+        self.region = region
         self.cols = plan.shape[1]
         self.reach = _reach(plan)
+        # the first row of tiles whose windows reach below each core cut
+        self.cover_first = [int(np.searchsorted(np.asarray(plan.row_starts) + plan.tile_size, cut, side="right"))
+                            for cut in plan.row_cuts[:-1]]
+        self.regions: set[int] = set()  # roots of the groups composed band by band
         self.rows: dict[int, list[Piece]] = {}
         self.fed = self.matched = -1
         self.parent: dict[int, int] = {}
@@ -261,11 +321,116 @@ class RowMerger:
             ra, rb, ga, gb = rb, ra, gb, ga
         self.parent[rb] = ra
         del self.groups[rb]
+        self.regions.discard(rb)
+        if ga.region is not None or gb.region is not None:
+            self._join_regions(ga, gb)
+            self.regions.add(ra)
         ga.members += gb.members
         ga.first, ga.last = min(ga.first, gb.first), max(ga.last, gb.last)
         ga.r0, ga.c0, ga.r1, ga.c1 = min(ga.r0, gb.r0), min(ga.c0, gb.c0), max(ga.r1, gb.r1), max(ga.c1, gb.c1)
+        if ga.region is None and self._large(ga):
+            ga.region = self._new_region(ga)
+            self.regions.add(ra)
         heapq.heappush(self.by_last, (ga.last, ra))
         heapq.heappush(self.by_first, (self._from(ga), ra))
+
+    # -- regions: composed one core band at a time
+
+    def _large(self, g: _Group) -> bool:
+        h, w = g.r1 - g.r0, g.c1 - g.c0
+        return self.trace is not None and (h > self.region or h * w > self.region * self.region)
+
+    def _new_region(self, g: _Group) -> _Region:
+        return _Region(g.members[0].label, self._core_row(g.r0), {p.tile for p in g.members},
+                       max(p.score for p in g.members), min(p.level for p in g.members), [], [])
+
+    def _join_regions(self, ga: _Group, gb: _Group) -> None:
+        """Make `ga` the region of both: each composed up to the same band with its own pieces first."""
+        for g in (ga, gb):
+            if g.region is None:
+                g.region = self._new_region(g)
+        a, b = ga.region, gb.region
+        assert a is not None and b is not None
+        done = max(a.done, b.done)
+        self._advance(ga, done)
+        self._advance(gb, done)
+        # a pixel taken from a neighbour because its owning tile missed this part: that tile saw the other part
+        a.fallback = [(t, f) for t, f in a.fallback if t not in b.tiles] + \
+            [(t, f) for t, f in b.fallback if t not in a.tiles]
+        a.parts += b.parts
+        a.tiles |= b.tiles
+        a.score, a.level = max(a.score, b.score), min(a.level, b.level)
+
+    def _advance(self, g: _Group, done: int) -> None:
+        """Compose the bands of region `g` before `done`; drop the pieces no later band needs."""
+        reg = g.region
+        assert reg is not None
+        if done <= reg.done:
+            return
+        last = self._core_row(g.r1 - 1)
+        for b in range(max(reg.done, self._core_row(g.r0)), min(done, last + 1)):
+            self._band(g, reg, b)
+        reg.done = done
+        cut = self.plan.row_cuts[min(done, len(self.plan.row_cuts) - 1)]
+        g.members = [p for p in g.members if p.row_stop > cut]
+
+    def _band(self, g: _Group, reg: _Region, b: int) -> None:
+        """Compose region `g` in core band `b` (the cores of row `b` of tiles): the rule of `_compose`, cell by cell."""
+        plan = self.plan
+        r0, r1 = max(plan.row_cuts[b], g.r0), min(plan.row_cuts[b + 1], g.r1)
+        c0, c1 = g.c0, g.c1
+        here = [p for p in g.members if p.row < r1 and p.row_stop > r0]
+        if r1 <= r0 or not here:
+            return
+        seen = np.zeros((r1 - r0, c1 - c0), bool)
+        own = np.zeros_like(seen)
+        for p in here:
+            pr0, pr1 = max(p.row, r0), min(p.row_stop, r1)
+            part = p.mask[pr0 - p.row:pr1 - p.row]
+            seen[pr0 - r0:pr1 - r0, p.col - c0:p.col_stop - c0] |= part
+            if p.tile // self.cols == b:  # pixels in its own tile's core
+                j = p.tile % self.cols
+                k0, k1 = max(plan.col_cuts[j], p.col), min(plan.col_cuts[j + 1], p.col_stop)
+                if k1 > k0:
+                    own[pr0 - r0:pr1 - r0, k0 - c0:k1 - c0] |= part[:, k0 - p.col:k1 - p.col]
+        assert self.trace is not None
+        reg.parts += self.trace(own, r0, c0)
+        del own
+        members = {p.key for p in g.members}
+        label = reg.label
+        j0, j1 = bisect.bisect_right(plan.col_cuts, c0) - 1, bisect.bisect_right(plan.col_cuts, c1 - 1) - 1
+        for j in range(j0, j1 + 1):
+            t = b * self.cols + j
+            if t in reg.tiles:
+                continue
+            k0, k1 = max(plan.col_cuts[j], c0), min(plan.col_cuts[j + 1], c1)
+            fb = seen[:, k0 - c0:k1 - c0].copy()
+            if not fb.any():
+                continue
+            # unless the owning tile saw another object of this label there
+            for q in self.rows.get(b, []):
+                if q.tile != t or q.label != label or q.key in members:
+                    continue
+                qr0, qr1, qc0, qc1 = max(q.row, r0), min(q.row_stop, r1), max(q.col, k0), min(q.col_stop, k1)
+                if qr1 > qr0 and qc1 > qc0:
+                    claimed = q.mask[qr0 - q.row:qr1 - q.row, qc0 - q.col:qc1 - q.col]
+                    fb[qr0 - r0:qr1 - r0, qc0 - k0:qc1 - k0] &= ~claimed
+            reg.fallback += [(t, f) for f in self.trace(fb, r0, k0)]
+
+    def _outline(self, g: _Group) -> Instance | None:
+        """A closed region: its remaining bands composed, its polygons unioned."""
+        reg = g.region
+        assert reg is not None
+        self._advance(g, self._core_row(g.r1 - 1) + 1)
+        parts = reg.parts + [f for _, f in reg.fallback]
+        if not parts:
+            return None
+        # strips meet along band and cell edges: the union dissolves them; simplify(0) drops the vertices
+        # left in the middle of straight edges (the polygons are exact on integer pixel corners)
+        outline = shapely.simplify(shapely.union_all(parts), 0, preserve_topology=False)
+        c0, r0, _, _ = shapely.bounds(outline)
+        return Instance(reg.label, reg.score, len(reg.tiles),
+                        int(r0), int(c0), None, reg.level, outline)
 
     def add(self, t: int, pieces: list[Piece]) -> list[Instance]:
         """Row `t` of tiles (the next one) with its pieces; the objects now complete."""
@@ -276,11 +441,20 @@ class RowMerger:
         for p in pieces:
             self.parent[p.key] = p.key
             g = self.groups[p.key] = _Group([p], t, t, p.row, p.col, p.row_stop, p.col_stop)
+            if self._large(g):
+                g.region = self._new_region(g)
+                self.regions.add(p.key)
             heapq.heappush(self.by_last, (t, p.key))
             heapq.heappush(self.by_first, (self._from(g), p.key))
         while self.matched < self.fed and self.reach[self.matched + 1] <= self.fed:
             self._match_row(self.matched + 1)
             self.matched += 1
+        for root in sorted(self.regions):  # the bands whose pieces have all arrived and been matched
+            g = self.groups[root]
+            assert g.region is not None
+            if g.region.done <= self.matched:
+                self._advance(g, self.matched + 1)
+                heapq.heappush(self.by_first, (self._from(g), root))
         out = self._emit()
         self._evict()
         return out
@@ -306,7 +480,10 @@ class RowMerger:
         return bisect.bisect_right(self.plan.row_cuts, pixel_row) - 1
 
     def _from(self, g: _Group) -> int:
-        """The first row of tiles a group needs: its members' and those owning its pixels."""
+        """The first row of tiles a group needs: its members' and those owning its pixels
+        (for a region: those reaching its first band not composed yet)."""
+        if g.region is not None:
+            return self.cover_first[min(max(g.region.done, self._core_row(g.r0)), len(self.cover_first) - 1)]
         return min(g.first, self._core_row(g.r0))
 
     def _needs(self, g: _Group) -> int:
@@ -326,12 +503,15 @@ class RowMerger:
             root = heapq.heappop(self.waiting)[1]
             self.closed.discard(root)
             ready.append(self.groups.pop(root))
-            for p in ready[-1].members:  # no later row can reach a closed object's pieces
-                del self.parent[p.key]
+            self.regions.discard(root)
         if not ready:
             return []
         near = _Near([p for row in self.rows.values() for p in row])
-        out = [_compose(sorted(g.members, key=lambda p: p.key), self.plan, near) for g in ready]
+        out = [self._outline(g) if g.region is not None else
+               _compose(sorted(g.members, key=lambda p: p.key), self.plan, near) for g in ready]
+        for g in ready:  # no later row can reach a closed object's pieces
+            for p in g.members:
+                del self.parent[p.key]
         return sorted((o for o in out if o is not None), key=_order)
 
     def _evict(self) -> None:
@@ -363,21 +543,23 @@ class _Near:
 
 
 def _order(inst: Instance) -> tuple[str, int, int, int, int, float]:
-    return inst.label, inst.row, inst.col, inst.mask.shape[0], inst.mask.shape[1], -inst.score
+    return inst.label, inst.row, inst.col, inst.height, inst.width, -inst.score
 
 
 def merge(
     pieces: Sequence[Piece], plan: TilePlan, *, iou: float = 0.5, containment: float = 0.8,
+    trace: Trace | None = None, region: int = REGION,
 ) -> list[Instance]:
     """Merge pieces seen by overlapping tiles into one instance per object.
 
     The score of a merged object is its best member's score; `n_tiles` counts
-    the tiles that saw it. The in-memory form of `RowMerger`.
+    the tiles that saw it. The in-memory form of `RowMerger`; every object a
+    mask unless `trace` is given (see `RowMerger`).
     """
     rows: dict[int, list[Piece]] = {}
     seq: dict[int, int] = {}
     for p in sorted(pieces, key=lambda p: p.tile):
         k = seq[p.tile] = seq.get(p.tile, -1) + 1
         rows.setdefault(p.tile // plan.shape[1], []).append(replace(p, key=(p.tile << KEY_BITS) | k))
-    merger = RowMerger(plan, iou=iou, containment=containment)
+    merger = RowMerger(plan, iou=iou, containment=containment, trace=trace, region=region)
     return [inst for t in range(plan.shape[0]) for inst in merger.add(t, rows.get(t, []))]

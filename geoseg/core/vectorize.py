@@ -3,6 +3,13 @@
 Polygons follow pixel edges exactly, through the raster's affine (rotated and
 sheared geotransforms too), holes kept. Long edges are densified before any
 reprojection so straight pixel edges bend as the projection asks.
+
+Simplified (the default, `SIMPLIFY` pixels), each ring first runs through the
+midpoints of its pixel edges, so that a staircase becomes the straight or
+curved edge it stands for (a corner between two straight runs of 2 pixels or
+more stays square), then Douglas-Peucker with the tolerance, topology kept.
+The polygon moves at most the tolerance plus half a pixel from the pixel
+edges, and burnt back at pixel centres it gives almost exactly the mask.
 """
 
 from __future__ import annotations
@@ -14,16 +21,23 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import shapely
+import shapely.affinity
 from affine import Affine
 from pyproj import CRS
 from pyproj.exceptions import CRSError
-from rasterio.features import shapes
+from rasterio.features import rasterize, shapes
 from shapely.geometry import MultiPolygon
 
 from geoseg.core.merge import Instance
 from geoseg.errors import UsageError, option
 
 COLUMNS = ["id", "label", "score", "area_m2", "n_tiles", "level", "source"]
+SIMPLIFY = 0.0  #: the default simplification tolerance, in pixels (0: the pixel edges as they are)
+
+
+def tolerance(simplify: float | None) -> float:
+    """The simplification tolerance in pixels: `simplify`, or the default for None."""
+    return SIMPLIFY if simplify is None else float(simplify)
 
 
 def parse_crs(text: Any, name: str = "dst_crs") -> CRS:
@@ -49,22 +63,88 @@ def _valid(parts: list[shapely.Geometry]) -> shapely.Geometry:
     return geom
 
 
-def polygon(inst: Instance, transform: Affine) -> shapely.Geometry:
+def trace(mask: np.ndarray, row: int, col: int) -> list[shapely.Geometry]:
+    """The polygons of a boolean mask at (row, col), in raster pixel coordinates
+    (x a column, y a row; 4-connected, holes kept): how the merge traces a
+    region's bands (`geoseg.core.merge.Trace`)."""
+    if not mask.any():
+        return []
+    found = shapes(mask.view(np.uint8), mask=mask, connectivity=4, transform=Affine.translation(col, row))
+    return [shapely.Polygon(g["coordinates"][0], g["coordinates"][1:]) for g, _ in found]
+
+
+def mask_of(inst: Instance) -> np.ndarray:
+    """An instance's boolean crop; a region's outline burnt back at pixel centres (exact: its
+    corners are pixel corners). As large as its box: for tests and small regions."""
+    if inst.mask is not None:
+        return inst.mask
+    return rasterize([inst.outline], out_shape=(inst.height, inst.width),
+                     transform=Affine.translation(inst.col, inst.row), dtype="uint8").astype(bool)
+
+
+def _midpoints(ring: np.ndarray) -> np.ndarray:
+    """A closed ring of pixel edges (axis-aligned, integer corners) through the
+    midpoints of its unit edges: a staircase becomes straight. A corner between
+    two runs of 2 pixels or more is kept."""
+    p = ring[:-1]
+    d = np.roll(p, -1, axis=0) - p
+    p = p[np.any(np.sign(d) != np.sign(np.roll(d, 1, axis=0)), axis=1)]  # where the direction turns
+    if len(p) < 4:
+        return ring
+    q = np.roll(p, -1, axis=0)
+    length = np.abs(q - p).sum(axis=1)
+    u = (q - p) / length[:, None]
+    sharp = (length >= 2) & (np.roll(length, -1) >= 2)  # the corner at q
+    pts = np.full((len(p), 3, 2), np.nan)
+    pts[:, 0] = np.where(np.roll(sharp, 1)[:, None], np.nan, p + 0.5 * u)
+    pts[:, 1] = np.where(((length >= 2) & ~sharp)[:, None], q - 0.5 * u, np.nan)
+    pts[:, 2] = np.where(sharp[:, None], q, np.nan)
+    out = pts.reshape(-1, 2)
+    out = out[~np.isnan(out[:, 0])]
+    return np.vstack([out, out[:1]])
+
+
+def _smoothed(geom: shapely.Geometry) -> shapely.Geometry:
+    """`_midpoints` on every ring of a (Multi)Polygon in pixel coordinates."""
+    polys = [shapely.Polygon(_midpoints(np.asarray(p.exterior.coords)),
+                             [_midpoints(np.asarray(h.coords)) for h in p.interiors])
+             for p in shapely.get_parts(geom)]
+    return _valid(polys)
+
+
+def polygon(inst: Instance, transform: Affine, smooth: bool = False) -> shapely.Geometry:
     """The instance's mask as a valid (Multi)Polygon through `transform`."""
-    return polygons([inst], transform)[0]
+    return polygons([inst], transform, smooth=smooth)[0]
 
 
-def polygons(instances: Sequence[Instance], transform: Affine, width: int = 4096) -> list[shapely.Geometry]:
+def polygons(instances: Sequence[Instance], transform: Affine, width: int = 4096, *,
+             smooth: bool = False) -> list[shapely.Geometry]:
     """Polygons of many instances, with few calls to GDAL's polygonize.
 
     The instances' crops are packed side by side into a canvas (each pixel
     labelled with its instance), polygonised together, then every ring is
-    moved back to its instance's place and through `transform`.
+    moved back to its instance's place and through `transform`. A region's
+    outline (traced band by band by the merge) only goes through `transform`.
+    `smooth`: rings through the midpoints of their pixel edges (see the module's note), for simplifying.
     """
+    out: list[shapely.Geometry | None] = [None] * len(instances)
+    dense = []
+    for k, inst in enumerate(instances):
+        if inst.mask is None:  # a region: its outline is traced already, in pixel coordinates
+            outline = _smoothed(inst.outline) if smooth else inst.outline
+            out[k] = _valid([shapely.affinity.affine_transform(outline, transform.to_shapely())])
+        else:
+            dense.append(k)
+    if dense:
+        for k, geom in zip(dense, _traced([instances[k] for k in dense], transform, width, smooth)):
+            out[k] = geom
+    return out  # type: ignore[return-value]
+
+
+def _traced(instances: Sequence[Instance], transform: Affine, width: int, smooth: bool) -> list[shapely.Geometry]:
     n = len(instances)
-    if n == 0:
-        return []
-    width = max(width, max(inst.mask.shape[1] for inst in instances))
+    masks = [inst.mask for inst in instances if inst.mask is not None]
+    width = max(width, max(m.shape[1] for m in masks))
     shift = np.zeros((n, 2))  # canvas -> raster pixel offset (cols, rows), per instance
     parts: list[list[shapely.Geometry]] = [[] for _ in range(n)]
 
@@ -75,6 +155,8 @@ def polygons(instances: Sequence[Instance], transform: Affine, width: int = 4096
                 rings.append(np.asarray(ring, dtype=float))
                 owner.append(int(v) - 1)
                 shells.append(i == 0)
+        if smooth:
+            rings = [_midpoints(r) for r in rings]
         lengths = np.array([len(r) for r in rings])
         px = np.concatenate(rings) + shift[np.repeat(owner, lengths)]
         t = transform
@@ -87,9 +169,9 @@ def polygons(instances: Sequence[Instance], transform: Affine, width: int = 4096
 
     canvas = np.zeros((0, width), np.int32)  # 1024 rows at a time, more for a taller instance
     x = y = shelf = 0
-    for k in sorted(range(n), key=lambda k: -instances[k].mask.shape[0]):  # shelf packing, tallest first
+    for k in sorted(range(n), key=lambda k: -masks[k].shape[0]):  # shelf packing, tallest first
         inst = instances[k]
-        h, w = inst.mask.shape
+        h, w = masks[k].shape
         if x + w > width:
             x, y, shelf = 0, y + shelf, 0
         if y + h > canvas.shape[0]:
@@ -97,7 +179,7 @@ def polygons(instances: Sequence[Instance], transform: Affine, width: int = 4096
                 flush(canvas[:y])
                 x, y, shelf = 0, 0, 0
             canvas = np.zeros((max(h, 1024), width), np.int32)
-        canvas[y:y + h, x:x + w][inst.mask] = k + 1
+        canvas[y:y + h, x:x + w][masks[k]] = k + 1
         shift[k] = (inst.col - x, inst.row - y)
         x, shelf = x + w, max(shelf, h)
     flush(canvas[:y + shelf])
@@ -108,10 +190,12 @@ def to_frame(
     instances: Sequence[Instance], transform: Affine, crs: CRS | None, *, source: str,
     simplify: float | None = None,
 ) -> gpd.GeoDataFrame:
-    """Instances -> GeoDataFrame in the raster's CRS, in the order given."""
-    geoms = polygons(instances, transform)
-    if simplify:
-        geoms = list(shapely.simplify(np.array(geoms, dtype=object), simplify * pixel_size(transform)))
+    """Instances -> GeoDataFrame in the raster's CRS, in the order given. `simplify`: the
+    tolerance in pixels (None: `SIMPLIFY`; 0: the pixel edges as they are)."""
+    tol = tolerance(simplify)
+    geoms = polygons(instances, transform, smooth=tol > 0)
+    if tol > 0:
+        geoms = list(shapely.simplify(np.array(geoms, dtype=object), tol * pixel_size(transform)))
     return gpd.GeoDataFrame(
         {
             "label": [inst.label for inst in instances],

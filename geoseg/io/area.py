@@ -210,5 +210,5 @@ def cut_by_window(instances: Sequence[Any], window: Window, grid: tuple[int, int
     top, left = window.row > 0, window.col > 0
     bottom, right = window.row_stop < grid[0], window.col_stop < grid[1]
     return np.array([(top and i.row == 0) or (left and i.col == 0)
-                     or (bottom and i.row + i.mask.shape[0] >= window.height)
-                     or (right and i.col + i.mask.shape[1] >= window.width) for i in instances], dtype=bool)
+                     or (bottom and i.row + i.height >= window.height)
+                     or (right and i.col + i.width >= window.width) for i in instances], dtype=bool)

@@ -77,7 +77,7 @@ class FileMerge:
         job = workers.VectorJob(info.transform, info.crs, info.name, settings.simplify, settings.dst_crs,
                                 settings.min_area, info.utm, info.zone, info.window, info.grid,
                                 info.path if is_mosaic(info.path) else None)
-        merger = merge.RowMerger(plan, iou=settings.match_iou)
+        merger = merge.RowMerger(plan, iou=settings.match_iou, trace=vectorize.trace)  # regions as outlines
         # objects vectorised in the pool, written in order; a few chunks ahead keep the workers busy
         pending: deque[tuple[int, Future[tuple[Any, int, float]]]] = deque()
         depth = 2 * self.pool.workers

@@ -154,3 +154,45 @@ def write_large_scene(path: str | os.PathLike[str], size: int, objects_per_mpx: 
             objs = [disc(LABELS[k % 3], int(k), cy[k] - top, cx[k], r[k]) for k in hit]
             dst.write(np.moveaxis(draw(h, size, objs), -1, 0), window=rasterio.windows.Window(0, top, size, h))
     return n
+
+
+def write_region_scene(path: str | os.PathLike[str], size: int, seed: int = 0, strip: int = 512,
+                       spacing: int = 400) -> dict[str, int]:
+    """A `size`² RGB GeoTIFF of two regions: a green forest over the whole raster
+    (it touches every edge) with round clearings (holes, one per `spacing`² px
+    cell, never touching each other), and a blue river winding in from the left
+    edge across 80 % of the width. Written strip by strip, so memory stays small
+    at any size. Returns the painted pixel count of each label ("green", "blue")."""
+    rng = np.random.default_rng(seed)
+    n = max(size // spacing, 1)
+    gy, gx = np.mgrid[0:n, 0:n]
+    cy = (gy.ravel() + 0.5) * spacing + rng.uniform(-spacing / 7, spacing / 7, n * n)
+    cx = (gx.ravel() + 0.5) * spacing + rng.uniform(-spacing / 7, spacing / 7, n * n)
+    r = rng.uniform(spacing / 13, spacing * 0.27, n * n)  # gaps of at least 2 * (0.5 - 1/7 - 0.27) * spacing
+    forest, river = color_of("green", 1), color_of("blue", 1)
+    half = max(size // 330, 3)  # the river's half-width
+    meta = dict(driver="GTiff", height=size, width=size, count=3, dtype="uint8", crs="EPSG:32617",
+                transform=Affine(0.5, 0, 404000.0, 0, -0.5, 3286000.0), compress="deflate",
+                tiled=True, blockxsize=512, blockysize=512, BIGTIFF="IF_SAFER")
+    counts = {"green": 0, "blue": 0}
+    xs = np.arange(int(0.8 * size))
+    centre = size / 2 + size / 6 * np.sin(xs / size * 9.0)  # the river's middle row at each column
+    with rasterio.open(path, "w", **meta) as dst:
+        for top in range(0, size, strip):
+            h = min(strip, size - top)
+            rgb = np.empty((h, size, 3), np.uint8)
+            rgb[:] = forest
+            hit = np.flatnonzero((cy - r < top + h) & (cy + r >= top))
+            for k in hit:
+                d = disc("green", 0, cy[k] - top, cx[k], r[k])
+                r0, r1 = max(d.row, 0), min(d.row + d.mask.shape[0], h)
+                c0, c1 = max(d.col, 0), min(d.col + d.mask.shape[1], size)
+                if r1 > r0 and c1 > c0:
+                    rgb[r0:r1, c0:c1][d.mask[r0 - d.row:r1 - d.row, c0 - d.col:c1 - d.col]] = 40
+            rows = np.arange(top, top + h)[:, None] + 0.5
+            wet = np.abs(rows - centre[None, :]) <= half
+            rgb[:, :xs.size][wet] = river
+            counts["blue"] += int(wet.sum())
+            counts["green"] += int((rgb == forest).all(axis=2).sum())
+            dst.write(np.moveaxis(rgb, -1, 0), window=rasterio.windows.Window(0, top, size, h))
+    return counts
