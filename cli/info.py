@@ -19,6 +19,7 @@ from geoseg.io.inputs import list_inputs
 from geoseg.io.raster import ReadOptions
 from geoseg.io.sources import unique_names
 from geoseg.run.inspection import describe
+from geoseg.run.settings import model_reading
 from geoseg.run.workdir import WorkDir, read_settings
 
 
@@ -32,30 +33,41 @@ from geoseg.run.workdir import WorkDir, read_settings
               help="Show how large objects of this size look to SAM 3 at each zoom level, and the --zoom to use.")
 @click.option("--exemplars", default=None, metavar="FILE",
               help="Show the tile each exemplar box is encoded on and its size in model pixels.")
+@click.option("--backend", default=None,
+              help="Read the rasters as this backend would (a yolo student: at its training resolution and bands).")
+@click.option("--model", default=None, help="The backend's --model (a student's folder).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info(inputs: tuple[str, ...], prompts: tuple[str, ...], tile_size: int, overlap: int, bands: str | None,
          resolution: float | None, pixel_coords: bool, bbox: str | None, bbox_crs: str | None, aoi: str | None,
-         object_size: float | None, exemplars: str | None, as_json: bool) -> None:
+         object_size: float | None, exemplars: str | None, backend: str | None, model: str | None,
+         as_json: bool) -> None:
     """Show size, CRS, dtype, nodata, tiles and area of rasters, or the status of
-    an interrupted run's work folder (OUT.geoseg-work)."""
+    an interrupted run's work folder (OUT.geoseg-work). With --backend (and --model), as that model
+    reads them."""
     works = [i for i in inputs if read_settings(i) is not None]
     if works:
         _work_status(works, as_json)
         return
     checked = check_prompts(prompts) if prompts else []
     area = Area.of(bbox=bbox, bbox_crs=bbox_crs, aoi=aoi, margin=overlap)
+    if model is not None and backend is None:
+        raise UsageError("--model goes with --backend: name the backend whose model it is (e.g. --backend yolo)")
+    read = model_reading(bands=bands, resolution=resolution, pixel_coords=pixel_coords, segmenter=backend,
+                         backend_options={"model": model})
     paths = list_inputs(inputs)
-    plans = [_describe(p, len(paths) > 1, tile_size=tile_size, overlap=overlap, bands=bands, resolution=resolution,
-                       pixel_coords=pixel_coords, area=area) for p in paths]
+    plans = [_describe(p, len(paths) > 1, tile_size=tile_size, overlap=overlap, bands=read.bands,
+                       resolution=read.resolution, pixel_coords=pixel_coords, area=area, metres=read.metres)
+             for p in paths]
+    for d in plans:
+        if read.metres and not d.get("outside"):
+            d["model_resolution_m"] = read.resolution
     if area is not None and all(d.get("outside") for d in plans):
         raise OutsideAreaError(f"{area.describe()} overlaps none of the {len(paths)} inputs: check the coordinates")
     if object_size is not None:
         for d in plans:
             if not d.get("outside"):
                 d["object_size"] = _object_size(d, object_size)
-    boxes = None if exemplars is None else _exemplars(exemplars, paths, tile_size, overlap,
-                                                      ReadOptions.of(bands=bands, resolution=resolution,
-                                                                     pixel_coords=pixel_coords))
+    boxes = None if exemplars is None else _exemplars(exemplars, paths, tile_size, overlap, read)
     if as_json:
         more = {} if boxes is None else {"exemplars": boxes}
         echo(json.dumps({"prompts": checked, "rasters": plans, **more}, indent=2))
@@ -69,6 +81,7 @@ def info(inputs: tuple[str, ...], prompts: tuple[str, ...], tile_size: int, over
                    f"  size       {d['width']} x {d['height']} px, bands {d['bands'] or 'none chosen'}, {d['dtype']}\n"
                    + _colours_line(d) +
                    f"  crs        {d['crs'] or 'none (pixel coordinates)'}, pixel {d['pixel_size']:.6g}\n"
+                   + _model_line(d, backend) +
                    f"  nodata     {d['nodata']}\n"
                    f"  stretch    {_stretch(d)}\n"
                    f"  area       {km2}{'' if area is None else ' in ' + area.describe()}\n"
@@ -130,6 +143,14 @@ def _stretch(d: dict[str, Any]) -> str:
     if d["stretch"] is not None:
         return str(d["stretch"])
     return "none (uint8 passed through)" if d["dtype"] == "uint8" else "none until bands are chosen"
+
+
+def _model_line(d: dict[str, Any], backend: str | None) -> str:
+    if d.get("model_resolution_m") is None:
+        return ""
+    x, y = d["pixel_xy"]
+    return (f"  read at    {d['model_resolution_m']:g} m, the {backend} model's training resolution: pixel {x:.6g} x "
+            f"{y:.6g} in the CRS's units\n")
 
 
 def _window_line(d: dict[str, Any]) -> str:

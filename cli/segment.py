@@ -13,7 +13,7 @@ import click
 
 from geoseg.cli import echo, log_to, main, say, to_log_file
 from geoseg.cli.options import area_options, read_options, refine_options, tiling_options
-from geoseg.core.segmenter import backend_names, check_takes_exemplars, load_segmenter, preferred_resolution
+from geoseg.core.segmenter import backend_names, load_segmenter
 from geoseg.errors import OutputError, UsageError
 from geoseg.io import rasterize
 from geoseg.io.buckets import is_url
@@ -133,16 +133,13 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], exemplars: str | 
     part = None if shard is None else shards.check(shards.parse(shard), output, output_dir, raster_out)
     if output_dir is not None and not is_url(output_dir) and not Path(output_dir).is_dir():
         raise OutputError(f"--output-dir {output_dir}: no such folder: create it first")
-    if resolution is None:  # a student reads at the resolution it was trained at
-        resolution = preferred_resolution(backend, model=model)
     settings = Settings.of(prompts, tile_size=tile_size, overlap=overlap, bands=bands, resolution=resolution,
                            stretch=_stretch(stretch), pixel_coords=pixel_coords, dst_crs=dst_crs,
                            simplify=simplify, min_area=min_area, progress=not quiet and sys.stderr.isatty(),
                            bbox=bbox, bbox_crs=bbox_crs, aoi=aoi, saturation=saturation,
                            refine_depth=refine_depth, zoom=zoom, neighbour_start=neighbour_start,
-                           cpu_workers=cpu_workers, exemplars=exemplars)
-    if settings.exemplars is not None:
-        check_takes_exemplars(backend)
+                           cpu_workers=cpu_workers, exemplars=exemplars, segmenter=backend,
+                           backend_options={"model": model})
     paths = resolve(inputs, asset=asset, mosaic=as_mosaic, settings=settings)
     mine, names = paths, None
     if part is not None and not as_mosaic:  # named as in one run of the whole collection (a mosaic: its rows)

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from geoseg import errors
-from geoseg.core.segmenter import Backend, check_takes_exemplars, load_segmenter, preferred_resolution
+from geoseg.core.segmenter import Backend, load_segmenter
 from geoseg.errors import GeosegError, GeosegWarning, ModelLoadError, UsageError, redact
 from geoseg.io.inputs import list_inputs, resolve
 from geoseg.run import pipeline
@@ -63,6 +63,14 @@ class ProgressSegmenter:
     @property
     def max_objects(self) -> int | None:
         return self.inner.max_objects
+
+    @property
+    def resolution(self) -> float | None:  # what the model asks for: `geoseg.run.settings.read_options`
+        return getattr(self.inner.segmenter, "resolution", None)
+
+    @property
+    def bands(self) -> Any:
+        return getattr(self.inner.segmenter, "bands", None)
 
     def check_prompts(self, prompts: Sequence[str]) -> None:
         self.inner.check_prompts(prompts)
@@ -136,19 +144,16 @@ def run(job: dict[str, Any], emit: Emit) -> int:
         where.update({k: int(job[k]) for k in ("refine_depth", "zoom") if job.get(k) is not None})
         common = dict(tile_size=int(job.get("tile_size") or 1008), overlap=int(job.get("overlap", 128)),
                       bands=job.get("bands") or None,
-                      resolution=job.get("resolution") or preferred_resolution(job.get("backend") or "sam3",
-                                                                               model=job.get("model")),
+                      resolution=job.get("resolution") or None,
                       dst_crs=job.get("dst_crs") or None, min_area=job.get("min_area"), **where)
         out = dict(output=job["output"], layer=job.get("layer") or "detections", overwrite=bool(job.get("overwrite")))
-        settings = Settings.of(job["prompts"], **common)
+        backend = job.get("backend") or "sam3"
+        settings = Settings.of(job["prompts"], **common, segmenter=backend, backend_options={"model": job.get("model")})
         paths = resolve(inputs, mosaic=bool(job.get("mosaic")), settings=settings)
         check_run(paths, settings, **out)  # before the model loads: a bad BANDS is refused in a second
         if job.get("check"):  # the dialog's check of its parameters: no model, no run
             emit("done", output=None, objects=0, crs=None, provenance={})
             return 0
-        backend = job.get("backend") or "sam3"
-        if settings.exemplars is not None:
-            check_takes_exemplars(backend)
         options = {k: job.get(k) for k in ("model", "device", "score_threshold", "mask_threshold")}
         if backend == "colors":  # the test backend has no model
             options.pop("model")

@@ -16,6 +16,7 @@ from conftest import one_line_error, run
 from pycocotools.coco import COCO
 from shapely import box
 
+import geoseg
 from geoseg.analysis.dataset import export_dataset
 from geoseg.analysis.splits import assign_splits, chip_blocks, overlap_guard, parse_split
 from geoseg.core.tiling import Window, plan_tiles
@@ -305,3 +306,40 @@ def test_rasters_of_one_name_give_chips_of_different_names(scene, tmp_path):
     coco = [json.loads(p.read_text()) for p in (out / "annotations").glob("*.json")]
     assert {i["source"] for c in coco for i in c["images"]} == {"2020_scene", "2021_scene"}
     assert sum(len(c["annotations"]) for c in coco) == 2 * 4  # each object in each copy (the bar in two pieces)
+
+
+@pytest.mark.parametrize("crs", ["EPSG:32617", "EPSG:4326"])
+def test_the_shared_ground_warning_is_for_overlap_not_for_a_shared_edge(tmp_path, crs):
+    """Blocks cut side by side from one raster (as `distill` cuts its sample) share an edge, not ground:
+    no warning (there was one, from their lon/lat bounding boxes). Crops that overlap still warn."""
+    import warnings as w
+
+    from geoseg.errors import GeosegWarning
+    from geoseg.testing import make_scene
+
+    full = make_scene(tmp_path / "full.tif", size=256, seed=2)
+    if crs != "EPSG:32617":  # in degrees, as a lon/lat orthophoto would be
+        from rasterio.warp import calculate_default_transform, reproject
+
+        with rasterio.open(full) as src:
+            t, wd, ht = calculate_default_transform(src.crs, crs, src.width, src.height, *src.bounds)
+            data = np.zeros((3, ht, wd), np.uint8)
+            reproject(src.read(), data, src_transform=src.transform, src_crs=src.crs, dst_transform=t, dst_crs=crs)
+        full = write_geotiff(tmp_path / "full-lonlat.tif", np.moveaxis(data, 0, -1), crs=crs, transform=t)
+    with rasterio.open(full) as src:
+        data, t, height = np.moveaxis(src.read(), 0, -1), src.transform, src.height
+    half = height // 2
+    pieces = {"top": (0, half), "bottom": (half, height), "lower": (half - 20, height)}
+    paths = {}
+    for name, (r0, r1) in pieces.items():
+        paths[name] = write_geotiff(tmp_path / f"{name}.tif", data[r0:r1], crs=crs,
+                                    transform=t @ Affine.translation(0, r0))
+    labels = tmp_path / "labels.gpkg"
+    geoseg.segment(full, ["red", "green", "blue"], segmenter="colors", output=labels, tile_size=128, overlap=16)
+    for pair, warned in [(("top", "bottom"), False), (("top", "lower"), True)]:
+        with w.catch_warnings(record=True) as seen:
+            w.simplefilter("always")
+            export_dataset([paths[p] for p in pair], labels, tmp_path / f"ds-{'-'.join(pair)}", fmt="yolo",
+                           chip_size=64, block_size=1, split="0.5,0.5")
+        shared = [x for x in seen if issubclass(x.category, GeosegWarning) and "overlap" in str(x.message)]
+        assert bool(shared) == warned, [str(x.message) for x in shared]

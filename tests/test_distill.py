@@ -35,6 +35,7 @@ def test_distill_end_to_end_with_the_colors_teacher(scene, tmp_path, monkeypatch
     r = run("distill", scene, "-o", "distilled", *ARGS, "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["distilled"]  # no Ultralytics runs/, no hidden build
+    assert "overlap" not in r.output  # the sample's blocks share edges, not ground
     out = tmp_path / "distilled"
     report = json.loads((out / "report.json").read_text())
     assert (out / "report.txt").read_text().strip() in r.output  # printed as written
@@ -133,3 +134,23 @@ def test_distill_refusals_are_one_line(scene, tmp_path, args, words):
     line = one_line_error(run("distill", scene, "-o", tmp_path / "d", *args))
     assert words in line
     assert not (tmp_path / "d").exists()
+
+
+def test_an_undertrained_student_is_kept_with_a_warning():
+    """A best threshold under 0.05 is kept (it is the best), with a warning; a confident student warns not."""
+    import warnings
+
+    from geoseg.analysis.distill import choose_threshold
+    from geoseg.errors import GeosegWarning
+
+    squares = [shapely.box(10 * k, 0, 10 * k + 8, 8) for k in range(4)]
+    truth = gpd.GeoDataFrame({"label": ["red"] * 4}, geometry=squares, crs=32617)
+    for score, warned in [(0.02, True), (0.6, False)]:
+        found = gpd.GeoDataFrame({"label": ["red"] * 4, "score": [score] * 4}, geometry=squares, crs=32617)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            threshold, scored, _ = choose_threshold(found, truth)
+        mine = [str(w.message) for w in seen if issubclass(w.category, GeosegWarning)]
+        assert next(s.f1 for s in scored.scores if s.label == "all") == 1.0
+        assert (threshold < 0.05) == warned
+        assert bool(mine) == warned and all("undertrained" in m and "epochs" in m for m in mine)

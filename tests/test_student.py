@@ -89,7 +89,8 @@ def test_train_makes_a_model_folder_offline_writing_nowhere_else(trained, datase
     assert not list(dataset.rglob("*.cache"))  # Ultralytics' label caches stayed in the work folder
     info = json.loads((model / "geoseg.json").read_text())
     assert info["classes"] == ["blue", "green", "red"] and info["chip_size"] == 128
-    assert info["resolution"] == 0.5 and info["crs"] == "EPSG:32617" and info["bands"] is None
+    assert info["resolution"] == 0.5 and info["resolution_m"] == 0.5 and info["crs"] == "EPSG:32617"
+    assert info["bands"] is None
     assert info["dataset"]["path"] == str(dataset.resolve()) and info["dataset"]["chips"]["val"] > 0
     assert info["training"]["epochs_run"] == 1 and info["training"]["start"] == "yolo11n-seg.yaml"
     assert set(info["val"]) >= {"mask_map50", "mask_map50_95", "box_map50"}
@@ -384,3 +385,89 @@ def test_a_damaged_dataset_is_refused_in_one_line_naming_the_file(dataset, tmp_p
     line = one_line_error(run("train", copy, "-o", tmp_path / "m", "--epochs", 1))
     assert words in line and str(named) in line
     assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.*"))
+
+
+def _geographic_scene(path: Path) -> str:
+    """The scene's objects at 0.25 m on the ground, in EPSG:4326 (pixels of about 2.6e-6 x 2.3e-6 degrees
+    at 29.7 N): what a student trained on 0.5 m UTM chips meets in a lon/lat raster."""
+    from pyproj import Geod
+
+    lon, lat = -81.0, 29.7
+    geod = Geod(ellps="WGS84")
+    east = geod.inv(lon, lat, lon + 1e-3, lat)[2] / 1e-3  # metres per degree
+    north = geod.inv(lon, lat, lon, lat + 1e-3)[2] / 1e-3
+    return make_scene(path, size=256, seed=5, crs="EPSG:4326",
+                      transform=Affine(0.25 / east, 0, lon, 0, -0.25 / north, lat))
+
+
+def test_a_student_reads_a_geographic_raster_at_its_metres(trained, tmp_path):
+    """0.5 m, not 0.5 degrees: the 64 m of a lon/lat raster are read as 128 px a side (old: 1 px, no object),
+    shown by `geoseg info --backend yolo --model`, and segmented with objects found inside the raster."""
+    geo = _geographic_scene(tmp_path / "lonlat.tif")
+    r = run("info", geo, "--backend", "yolo", "--model", trained[0], "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)["rasters"][0]
+    assert abs(d["width"] - 128) <= 1 and abs(d["height"] - 128) <= 1 and d["model_resolution_m"] == 0.5
+    assert d["pixel_xy"][0] > d["pixel_xy"][1]  # a degree of longitude is shorter than one of latitude there
+    r = run("info", geo, "--backend", "yolo", "--model", trained[0])
+    assert "read at    0.5 m, the yolo model's training resolution" in r.output
+    r = run("info", geo)
+    assert "256 x 256 px" in r.output and "read at" not in r.output  # without a model: as it is
+    gdf = geoseg.segment(geo, PROMPTS, segmenter="yolo", model=str(trained[0]), score_threshold=0.0, tile_size=128,
+                         overlap=32)
+    assert len(gdf) > 0 and gdf.crs.to_epsg() == 4326
+    import rasterio
+
+    with rasterio.open(geo) as src:
+        left, bottom, right, top = src.bounds
+    x0, y0, x1, y1 = gdf.total_bounds
+    dx, dy = d["pixel_xy"]  # the grid read ends on whole pixels: up to one past the raster's edge
+    assert left <= x0 and x1 <= right + dx and bottom - dy <= y0 and y1 <= top
+
+
+def test_the_students_recorded_bands_are_applied(trained, scene, tmp_path):
+    """A student trained on bands 3,2,1 (as `--bands 3,2,1` at export records them; written into a copy of
+    the folder here) reads them without being told; --bands still wins."""
+    import shutil
+
+    from geoseg.run.settings import Settings
+
+    model = tmp_path / "student"
+    shutil.copytree(trained[0], model)
+    info = json.loads((model / "geoseg.json").read_text())
+    (model / "geoseg.json").write_text(json.dumps({**info, "bands": [3, 2, 1]}))
+    assert Settings.of(["red"], segmenter="yolo", backend_options={"model": str(model)}).read.bands == (3, 2, 1)
+    gdf = geoseg.segment(scene, ["red"], segmenter="yolo", model=str(model), tile_size=256, overlap=32)
+    assert gdf.attrs["geoseg"]["bands"] == (3, 2, 1)
+    gdf = geoseg.segment(scene, ["red"], segmenter="yolo", model=str(model), tile_size=256, overlap=32,
+                         bands="1,2,3")
+    assert gdf.attrs["geoseg"]["bands"] == (1, 2, 3)
+    out = tmp_path / "o.gpkg"
+    r = run("segment", scene, "-p", "red", "--backend", "yolo", "--model", model, "--tile-size", 256, "-o", out, "-q")
+    assert r.exit_code == 0, r.output
+    assert read_provenance(out)["bands"] == [3, 2, 1]
+
+
+def test_one_settings_check_for_the_cli_and_python(trained, scene, tmp_path):
+    """`Settings.of(..., segmenter=)`: the model's resolution (in metres) and bands where not given, and
+    exemplars refused for a backend without them, the same from `geoseg segment` and `geoseg.segment`."""
+    import geopandas as gpd
+    import shapely
+
+    from geoseg.run.settings import Settings, own_fingerprint
+
+    s = Settings.of(["red"], segmenter="yolo", backend_options={"model": str(trained[0])})
+    assert s.read.resolution == 0.5 and s.read.metres and own_fingerprint(s)["--resolution"] is None
+    s = Settings.of(["red"], resolution=0.25, segmenter="yolo", backend_options={"model": str(trained[0])})
+    assert s.read.resolution == 0.25 and not s.read.metres  # the user's, in CRS units
+    assert Settings.of(["red"], segmenter="sam3").read.resolution is None
+    boxes = tmp_path / "boxes.gpkg"
+    gpd.GeoDataFrame({"prompt": ["red"]}, geometry=[shapely.box(404010, 3285900, 404030, 3285920)],
+                     crs=32617).to_file(boxes)
+    with pytest.raises(geoseg.UsageError, match="takes no exemplars"):
+        Settings.of(["red"], exemplars=boxes, segmenter="yolo", backend_options={"model": str(trained[0])})
+    with pytest.raises(geoseg.UsageError, match="takes no exemplars"):
+        geoseg.segment(scene, ["red"], segmenter="yolo", model=str(trained[0]), exemplars=boxes)
+    line = one_line_error(run("segment", scene, "-p", "red", "--backend", "yolo", "--model", trained[0],
+                              "--exemplars", boxes, "-o", tmp_path / "o.gpkg"))
+    assert "takes no exemplars" in line and not (tmp_path / "o.gpkg").exists()

@@ -42,8 +42,6 @@ import rasterio
 import shapely
 from pyproj import CRS
 from rasterio.errors import NotGeoreferencedWarning
-from rasterio.transform import array_bounds
-from rasterio.warp import transform_bounds
 
 from geoseg.analysis.folders import building, check_out_dir
 from geoseg.analysis.splits import assign_splits, chip_blocks, overlap_guard, parse_split
@@ -203,7 +201,7 @@ class _Raster:
     height: int
     width: int
     objects: int  # objects over the raster
-    footprint: shapely.Polygon  # lon/lat bounds, to find rasters showing the same ground
+    footprint: shapely.Polygon  # the raster's outline in its CRS, to find rasters showing the same ground
 
 
 def _plan_rasters(paths: list[Any], stems: list[str], gdf: gpd.GeoDataFrame, read: ReadOptions, chip_size: int,
@@ -215,9 +213,10 @@ def _plan_rasters(paths: list[Any], stems: list[str], gdf: gpd.GeoDataFrame, rea
             assert src.crs is not None  # RasterSource refuses rasters without a CRS
             plan = plan_tiles(src.height, src.width, chip_size, overlap)
             n = int((~shapely.is_missing(_on_raster(gdf, src))).sum()) if len(gdf) else 0
-            lonlat = transform_bounds(src.crs, "EPSG:4326", *array_bounds(src.height, src.width, src.transform))
+            outline = shapely.Polygon([src.transform @ xy for xy in ((0, 0), (src.width, 0), (src.width, src.height),
+                                                                      (0, src.height))])
             planned.append(_Raster(path, stem, [t.window for t in plan], [], src.crs.to_string(),
-                                   list(src.transform)[:6], src.height, src.width, n, shapely.box(*lonlat)))
+                                   list(src.transform)[:6], src.height, src.width, n, outline))
     return planned
 
 
@@ -246,13 +245,28 @@ def _deal(rasters: list[_Raster], chip_size: int, block_size: float | None, frac
     return sizes[-1], assign_splits(blocks, fractions, seed, strict=False)  # type: ignore[arg-type]
 
 
+def _share_ground(a: _Raster, b: _Raster) -> bool:
+    """Whether two rasters show some of the same ground: not when they only share an edge (blocks cut
+    side by side from one raster), whatever the rounding of their corners. In two CRSs, b's outline
+    (densified) is reprojected into a's, and an overlap under 0.1 % of the smaller raster is taken for
+    an edge bent by the reprojection."""
+    other = b.footprint
+    if not CRS(a.crs).equals(CRS(b.crs)):
+        dense = shapely.segmentize(other, other.length / 400)
+        other = gpd.GeoSeries([dense], crs=b.crs).to_crs(a.crs).iloc[0]
+        if not other.is_valid or other.is_empty:
+            return False
+        return bool(shapely.intersection(a.footprint, other).area > 1e-3 * min(a.footprint.area, other.area))
+    return bool(shapely.intersection(a.footprint, other).area > 1e-6 * min(a.footprint.area, other.area))
+
+
 def _warn_shared_ground(rasters: list[_Raster], deal: dict[Any, int]) -> None:
     """Blocks are per raster: two rasters over the same ground may put it in two splits. Say so."""
     for a in range(len(rasters)):
         for b in range(a + 1, len(rasters)):
             ra, rb = rasters[a], rasters[b]
             splits = {deal[k] for k in ra.blocks + rb.blocks}
-            if len(splits) > 1 and shapely.intersection(ra.footprint, rb.footprint).area > 0:
+            if len(splits) > 1 and _share_ground(ra, rb):
                 warnings.warn(f"{ra.path} and {rb.path} overlap: the ground they share may be in two splits "
                               f"(blocks are per raster); export them as separate datasets or crop the overlap",
                               GeosegWarning, stacklevel=3)

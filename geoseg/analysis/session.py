@@ -31,16 +31,15 @@ from geoseg.core.segmenter import (
     as_segmenter,
     check_prompts,
     check_takes_exemplars,
-    preferred_resolution,
 )
 from geoseg.core.tiling import TilePlan, plan_tiles
 from geoseg.errors import EmptyRasterWarning
 from geoseg.io.exemplars import prepare, read_exemplars
-from geoseg.io.raster import RasterSource, ReadOptions
+from geoseg.io.raster import RasterSource
 from geoseg.io.sources import source_name
 from geoseg.run.assemble import combine_frames, objects, provenance
 from geoseg.run.engine import AtLimit, LocalEngine, segment_tiles
-from geoseg.run.settings import Settings
+from geoseg.run.settings import Settings, model_reading
 
 
 class Segmentation:
@@ -81,9 +80,9 @@ class Segmentation:
         **backend_options: Any,
     ) -> None:
         self.source = source
-        if resolution is None:  # a student reads at the resolution it was trained at
-            resolution = preferred_resolution(segmenter, **backend_options)
-        self.read = ReadOptions.of(bands=bands, resolution=resolution, stretch=stretch, pixel_coords=pixel_coords)
+        # what the model asks for (a student: its resolution and bands) where not given
+        self.read = model_reading(bands=bands, resolution=resolution, stretch=stretch, pixel_coords=pixel_coords,
+                                 segmenter=segmenter, backend_options=backend_options)
         self.tile_size, self.overlap, self.progress = tile_size, overlap, progress
         with RasterSource(source, self.read) as src:  # fails on a bad input before the model loads
             self.plan: TilePlan = plan_tiles(src.height, src.width, tile_size, overlap)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ from geoseg.analysis.dataset import export_dataset
 from geoseg.analysis.folders import building, check_out_dir
 from geoseg.backends.yolo import MANIFEST, WEIGHTS, file_hash, import_ultralytics, keep_torch_threads, pick_device
 from geoseg.errors import UsageError, option
+from geoseg.io.raster import crs_resolution
 
 log = logging.getLogger("geoseg")
 
@@ -132,6 +134,21 @@ def _check_label(path: Path, nc: int) -> None:
                              f"numbers): fix it or export the dataset again")
 
 
+def ground_metres(manifest: dict[str, Any]) -> float | None:
+    """The pixel size of the dataset's rasters in metres (in degrees: at each raster's centre), or None
+    when they differ (by over 1 %)."""
+    sizes = []
+    for r in manifest["rasters"]:
+        a, _, c, _, e, f = r["transform"][:6]
+        bounds = (c, f + e * r["height"], c + a * r["width"], f) if e < 0 else (c, f, c + a * r["width"],
+                                                                               f + e * r["height"])
+        per_metre = crs_resolution(1.0, r["crs"], bounds)  # CRS units per metre, x and y
+        sizes.append(abs(float(a)) / math.sqrt(per_metre[0] * per_metre[1]))
+    if not sizes or max(sizes) > 1.01 * min(sizes):
+        return None
+    return round(sizes[0], 6)
+
+
 def ground_resolution(manifest: dict[str, Any]) -> float | None:
     """The pixel size of the dataset's rasters (CRS units), or None when they differ (by over 1 %)."""
     sizes = [abs(float(r["transform"][0])) for r in manifest["rasters"]]
@@ -231,6 +248,7 @@ def _fit(dataset: Path, manifest: dict[str, Any], tmp: Path, *, epochs: int, pat
         "geoseg": "train", "format": "ultralytics-yolo-segment", "weights": WEIGHTS,
         "sha256": file_hash(tmp / WEIGHTS),
         "classes": list(manifest["categories"]), "chip_size": chip, "resolution": ground_resolution(manifest),
+        "resolution_m": ground_metres(manifest),
         "crs": _short_crs(manifest),
         "bands": manifest.get("bands"),
         "dataset": {"path": str(dataset.resolve()), "vector": manifest.get("vector"),

@@ -92,6 +92,13 @@ def read_manifest(model: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest  # type: ignore[no-any-return]
 
 
+def metres(manifest: dict[str, Any]) -> float | None:
+    """A student's training resolution in metres (`resolution_m`; a folder from before it was
+    recorded: `resolution`, taken as metres)."""
+    value = manifest.get("resolution_m", manifest.get("resolution"))
+    return None if value is None else float(value)
+
+
 def file_hash(path: str | os.PathLike[str]) -> str:
     """sha256 of a file (a student's weights are a few MB: cheap at every start)."""
     digest = hashlib.sha256()
@@ -141,7 +148,8 @@ class YoloSegmenter:
         except Exception as err:
             raise ModelLoadError(f"{option('model', str(model))}: cannot load {weights.name} ({err})") from err
         self.classes: list[str] = [str(n) for n in self.manifest["classes"]]
-        self.resolution: float | None = self.manifest.get("resolution")
+        self.resolution: float | None = metres(self.manifest)
+        self.bands: list[int] | None = self.manifest.get("bands")
         self.batch_size = int(batch_size or (16 if self.device.startswith("cuda") else 4))
         if self.batch_size < 1:
             raise UsageError(f"{option('batch_size', batch_size)}: give 1 or more")
@@ -152,9 +160,13 @@ class YoloSegmenter:
 
     @staticmethod
     def preferred_resolution(*, model: str | None = None, **_: Any) -> float | None:
-        """The ground resolution the student was trained at, from its folder (no model loads)."""
-        value = None if model is None else read_manifest(model).get("resolution")
-        return None if value is None else float(value)
+        """The ground resolution the student was trained at, in metres, from its folder (no model loads)."""
+        return None if model is None else metres(read_manifest(model))
+
+    @staticmethod
+    def preferred_bands(*, model: str | None = None, **_: Any) -> list[int] | None:
+        """The bands the student was trained on (None: the raster's default three), from its folder."""
+        return None if model is None else read_manifest(model).get("bands")
 
     def config(self) -> dict[str, Any]:
         """What changes the results: the weights (by hash) and the thresholds."""

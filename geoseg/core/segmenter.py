@@ -260,14 +260,27 @@ def load_segmenter(name: str, **options: Any) -> Segmenter:
 
 
 def preferred_resolution(segmenter: Segmenter | str, **options: Any) -> float | None:
-    """The ground pixel size a model was trained at (CRS units), read before it loads: a
+    """The ground pixel size a model was trained at, in metres, read before it loads: a
     backend's `preferred_resolution(**options)`, or a segmenter object's `resolution`; None for
-    models that take any (SAM 3). A run without its own resolution reads at this one."""
+    models that take any (SAM 3). A run without its own resolution reads at this one (converted
+    into each raster's CRS units)."""
     if isinstance(segmenter, str):
         hook = getattr(_resolve(segmenter), "preferred_resolution", None)
         return hook(**{k: v for k, v in options.items() if v is not None}) if callable(hook) else None
     value = getattr(segmenter, "resolution", None)
     return None if value is None else float(value)
+
+
+def preferred_bands(segmenter: Segmenter | str, **options: Any) -> tuple[int, ...] | None:
+    """The 1-based bands a model was trained on, read before it loads: a backend's
+    `preferred_bands(**options)`, or a segmenter object's `bands`; None for the raster's default
+    choice. A run without its own bands reads these."""
+    if isinstance(segmenter, str):
+        hook = getattr(_resolve(segmenter), "preferred_bands", None)
+        value = hook(**{k: v for k, v in options.items() if v is not None}) if callable(hook) else None
+    else:
+        value = getattr(segmenter, "bands", None)
+    return None if value is None else tuple(int(b) for b in value)
 
 
 def as_segmenter(segmenter: Segmenter | str, **options: Any) -> Segmenter:

@@ -39,7 +39,7 @@ from rasterio.warp import calculate_default_transform, transform_bounds, transfo
 
 from geoseg.core.vectorize import parse_crs
 from geoseg.errors import GeosegWarning, RasterError, UsageError, option
-from geoseg.io.raster import open_dataset
+from geoseg.io.raster import crs_resolution, open_dataset
 from geoseg.io.sources import MARK, mosaic_meta, unique_names
 
 _GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
@@ -162,7 +162,7 @@ def _name(paths: list[str]) -> str:
 
 
 def build(paths: Sequence[str | os.PathLike[str]], *, dst_crs: Any = None, resolution: float | None = None,
-          bands: Sequence[int] | None = None, name: str | None = None) -> str:
+          bands: Sequence[int] | None = None, name: str | None = None, metres: bool = False) -> str:
     """One virtual raster over `paths` (GDAL-openable names): its VRT XML.
 
     Only metadata is read. The grid is the first file's (its CRS, pixel size
@@ -186,6 +186,8 @@ def build(paths: Sequence[str | os.PathLike[str]], *, dst_crs: Any = None, resol
     ms = [replace(m, warped=m.crs != crs or m.transform.b != 0 or m.transform.d != 0) for m in ms]
     ms = [replace(m, footprint=_footprint(m, crs)) for m in ms]
     xres, yres = _grid_resolution(ms, crs, resolution)
+    if metres and resolution is not None:  # a model's resolution, in metres: in the mosaic's units
+        xres, yres = crs_resolution(resolution, crs, shapely.total_bounds([m.footprint for m in ms]))
     warped = [m.path for m in ms if m.warped]
     if warped:
         shown = ", ".join(Path(p).name for p in warped[:5]) + (" ..." if len(warped) > 5 else "")
@@ -306,4 +308,4 @@ def from_settings(paths: Sequence[Any], settings: Any) -> str:
         raise UsageError(f"{option('mosaic')} takes raster files and folders, not a {type(odd).__name__}")
     if read.pixel_coords:
         raise UsageError(f"{option('mosaic')} places the files by their CRS: leave out {option('pixel_coords')}")
-    return build(paths, dst_crs=settings.dst_crs, resolution=read.resolution, bands=read.bands)
+    return build(paths, dst_crs=settings.dst_crs, resolution=read.resolution, bands=read.bands, metres=read.metres)

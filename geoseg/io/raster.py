@@ -22,6 +22,7 @@ import rasterio
 import rasterio.coords
 import rasterio.io
 import shapely
+from pyproj import CRS
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.transform import array_bounds
@@ -43,17 +44,34 @@ class ReadOptions:
     stretch: tuple[float, float] = (2.0, 98.0)
     pixel_coords: bool = False
     area: Area | None = None  #: read only the window of this area (see `RasterSource`)
+    metres: bool = False  #: `resolution` is in metres (a model's), not CRS units: see `crs_resolution`
 
     @classmethod
     def of(cls, *, bands: str | Sequence[int] | None = None, resolution: float | None = None,
            stretch: tuple[float, float] = (2.0, 98.0), pixel_coords: bool = False,
-           area: Area | None = None) -> ReadOptions:
+           area: Area | None = None, metres: bool = False) -> ReadOptions:
         """Options from the API's loose types: bands as "4,3,2" or (4, 3, 2)."""
         return cls(
             bands=parse_bands(bands) if isinstance(bands, (str, type(None))) else tuple(int(b) for b in bands),
             resolution=resolution, stretch=(float(stretch[0]), float(stretch[1])), pixel_coords=pixel_coords,
-            area=area,
+            area=area, metres=metres and resolution is not None,
         )
+
+
+def crs_resolution(metres: float, crs: Any, bounds: Sequence[float]) -> tuple[float, float]:
+    """A ground distance in metres as the pixel size (x, y) in the units of `crs`, at the centre of
+    `bounds` (left, bottom, right, top): in degrees x grows away from the equator; feet are feet."""
+    crs = CRS.from_user_input(crs)
+    if crs.is_geographic:
+        left, bottom, right, top = bounds
+        lon, lat, step = (left + right) / 2, (bottom + top) / 2, 1e-3
+        geod = crs.get_geod()
+        assert geod is not None
+        east = geod.inv(lon - step / 2, lat, lon + step / 2, lat)[2]
+        north = geod.inv(lon, lat - step / 2, lon, lat + step / 2)[2]
+        return metres * step / max(east, 1e-9), metres * step / north
+    factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+    return metres / factor, metres / factor
 
 
 def parse_bands(text: str | None) -> tuple[int, ...] | None:
@@ -257,7 +275,7 @@ class RasterSource:
         self.dtype = np.dtype(src.dtypes[(self.bands or (1,))[0] - 1])
         self._ds = src
         if o.resolution is not None and not is_mosaic(self.path):  # a mosaic is built at its resolution
-            self._ds = self._warped(o.resolution)
+            self._ds = self._warped(o.resolution, o.metres)
         self.height, self.width = self._ds.height, self._ds.width
         self.transform = rasterio.Affine.identity() if o.pixel_coords else self._ds.transform
         self.crs = None if o.pixel_coords else self._ds.crs
@@ -300,16 +318,17 @@ class RasterSource:
         """
         return None if self.dtype == np.uint8 or not self.bands else self._stretch_limits()
 
-    def _warped(self, resolution: float) -> Any:
+    def _warped(self, resolution: float, metres: bool = False) -> Any:
         src = self._src
         if resolution <= 0:
             raise UsageError(f"{option('resolution', resolution)} must be a positive ground distance in CRS units")
         if src.crs is None or not src.transform.is_rectilinear:
             raise UsageError(f"{option('resolution')} needs a north-up georeferenced raster; {self.path} is not one")
         left, bottom, right, top = src.bounds
-        width = max(1, math.ceil((right - left) / resolution))
-        height = max(1, math.ceil((top - bottom) / resolution))
-        transform = rasterio.Affine(resolution, 0, left, 0, -resolution, top)
+        xres, yres = crs_resolution(resolution, src.crs, src.bounds) if metres else (resolution, resolution)
+        width = max(1, math.ceil((right - left) / xres))
+        height = max(1, math.ceil((top - bottom) / yres))
+        transform = rasterio.Affine(xres, 0, left, 0, -yres, top)
         return WarpedVRT(
             src, crs=src.crs, transform=transform, width=width, height=height, resampling=Resampling.bilinear
         )

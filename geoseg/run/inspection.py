@@ -80,14 +80,15 @@ def _inspect(src: RasterSource, path: Any, tile_size: int, overlap: int) -> Rast
 def describe(
     path: str | os.PathLike[str], *, tile_size: int = 1008, overlap: int = 128,
     bands: str | Sequence[int] | None = None, resolution: float | None = None, pixel_coords: bool = False,
-    area: Area | None = None,
+    area: Area | None = None, metres: bool = False,
 ) -> dict[str, Any]:
     """The plan for one raster, without running any model. With an `area`
     (`Area.of(bbox=...)`), `window` is its pixel window [col, row, width, height]
     in the grid read, and `tiles` and `area_km2` count only what would be segmented.
     `colours` is every band's colour tag; `bands` the bands read, None where
-    none can be chosen without `bands` (a run refuses such a raster)."""
-    read = ReadOptions.of(bands=bands, resolution=resolution, pixel_coords=pixel_coords, area=area)
+    none can be chosen without `bands` (a run refuses such a raster). With `metres`, `resolution` is
+    a model's, in metres (see `ReadOptions`); `pixel_xy` is the pixel size of the grid read."""
+    read = ReadOptions.of(bands=bands, resolution=resolution, pixel_coords=pixel_coords, area=area, metres=metres)
     with RasterSource(path, read, choose=False) as src:
         info = _inspect(src, path, tile_size, overlap)
         stretch = None if src.stretch_limits is None else src.stretch_limits.round(3).tolist()
@@ -97,7 +98,8 @@ def describe(
         "window": None if win is None else [win.col, win.row, win.width, win.height],
         "path": str(path), "width": width, "height": height, "bands": list(info.bands) or None, "colours": tags,
         "dtype": info.dtype, "crs": None if info.crs is None else info.crs.to_string(),
-        "pixel_size": info.pixel_size, "nodata": info.nodata, "stretch": stretch,
+        "pixel_size": info.pixel_size, "pixel_xy": [abs(info.transform.a), abs(info.transform.e)],
+        "nodata": info.nodata, "stretch": stretch,
         "area_km2": info.area_km2, "tile_size": tile_size, "overlap": overlap,
         "tile_grid": list(info.plan.shape), "tiles": info.tiles,
     }

@@ -21,7 +21,7 @@ from typing import Any
 import geopandas as gpd
 import pyogrio
 
-from geoseg.core.segmenter import Segmenter, as_segmenter, check_takes_exemplars, preferred_resolution
+from geoseg.core.segmenter import Segmenter, as_segmenter
 from geoseg.errors import EmptyRasterWarning, GeosegError, OutsideAreaError, RunError, UsageError, redact
 from geoseg.io import export, rasterize, stac, upload
 from geoseg.io.buckets import is_url
@@ -369,15 +369,12 @@ def segment(
     Raises:
         RunError: with several inputs, when some failed (the others are written).
     """
-    if resolution is None:  # a student reads at the resolution it was trained at
-        resolution = preferred_resolution(segmenter, **backend_options)
     settings = Settings.of(prompts, tile_size=tile_size, overlap=overlap, bands=bands, resolution=resolution,
                            stretch=stretch, pixel_coords=pixel_coords, dst_crs=dst_crs, simplify=simplify,
                            min_area=min_area, progress=progress, bbox=bbox, bbox_crs=bbox_crs, aoi=aoi,
                            cpu_workers=cpu_workers, saturation=saturation, refine_depth=refine_depth, zoom=zoom,
-                           neighbour_start=neighbour_start, exemplars=exemplars)
-    if settings.exemplars is not None:
-        check_takes_exemplars(segmenter)
+                           neighbour_start=neighbour_start, exemplars=exemplars, segmenter=segmenter,
+                           backend_options=backend_options)
     paths = resolve(source, asset=asset, mosaic=mosaic, settings=settings)
     check_run(paths, settings, output=output, layer=layer, overwrite=overwrite, work_dir=work_dir,
               raster_out=raster_out, raster_values=raster_values, restart=restart)  # before the model loads

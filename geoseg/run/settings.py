@@ -8,7 +8,7 @@ from typing import Any
 
 from geoseg.core import vectorize
 from geoseg.core.refine import Refine
-from geoseg.core.segmenter import check_prompts
+from geoseg.core.segmenter import check_prompts, check_takes_exemplars, preferred_bands, preferred_resolution
 from geoseg.core.tiling import plan_tiles
 from geoseg.io.area import Area
 from geoseg.io.exemplars import ExemplarFile, read_exemplars
@@ -46,11 +46,18 @@ class Settings:
            simplify: float | None = None, min_area: float | None = None, progress: bool = False,
            bbox: Any = None, bbox_crs: Any = None, aoi: Any = None, saturation: float = 0.8, refine_depth: int = 2,
            zoom: int = 0, neighbour_start: bool = True, cpu_workers: int | None = None,
-           exemplars: Any = None) -> Settings:
+           exemplars: Any = None, segmenter: Any = None, backend_options: dict[str, Any] | None = None) -> Settings:
         """Settings from the API's loose types, checked (prompts, tiling, CRS, area, refinement,
-        exemplars) before any work. With `exemplars`, `prompts` may be empty."""
+        exemplars) before any work. With `exemplars`, `prompts` may be empty.
+
+        With `segmenter` (a backend name, built with `backend_options`, or a segmenter object), what
+        the model asks for, read before it loads: without `resolution`, the rasters are read at the
+        ground resolution it was trained at (metres, converted into each raster's units); without
+        `bands`, the bands it was trained on; `exemplars` only for a model that takes them."""
         plan_tiles(tile_size, tile_size, tile_size, overlap)
         boxes = None if exemplars is None else read_exemplars(exemplars)
+        if boxes is not None and segmenter is not None:
+            check_takes_exemplars(segmenter)
         text = check_prompts(prompts or []) if boxes is None or prompts else []
         labels, only = text, []
         if boxes is not None:
@@ -59,8 +66,8 @@ class Settings:
         area = Area.of(bbox=bbox, bbox_crs=bbox_crs, aoi=aoi, margin=overlap)
         return cls(
             prompts=labels, tile_size=tile_size, overlap=overlap,
-            read=ReadOptions.of(bands=bands, resolution=resolution, stretch=stretch, pixel_coords=pixel_coords,
-                                area=area),
+            read=model_reading(bands=bands, resolution=resolution, stretch=stretch, pixel_coords=pixel_coords,
+                              area=area, segmenter=segmenter, backend_options=backend_options),
             dst_crs=None if dst_crs is None else vectorize.parse_crs(dst_crs),
             simplify=simplify, min_area=min_area, progress=progress,
             refine=Refine.of(saturation=saturation, depth=refine_depth, zoom=zoom, neighbours=neighbour_start,
@@ -68,6 +75,22 @@ class Settings:
             cpu_workers=None if cpu_workers is None else check_workers(cpu_workers),
             exemplars=boxes, only=tuple(only),
         )
+
+
+def model_reading(*, bands: str | Sequence[int] | None = None, resolution: float | None = None,
+                 stretch: tuple[float, float] = (2.0, 98.0), pixel_coords: bool = False, area: Area | None = None,
+                 segmenter: Any = None, backend_options: dict[str, Any] | None = None) -> ReadOptions:
+    """How to read the rasters for `segmenter` (see `Settings.of`): what is not given, as the model asks."""
+    metres = False
+    if segmenter is not None:
+        options = backend_options or {}
+        if resolution is None:  # a student reads at the resolution it was trained at
+            resolution = preferred_resolution(segmenter, **options)
+            metres = resolution is not None
+        if bands is None:
+            bands = preferred_bands(segmenter, **options)
+    return ReadOptions.of(bands=bands, resolution=resolution, stretch=stretch, pixel_coords=pixel_coords, area=area,
+                          metres=metres)
 
 
 def fingerprint(settings: Settings, engine: Any) -> dict[str, Any]:
@@ -86,7 +109,9 @@ def own_fingerprint(settings: Settings) -> dict[str, Any]:
     out["--exemplars"] = None if settings.exemplars is None else settings.exemplars.fingerprint()
     out.update({
         "--tile-size": settings.tile_size, "--overlap": settings.overlap,
-        "--bands": None if read.bands is None else list(read.bands), "--resolution": read.resolution,
+        "--bands": None if read.bands is None else list(read.bands),
+        # a model's own resolution (metres) is the model's, fingerprinted by it: --resolution is in CRS units
+        "--resolution": None if read.metres else read.resolution,
         "--stretch": list(read.stretch), "--pixel-coords": read.pixel_coords,
     })
     no_area = {"--bbox": None, "--bbox-crs": None, "--aoi": None}
