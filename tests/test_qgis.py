@@ -513,3 +513,27 @@ def test_a_usage_error_is_said_once_before_the_run_starts(qgis_profile, scene, t
                                      "OUTPUT": str(tmp_path / "o.gpkg")})
     assert got["error"].count("BANDS 9 is out of range") == 1 and got["pid"] is None, got
     assert "bands=" not in got["error"] and not (tmp_path / "o.gpkg").exists()
+
+
+@pytest.mark.qgis
+@pytest.mark.parametrize("how", ["qgis_process", "processing"])
+def test_a_qgis_run_writes_nothing_beside_the_input(qgis_profile, tmp_path, how):
+    """No RASTER.aux.xml (statistics, a histogram) beside the user's raster, from QGIS's side or from
+    geoseg's worker, whether run by qgis_process or by Processing in a QGIS session; non-uint8 bands,
+    which both a stretch and QGIS's layer statistics read."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    data = draw(600, 600, random_objects(600, 600, 20, seed=4)).astype(np.uint16) * 40
+    raster = write_geotiff(inputs / "scene.tif", data, transform=Affine(0.5, 0, 404000, 0, -0.5, 3286000))
+    out = tmp_path / "out.gpkg"
+    if how == "qgis_process":
+        env, _ = qgis_profile
+        proc = subprocess.run([QGIS_PROCESS, "--json", "run", "geoseg:segment", "--", f"INPUT={raster}",
+                               "PROMPTS=red", "BACKEND=colors", "TILE_SIZE=256", "OVERLAP=32", f"OUTPUT={out}"],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    else:
+        got = run_in_qgis(qgis_profile, {"INPUT": raster, "PROMPTS": "red", **COLORS, "OUTPUT": str(out)})
+        assert got["error"] is None and got["valid"], got
+    assert out.exists()
+    assert sorted(p.name for p in inputs.iterdir()) == ["scene.tif"]

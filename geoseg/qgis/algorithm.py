@@ -28,6 +28,7 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
+    QgsProcessingUtils,
     QgsVectorLayer,
     QgsWkbTypes,
 )
@@ -169,26 +170,46 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             return None
         return float(self.parameterAsDouble(parameters, name, context))
 
+    @staticmethod
+    def as_files(parameters: dict[str, Any], context: Any) -> tuple[dict[str, Any], list[str]]:
+        """The INPUT and MORE_INPUTS given as paths of files that are no layer of the project (as
+        qgis_process gives them), and the parameters without them. geoseg reads such files itself:
+        loaded as QGIS layers, a raster of more than 8 bits would have its statistics computed for
+        its default style, and GDAL would keep them in RASTER.aux.xml beside the user's file."""
+        def is_file(value: Any) -> bool:
+            return (isinstance(value, str) and value != "" and Path(value).is_file()
+                    and QgsProcessingUtils.mapLayerFromString(value, context, False) is None)
+
+        rest, files = dict(parameters), []
+        if is_file(rest.get(SegmentAlgorithm.INPUT)):
+            files.append(rest.pop(SegmentAlgorithm.INPUT))
+        more = rest.get(SegmentAlgorithm.MORE_INPUTS)
+        if isinstance(more, (list, tuple)) and any(is_file(v) for v in more):
+            files += [v for v in more if is_file(v)]
+            rest[SegmentAlgorithm.MORE_INPUTS] = [v for v in more if not is_file(v)] or None
+        return rest, files
+
     def plan(self, parameters: dict[str, Any], context: Any) -> tuple[dict[str, Any], Render | None]:
         """The worker's job (the same options as `geoseg segment`) and, for a web layer, its render.
 
         Raises QgsProcessingException with one line that names the parameter and the fix.
         """
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        more = self.parameterAsLayerList(parameters, self.MORE_INPUTS, context) or []
+        layers, files = self.as_files(parameters, context)  # files: never loaded as layers
+        layer = self.parameterAsRasterLayer(layers, self.INPUT, context)
+        more = self.parameterAsLayerList(layers, self.MORE_INPUTS, context) or []
         folder = self.parameterAsFile(parameters, self.FOLDER, context) or ""
         mosaic = self.parameterAsBoolean(parameters, self.MOSAIC, context)
-        if layer is None and parameters.get(self.INPUT) not in (None, ""):
+        if layer is None and layers.get(self.INPUT) not in (None, ""):
             raise QgsProcessingException("INPUT: no such raster layer or file")
-        if layer is None and not more and not folder:
+        if layer is None and not files and not more and not folder:
             raise QgsProcessingException("INPUT: give a raster layer, MORE_INPUTS or a FOLDER of raster tiles")
         if folder and not Path(folder).is_dir():
             raise QgsProcessingException(f"FOLDER: {folder} is not a folder: pick the folder holding the tiles")
         web = [x.name() for x in [layer, *more] if x is not None and not is_file_layer(x)]
-        if web and (more or folder or mosaic):
+        if web and (files or more or folder or mosaic):
             raise QgsProcessingException(f"INPUT: {web[0]} is a web layer: segment it alone, without MORE_INPUTS, "
                                          f"FOLDER or MOSAIC")
-        if mosaic and not folder and len([x for x in [layer, *more] if x is not None]) < 2:
+        if mosaic and not folder and len(files) + len([x for x in [layer, *more] if x is not None]) < 2:
             raise QgsProcessingException("MOSAIC: give several layers (MORE_INPUTS) or a FOLDER of tiles to read "
                                          "as one mosaic")
         prompts = split_prompts(self.parameterAsString(parameters, self.PROMPTS, context))
@@ -198,7 +219,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         min_area = self.parameterAsDouble(parameters, self.MIN_AREA, context)
         resolution = self.number(parameters, self.RESOLUTION, context)
         job: dict[str, Any] = {
-            "inputs": [x.source() for x in [layer, *more] if x is not None] + ([folder] if folder else []),
+            "inputs": files + [x.source() for x in [layer, *more] if x is not None] + ([folder] if folder else []),
             "prompts": prompts,
             "backend": self.parameterAsString(parameters, self.BACKEND, context).strip() or "sam3",
             "model": self.parameterAsString(parameters, self.MODEL, context).strip() or None,
@@ -225,13 +246,14 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             extent = self.parameterAsExtent(parameters, self.EXTENT, context)
         extent_crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
         if extent is not None and not extent.isNull():
-            if not extent_crs.isValid() and layer is None:
+            if not extent_crs.isValid() and layer is None and not files:
                 raise QgsProcessingException("EXTENT: give its CRS (xmin,xmax,ymin,ymax [EPSG:XXXX]): the inputs "
                                              "are only a folder")
-            if not extent_crs.isValid():  # "xmin,xmax,ymin,ymax" without [CRS]: the raster's
+            if not extent_crs.isValid() and layer is not None and not files:  # without [CRS]: the raster's
                 extent_crs = layer.crs()
             job["bbox"] = [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()]
-            job["bbox_crs"] = crs_text(extent_crs)
+            if extent_crs.isValid():  # else (a file's): each raster's own CRS, as geoseg takes a bbox
+                job["bbox_crs"] = crs_text(extent_crs)
         if layer is None or is_file_layer(layer):
             return job, None
         web_resolution = self.number(parameters, self.WEB_RESOLUTION, context)
@@ -258,7 +280,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
     def checkParameterValues(self, parameters: dict[str, Any], context: Any) -> tuple[bool, str]:  # noqa: N802
         """Usage errors, before any work: QGIS shows the message once (from processAlgorithm it shows it
         three times)."""
-        ok, message = super().checkParameterValues(parameters, context)
+        ok, message = super().checkParameterValues(self.as_files(parameters, context)[0], context)
         if not ok:
             return ok, message
         try:
