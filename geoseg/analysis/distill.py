@@ -255,9 +255,11 @@ def choose_threshold(found: Any, truth: Any) -> tuple[float, Any, float | None]:
     """The score threshold giving the best F1 (IoU 0.5) of the student's objects against the teacher's,
     the scores there, and the F1 at the default threshold. A best threshold under `UNDERTRAINED` is kept,
     with a warning: the student is unsure of what it finds."""
-    swept = evaluate(found, truth, iou=0.5, sweep="score") if len(found) else None
+    # every distinct score is tried (quantiles of them could miss the best), up to a few thousand
+    swept = evaluate(found, truth, iou=0.5, sweep="score", sweep_steps=min(max(len(found), 50), 5000)) \
+        if len(found) else None
     best = None if swept is None else swept.best
-    threshold = DEFAULT_SCORE if best is None or not best.f1 > 0 else round(float(best.threshold), 4)
+    threshold = DEFAULT_SCORE if best is None or not best.f1 > 0 else _short(best.threshold, found["score"])
     if threshold < UNDERTRAINED:
         warnings.warn(f"the student's best score threshold on the held-out blocks is {threshold:g} (under "
                       f"{UNDERTRAINED:g}): it is undertrained; it is kept as the student's default, but train it "
@@ -266,6 +268,18 @@ def choose_threshold(found: Any, truth: Any) -> tuple[float, Any, float | None]:
     scored = evaluate(found[found["score"] >= threshold], truth, iou=0.5)
     default = evaluate(found[found["score"] >= DEFAULT_SCORE], truth, iou=0.5)
     return threshold, scored, _round(next(s.f1 for s in default.scores if s.label == "all"))
+
+
+def _short(threshold: float, scores: Any) -> float:
+    """`threshold` written short: the shortest decimal that keeps the same objects (above the next lower
+    score, not above the threshold; rounding 0.29266 to 0.2927 would drop the object scoring 0.29266)."""
+    below = scores[scores < threshold]
+    lower = float(below.max()) if len(below) else -math.inf
+    for digits in range(2, 12):
+        value = math.floor(threshold * 10**digits) / 10**digits
+        if lower < value <= threshold:
+            return value
+    return float(threshold)
 
 
 def format_report(r: dict[str, Any]) -> str:
