@@ -183,6 +183,7 @@ from geoseg.cli import (  # noqa: E402,F401  (commands register on main)
     distill,
     evaluate,
     export_dataset,
+    fetch,
     info,
     qgis,
     segment,
@@ -191,4 +192,4 @@ from geoseg.cli import (  # noqa: E402,F401  (commands register on main)
 
 _add_verbose(main)
 
-__all__ = ["main", "combine", "distill", "evaluate", "export_dataset", "info", "qgis", "segment", "train"]
+__all__ = ["main", "combine", "distill", "evaluate", "export_dataset", "fetch", "info", "qgis", "segment", "train"]

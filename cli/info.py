@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from geoseg.cli import echo, main
-from geoseg.cli.options import area_options, read_options, tiling_options
+from geoseg.cli.options import area_options, read_options, tiling_options, web_options
 from geoseg.core.refine import MODEL_INPUT, RESOLVED, Refine, object_scale, suggested_zoom
 from geoseg.core.segmenter import check_prompts
 from geoseg.errors import OutsideAreaError, UsageError
@@ -17,7 +17,9 @@ from geoseg.io.area import Area
 from geoseg.io.exemplars import place, read_exemplars
 from geoseg.io.inputs import list_inputs
 from geoseg.io.raster import ReadOptions
+from geoseg.io.services import WebOptions
 from geoseg.io.sources import unique_names
+from geoseg.io.web import open_sources
 from geoseg.run.inspection import describe
 from geoseg.run.settings import model_reading
 from geoseg.run.workdir import WorkDir, read_settings
@@ -29,6 +31,7 @@ from geoseg.run.workdir import WorkDir, read_settings
 @tiling_options
 @read_options
 @area_options
+@web_options
 @click.option("--object-size", type=click.FloatRange(min=0, min_open=True), default=None, metavar="METRES",
               help="Show how large objects of this size look to SAM 3 at each zoom level, and the --zoom to use.")
 @click.option("--exemplars", default=None, metavar="FILE",
@@ -40,7 +43,8 @@ from geoseg.run.workdir import WorkDir, read_settings
 def info(inputs: tuple[str, ...], prompts: tuple[str, ...], tile_size: int, overlap: int, bands: str | None,
          resolution: float | None, pixel_coords: bool, bbox: str | None, bbox_crs: str | None, aoi: str | None,
          object_size: float | None, exemplars: str | None, backend: str | None, model: str | None,
-         as_json: bool) -> None:
+         as_json: bool, web_zoom: int | None, web_resolution: float | None, tile_cache: str | None,
+         max_connections: int, max_tiles: int, headers: tuple[str, ...], attribution: str | None) -> None:
     """Show size, CRS, dtype, nodata, tiles and area of rasters, or the status of
     an interrupted run's work folder (OUT.geoseg-work). With --backend (and --model), as that model
     reads them."""
@@ -53,8 +57,10 @@ def info(inputs: tuple[str, ...], prompts: tuple[str, ...], tile_size: int, over
     if model is not None and backend is None:
         raise UsageError("--model goes with --backend: name the backend whose model it is (e.g. --backend yolo)")
     read = model_reading(bands=bands, resolution=resolution, pixel_coords=pixel_coords, segmenter=backend,
-                         backend_options={"model": model})
-    paths = list_inputs(inputs)
+                        backend_options={"model": model})
+    web = WebOptions.of(zoom=web_zoom, resolution=web_resolution, cache=tile_cache, max_connections=max_connections,
+                        max_tiles=max_tiles, headers=headers, attribution=attribution)
+    paths = list_inputs(open_sources(list(inputs), area, web, overlap))  # a tile service: its area, no tile read
     plans = [_describe(p, len(paths) > 1, tile_size=tile_size, overlap=overlap, bands=read.bands,
                        resolution=read.resolution, pixel_coords=pixel_coords, area=area, metres=read.metres)
              for p in paths]
@@ -79,7 +85,7 @@ def info(inputs: tuple[str, ...], prompts: tuple[str, ...], tile_size: int, over
         km2 = "unknown (no CRS)" if d["area_km2"] is None else f"{d['area_km2']:.4f} km²"
         echo(f"{d['path']}\n"
                    f"  size       {d['width']} x {d['height']} px, bands {d['bands'] or 'none chosen'}, {d['dtype']}\n"
-                   + _colours_line(d) +
+                   + _colours_line(d) + _web_line(d) +
                    f"  crs        {d['crs'] or 'none (pixel coordinates)'}, pixel {d['pixel_size']:.6g}\n"
                    + _model_line(d, backend) +
                    f"  nodata     {d['nodata']}\n"
@@ -131,6 +137,16 @@ def _object_line(obj: dict[str, Any] | None) -> str:
         else f"too small even at the deepest level: use --zoom {best} and a smaller --tile-size"
     return (f"\n  objects    {obj['metres']:g} m = {obj['pixels']:g} px = {seen} model px "
             f"(SAM 3 resolves {RESOLVED}+): {advice}")
+
+
+def _web_line(d: dict[str, Any]) -> str:
+    """A tile service's zoom and the service tiles a run would fetch (or take from the cache)."""
+    if "web" not in d:
+        return ""
+    w = d["web"]
+    level = f"zoom {w['zoom']}" if w["zoom"] is not None else f"pixel {w['pixel']:.6g}"
+    credit = f", {w['attribution']}" if w.get("attribution") else ""
+    return f"  service    {level}, {w['tiles']} service tiles{credit}\n"
 
 
 def _colours_line(d: dict[str, Any]) -> str:

@@ -50,3 +50,25 @@ def area_options(f: F) -> F:
     f = click.option("--bbox", default=None, metavar="MINX,MINY,MAXX,MAXY",
                      help="Segment only this box, in --bbox-crs (objects kept whole when their centroid is in it).")(f)
     return f
+
+
+def web_options(f: F) -> F:
+    """Reading a tile service (https://host/{z}/{x}/{y}.png): level of detail, cache, politeness."""
+    f = click.option("--attribution", default=None,
+                     help="The tile service's required credit, recorded in the output's provenance.")(f)
+    f = click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'",
+                     help="An HTTP header for the tile service (an API key); repeat for several. Kept out of every "
+                          "output, log and message.")(f)
+    f = click.option("--max-tiles", type=click.IntRange(min=1), default=10_000, show_default=True,
+                     help="Refuse a run that needs more service tiles than this (bulk downloads break many "
+                          "providers' terms).")(f)
+    f = click.option("--max-connections", type=click.IntRange(1, 32), default=2, show_default=True,
+                     help="Parallel requests to the tile service.")(f)
+    f = click.option("--tile-cache", default=None, metavar="DIR",
+                     help="Keep the service's tiles here [default: ~/.cache/geoseg/tiles, shared by runs].")(f)
+    f = click.option("--web-resolution", type=float, default=None, metavar="METRES",
+                     help="Read a tile service at this ground resolution at the area's centre (the nearest finer "
+                          "zoom level).")(f)
+    f = click.option("--web-zoom", type=click.IntRange(0, 24), default=None,
+                     help="Read a tile service at this zoom level.")(f)
+    return f

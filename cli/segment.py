@@ -12,13 +12,14 @@ from typing import Any
 import click
 
 from geoseg.cli import echo, log_to, main, say, to_log_file
-from geoseg.cli.options import area_options, read_options, refine_options, tiling_options
+from geoseg.cli.options import area_options, read_options, refine_options, tiling_options, web_options
 from geoseg.core.segmenter import backend_names, load_segmenter
 from geoseg.errors import OutputError, UsageError
 from geoseg.io import rasterize
 from geoseg.io.buckets import is_url
 from geoseg.io.export import FORMATS
 from geoseg.io.inputs import resolve
+from geoseg.io.services import WebOptions
 from geoseg.io.sources import unique_names
 from geoseg.run import pipeline, shards
 from geoseg.run.checks import check_run
@@ -71,6 +72,7 @@ def _stretch(text: str) -> tuple[float, float]:
 @refine_options
 @read_options
 @area_options
+@web_options
 @click.option("--stretch", default="2,98", show_default=True,
               help="Percentiles of the scene-wide stretch for non-uint8 rasters.")
 @click.option("--dst-crs", default=None, help="Output CRS: EPSG code, WKT or PROJ string [default: the raster's].")
@@ -114,7 +116,8 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], exemplars: str | 
             max_detections: int | None, nms_iou: float | None, compile_encoder: bool, tile_size: int, overlap: int,
             saturation: float, refine_depth: int, zoom: int, neighbour_start: bool, bands: str | None,
             resolution: float | None, pixel_coords: bool, bbox: str | None, bbox_crs: str | None,
-            aoi: str | None, stretch: str,
+            aoi: str | None, web_zoom: int | None, web_resolution: float | None, tile_cache: str | None,
+            max_connections: int, max_tiles: int, headers: tuple[str, ...], attribution: str | None, stretch: str,
             dst_crs: str | None, simplify: float | None, min_area: float | None, raster_out: str | None,
             raster_values: str | None, work_dir: str | None, restart: bool, as_mosaic: bool, shard: str | None,
             workers: int | None, scheduler: str | None, resources: str | None, asset: str | None,
@@ -140,7 +143,9 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], exemplars: str | 
                            refine_depth=refine_depth, zoom=zoom, neighbour_start=neighbour_start,
                            cpu_workers=cpu_workers, exemplars=exemplars, segmenter=backend,
                            backend_options={"model": model})
-    paths = resolve(inputs, asset=asset, mosaic=as_mosaic, settings=settings)
+    web = WebOptions.of(zoom=web_zoom, resolution=web_resolution, cache=tile_cache, max_connections=max_connections,
+                        max_tiles=max_tiles, headers=headers, attribution=attribution)
+    paths = resolve(inputs, asset=asset, mosaic=as_mosaic, settings=settings, web=web)
     mine, names = paths, None
     if part is not None and not as_mosaic:  # named as in one run of the whole collection (a mosaic: its rows)
         mine, names = shards.select(paths, unique_names(paths), part)

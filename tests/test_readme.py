@@ -36,8 +36,8 @@ def test_links_in_the_manual_lead_somewhere():
             assert (page.parent / target).exists(), f"{page.name}: {target}"
 
 
-@pytest.mark.parametrize("command", ["segment", "info", "evaluate", "export-dataset", "qgis install", "combine",
-                                     "train", "distill"])
+@pytest.mark.parametrize("command", ["segment", "info", "fetch", "evaluate", "export-dataset", "qgis install",
+                                     "combine", "train", "distill"])
 def test_every_option_is_documented(command):
     cmd = main
     for word in command.split():

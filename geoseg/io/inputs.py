@@ -19,6 +19,8 @@ from typing import Any
 from geoseg.errors import RasterError, UsageError, keep_secret, option
 from geoseg.io import buckets, stac
 from geoseg.io import mosaic as mosaics
+from geoseg.io import web as webs
+from geoseg.io.services import WebOptions, is_web
 from geoseg.io.sources import RASTER_SUFFIXES, SIDECARS, is_raster_object, is_remote
 
 log = logging.getLogger("geoseg")
@@ -99,11 +101,19 @@ def list_inputs(sources: Any, asset: str | None = None) -> list[Any]:
     return paths
 
 
-def resolve(inputs: Any, *, asset: str | None = None, mosaic: bool = False, settings: Any = None) -> list[Any]:
+def resolve(inputs: Any, *, asset: str | None = None, mosaic: bool = False, settings: Any = None,
+            web: WebOptions | None = None) -> list[Any]:
     """The sources of a run, built in this one place for every interface:
-    `inputs` expanded by `list_inputs`; with `mosaic`, all of them read as one
-    virtual raster on the grid of `settings` (a run's `Settings`: its
-    `dst_crs`, resolution and bands; see `geoseg.io.mosaic.from_settings`)."""
-    keep_secret(*(inputs if isinstance(inputs, (list, tuple)) else [inputs]))  # a URL's secrets, in any message
-    paths = list_inputs(inputs, asset)
+    `inputs` expanded by `list_inputs`; a tile service read over the run's area
+    at the level of detail `web` gives (`geoseg.io.web`); with `mosaic`, all of
+    them read as one virtual raster on the grid of `settings` (a run's
+    `Settings`: its `dst_crs`, resolution and bands; see
+    `geoseg.io.mosaic.from_settings`)."""
+    given = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]  # STAC collections: as they are
+    keep_secret(*given)  # a URL's secrets, in any message
+    if mosaic and any(is_web(s) for s in given):
+        raise UsageError(f"{option('mosaic')} joins files; a tile service is one raster already: leave it out")
+    area = getattr(getattr(settings, "read", None), "area", None)
+    opened = webs.open_sources(given, area, web, getattr(settings, "overlap", 0))
+    paths = list_inputs(inputs if opened is given else opened, asset)
     return [mosaics.from_settings(paths, settings)] if mosaic else paths

@@ -32,7 +32,8 @@ from rasterio.windows import Window as RioWindow
 from geoseg.core.tiling import Window
 from geoseg.errors import OutsideAreaError, RasterError, UsageError, option
 from geoseg.io.area import Area, pixel_window
-from geoseg.io.sources import is_dataarray, is_dataset, is_mosaic, is_remote, source_name
+from geoseg.io.sources import is_dataarray, is_dataset, is_mosaic, is_remote, is_web_area, source_name
+from geoseg.io.web import read_retrying
 
 
 @dataclass(frozen=True)
@@ -365,9 +366,12 @@ class RasterSource:
             return rgb, valid
         off = self.window or Window(0, 0, 0, 0)  # reads are offset into the area's window
         rio_window = RioWindow(inside.col + off.col, inside.row + off.row, inside.width, inside.height)
+
+        def fetch() -> tuple[np.ndarray, np.ndarray]:
+            return self._ds.read(self.bands, window=rio_window), self._ds.dataset_mask(window=rio_window) > 0
+
         try:
-            data = self._ds.read(self.bands, window=rio_window)
-            mask = self._ds.dataset_mask(window=rio_window) > 0
+            data, mask = read_retrying(fetch, self.path) if is_web_area(self.path) else fetch()
         except RasterioIOError as e:
             reason = str(e).split("\n")[0]
             cause = "the network failed or the file is corrupt" if is_remote(self.path) else \

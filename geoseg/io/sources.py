@@ -34,7 +34,7 @@ SIDECARS = (".aux.xml", ".ovr", ".msk", ".tfw", ".tifw", ".wld", ".prj", ".jgw",
 
 
 def _parts(source: Any) -> tuple[str, ...]:
-    if is_raster_object(source) or is_mosaic(source):
+    if is_raster_object(source) or is_mosaic(source) or is_web_area(source):
         return (source_name(source),)
     text = str(source)
     if is_remote(text):  # no query string: a signed URL's signature stays out of outputs
@@ -115,6 +115,22 @@ def mosaic_identity(xml: str) -> list[list[Any]]:
     return out
 
 
+WEB_MARK = "geoseg_web"
+
+
+def is_web_area(source: Any) -> bool:
+    """True for the XML `geoseg.io.web.open_area` returns: an area read from a tile service."""
+    return isinstance(source, str) and source.startswith("<VRTDataset") and WEB_MARK in source[:300]
+
+
+def web_meta(xml: str) -> dict[str, Any]:
+    """What `geoseg.io.web.open_area` recorded: the service (redacted), zoom, tiles, name."""
+    m = re.search(rf'<MDI key="{WEB_MARK}">(.*?)</MDI>', xml[:4096], re.S)
+    if m is None:
+        raise ValueError("not an area of a tile service")
+    return json.loads(unescape(m.group(1)))  # type: ignore[no-any-return]
+
+
 @functools.lru_cache(maxsize=8)
 def mosaic_meta(xml: str) -> dict[str, Any]:
     m = re.search(rf'<MDI key="{MARK}">(.*?)</MDI>', xml[:1 << 26], re.S)
@@ -126,7 +142,7 @@ def mosaic_meta(xml: str) -> dict[str, Any]:
 def is_remote(path: str) -> bool:
     """True for GDAL virtual paths and URLs, read over the network or from
     archives, and for mosaics (`geoseg.io.mosaic`: VRT XML, no file of its own)."""
-    return path.startswith(("/vsi", "http://", "https://", "s3://", "gs://")) or is_mosaic(path)
+    return path.startswith(("/vsi", "http://", "https://", "s3://", "gs://")) or is_mosaic(path) or is_web_area(path)
 
 
 def is_dataarray(obj: Any) -> bool:
@@ -154,6 +170,8 @@ def source_name(source: Any) -> str:
         return Path(str(source.name)).name
     if is_mosaic(source):
         return mosaic_name(source)
+    if is_web_area(source):
+        return web_meta(source)["name"]  # type: ignore[no-any-return]
     if is_remote(str(source)):  # no query string: a signed URL's signature stays out of outputs
         return Path(urllib.parse.urlsplit(str(source).split("/vsicurl/")[-1]).path).name
     return Path(str(source)).name

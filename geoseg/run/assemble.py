@@ -20,6 +20,7 @@ from geoseg.core import merge, vectorize
 from geoseg.core.tiling import TilePlan
 from geoseg.errors import RasterError, RunError, UsageError, option
 from geoseg.io import export, rasterize, stac
+from geoseg.io.sources import is_web_area, web_meta
 from geoseg.run.engine import Engine
 from geoseg.run.inspection import RasterInfo
 from geoseg.run.settings import Settings
@@ -28,19 +29,22 @@ from geoseg.run.workdir import WorkDir
 
 
 def provenance(engine: Engine, settings: Settings, sources: list[str],
-               results: Sequence[FileResult] | None = None) -> dict[str, Any]:
+               results: Sequence[FileResult] | None = None, inputs: Sequence[Any] = ()) -> dict[str, Any]:
     """What made an output: stored with it. `sources` are the inputs' names as
     the run gave them (`geoseg.io.sources.unique_names`, the `source` column). The
     backend's `config()` (model, thresholds, ...) is laid out beside geoseg's own
     settings, which win a clash. From `results` (the files' `FileResult`):
     `refined` (dense tiles refined, sub-tiles segmented in them, the deepest
     level; `geoseg.core.refine`) and `cost` (forward passes and pixels given to
-    the model)."""
+    the model). `inputs`: the sources themselves; a tile service's (`geoseg.io.web`) is recorded
+    as `web`: the service (redacted), zoom, tiles, attribution and when it was read."""
     done = refined(results) if results is not None else None
     passes, pixels = cost(results) if results is not None else (None, None)
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    web = [{**web_meta(p), "read": created} for p in inputs if is_web_area(p)]
     return {
         "geoseg_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": created,
         "backend": engine.backend,
         **engine.options,
         "prompts": settings.prompts,
@@ -60,6 +64,7 @@ def provenance(engine: Engine, settings: Settings, sources: list[str],
         "refined": None if done is None else dict(zip(("tiles", "sub_tiles", "deepest_level"), done)),
         "cost": None if results is None else {"forward_passes": passes, "pixels": pixels},
         "sources": list(sources),
+        **({"web": web} if web else {}),
     }
 
 
@@ -149,11 +154,12 @@ class Assembler:
 def write_output(output: Any, results: list[Path], sources: list[str], layer: str, engine: Engine,
                  settings: Settings, work: WorkDir, collect: bool = False, *, overwrite: bool,
                  columns: dict[str, dict[str, Any]] | None = None,
-                 files: Sequence[FileResult] | None = None) -> Assembler:
+                 files: Sequence[FileResult] | None = None, inputs: Sequence[Any] = ()) -> Assembler:
     """Write the per-input `results` into `output` atomically, numbering the objects. `overwrite`:
     what was allowed before the run (also a layer that appeared since is replaced only so).
-    `files`: what the run did with those inputs (their refinement and cost, for the provenance)."""
-    meta = provenance(engine, settings, sources, files)
+    `files`: what the run did with those inputs (their refinement and cost, for the provenance);
+    `inputs`: the sources themselves (a tile service's is recorded)."""
+    meta = provenance(engine, settings, sources, files, inputs)
     try:
         w = export.Writer(output, layer=layer, overwrite=overwrite, provenance=meta)  # CRS: warned by check_run
     except UsageError as e:  # the output appeared during the run: a failure of the run, whose work is kept
@@ -171,6 +177,6 @@ def write_raster(raster: rasterize.LabelRaster, info: RasterInfo, result: Path, 
                  engine: Engine, work: WorkDir, first_id: int = 1) -> None:
     """Burn one input's objects into its label raster, on the grid its tiles were read on."""
     grid = rasterize.Grid(info.transform, info.width, info.height, info.crs)
-    meta = json.dumps(provenance(engine, settings, [info.name]), default=str)
+    meta = json.dumps(provenance(engine, settings, [info.name], inputs=[info.path]), default=str)
     raster.write(result, grid, first_id=first_id, tags={"geoseg": meta})
     work.mark_written(raster.path)

@@ -41,7 +41,8 @@ def read_ahead(src: RasterSource, tiles: list[Tile], depth: int,
     One thread only: a GDAL dataset handle must not be read concurrently.
     """
     read = src.read if profile is None else partial(_timed_read, src, profile)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-read") as pool:
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-read")
+    try:
         queue: deque[tuple[Tile, Future[tuple[np.ndarray, np.ndarray]]]] = deque()
         it = iter(tiles)
         for tile in it:
@@ -55,6 +56,8 @@ def read_ahead(src: RasterSource, tiles: list[Tile], depth: int,
                 queue.append((nxt, pool.submit(read, nxt.window)))
             rgb, valid = fut.result()
             yield tile, rgb, valid
+    finally:  # a failed read or consumer: the reads queued behind it are dropped, not waited for
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _timed_read(src: RasterSource, profile: Profile, window: Window) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from geoseg.core.tiling import TilePlan, Window, plan_tiles
 from geoseg.errors import GeosegError, OutsideAreaError, option
 from geoseg.io.area import Area, tiles_apart
 from geoseg.io.raster import RasterSource, ReadOptions
-from geoseg.io.sources import source_name
+from geoseg.io.sources import is_web_area, source_name, web_meta
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,9 +94,12 @@ def describe(
         stretch = None if src.stretch_limits is None else src.stretch_limits.round(3).tolist()
         tags = list(src.colours)
     (height, width), win = info.grid, info.window
+    web = web_meta(path) if is_web_area(path) else None  # a tile service: named by its (redacted) service
     return {
         "window": None if win is None else [win.col, win.row, win.width, win.height],
-        "path": str(path), "width": width, "height": height, "bands": list(info.bands) or None, "colours": tags,
+        **({} if web is None else {"web": web}),
+        "path": str(path) if web is None else web["service"], "width": width, "height": height,
+        "bands": list(info.bands) or None, "colours": tags,
         "dtype": info.dtype, "crs": None if info.crs is None else info.crs.to_string(),
         "pixel_size": info.pixel_size, "pixel_xy": [abs(info.transform.a), abs(info.transform.e)],
         "nodata": info.nodata, "stretch": stretch,

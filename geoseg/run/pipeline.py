@@ -23,7 +23,7 @@ import pyogrio
 
 from geoseg.core.segmenter import Segmenter, as_segmenter
 from geoseg.errors import EmptyRasterWarning, GeosegError, OutsideAreaError, RunError, UsageError, redact
-from geoseg.io import export, rasterize, stac, upload
+from geoseg.io import export, rasterize, services, stac, upload
 from geoseg.io.buckets import is_url
 from geoseg.io.inputs import list_inputs, resolve
 from geoseg.io.sources import is_mosaic, unique_names
@@ -213,7 +213,8 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Engine, wo
     if output is not None and done:
         assembler = write_output(output, results_done, [names[k] for k in done], layer, engine, settings, work,
                                   collect, overwrite=overwrite or export.output_key(output, layer) in written,
-                                  columns=stac.columns(paths, names), files=[results[k] for k in done])
+                                  columns=stac.columns(paths, names), files=[results[k] for k in done],
+                                  inputs=[paths[k] for k in done])
         summary.outputs.append(str(output))
     elif collect:
         assembler = Assembler(None, collect=True, columns=stac.columns(paths, names))
@@ -260,7 +261,7 @@ def _finish_one(path: Any, settings: Settings, engine: Engine, work: WorkDir, in
         if raster is not None:  # before the output: a file done before has its raster
             write_raster(raster, info, target, settings, engine, work)
         write_output(output, [target], [info.name], layer, engine, settings, work, overwrite=overwrite,
-                     columns=stac.columns([path], [info.name]), files=[result])
+                     columns=stac.columns([path], [info.name]), files=[result], inputs=[path])
         result.output = str(output) if upload is None else upload(output)
     result.seconds = time.perf_counter() - t0
     if merging is not None:  # from the first read to the output written
@@ -303,6 +304,13 @@ def segment(
     neighbour_start: bool = True,
     asset: str | None = None,
     exemplars: Any = None,
+    web_zoom: int | None = None,
+    web_resolution: float | None = None,
+    tile_cache: str | os.PathLike[str] | None = None,
+    max_connections: int = services.DEFAULT_CONNECTIONS,
+    max_tiles: int = services.DEFAULT_MAX_TILES,
+    headers: Sequence[str] = (),
+    attribution: str | None = None,
     **backend_options: Any,
 ) -> gpd.GeoDataFrame:
     """Segment rasters with text prompts; return one polygon per object.
@@ -362,6 +370,14 @@ def segment(
             `positive` column, of what not to): a vector file, GeoDataFrame or
             GeoSeries with a CRS; a `prompt` column ties a box to a prompt, or
             makes a concept of its own. `prompts` may then be None. See docs/exemplars.md.
+        web_zoom, web_resolution: for a tile service given as `source`
+            (``https://host/{z}/{x}/{y}.png``, ``{-y}`` for TMS rows): its zoom
+            level, or the ground metres per pixel to read at (the nearest finer
+            zoom). A service needs an area: `bbox` or `aoi`. See docs/web-imagery.md.
+        tile_cache, max_connections, max_tiles, headers, attribution: the tile
+            cache folder (default ~/.cache/geoseg/tiles), parallel requests,
+            the most service tiles a run may need, HTTP headers ("Name: value",
+            an API key; never written anywhere) and the provider's credit.
 
     Returns:
         A GeoDataFrame with columns id, label, score, area_m2, n_tiles, level, source.
@@ -375,7 +391,10 @@ def segment(
                            cpu_workers=cpu_workers, saturation=saturation, refine_depth=refine_depth, zoom=zoom,
                            neighbour_start=neighbour_start, exemplars=exemplars, segmenter=segmenter,
                            backend_options=backend_options)
-    paths = resolve(source, asset=asset, mosaic=mosaic, settings=settings)
+    web = services.WebOptions.of(zoom=web_zoom, resolution=web_resolution, cache=tile_cache,
+                                 max_connections=max_connections, max_tiles=max_tiles, headers=headers,
+                                 attribution=attribution)
+    paths = resolve(source, asset=asset, mosaic=mosaic, settings=settings, web=web)
     check_run(paths, settings, output=output, layer=layer, overwrite=overwrite, work_dir=work_dir,
               raster_out=raster_out, raster_values=raster_values, restart=restart)  # before the model loads
     engine = LocalEngine(as_segmenter(segmenter, **backend_options))
@@ -386,5 +405,5 @@ def segment(
                        + "; ".join(f"{f.source}: {f.error}" for f in summary.failed))
     gdf = summary.frame
     assert gdf is not None
-    gdf.attrs["geoseg"] = provenance(engine, settings, unique_names(paths), summary.files)
+    gdf.attrs["geoseg"] = provenance(engine, settings, unique_names(paths), summary.files, paths)
     return gdf

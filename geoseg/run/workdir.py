@@ -27,7 +27,7 @@ from geoseg.core.staging import TileStore
 from geoseg.errors import RasterError, UsageError, option
 from geoseg.io import files
 from geoseg.io.buckets import is_url
-from geoseg.io.sources import is_mosaic, is_raster_object, mosaic_identity, source_name
+from geoseg.io.sources import is_mosaic, is_raster_object, is_web_area, mosaic_identity, source_name, web_meta
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,10 @@ def _only_ours(path: Path) -> bool:
 def _key(source: Any) -> str:
     if is_mosaic(source):  # its XML names the members and the grid, never their sizes or times
         return f"mosaic:{source_name(source)}:{hashlib.sha1(source.encode()).hexdigest()[:16]}"
+    if is_web_area(source):  # the service, its level and window; not where its tiles are cached
+        m = web_meta(source)
+        what = json.dumps([m["service"], m["zoom"], m["pixel"], m["crs"], m["window"]])
+        return f"web:{m['name']}:{hashlib.sha1(what.encode()).hexdigest()[:16]}"
     # an in-memory input (DataArray, open dataset) is only ever staged by one run
     return f"{source_name(source)}@{id(source)}" if is_raster_object(source) else str(source)
 
