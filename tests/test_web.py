@@ -312,3 +312,28 @@ def test_fetch_writes_a_cloud_optimised_geotiff_of_the_pixels_read(scene, server
     assert "exists: pass --overwrite" in line
     shown = run("info", template(server), "--bbox", inner_bbox(xyz), "--web-zoom", "17", "--overlap", "64", "--json")
     assert json.loads(shown.output)["rasters"][0]["web"]["window"] == [xyz.x0 * 256, xyz.y0 * 256, 1536, 1536]
+
+
+def test_a_dask_cluster_reads_the_service_on_its_workers(scene, server, tmp_path):
+    """The area's VRT goes to the workers, which fetch its tiles into the same cache."""
+    xyz, _, _ = scene
+    out = tmp_path / "dask.gpkg"
+    r = run("segment", template(server), *COLORS, "--bbox", inner_bbox(xyz), "--tile-cache", tmp_path / "c", "-o",
+            out, "--workers", "1")
+    assert r.exit_code == 0, r.output
+    ref = reference(xyz, tuple(float(v) for v in inner_bbox(xyz).split(",")))
+    assert_same_objects(pyogrio.read_dataframe(out), ref)
+    assert len({q.path for q in server.requests if q.status == 200}) == 36
+    assert list((tmp_path / "c").rglob("*")), "the workers' tiles went to --tile-cache"
+
+
+def test_a_session_segments_a_service_prompt_after_prompt(scene, server, tmp_path):
+    xyz, _, _ = scene
+    bbox = tuple(float(v) for v in inner_bbox(xyz).split(","))
+    seg = geoseg.Segmentation(template(server), segmenter=ColorSegmenter(), tile_size=512, overlap=64, bbox=bbox,
+                              web_zoom=17, tile_cache=tmp_path / "c")
+    red, blue = seg.segment("red"), seg.segment("blue")
+    assert len(red) and len(blue) and set(red["label"]) == {"red"}
+    assert len({q.path for q in server.requests}) == len(server.requests) == 36  # each tile fetched once
+    with pytest.raises(geoseg.UsageError, match="take part of a tile service here"):
+        geoseg.Segmentation(xyz.geotiff, segmenter=ColorSegmenter(), bbox=bbox)

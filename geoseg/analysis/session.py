@@ -33,10 +33,13 @@ from geoseg.core.segmenter import (
     check_takes_exemplars,
 )
 from geoseg.core.tiling import TilePlan, plan_tiles
-from geoseg.errors import EmptyRasterWarning
+from geoseg.errors import EmptyRasterWarning, UsageError, option
+from geoseg.io.area import Area
 from geoseg.io.exemplars import prepare, read_exemplars
 from geoseg.io.raster import RasterSource
+from geoseg.io.services import DEFAULT_CONNECTIONS, DEFAULT_MAX_TILES, WebOptions, is_web
 from geoseg.io.sources import source_name
+from geoseg.io.web import open_sources
 from geoseg.run.assemble import combine_frames, objects, provenance
 from geoseg.run.engine import AtLimit, LocalEngine, segment_tiles
 from geoseg.run.settings import Settings, model_reading
@@ -46,7 +49,10 @@ class Segmentation:
     """Segment one raster with one prompt after another, keeping the model loaded.
 
     Args:
-        source: a raster path, an open rasterio dataset or a georeferenced DataArray.
+        source: a raster path, an open rasterio dataset or a georeferenced DataArray; or a
+            tile service (``https://host/{z}/{x}/{y}.png``, ``WMTS:...``, ``WMS:...``) over the
+            area `bbox` (in `bbox_crs`) or `aoi`, at `web_zoom` or `web_resolution`, with the
+            other options of `geoseg.segment` for services (see docs/web-imagery.md).
         segmenter: a `Segmenter` or the name of a backend ("sam3"), built with
             `backend_options` (model=..., device=..., score_threshold=...).
         tile_size, overlap, bands, resolution, stretch, pixel_coords: as `geoseg.segment`.
@@ -77,8 +83,26 @@ class Segmentation:
         refine_depth: int = 2,
         zoom: int = 0,
         exemplars: Any = None,
+        bbox: Any = None,
+        bbox_crs: Any = None,
+        aoi: Any = None,
+        web_zoom: int | None = None,
+        web_resolution: float | None = None,
+        tile_cache: Any = None,
+        max_connections: int = DEFAULT_CONNECTIONS,
+        max_tiles: int = DEFAULT_MAX_TILES,
+        headers: Sequence[str] = (),
+        attribution: str | None = None,
         **backend_options: Any,
     ) -> None:
+        area = Area.of(bbox=bbox, bbox_crs=bbox_crs, aoi=aoi)
+        if area is not None and not is_web(source):
+            raise UsageError(f"{option('bbox')} and {option('aoi')} take part of a tile service here: for a file, "
+                             f"use geoseg.segment(..., bbox=...) or crop it first")
+        web = WebOptions.of(zoom=web_zoom, resolution=web_resolution, cache=tile_cache,
+                            max_connections=max_connections, max_tiles=max_tiles, headers=headers,
+                            attribution=attribution)
+        source = open_sources([source], area, web, overlap)[0]
         self.source = source
         # what the model asks for (a student: its resolution and bands) where not given
         self.read = model_reading(bands=bands, resolution=resolution, stretch=stretch, pixel_coords=pixel_coords,
