@@ -27,6 +27,8 @@ def segment(inputs, *extra, prompts=("red", "green", "blue")):
     args = ["segment", *([inputs] if not isinstance(inputs, list) else inputs)]
     for p in prompts:
         args += ["-p", p]
+    if "--simplify" not in extra:  # pixel edges, so that the raster can be compared with the objects' pixels
+        extra = ("--simplify", "0", *extra)
     return run(*args, *TILING, *extra)
 
 
@@ -180,7 +182,7 @@ def test_one_output_for_several_inputs_numbers_ids_across_them(tmp_path):
 
 
 def test_python_api_writes_the_raster_and_ids_join_the_frame(scene, tmp_path):
-    gdf = geoseg.segment(scene, ["green"], segmenter="colors", tile_size=256, overlap=32,
+    gdf = geoseg.segment(scene, ["green"], segmenter="colors", tile_size=256, overlap=32, simplify=0,
                          raster_out=tmp_path / "g.tif")
     with rasterio.open(tmp_path / "g.tif") as ds:
         assert_is_the_objects(ds.read(1), gdf, scene, ["green"])
@@ -192,7 +194,7 @@ def test_python_api_writes_the_raster_and_ids_join_the_frame(scene, tmp_path):
 def test_with_an_area_the_raster_covers_the_window_read(scene, tmp_path):
     bbox = (404100.0, 3285600.0, 404300.0, 3285800.0)  # 400 x 400 px inside the scene
     gdf = geoseg.segment(scene, ["red", "green", "blue"], segmenter="colors", tile_size=256, overlap=32, bbox=bbox,
-                         raster_out=tmp_path / "part.tif")
+                         simplify=0, raster_out=tmp_path / "part.tif")
     read = Settings.of(["red"], tile_size=256, overlap=32, bbox=bbox).read
     with RasterSource(scene, read) as src, rasterio.open(tmp_path / "part.tif") as ds:
         assert (ds.transform, ds.width, ds.height) == (src.transform, src.width, src.height)
@@ -217,7 +219,7 @@ class Interrupting(ColorSegmenter):
 
 
 def test_a_rerun_after_an_interrupted_run_writes_the_raster(instance_run, scene, tmp_path):
-    args = dict(tile_size=256, overlap=32, output=tmp_path / "out.gpkg", raster_out=tmp_path / "labels.tif")
+    args = dict(tile_size=256, overlap=32, simplify=0, output=tmp_path / "out.gpkg", raster_out=tmp_path / "labels.tif")
     with pytest.raises(KeyboardInterrupt):
         geoseg.segment(scene, ["red", "green", "blue"], segmenter=Interrupting(calls=5), **args)
     assert not (tmp_path / "labels.tif").exists() and (tmp_path / "out.gpkg.geoseg-work").is_dir()

@@ -1,15 +1,18 @@
+from pathlib import Path
+
 import geopandas as gpd
 import numpy as np
 import pytest
 import shapely
 from affine import Affine
 from pyproj import CRS
+from rasterio.features import rasterize
 
 import geoseg
 from geoseg.core.merge import Instance
 from geoseg.core.vectorize import parse_crs, polygon
 from geoseg.errors import UsageError
-from geoseg.testing import ColorSegmenter, disc, draw, ring, write_geotiff
+from geoseg.testing import ColorSegmenter, disc, draw, make_scene, ring, write_geotiff
 
 
 def test_polygon_follows_pixel_edges_and_keeps_holes():
@@ -32,10 +35,11 @@ def test_diagonal_pixels_give_a_valid_geometry():
 def test_reprojection_densifies_and_keeps_area(tmp_path):
     rgb = draw(1000, 1000, [disc("red", 1, 500, 500, 400)])
     path = write_geotiff(tmp_path / "big.tif", rgb, transform=Affine(10, 0, 400000, 0, -10, 3300000))
-    native = geoseg.segment(path, "red", segmenter=ColorSegmenter(), tile_size=512, overlap=64)
-    wgs = geoseg.segment(path, "red", segmenter=ColorSegmenter(), tile_size=512, overlap=64, dst_crs="EPSG:4326")
+    kw = dict(segmenter=ColorSegmenter(), tile_size=512, overlap=64, simplify=0)  # the pixels' own area
+    native = geoseg.segment(path, "red", **kw)
+    wgs = geoseg.segment(path, "red", dst_crs="EPSG:4326", **kw)
     laea = "+proj=laea +lat_0=30 +lon_0=-81 +datum=WGS84 +units=m"
-    custom = geoseg.segment(path, "red", segmenter=ColorSegmenter(), tile_size=512, overlap=64, dst_crs=laea)
+    custom = geoseg.segment(path, "red", dst_crs=laea, **kw)
     assert wgs.crs.equals(CRS.from_epsg(4326)) and custom.crs.equals(CRS.from_user_input(laea))
     truth = np.count_nonzero(disc("red", 1, 500, 500, 400).mask) * 100
     for gdf in (native, wgs, custom):
@@ -58,7 +62,7 @@ def test_geographic_raster_gets_area_in_square_metres(tmp_path):
 def test_simplify_and_min_area(tmp_path):
     rgb = draw(600, 600, [disc("red", 1, 300, 300, 200), disc("red", 2, 50, 50, 5)])
     path = write_geotiff(tmp_path / "s.tif", rgb)
-    raw = geoseg.segment(path, "red", segmenter=ColorSegmenter(), tile_size=512, overlap=64)
+    raw = geoseg.segment(path, "red", segmenter=ColorSegmenter(), tile_size=512, overlap=64, simplify=0)
     simple = geoseg.segment(path, "red", segmenter=ColorSegmenter(), tile_size=512, overlap=64, simplify=1.0,
                             min_area=50)
     assert len(raw) == 2 and len(simple) == 1
@@ -71,3 +75,52 @@ def test_simplify_and_min_area(tmp_path):
 def test_unknown_crs():
     with pytest.raises(UsageError, match="dst_crs='EPSG:99999999': unknown CRS"):
         parse_crs("EPSG:99999999")
+
+
+SEAMS = Path(__file__).resolve().parents[1] / "sample_data" / "seam_scene.tif"
+
+
+def burnt(geoms, shape):
+    """Polygons in pixel units burnt at pixel centres, one id each (later ones on top)."""
+    return rasterize([(g, k) for k, g in enumerate(geoms, 1)], out_shape=shape, dtype="int32")
+
+
+def test_by_default_polygons_lose_their_staircases_and_burn_back_to_the_same_pixels():
+    kw = dict(segmenter=ColorSegmenter(), pixel_coords=True, cpu_workers=0)
+    raw = geoseg.segment(SEAMS, ["red", "green", "blue"], simplify=0, **kw)
+    simple = geoseg.segment(SEAMS, ["red", "green", "blue"], **kw)
+    assert list(simple["label"]) == list(raw["label"]) and simple.geometry.is_valid.all()
+    before, after = list(raw.geometry), list(simple.geometry)  # in pixels (x a column, y a row)
+    n_before, n_after = shapely.get_num_coordinates(before).sum(), shapely.get_num_coordinates(after).sum()
+    assert n_after * 3 <= n_before  # 10,933 -> 3,446 vertices
+    a, b = burnt(before, (2048, 2048)), burnt(after, (2048, 2048))
+    assert (a == b).sum() / ((a > 0) | (b > 0)).sum() >= 0.99  # 0.999 here
+    for k in range(1, len(raw) + 1):  # every object near its pixels: within the tolerance and half a pixel, about
+        iou = ((a == k) & (b == k)).sum() / ((a == k) | (b == k)).sum()
+        assert iou >= 0.95
+        assert shapely.hausdorff_distance(before[k - 1], after[k - 1]) <= 1.25
+    assert all(g.area == (a == k).sum() for k, g in enumerate(before, 1))  # --simplify 0: the pixels as they are
+
+
+def test_simplified_objects_across_seams_are_the_untiled_ones_and_neighbours_stay_apart(tmp_path):
+    scene = make_scene(tmp_path / "scene.tif", size=1200, seed=3)
+    kw = dict(segmenter=ColorSegmenter(), cpu_workers=0)
+    tiled = geoseg.segment(scene, ["red", "green", "blue"], tile_size=256, overlap=32, **kw)
+    whole = geoseg.segment(scene, ["red", "green", "blue"], tile_size=1200, overlap=0, **kw)
+    raw = geoseg.segment(scene, ["red", "green", "blue"], tile_size=256, overlap=32, simplify=0, **kw)
+    assert (tiled["n_tiles"] > 1).sum() >= 20
+    tree = shapely.STRtree(whole.geometry.values)
+    for g in tiled.geometry.values:  # objects merged across seams are simplified as the untiled ones: exactly
+        [k] = tree.query(g.representative_point(), predicate="within")
+        assert g.equals_exact(whole.geometry.values[k], tolerance=0)
+    # objects touching each other (across seams too) overlap only along their shared edge, by a sliver
+    geoms, simple = raw.geometry.values, tiled.geometry.values
+    a, b = shapely.STRtree(geoms).query(geoms, predicate="touches")
+    pairs = [(i, j) for i, j in zip(a.tolist(), b.tolist()) if i < j]
+    assert len(pairs) >= 5
+    px = 0.5  # metres
+    for i, j in pairs:
+        shared = geoms[i].intersection(geoms[j])
+        overlap = simple[i].intersection(simple[j])
+        assert overlap.difference(shared.buffer(1.25 * px)).area < 1e-9  # near the shared edge only
+        assert overlap.area <= 0.1 * px * shared.length  # 0.01-0.04 px wide on average in the scenes measured

@@ -32,7 +32,7 @@ from geoseg.core.merge import Instance
 from geoseg.errors import UsageError, option
 
 COLUMNS = ["id", "label", "score", "area_m2", "n_tiles", "level", "source"]
-SIMPLIFY = 0.0  #: the default simplification tolerance, in pixels (0: the pixel edges as they are)
+SIMPLIFY = 0.5  #: the default simplification tolerance, in pixels (0: the pixel edges as they are)
 
 
 def tolerance(simplify: float | None) -> float:
@@ -105,11 +105,46 @@ def _midpoints(ring: np.ndarray) -> np.ndarray:
 
 
 def _smoothed(geom: shapely.Geometry) -> shapely.Geometry:
-    """`_midpoints` on every ring of a (Multi)Polygon in pixel coordinates."""
+    """`_midpoints` on every ring of a (Multi)Polygon in pixel coordinates. A large
+    one is made valid by `simplified`, after it has fewer vertices."""
     polys = [shapely.Polygon(_midpoints(np.asarray(p.exterior.coords)),
                              [_midpoints(np.asarray(h.coords)) for h in p.interiors])
              for p in shapely.get_parts(geom)]
+    if shapely.get_num_coordinates(geom) > LARGE:
+        return polys[0] if len(polys) == 1 else MultiPolygon(polys)
     return _valid(polys)
+
+
+LARGE = 100_000  #: vertices past which a polygon is simplified ring by ring
+
+
+def simplified(geoms: Sequence[shapely.Geometry], tolerance: float) -> list[shapely.Geometry]:
+    """Douglas-Peucker with `tolerance` (CRS units), topology kept. A polygon of
+    more than `LARGE` vertices (a region) is simplified ring by ring, then made
+    valid where two rings came to cross: GEOS's topology-keeping simplifier
+    needs about half a kilobyte per vertex, 2 GB for a forest of four million."""
+    arr = np.array(geoms, dtype=object)
+    out = arr.copy()
+    small = shapely.get_num_coordinates(arr) <= LARGE
+    out[small] = shapely.simplify(arr[small], tolerance)
+    for k in np.flatnonzero(~small):
+        out[k] = _ring_by_ring(arr[k], tolerance)
+    return list(out)
+
+
+def _ring_by_ring(geom: shapely.Geometry, tolerance: float) -> shapely.Geometry:
+    polys = []
+    for p in shapely.get_parts(geom):
+        rings = shapely.get_rings(p)
+        lines = shapely.simplify(np.array([shapely.LineString(r.coords) for r in rings], dtype=object), tolerance,
+                                 preserve_topology=False)
+        coords = [np.asarray(line.coords) if len(line.coords) >= 4 else np.asarray(ring.coords)  # never collapsed
+                  for line, ring in zip(lines, rings)]
+        polys.append(shapely.Polygon(coords[0], coords[1:]))
+    out = polys[0] if len(polys) == 1 else MultiPolygon(polys)
+    if not out.is_valid:
+        out = shapely.make_valid(out, method="structure", keep_collapsed=False)
+    return out
 
 
 def polygon(inst: Instance, transform: Affine, smooth: bool = False) -> shapely.Geometry:
@@ -130,9 +165,9 @@ def polygons(instances: Sequence[Instance], transform: Affine, width: int = 4096
     out: list[shapely.Geometry | None] = [None] * len(instances)
     dense = []
     for k, inst in enumerate(instances):
-        if inst.mask is None:  # a region: its outline is traced already, in pixel coordinates
+        if inst.mask is None:  # a region: its outline is traced already (valid), in pixel coordinates
             outline = _smoothed(inst.outline) if smooth else inst.outline
-            out[k] = _valid([shapely.affinity.affine_transform(outline, transform.to_shapely())])
+            out[k] = shapely.affinity.affine_transform(outline, transform.to_shapely())
         else:
             dense.append(k)
     if dense:
@@ -186,6 +221,23 @@ def _traced(instances: Sequence[Instance], transform: Affine, width: int, smooth
     return [_valid(p) for p in parts]
 
 
+def centroids(instances: Sequence[Instance], transform: Affine) -> np.ndarray:
+    """Each instance's centroid through `transform`: the centre of its pixels, as
+    `--simplify 0` draws them, so that which objects an area keeps does not
+    depend on the simplification."""
+    xy = np.zeros((len(instances), 2))
+    for k, inst in enumerate(instances):
+        if inst.mask is None:
+            c = shapely.centroid(inst.outline)
+            xy[k] = c.x, c.y
+        else:
+            rows, cols = inst.mask.sum(axis=1), inst.mask.sum(axis=0)
+            xy[k] = (inst.col + 0.5 + (cols * np.arange(cols.size)).sum() / cols.sum(),
+                     inst.row + 0.5 + (rows * np.arange(rows.size)).sum() / rows.sum())
+    t = transform
+    return shapely.points(t.a * xy[:, 0] + t.b * xy[:, 1] + t.c, t.d * xy[:, 0] + t.e * xy[:, 1] + t.f)
+
+
 def to_frame(
     instances: Sequence[Instance], transform: Affine, crs: CRS | None, *, source: str,
     simplify: float | None = None,
@@ -195,7 +247,7 @@ def to_frame(
     tol = tolerance(simplify)
     geoms = polygons(instances, transform, smooth=tol > 0)
     if tol > 0:
-        geoms = list(shapely.simplify(np.array(geoms, dtype=object), tol * pixel_size(transform)))
+        geoms = simplified(geoms, tol * pixel_size(transform))
     return gpd.GeoDataFrame(
         {
             "label": [inst.label for inst in instances],

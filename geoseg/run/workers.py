@@ -252,8 +252,8 @@ def vectorise(instances: list[merge.Instance], job: VectorJob) -> tuple[Any, int
     if job.mosaic is not None:
         gdf["source"] = mosaic.sources(job.mosaic, gdf.geometry.values)
     cut = 0
-    if job.zone is not None:  # kept whole when the centroid is in the area, else dropped
-        keep = shapely.contains(job.zone, shapely.centroid(gdf.geometry.values))
+    if job.zone is not None:  # kept whole when the centroid (of its pixels) is in the area, else dropped
+        keep = shapely.contains(job.zone, vectorize.centroids(instances, job.transform))
         cut = int((keep & cut_by_window(instances, job.window, job.grid)).sum())
         gdf = gdf[keep]
     out = vectorize.finish(gdf, job.transform, job.dst_crs, job.min_area, utm=job.utm) if len(gdf) else None
