@@ -76,7 +76,8 @@ def _stretch(text: str) -> tuple[float, float]:
 @click.option("--stretch", default="2,98", show_default=True,
               help="Percentiles of the scene-wide stretch for non-uint8 rasters.")
 @click.option("--dst-crs", default=None, help="Output CRS: EPSG code, WKT or PROJ string [default: the raster's].")
-@click.option("--simplify", type=click.FloatRange(min=0), default=None, help="Simplify polygons, tolerance in pixels.")
+@click.option("--simplify", type=click.FloatRange(min=0), default=None,
+              help="Simplify polygons, tolerance in pixels (default 0.5; 0: the pixel edges as they are).")
 @click.option("--min-area", type=click.FloatRange(min=0), default=None, help="Drop objects smaller than this, in m².")
 @click.option("--raster-out", default=None,
               help="Also write a label raster (COG): a .tif file, or a folder for one NAME.tif per input.")
