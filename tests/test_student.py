@@ -471,3 +471,24 @@ def test_one_settings_check_for_the_cli_and_python(trained, scene, tmp_path):
     line = one_line_error(run("segment", scene, "-p", "red", "--backend", "yolo", "--model", trained[0],
                               "--exemplars", boxes, "-o", tmp_path / "o.gpkg"))
     assert "takes no exemplars" in line and not (tmp_path / "o.gpkg").exists()
+
+
+def test_a_mosaic_of_geographic_tiles_is_read_at_the_students_metres(trained, tmp_path):
+    """--mosaic builds its grid at the student's 0.5 m in degrees too (old: 0.5 degrees, one pixel)."""
+    import rasterio
+
+    from geoseg.io.mosaic import from_settings
+    from geoseg.io.raster import RasterSource
+    from geoseg.run.settings import Settings
+    from geoseg.testing import write_geotiff
+
+    geo = _geographic_scene(tmp_path / "lonlat.tif")
+    with rasterio.open(geo) as src:
+        data, t = np.moveaxis(src.read(), 0, -1), src.transform
+    left = write_geotiff(tmp_path / "left.tif", data[:, :128], crs="EPSG:4326", transform=t)
+    right = write_geotiff(tmp_path / "right.tif", data[:, 128:], crs="EPSG:4326",
+                          transform=t @ Affine.translation(128, 0))
+    settings = Settings.of(["red"], segmenter="yolo", backend_options={"model": str(trained[0])})
+    vrt = from_settings([left, right], settings)
+    with RasterSource(vrt, settings.read) as src:
+        assert abs(src.width - 128) <= 1 and abs(src.height - 128) <= 1
