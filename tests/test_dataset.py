@@ -343,3 +343,29 @@ def test_the_shared_ground_warning_is_for_overlap_not_for_a_shared_edge(tmp_path
                            chip_size=64, block_size=1, split="0.5,0.5")
         shared = [x for x in seen if issubclass(x.category, GeosegWarning) and "overlap" in str(x.message)]
         assert bool(shared) == warned, [str(x.message) for x in shared]
+
+
+def test_a_killed_export_is_cleaned_by_the_next_and_nothing_else(scene, tmp_path):
+    """The hidden build a dead export left (this host, its process gone) goes; one of a live process,
+    of another host, or a folder geoseg did not mark, stays. Names with glob characters too."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    raster, vec, _ = scene
+    out = tmp_path / "ds[1]"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    host = socket.gethostname()
+    builds = {dead: host, str(os.getppid()): host, "1": "another-host"}
+    for pid, where in builds.items():
+        folder = tmp_path / f".ds[1].{pid}.tmp"
+        folder.mkdir()
+        (folder / ".geoseg-building.json").write_text(json.dumps({"pid": int(pid), "host": where}))
+    mine = tmp_path / ".ds[1].7.tmp"  # not marked as a build: not geoseg's to remove
+    mine.mkdir()
+    export_dataset(raster, vec, out, chip_size=128, block_size=1)
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".ds"))
+    assert left == sorted([f".ds[1].{os.getppid()}.tmp", ".ds[1].1.tmp", ".ds[1].7.tmp"])
+    assert (out / "dataset.json").is_file() and (out / ".geoseg-written.json").is_file()

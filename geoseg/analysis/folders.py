@@ -14,6 +14,7 @@ process is gone.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -135,7 +136,7 @@ def _swap(tmp: Path, out: Path, what: str) -> None:
 def _remove_stale(out: Path) -> None:
     """Remove the hidden siblings `.NAME.PID.tmp` that builds of `out` killed on this host left."""
     host = socket.gethostname()
-    for sibling in out.parent.glob(f".{out.name}.*.tmp"):
+    for sibling in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
         pid = sibling.name[len(out.name) + 2:-len(".tmp")]
         try:
             record = json.loads((sibling / BUILDING).read_text())
