@@ -44,6 +44,9 @@ def _stretch(text: str) -> tuple[float, float]:
 @click.option("--exemplars", default=None, metavar="FILE",
               help="Boxes drawn around examples of what to find (any vector file, any CRS; columns prompt and "
                    "positive, both optional): see docs/exemplars.md.")
+@click.option("--objects", default=None, metavar="FILE",
+              help="Clicks (points) and boxes (polygons) on single objects, each outlined whole (any vector file, "
+                   "any CRS; columns object, positive, label, all optional): see docs/objects.md.")
 @click.option("-o", "--output", default=None,
               help="Output file: .gpkg, .geojson, .fgb, .parquet or .shp (GeoParquet needs GDAL >= 3.8 to open: "
                    "older QGIS cannot read it).")
@@ -110,7 +113,8 @@ def _stretch(text: str) -> tuple[float, float]:
 @click.option("--log-file", default=None,
               help="Also write every line the run prints (refusals and warnings included), with times, to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress lines.")
-def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], exemplars: str | None, output: str | None,
+def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], exemplars: str | None, objects: str | None,
+            output: str | None,
             output_dir: str | None, fmt: str,
             layer: str, overwrite: bool, backend: str, model: str | None, device: str | None, dtype: str | None,
             batch_size: int | None, score_threshold: float | None, mask_threshold: float | None,
@@ -143,10 +147,20 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], exemplars: str | 
                            bbox=bbox, bbox_crs=bbox_crs, aoi=aoi, saturation=saturation,
                            refine_depth=refine_depth, zoom=zoom, neighbour_start=neighbour_start,
                            cpu_workers=cpu_workers, exemplars=exemplars, segmenter=backend,
-                           backend_options={"model": model})
+                           backend_options={"model": model}, objects=objects)
     web = WebOptions.of(zoom=web_zoom, resolution=web_resolution, cache=tile_cache, max_connections=max_connections,
                         max_tiles=max_tiles, headers=headers, attribution=attribution)
     paths = resolve(inputs, asset=asset, mosaic=as_mosaic, settings=settings, web=web)
+    if settings.objects is not None:  # one polygon per object clicked: no tiling, no work folder
+        if output is None or workers is not None or scheduler is not None or shard is not None:
+            raise UsageError("--objects writes one file in this process: give -o OUT.gpkg, without --output-dir, "
+                             "--workers, --scheduler or --shard")
+        chosen = {k: v for k, v in dict(model=model, device=device, dtype=dtype, score_threshold=score_threshold,
+                                         mask_threshold=mask_threshold).items() if v is not None}
+        found = pipeline.objects_run(paths, settings, backend, chosen, output=output, layer=layer,
+                                     overwrite=overwrite)
+        _tell(f"{output}: {len(found)} objects ({int(found['whole'].sum())} whole)")
+        return
     mine, names = paths, None
     if part is not None and not as_mosaic:  # named as in one run of the whole collection (a mosaic: its rows)
         mine, names = shards.select(paths, unique_names(paths), part)

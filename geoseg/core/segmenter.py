@@ -173,6 +173,24 @@ def check_takes_exemplars(segmenter: Any) -> None:
                          f"that takes them with {option('segmenter', flag='--backend')} (sam3)")
 
 
+def takes_objects(segmenter: Any) -> bool:
+    """Whether a segmenter, its class or the factory of a backend name takes object prompts
+    (`segment_objects`, see `geoseg.core.objects`): known before any model is built."""
+    if isinstance(segmenter, Backend):
+        segmenter = segmenter.segmenter
+    if isinstance(segmenter, str):
+        segmenter = _resolve(segmenter)
+    return callable(getattr(segmenter, "segment_objects", None))
+
+
+def check_takes_objects(segmenter: Any) -> None:
+    """Refuse object prompts for a segmenter (object or backend name) that does not take them."""
+    if not takes_objects(segmenter):
+        name = segmenter if isinstance(segmenter, str) else as_backend(segmenter).name
+        raise UsageError(f"the {name} segmenter takes no object prompts: drop {option('objects')} or pick a "
+                         f"backend that takes them with {option('segmenter', flag='--backend')} (sam3)")
+
+
 def as_backend(segmenter: Segmenter | Backend) -> Backend:
     """`segmenter` seen through the contract (a `Backend` is returned as it is)."""
     return segmenter if isinstance(segmenter, Backend) else Backend(segmenter)

@@ -22,16 +22,18 @@ import geopandas as gpd
 import pyogrio
 
 from geoseg.core.segmenter import Segmenter, as_segmenter
-from geoseg.errors import EmptyRasterWarning, GeosegError, OutsideAreaError, RunError, UsageError, redact
+from geoseg.errors import EmptyRasterWarning, GeosegError, OutsideAreaError, RunError, UsageError, option, redact
 from geoseg.io import export, rasterize, services, stac, upload
 from geoseg.io.buckets import is_url
 from geoseg.io.inputs import list_inputs, resolve
+from geoseg.io.objects import place as place_objects
 from geoseg.io.sources import is_mosaic, unique_names
 from geoseg.run import rowshards, shards, workdir, workers
 from geoseg.run.assemble import Assembler, area_of, mixed_crs_error, provenance, write_output, write_raster
 from geoseg.run.checks import check_run, exemplars_of, own_outputs, remote_outputs
 from geoseg.run.engine import Engine, LocalEngine
 from geoseg.run.inspection import RasterInfo, inspect, outside_all
+from geoseg.run.objects import run_objects
 from geoseg.run.progress import Progress
 from geoseg.run.rowmerge import FileMerge
 from geoseg.run.settings import Settings, fingerprint
@@ -304,6 +306,7 @@ def segment(
     neighbour_start: bool = True,
     asset: str | None = None,
     exemplars: Any = None,
+    objects: Any = None,
     web_zoom: int | None = None,
     web_resolution: float | None = None,
     tile_cache: str | os.PathLike[str] | None = None,
@@ -370,6 +373,10 @@ def segment(
             `positive` column, of what not to): a vector file, GeoDataFrame or
             GeoSeries with a CRS; a `prompt` column ties a box to a prompt, or
             makes a concept of its own. `prompts` may then be None. See docs/exemplars.md.
+        objects: clicks and boxes on single objects (points and polygons; columns `object`,
+            `positive`, `label`): a vector file, GeoDataFrame or GeoSeries with a CRS. Each object
+            comes back as one polygon, with `object`, `label`, `score` and `whole`. Without
+            `prompts`. See docs/objects.md.
         web_zoom, web_resolution: for a tile service given as `source`
             (``https://host/{z}/{x}/{y}.png``, ``{-y}`` for TMS rows): its zoom
             level, or the ground metres per pixel to read at (the nearest finer
@@ -390,11 +397,14 @@ def segment(
                            min_area=min_area, progress=progress, bbox=bbox, bbox_crs=bbox_crs, aoi=aoi,
                            cpu_workers=cpu_workers, saturation=saturation, refine_depth=refine_depth, zoom=zoom,
                            neighbour_start=neighbour_start, exemplars=exemplars, segmenter=segmenter,
-                           backend_options=backend_options)
+                           backend_options=backend_options, objects=objects)
     web = services.WebOptions.of(zoom=web_zoom, resolution=web_resolution, cache=tile_cache,
                                  max_connections=max_connections, max_tiles=max_tiles, headers=headers,
                                  attribution=attribution)
     paths = resolve(source, asset=asset, mosaic=mosaic, settings=settings, web=web)
+    if settings.objects is not None:
+        return objects_run(paths, settings, segmenter, backend_options, output=output, layer=layer,
+                           overwrite=overwrite)
     check_run(paths, settings, output=output, layer=layer, overwrite=overwrite, work_dir=work_dir,
               raster_out=raster_out, raster_values=raster_values, restart=restart)  # before the model loads
     engine = LocalEngine(as_segmenter(segmenter, **backend_options))
@@ -407,3 +417,17 @@ def segment(
     assert gdf is not None
     gdf.attrs["geoseg"] = provenance(engine, settings, unique_names(paths), summary.files, paths)
     return gdf
+
+
+def objects_run(paths: list[Any], settings: Settings, segmenter: Any, backend_options: dict[str, Any], *,
+                output: Any, layer: str, overwrite: bool) -> gpd.GeoDataFrame:
+    """A run of object prompts alone: checked (the objects placed, the output) before the model loads."""
+    assert settings.objects is not None
+    if settings.prompts:
+        raise UsageError(f"{option('objects')} and text prompts or exemplars in one run are not supported yet: "
+                         f"run them apart (into two outputs, or two layers of one GeoPackage)")
+    place_objects(settings.objects, paths, settings.read)
+    if output is not None:
+        export.check_output(output, overwrite, layer)
+    engine = LocalEngine(as_segmenter(segmenter, **backend_options))
+    return run_objects(paths, settings.objects, settings, engine, output=output, layer=layer, overwrite=overwrite)

@@ -8,10 +8,17 @@ from typing import Any
 
 from geoseg.core import vectorize
 from geoseg.core.refine import Refine
-from geoseg.core.segmenter import check_prompts, check_takes_exemplars, preferred_bands, preferred_resolution
+from geoseg.core.segmenter import (
+    check_prompts,
+    check_takes_exemplars,
+    check_takes_objects,
+    preferred_bands,
+    preferred_resolution,
+)
 from geoseg.core.tiling import plan_tiles
 from geoseg.io.area import Area
 from geoseg.io.exemplars import ExemplarFile, read_exemplars
+from geoseg.io.objects import ObjectFile, read_objects
 from geoseg.io.raster import ReadOptions
 from geoseg.run.workers import check_workers
 
@@ -33,6 +40,7 @@ class Settings:
     cpu_workers: int | None = None  #: worker processes for the CPU work (None: cores - 1; see `geoseg.run.workers`)
     exemplars: ExemplarFile | None = None  #: boxes that define concepts (see `geoseg.io.exemplars`)
     only: tuple[str, ...] = ()  #: the labels among `prompts` of exemplar-only concepts
+    objects: ObjectFile | None = None  #: clicks and boxes on single objects (see `geoseg.io.objects`)
 
     @property
     def text_prompts(self) -> list[str]:
@@ -46,19 +54,24 @@ class Settings:
            simplify: float | None = None, min_area: float | None = None, progress: bool = False,
            bbox: Any = None, bbox_crs: Any = None, aoi: Any = None, saturation: float = 0.8, refine_depth: int = 2,
            zoom: int = 0, neighbour_start: bool = True, cpu_workers: int | None = None,
-           exemplars: Any = None, segmenter: Any = None, backend_options: dict[str, Any] | None = None) -> Settings:
+           exemplars: Any = None, segmenter: Any = None, backend_options: dict[str, Any] | None = None,
+           objects: Any = None) -> Settings:
         """Settings from the API's loose types, checked (prompts, tiling, CRS, area, refinement,
         exemplars) before any work. With `exemplars`, `prompts` may be empty.
 
         With `segmenter` (a backend name, built with `backend_options`, or a segmenter object), what
         the model asks for, read before it loads: without `resolution`, the rasters are read at the
         ground resolution it was trained at (metres, converted into each raster's units); without
-        `bands`, the bands it was trained on; `exemplars` only for a model that takes them."""
+        `bands`, the bands it was trained on; `exemplars` only for a model that takes them. With
+        `objects` (clicks and boxes, `geoseg.io.objects`) alone, no prompt is needed."""
         plan_tiles(tile_size, tile_size, tile_size, overlap)
         boxes = None if exemplars is None else read_exemplars(exemplars)
         if boxes is not None and segmenter is not None:
             check_takes_exemplars(segmenter)
-        text = check_prompts(prompts or []) if boxes is None or prompts else []
+        clicks = None if objects is None else read_objects(objects)
+        if clicks is not None and segmenter is not None:
+            check_takes_objects(segmenter)
+        text = check_prompts(prompts or []) if (boxes is None and clicks is None) or prompts else []
         labels, only = text, []
         if boxes is not None:
             labels, only, _ = boxes.concepts(text)
@@ -73,7 +86,7 @@ class Settings:
             refine=Refine.of(saturation=saturation, depth=refine_depth, zoom=zoom, neighbours=neighbour_start,
                              tile_size=tile_size, overlap=overlap),
             cpu_workers=None if cpu_workers is None else check_workers(cpu_workers),
-            exemplars=boxes, only=tuple(only),
+            exemplars=boxes, only=tuple(only), objects=clicks,
         )
 
 
@@ -107,6 +120,8 @@ def own_fingerprint(settings: Settings) -> dict[str, Any]:
     read = settings.read
     out: dict[str, Any] = {"--prompt": settings.text_prompts}
     out["--exemplars"] = None if settings.exemplars is None else settings.exemplars.fingerprint()
+    if settings.objects is not None:  # absent otherwise, so that older work folders still resume
+        out["--objects"] = settings.objects.fingerprint()
     out.update({
         "--tile-size": settings.tile_size, "--overlap": settings.overlap,
         "--bands": None if read.bands is None else list(read.bands),

@@ -11,6 +11,8 @@ from scipy import ndimage
 
 from geoseg.core.detections import Detections
 from geoseg.core.merge import Piece, to_piece
+from geoseg.core.objects import ObjectPrompt
+from geoseg.core.segmenter import Detection
 from geoseg.core.tiling import TilePlan
 from geoseg.errors import PromptError
 from geoseg.testing.scenes import LABELS
@@ -95,8 +97,7 @@ class ColorSegmenter:
             low, mid = rgb[(ch + 1) % 3], rgb[(ch + 2) % 3]
             if ch not in wanted or low >= 64 or mid >= 64:
                 continue
-            number = (rgb[ch] - 192) * 4096 + mid * 64 + low
-            score = 0.5 + 0.5 * ((number * 37) % 101) / 100
+            score = _score(rgb)
             if score < self.score_threshold:
                 continue
             for name in wanted[ch]:
@@ -105,6 +106,74 @@ class ColorSegmenter:
                 origins.append((box[0].start, box[1].start))
                 masks.append(labels[box] == k + 1)
         return Detections(names, scores, origins, masks)
+
+
+    def segment_objects(self, tile: np.ndarray, prompts: Sequence[ObjectPrompt]) -> list[Detection | None]:
+        """One object per prompt: the shape under its positive clicks (the pixels of the click's
+        colour family connected to it, so touching objects of one family are one shape), less
+        every object (a colour) under a negative click; with a box and no positive click, the
+        largest such shape in the box. Its score is that of the object under the first positive
+        click (else of the largest object in the shape). Nothing under the clicks: None."""
+        if self.delay:
+            time.sleep(self.delay)
+        tile = np.asarray(tile)
+        px = tile.astype(np.int32)
+        top, family = px.max(axis=2), px.argmax(axis=2)
+        other = np.sort(px, axis=2)[..., :2].max(axis=2)
+        solid = (top >= 192) & (other < 64)  # an object's pixel, of the family of its strongest channel
+        codes = (px[..., 0] << 16) | (px[..., 1] << 8) | px[..., 2]
+        shapes = [ndimage.label(solid & (family == f))[0] for f in range(3)]
+        h, w = solid.shape
+        out: list[Detection | None] = []
+        for p in prompts:
+            points = np.asarray(p.points, float).reshape(-1, 2)
+            positive = np.asarray(p.positive, bool)
+            at = [(int(y), int(x)) for x, y in points]
+            inside = [0 <= r < h and 0 <= c < w and solid[r, c] for r, c in at]
+            shape = np.zeros((h, w), bool)
+            first: int | None = None
+            for (r, c), pos, ok in zip(at, positive, inside):
+                if pos and ok:
+                    shape |= shapes[family[r, c]] == shapes[family[r, c]][r, c]
+                    first = int(codes[r, c]) if first is None else first
+            if not positive.any() and p.box is not None:
+                shape = self._largest_in_box(shapes, p.box)
+            for (r, c), pos, ok in zip(at, positive, inside):
+                if not pos and ok:
+                    shape &= codes != codes[r, c]
+            if not shape.any():
+                out.append(None)
+                continue
+            if first is None or not (shape & (codes == first)).any():
+                values, counts = np.unique(codes[shape], return_counts=True)
+                first = int(values[counts.argmax()])
+            rows, cols = np.flatnonzero(shape.any(axis=1)), np.flatnonzero(shape.any(axis=0))
+            crop = shape[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+            rgb = ((first >> 16) & 255, (first >> 8) & 255, first & 255)
+            out.append(Detection(p.label, _score(rgb), crop, (int(rows[0]), int(cols[0]))))
+        return out
+
+    @staticmethod
+    def _largest_in_box(shapes: list[np.ndarray], box: tuple[float, float, float, float]) -> np.ndarray:
+        """The shape with the most pixels inside `box` (x0, y0, x1, y1), whole."""
+        x0, y0, x1, y1 = (int(np.floor(box[0])), int(np.floor(box[1])), int(np.ceil(box[2])), int(np.ceil(box[3])))
+        best, most = None, 0
+        for f, labels in enumerate(shapes):
+            part = labels[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)]
+            values, counts = np.unique(part[part > 0], return_counts=True)
+            if counts.size and counts.max() > most:
+                best, most = (f, int(values[counts.argmax()])), int(counts.max())
+        if best is None:
+            return np.zeros(shapes[0].shape, bool)
+        return shapes[best[0]] == best[1]  # type: ignore[no-any-return]
+
+
+def _score(rgb: tuple[int, int, int]) -> float:
+    """The fixed score of the object of colour `rgb`: a function of its number."""
+    ch = int(np.argmax(rgb))
+    low, mid = rgb[(ch + 1) % 3], rgb[(ch + 2) % 3]
+    number = (rgb[ch] - 192) * 4096 + mid * 64 + low
+    return 0.5 + 0.5 * ((number * 37) % 101) / 100
 
 
 class CountingSegmenter(ColorSegmenter):

@@ -1,0 +1,193 @@
+"""Object prompts run: each object segmented in a window centred on its prompts, grown until whole.
+
+The window is a tile of `tile_size` pixels of the grid read. Where the object's
+mask reaches the window's edge (inside the raster), the window is read again
+twice as wide and twice as coarse (nearest-neighbour, so at most 2, 4, 8 times
+the run's pixel; `GROWTH`), until the mask stays off its edges or the last
+scale is reached: the object's `whole` column says which. An object larger
+than the window so comes back whole, its outline at the coarser pixel.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from geoseg.core import vectorize
+from geoseg.core.merge import Instance
+from geoseg.core.objects import ObjectPrompt, segment_objects
+from geoseg.core.segmenter import Detection
+from geoseg.core.tiling import Window
+from geoseg.io import export
+from geoseg.io.objects import ObjectFile, place
+from geoseg.io.raster import RasterSource
+from geoseg.io.sources import unique_names
+from geoseg.run.assemble import provenance
+from geoseg.run.engine import Engine
+from geoseg.run.settings import Settings
+
+log = logging.getLogger("geoseg")
+
+GROWTH = (1, 2, 4, 8)  #: pixels of the grid read per pixel the model is given, tried in turn
+
+
+def _touches(mask: np.ndarray, origin: tuple[int, int], valid: np.ndarray) -> bool:
+    """Whether a detection reaches the edge of its window where the window lies inside the raster."""
+    side_h, side_w = valid.shape
+    r, c = origin
+    h, w = mask.shape
+    edges = []
+    if r == 0:
+        edges.append(valid[0, c:c + w][mask[0]])
+    if c == 0:
+        edges.append(valid[r:r + h, 0][mask[:, 0]])
+    if r + h == side_h:
+        edges.append(valid[-1, c:c + w][mask[-1]])
+    if c + w == side_w:
+        edges.append(valid[r:r + h, -1][mask[:, -1]])
+    return any(e.any() for e in edges)
+
+
+def _read(src: RasterSource, window: Window, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """`window` read at `scale` times its pixel (every `scale`-th pixel): a tile of window / scale."""
+    rgb, valid = src.read(window)
+    return rgb[::scale, ::scale], valid[::scale, ::scale]
+
+
+def one_object(src: RasterSource, prompt: ObjectPrompt, segmenter: Any, side: int) -> tuple[Detection, bool] | None:
+    """The object `prompt` points at (in `src`'s pixels): its detection in `src`'s pixels (its
+    origin a raster row and column) and whether it is whole; None where nothing is under it."""
+    pts = np.asarray(prompt.points, float).reshape(-1, 2)
+    positive = np.asarray(prompt.positive, bool)
+    corners = [pts] if len(pts) else []
+    if prompt.box is not None:
+        x0, y0, x1, y1 = prompt.box
+        corners.append(np.array([[x0, y0], [x1, y1]]))
+    every = np.vstack(corners)
+    (lx, ly), (hx, hy) = every.min(axis=0), every.max(axis=0)
+    cx, cy = (lx + hx) / 2, (ly + hy) / 2
+    need = 1.25 * max(hx - lx, hy - ly)  # every click and the box, with a margin around them
+    scales = [s for s in GROWTH if side * s >= need] or [GROWTH[-1]]
+    # the first positive click's pixel is one of those a coarser read keeps (a thin object stays under it)
+    anchor = pts[positive][0] if positive.any() else (cx, cy)
+    found: tuple[Detection, int, int, int, bool] | None = None
+    for scale in scales:
+        extent = side * scale
+        col0, row0 = int(round(cx - extent / 2)), int(round(cy - extent / 2))
+        col0 += (int(anchor[0]) - col0) % scale
+        row0 += (int(anchor[1]) - row0) % scale
+        tile, valid = _read(src, Window(row0, col0, extent, extent), scale)
+        det = segment_objects(segmenter, tile, [prompt.moved(col0, row0, scale)])[0]
+        if det is None:
+            break
+        whole = not _touches(np.asarray(det.mask, bool), det.origin, valid)
+        found = (det, row0, col0, scale, whole)
+        if whole:
+            break
+    if found is None:
+        return None
+    det, row0, col0, scale, whole = found
+    r, c = det.origin
+    if scale == 1:
+        return Detection(det.label, det.score, np.asarray(det.mask, bool), (row0 + r, col0 + c)), whole
+    coarse = np.asarray(det.mask, bool).repeat(scale, axis=0).repeat(scale, axis=1)
+    fine = _refine(src, coarse, (row0 + r * scale, col0 + c * scale), scale, side, segmenter, prompt)
+    return (replace(fine, score=det.score), whole) if fine is not None else None
+
+
+def _refine(src: RasterSource, coarse: np.ndarray, origin: tuple[int, int], scale: int, side: int, segmenter: Any,
+            prompt: ObjectPrompt) -> Detection | None:
+    """An object found on a coarser read (`coarse`: its mask brought back to the run's pixels, at
+    `origin`) segmented again at the run's pixel near its outline: its inside stays, and within
+    `scale` pixels of its edge each tile of `side` pixels is asked again, clicked on the object's
+    inside there (one click per part of it in the tile)."""
+    pad = scale
+    mask = np.pad(coarse, pad)
+    r0, c0 = origin[0] - pad, origin[1] - pad
+    sure = ndimage.binary_erosion(mask, iterations=scale)
+    maybe = ndimage.binary_dilation(mask, iterations=scale)
+    out = sure.copy()
+    h, w = mask.shape
+    for tr in range(0, h, side):
+        for tc in range(0, w, side):
+            part = (slice(tr, min(tr + side, h)), slice(tc, min(tc + side, w)))
+            edge = maybe[part] & ~sure[part]
+            if not edge.any():
+                continue
+            inside = sure[part] if sure[part].any() else mask[part]
+            labels, n = ndimage.label(inside)
+            if n == 0:
+                out[part] |= mask[part]  # a sliver the coarser read saw alone: kept as it saw it
+                continue
+            clicks = []
+            for k in range(1, n + 1):  # the pixel of each part farthest from its edge
+                depth = ndimage.distance_transform_edt(labels == k)
+                y, x = np.unravel_index(int(depth.argmax()), depth.shape)
+                clicks.append((x + 0.5, y + 0.5))
+            tile, _ = src.read(Window(r0 + tr, c0 + tc, side, side))
+            ask = ObjectPrompt(np.array(clicks), np.ones(len(clicks), bool), None, prompt.label)
+            det = segment_objects(segmenter, tile, [ask])[0]
+            if det is None:
+                out[part] |= mask[part]
+                continue
+            got = np.zeros((side, side), bool)
+            dr, dc = det.origin
+            got[dr:dr + det.mask.shape[0], dc:dc + det.mask.shape[1]] = np.asarray(det.mask, bool)
+            out[part] |= got[:part[0].stop - tr, :part[1].stop - tc] & maybe[part]
+    rows, cols = np.flatnonzero(out.any(axis=1)), np.flatnonzero(out.any(axis=0))
+    if rows.size == 0:
+        return None
+    crop = out[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    return Detection(prompt.label, 0.0, crop, (r0 + int(rows[0]), c0 + int(cols[0])))
+
+
+def run_objects(paths: list[Any], objects: ObjectFile, settings: Settings, engine: Engine, *,
+                output: Any = None, layer: str = "detections", overwrite: bool = False) -> gpd.GeoDataFrame:
+    """Segment every object of `objects` on the input that holds it; one polygon per object found
+    (columns id, object, label, score, whole, area_m2, source), written to `output` if given."""
+    placed = place(objects, paths, settings.read)
+    names = unique_names(paths)
+    read = replace(settings.read, area=None)
+    frames = []
+    for s in sorted({p.source for p in placed}):
+        mine = [p for p in placed if p.source == s]
+        with RasterSource(paths[s], read) as src:
+            rows, instances = [], []
+            for p in mine:
+                got = one_object(src, p.prompt, engine.segmenter, settings.tile_size)
+                if got is None:
+                    log.info("%s: nothing found under object %r", names[s], objects.ids[p.index])
+                    continue
+                det, whole = got
+                instances.append(Instance(det.label, float(det.score), 1, det.origin[0], det.origin[1],
+                                          np.asarray(det.mask, bool)))
+                rows.append((objects.ids[p.index], whole))
+            if not instances:
+                continue
+            parts = [vectorize.to_frame(instances, src.transform, src.crs, source=names[s],
+                                        simplify=settings.simplify)]
+            gdf = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs=src.crs)
+            gdf.insert(0, "object", [r[0] for r in rows])
+            gdf["whole"] = [r[1] for r in rows]
+            frames.append(vectorize.finish(gdf, src.transform, settings.dst_crs, settings.min_area))
+    crs = settings.dst_crs if settings.dst_crs is not None else (frames[0].crs if frames else None)
+    out = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=crs) if frames else gpd.GeoDataFrame(
+        {"object": [], "label": [], "score": [], "whole": [], "area_m2": [], "source": []}, geometry=[], crs=crs)
+    out = out.drop(columns=[c for c in ("n_tiles", "level") if c in out.columns])
+    out.insert(0, "id", np.arange(1, len(out) + 1, dtype=np.int64))
+    out = out[["id", "object", "label", "score", "whole", "area_m2", "source", "geometry"]]
+    meta = {**provenance(engine, settings, names, inputs=paths), "objects": objects.fingerprint()}
+    out.attrs["geoseg"] = meta
+    if output is not None:
+        with export.Writer(output, layer=layer, overwrite=overwrite, provenance=meta) as w:
+            if len(out):
+                w.write(out)
+            w.commit(out.iloc[:0])
+    log.info("%d of %d objects found (%d whole)", len(out), len(objects.ids), int(out["whole"].sum()))
+    return out
