@@ -369,3 +369,26 @@ def test_a_killed_export_is_cleaned_by_the_next_and_nothing_else(scene, tmp_path
     left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".ds"))
     assert left == sorted([f".ds[1].{os.getppid()}.tmp", ".ds[1].1.tmp", ".ds[1].7.tmp"])
     assert (out / "dataset.json").is_file() and (out / ".geoseg-written.json").is_file()
+
+
+def test_a_file_put_in_while_overwriting_keeps_both(scene, tmp_path, monkeypatch):
+    """A file the user saves into the old folder while the new one is built: the old folder is kept with
+    it, and the new one beside it, named in one line."""
+    import geoseg.analysis.dataset as dataset_module
+    from geoseg.errors import OutputError
+
+    raster, vec, _ = scene
+    out = tmp_path / "ds"
+    export_dataset(raster, vec, out, chip_size=128, block_size=1)
+    write_labels = dataset_module._write_labels
+
+    def meanwhile(*args, **kwargs):
+        (out / "notes.txt").write_text("saved while it ran")
+        return write_labels(*args, **kwargs)
+
+    monkeypatch.setattr(dataset_module, "_write_labels", meanwhile)
+    with pytest.raises(OutputError, match="notes.txt") as e:
+        export_dataset(raster, vec, out, chip_size=128, block_size=1, overwrite=True)
+    new = next(tmp_path.glob("ds.new-*"))
+    assert str(new) in str(e.value) and (new / "dataset.json").is_file()
+    assert (out / "notes.txt").read_text() == "saved while it ran" and (out / "dataset.json").is_file()
