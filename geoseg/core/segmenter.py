@@ -187,8 +187,8 @@ def check_takes_objects(segmenter: Any) -> None:
     """Refuse object prompts for a segmenter (object or backend name) that does not take them."""
     if not takes_objects(segmenter):
         name = segmenter if isinstance(segmenter, str) else as_backend(segmenter).name
-        raise UsageError(f"the {name} segmenter takes no object prompts: drop {option('objects')} or pick a "
-                         f"backend that takes them with {option('segmenter', flag='--backend')} (sam3)")
+        raise UsageError(f"the {name} segmenter takes no object prompts: drop {option('objects')} (docs/objects.md "
+                         f"lists the backends that take them)")
 
 
 def as_backend(segmenter: Segmenter | Backend) -> Backend:

@@ -189,5 +189,4 @@ def run_objects(paths: list[Any], objects: ObjectFile, settings: Settings, engin
             if len(out):
                 w.write(out)
             w.commit(out.iloc[:0])
-    log.info("%d of %d objects found (%d whole)", len(out), len(objects.ids), int(out["whole"].sum()))
     return out
