@@ -25,6 +25,21 @@ ARGS = ["-p", "red,green,blue", "--teacher", "colors", "--sample-fraction", 1, "
         "--batch-size", 8, "--workers", 0, "--tile-size", 256, "--overlap", 32, "-q"]
 
 
+def ultralytics_runs():
+    """What is in the folder where Ultralytics puts a run whose project path is relative: runs/segment/
+    of the git checkout it is installed in (else of the working folder), or, under pytest, of its own
+    tests/tmp/ (the geoseg processes the tests start see pytest's variables too)."""
+    from types import SimpleNamespace
+
+    from geoseg.backends.yolo import import_ultralytics
+
+    import_ultralytics()
+    from ultralytics.cfg import get_save_dir
+
+    runs = get_save_dir(SimpleNamespace(project="", name="probe", task="segment", mode="train", exist_ok=True)).parent
+    return sorted(str(p) for p in runs.rglob("*")) if runs.is_dir() else []
+
+
 def _snapshot(folder):
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -33,9 +48,11 @@ def test_distill_end_to_end_with_the_colors_teacher(scene, tmp_path, monkeypatch
     """With a relative -o (and --device, for the student: the colors teacher has none): the distillation,
     and nothing else, in the working folder."""
     monkeypatch.chdir(tmp_path)
+    runs_before = ultralytics_runs()
     r = run("distill", scene, "-o", "distilled", *ARGS, "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["distilled"]  # no Ultralytics runs/, no hidden build
+    assert ultralytics_runs() == runs_before  # Ultralytics' runs_dir/segment/ (relative projects go there)
     assert "overlap" not in r.output  # the sample's blocks share edges, not ground
     out = tmp_path / "distilled"
     report = json.loads((out / "report.json").read_text())

@@ -291,6 +291,21 @@ def test_train_refuses_what_it_cannot_train_on(dataset, tmp_path, scene):
         assert "no CUDA GPU" in one_line_error(run("train", dataset, "-o", tmp_path / "m", "--device", "cuda"))
 
 
+def ultralytics_runs() -> list[str]:
+    """What is in the folder where Ultralytics puts a run whose project path is relative: runs/segment/
+    of the git checkout it is installed in (else of the working folder), or, under pytest, of its own
+    tests/tmp/ (the geoseg processes the tests start see pytest's variables too)."""
+    from types import SimpleNamespace
+
+    from geoseg.backends.yolo import import_ultralytics
+
+    import_ultralytics()
+    from ultralytics.cfg import get_save_dir
+
+    runs = get_save_dir(SimpleNamespace(project="", name="probe", task="segment", mode="train", exist_ok=True)).parent
+    return sorted(str(p) for p in runs.rglob("*")) if runs.is_dir() else []
+
+
 def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -336,6 +351,7 @@ def test_a_killed_train_leaves_nothing_once_a_rerun_succeeds(dataset, tmp_path):
 
     cwd = tmp_path / "cwd"
     cwd.mkdir()
+    runs_before = ultralytics_runs()
     args = ["train", dataset, "-o", "student", "--batch-size", 8, "--workers", 0]
     (tmp_path / "home").mkdir()
     env = {**os.environ, "HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "2"}
@@ -352,6 +368,7 @@ def test_a_killed_train_leaves_nothing_once_a_rerun_succeeds(dataset, tmp_path):
     r = cli(*args, "--epochs", 1, site="", tmp=tmp_path, cwd=cwd)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in cwd.iterdir()) == ["student"]
+    assert ultralytics_runs() == runs_before  # a relative project went to Ultralytics' runs_dir/segment/
     assert sorted(p.name for p in (cwd / "student").iterdir()) == [".geoseg-written.json", "geoseg.json",
                                                                   "results.csv", "weights.pt"]
 
@@ -492,3 +509,14 @@ def test_a_mosaic_of_geographic_tiles_is_read_at_the_students_metres(trained, tm
     vrt = from_settings([left, right], settings)
     with RasterSource(vrt, settings.read) as src:
         assert abs(src.width - 128) <= 1 and abs(src.height - 128) <= 1
+
+
+def test_a_relative_output_leaves_no_ultralytics_runs(dataset, tmp_path, monkeypatch):
+    """`train -o model` (relative): Ultralytics put a relative project under its own runs folder (the
+    runs/segment/ of the checkout it is installed in, or of the working folder), 12-23 MB left there."""
+    monkeypatch.chdir(tmp_path)
+    before = ultralytics_runs()
+    r = run("train", dataset, "-o", "model", "--epochs", 1, "--batch-size", 8, "--workers", 0, "-q")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert ultralytics_runs() == before
