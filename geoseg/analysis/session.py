@@ -31,17 +31,20 @@ from geoseg.core.segmenter import (
     as_segmenter,
     check_prompts,
     check_takes_exemplars,
+    check_takes_objects,
 )
 from geoseg.core.tiling import TilePlan, plan_tiles
 from geoseg.errors import EmptyRasterWarning, UsageError, option
 from geoseg.io.area import Area
 from geoseg.io.exemplars import prepare, read_exemplars
+from geoseg.io.objects import read_objects
 from geoseg.io.raster import RasterSource
 from geoseg.io.services import DEFAULT_CONNECTIONS, DEFAULT_MAX_TILES, WebOptions, is_web
 from geoseg.io.sources import source_name
 from geoseg.io.web import open_sources
 from geoseg.run.assemble import combine_frames, objects, provenance
 from geoseg.run.engine import AtLimit, LocalEngine, segment_tiles
+from geoseg.run.objects import run_objects
 from geoseg.run.settings import Settings, model_reading
 
 
@@ -180,6 +183,21 @@ class Segmentation:
                              settings.dst_crs)
         gdf.attrs["geoseg"] = provenance(LocalEngine(self.segmenter), settings, [self.name])
         return gdf
+
+    def segment_objects(self, objects: Any, *, dst_crs: Any = None, simplify: float | None = None,
+                        min_area: float | None = None) -> gpd.GeoDataFrame:
+        """The one object under each click or box of `objects` (a vector file, GeoDataFrame or
+        GeoSeries, as `geoseg.segment(objects=...)`): one polygon each, with `object`, `label`,
+        `score` and `whole`. The segmenter keeps the features of the windows it saw last, so
+        another click near one costs the prompt decoder alone (see docs/objects.md)."""
+        clicks = read_objects(objects)
+        check_takes_objects(self.segmenter)
+        settings = Settings(
+            prompts=[], tile_size=self.tile_size, overlap=self.overlap, read=self.read,
+            dst_crs=None if dst_crs is None else vectorize.parse_crs(dst_crs), simplify=simplify, min_area=min_area,
+            refine=self.refine, objects=clicks,
+        )
+        return run_objects([self.source], clicks, settings, LocalEngine(self.segmenter))
 
     def plot(self, gdf: gpd.GeoDataFrame | None = None, **kwargs: Any) -> Any:
         """`geoseg.plot` of this raster (with the session's bands and stretch) and `gdf`."""

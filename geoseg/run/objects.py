@@ -1,6 +1,8 @@
 """Object prompts run: each object segmented in a window centred on its prompts, grown until whole.
 
-The window is a tile of `tile_size` pixels of the grid read. Where the object's
+The window is a tile of `tile_size` pixels of the grid read, about centred on the
+prompts (on a grid of a quarter window, so that clicks near each other share a window
+and a segmenter that keeps a window's features runs its backbone once). Where the object's
 mask reaches the window's edge (inside the raster), the window is read again
 twice as wide and twice as coarse (nearest-neighbour, so at most 2, 4, 8 times
 the run's pixel; `GROWTH`), until the mask stays off its edges or the last
@@ -79,7 +81,9 @@ def one_object(src: RasterSource, prompt: ObjectPrompt, segmenter: Any, side: in
     found: tuple[Detection, int, int, int, bool] | None = None
     for scale in scales:
         extent = side * scale
-        col0, row0 = int(round(cx - extent / 2)), int(round(cy - extent / 2))
+        # on a grid of a quarter window: clicks near each other share a window (and its kept features)
+        step = max(1, extent // 4)
+        col0, row0 = int(round((cx - extent / 2) / step)) * step, int(round((cy - extent / 2) / step)) * step
         col0 += (int(anchor[0]) - col0) % scale
         row0 += (int(anchor[1]) - row0) % scale
         tile, valid = _read(src, Window(row0, col0, extent, extent), scale)

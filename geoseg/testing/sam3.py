@@ -3,7 +3,11 @@
 The real model is gated and has 840M parameters. The tiny one here has the same
 architecture and file layout (config, safetensors, CLIP tokenizer, processor) at 0.3M
 parameters, so `from_pretrained(path)` takes the same code path as for `facebook/sam3`.
-Nothing is downloaded: the tokenizer's vocabulary is generated.
+Like the real checkpoint it is a `Sam3VideoModel`: the detector's weights under
+`detector_model.`, the single-object tracker's under `tracker_model.` and its neck
+under `tracker_neck.`, the vision backbone stored once, so both `Sam3Model` and
+`Sam3TrackerModel` load from it. Nothing is downloaded: the tokenizer's vocabulary is
+generated.
 """
 
 from __future__ import annotations
@@ -90,6 +94,40 @@ def sam3_config(size: str = "tiny") -> Any:
     )
 
 
+def tracker_config(detector: Any, size: str = "tiny") -> Any:
+    """The `Sam3TrackerVideoConfig` beside a detector config: its vision encoder (the backbone is
+    shared), and for "tiny"/"small" a prompt encoder and mask decoder of the detector's width."""
+    from transformers import Sam3TrackerVideoConfig
+
+    if size == "full":
+        return Sam3TrackerVideoConfig()
+    width = detector.vision_config.fpn_hidden_size
+    return Sam3TrackerVideoConfig(
+        vision_config=detector.vision_config.to_dict(), prompt_encoder_config={"hidden_size": width},
+        mask_decoder_config={"hidden_size": width, "num_attention_heads": 2}, memory_attention_hidden_size=width,
+        memory_encoder_hidden_size=width, memory_encoder_output_channels=width // 2, mask_downsampler_embed_dim=width)
+
+
+def _one_prefix(path: pathlib.Path) -> None:
+    """Keys as the released checkpoint has them: `save_pretrained` of the tracker inside the video
+    model writes `tracker_model.tracker_model.*`; `facebook/sam3` has `tracker_model.*`."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    twice = "tracker_model.tracker_model."
+    for shard in sorted(path.glob("*.safetensors")):
+        weights = load_file(shard)
+        if any(k.startswith(twice) for k in weights):
+            save_file({k.replace(twice, "tracker_model.", 1): v for k, v in weights.items()}, shard,
+                      metadata={"format": "pt"})
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        data = json.loads(index.read_text())
+        data["weight_map"] = {k.replace(twice, "tracker_model.", 1): v for k, v in data["weight_map"].items()}
+        index.write_text(json.dumps(data, indent=2))
+
+
 def _spread_outputs(model: Any, tokenizer: Any) -> None:
     """Rescale two output layers so random weights give usable scores and masks.
 
@@ -125,15 +163,19 @@ def build_tiny_sam3(path: str | pathlib.Path, *, size: str = "tiny", seed: int =
     a minute (other random weights than on the CPU, same costs).
     """
     import torch
-    from transformers import Sam3ImageProcessor, Sam3Model, Sam3Processor
+    from transformers import Sam3ImageProcessor, Sam3Processor, Sam3VideoConfig, Sam3VideoModel
 
     path = pathlib.Path(path)
     torch.manual_seed(seed)
+    detector = sam3_config(size)
+    config = Sam3VideoConfig(detector_config=detector.to_dict(),
+                             tracker_config=tracker_config(detector, size).to_dict())
     with torch.device(device):
-        model = Sam3Model(sam3_config(size)).eval()
+        model = Sam3VideoModel(config).eval()
     tokenizer = tiny_tokenizer()
-    _spread_outputs(model, tokenizer)
+    _spread_outputs(model.detector_model, tokenizer)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
+    _one_prefix(path)
     Sam3Processor(image_processor=Sam3ImageProcessor(), tokenizer=tokenizer).save_pretrained(path)
     return path

@@ -11,8 +11,11 @@ Attention runs through PyTorch's SDPA, which picks flash kernels on CUDA.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +24,9 @@ import numpy as np
 from geoseg.backends.sam3.exemplars import VISUAL, encode_boxes, join, padded
 from geoseg.backends.sam3.loading import DTYPES, HUB_ID, check_hub, dtype_name, load, pick_device, pick_dtype, revision
 from geoseg.backends.sam3.postprocess import UPSAMPLE_PIXELS, crops
+from geoseg.backends.sam3.tracker import Tracker
 from geoseg.core.exemplars import EncodedExemplars
+from geoseg.core.objects import ObjectPrompt
 from geoseg.core.segmenter import Detection, check_prompts
 from geoseg.errors import PromptError, RunError, UsageError, option
 
@@ -37,6 +42,7 @@ MAX_AUTO_BATCH = 16
 # Tile x prompt rows per call of the heads at most, unless one prompt's batch is more:
 # about the memory of the heads of a batch of 16 tiles with one prompt.
 HEAD_ROWS = 16
+WINDOWS_KEPT = 4  #: windows whose backbone features the object head keeps (a click's neighbourhood)
 
 
 class Sam3Segmenter:
@@ -75,6 +81,10 @@ class Sam3Segmenter:
     ) -> None:
         local_only = check_hub(str(model))  # before torch loads: a missing model fails in a second
         import torch
+
+        self._local_only = local_only
+        self._tracker: Tracker | None = None  #: the single-object head, loaded on the first object prompt
+        self._windows: OrderedDict[bytes, list[Any]] = OrderedDict()  #: its embeddings of recent windows
 
         self.name = "sam3"
         self.model_id = str(model)
@@ -287,6 +297,34 @@ class Sam3Segmenter:
         text = [p for p in prompts if exemplars is None or p not in exemplars or exemplars[p].text]
         if text or not prompts:
             self.check_prompts(text)
+
+    # -- object prompts --------------------------------------------------------------
+
+    def segment_objects(self, tile: np.ndarray, prompts: Sequence[ObjectPrompt]) -> list[Detection | None]:
+        """The one object each prompt points at in `tile` (H x W x 3 uint8): SAM 3's single-object
+        head on the window's backbone features. The features of the last `WINDOWS_KEPT` windows are
+        kept, so another click on a window seen runs the prompt decoder alone."""
+        import torch
+
+        tile = _check_tiles(np.asarray(tile)[None])[0]
+        tracker = self._object_head()
+        key = hashlib.sha1(tile.tobytes()).digest() + repr(tile.shape).encode()
+        embeddings = self._windows.get(key)
+        if embeddings is None:
+            with torch.inference_mode():
+                embeddings = tracker.embeddings(self._encode(self._preprocess(tile[None])))
+            self._windows[key] = embeddings
+            while len(self._windows) > WINDOWS_KEPT:
+                self._windows.popitem(last=False)
+        self._windows.move_to_end(key)
+        return [tracker.segment(embeddings, tile.shape[:2], p) for p in prompts]
+
+    def _object_head(self) -> Tracker:
+        if self._tracker is None:
+            folder = os.path.expanduser(self.model_id)
+            where = folder if os.path.isdir(folder) else self.model_id
+            self._tracker = Tracker(where, self.model, self.device, self.dtype, local_only=self._local_only)
+        return self._tracker
 
     # -- exemplars -----------------------------------------------------------------
 

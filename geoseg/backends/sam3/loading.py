@@ -99,7 +99,7 @@ def load(model: str, device: torch.device, dtype: torch.dtype, *, local_only: bo
         net = Sam3Model.from_pretrained(model, dtype=dtype, local_files_only=local_only, attn_implementation="sdpa")
         processor = Sam3Processor.from_pretrained(model, local_files_only=local_only)
     except Exception as err:  # any failure here means no usable weights: say which and the fix
-        raise ModelLoadError(_why_not_loaded(model, err)) from err
+        raise ModelLoadError(why_not_loaded(model, err)) from err
     net = net.to(device).eval()  # type: ignore[arg-type]  # transformers types `to` oddly
     log.info("loaded SAM 3 %s on %s (%s) in %.1f s", model, device, dtype_name(dtype), time.perf_counter() - started)
     return processor, net
@@ -186,7 +186,7 @@ def check_hub(model: str) -> bool:
     if answer is None:
         raise ModelLoadError(_not_cached(model, offline=False))
     if isinstance(answer, (GatedRepoError, RepositoryNotFoundError)):
-        raise ModelLoadError(_why_not_loaded(model, answer)) from answer
+        raise ModelLoadError(why_not_loaded(model, answer)) from answer
     return False
 
 
@@ -224,7 +224,7 @@ def _not_cached(model: str, *, offline: bool) -> str:
     )
 
 
-def _why_not_loaded(model: str, err: BaseException) -> str:
+def why_not_loaded(model: str, err: BaseException) -> str:
     """One line naming why `model` could not be loaded and the fix."""
     from huggingface_hub import constants
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
