@@ -31,6 +31,8 @@ def _eta(seconds: float) -> str:
     return str(timedelta(seconds=round(seconds))) if seconds == seconds and seconds < 1e7 else "?"
 
 
+EVERY = 10.0  #: seconds between two progress lines (where no bar is drawn)
+
 class Progress:
     """Counts tiles, area and detections of a run over `n_files` files.
 
@@ -39,10 +41,10 @@ class Progress:
         total_tiles: tiles of all files, for the overall bar.
     """
 
-    def __init__(self, *, bars: bool, n_files: int = 1, total_tiles: int = 0, every: float = 10.0) -> None:
+    def __init__(self, *, bars: bool, n_files: int = 1, total_tiles: int = 0, every: float | None = None) -> None:
         self.printed = bars and plain_lines_only()  # the log lines, printed, instead of bars
         self.bars = bars and not self.printed
-        self.every = every
+        self.every = EVERY if every is None else every
         self.overall: Any = None
         if self.bars:
             from tqdm.auto import tqdm  # imported here: in Jupyter it picks the widget bars
@@ -55,9 +57,9 @@ class Progress:
         self.name = ""
 
     def start(self, name: str, total: int, done: int, km2_per_tile: float,
-              objects: Callable[[], int] = lambda: 0) -> None:
+              objects: Callable[[], int | tuple[int, int]] = lambda: 0) -> None:
         """A file begins: `done` of its `total` tiles are already staged;
-        `objects()` counts the objects merged so far."""
+        `objects()` counts the objects merged so far (and, as a pair, those still open)."""
         self.name, self.total, self.done, self.km2_per_tile = name, total, done, km2_per_tile
         self.objects = objects
         self.detections = self.sub_tiles = self.passes = 0
@@ -83,7 +85,7 @@ class Progress:
         if self.bar is not None:
             self.bar.update(tiles)
             refined = f", {self.sub_tiles} sub-tiles, {self.passes} passes" if self.sub_tiles else ""
-            self.bar.set_postfix_str(f"{self.done * self.km2_per_tile:.3g} km², {self.objects()} objects{refined}",
+            self.bar.set_postfix_str(f"{self.done * self.km2_per_tile:.3g} km², {self._objects()}{refined}",
                                      refresh=False)
         if time.monotonic() - self.last >= self.every:
             self.last = time.monotonic()
@@ -98,7 +100,14 @@ class Progress:
         passes = f", {self.passes} forward passes" if self.sub_tiles and self.passes else ""
         return (f"{self.name}: {self.done}/{self.total} tiles{refined} ({pct:.0f} %){passes}, "
                 f"{self.done * self.km2_per_tile:.3g} km², "
-                f"{self.detections} detections, {self.objects()} objects so far, ETA {_eta(eta)}")
+                f"{self.detections} detections, {self._objects()}, ETA {_eta(eta)}")
+
+    def _objects(self) -> str:
+        """The objects merged so far, and those still open (a region across rows is one object
+        only once no later row can join it: until then it is counted open, not merged)."""
+        found = self.objects()
+        merged, still = found if isinstance(found, tuple) else (found, 0)
+        return f"{merged} objects merged so far" + (f" ({still} still open across rows)" if still else "")
 
     def finish(self) -> None:
         """The file's tiles are all staged."""

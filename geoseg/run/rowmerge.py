@@ -48,7 +48,9 @@ class FileMerge:
         self.started = time.perf_counter()
         self.rows: queue.Queue[int | None] = queue.Queue()
         self.next = 0
-        self.objects, self.area_m2, self.cut = 0, 0.0, 0
+        self.objects, self.area_m2, self.cut = 0, 0.0, 0  #: written so far
+        self.merged = 0  #: objects merged so far (written a little later, by the CPU workers)
+        self.open = 0  #: candidates still open: seen in rows of tiles, joinable by rows to come
         self.all_nodata = False  #: set by the caller once every tile is staged
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="geoseg-merge", daemon=True)
@@ -89,6 +91,8 @@ class FileMerge:
                     row = fed
                     with self.profile.time("merge"):
                         instances = merger.add(fed, store.pieces_in_row(fed))
+                    self.merged += len(instances)
+                    self.open = len(merger.groups)
                     step = workers.CHUNK if self.pool.workers else max(len(instances), 1)
                     for k in range(0, len(instances), step):  # chunks: all workers busy, memory bounded
                         pending.append((fed, self.pool.submit(workers.vectorise, instances[k:k + step], job)))

@@ -38,7 +38,7 @@ def stage_one(path: Any, settings: Settings, engine: Engine, work: WorkDir, info
         if pool is not None:
             pool.start()  # while the first tiles are read and segmented
         stage_rows(path, settings, engine, info, store, progress, profile=profile, complete=merging.feed,
-                   objects=lambda: merging.objects)
+                   objects=lambda: (merging.merged, merging.open))
         merging.all_nodata = store.nodata() == len(plan)
         if result is not None:
             result.refined, result.cost = store.refinement(), store.cost()
@@ -52,7 +52,8 @@ def stage_one(path: Any, settings: Settings, engine: Engine, work: WorkDir, info
 
 def stage_rows(path: Any, settings: Settings, engine: Engine, info: RasterInfo, store: TileStore,
                progress: Progress, *, profile: Profile | None = None,
-               complete: Callable[[int], None] = lambda rows: None, objects: Callable[[], int] = lambda: 0) -> None:
+               complete: Callable[[int], None] = lambda rows: None,
+               objects: Callable[[], int | tuple[int, int]] = lambda: 0) -> None:
     """Stage the tiles of `info.plan` not yet in `store` (those in `info.skip`
     staged empty, never read); `complete(n)` whenever rows 0..n-1 of tiles
     are all staged; `objects()` counts the objects merged so far, for progress."""
