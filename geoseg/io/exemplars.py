@@ -17,19 +17,17 @@ from typing import Any
 
 import geopandas as gpd
 import numpy as np
-import pandas as pd
 import shapely
 import shapely.affinity
 from pyproj import CRS
 
 from geoseg.core.exemplars import MIN_MODEL_PX, Exemplars, Shot, concepts, home_tile, model_px
 from geoseg.core.refine import Refine, levels
-from geoseg.core.segmenter import check_prompt
 from geoseg.core.tiling import plan_tiles
-from geoseg.errors import PromptError, RasterError, UsageError, option
+from geoseg.errors import RasterError, UsageError, option
 from geoseg.io.raster import RasterSource, ReadOptions
 from geoseg.io.sources import source_name
-from geoseg.io.vectors import read_vector
+from geoseg.io.vectors import boolean_column, prompt_column, read_vector, shown
 
 
 @dataclass(frozen=True)
@@ -53,9 +51,7 @@ class ExemplarFile:
 
     def named(self) -> str:
         """The file in the caller's terms."""
-        if self.name == "GeoDataFrame":
-            return f"the GeoDataFrame given as {option('exemplars')}"
-        return option("exemplars", self.name)
+        return shown(self.name, "exemplars")
 
     def fingerprint(self) -> str:
         return f"{os.path.basename(self.name)} ({self.digest})"
@@ -80,8 +76,9 @@ def read_exemplars(source: Any) -> ExemplarFile:
                          f"numbers): redraw it, or delete it")
     if gdf.crs is None:
         raise UsageError(f"{probe.named()} has no CRS: set one (e.g. ogr2ogr -a_srs EPSG:4326 out.gpkg in.gpkg)")
-    labels = _labels(gdf, probe)
-    positive = _positive(gdf, probe)
+    labels = tuple(prompt_column(gdf, "prompt", probe.named()))
+    positive = tuple(boolean_column(gdf, "positive", probe.named(), "true for an example of what to find, false for "
+                                    "one of what not to find"))
     bounds = _bounds(gdf, probe)
     digest = hashlib.sha1(gdf.crs.to_wkt().encode())
     for geom, label, pos in zip(gdf.geometry.values, labels, positive):
@@ -109,36 +106,6 @@ def _bounds(gdf: gpd.GeoDataFrame, file: ExemplarFile) -> tuple[tuple[float, flo
                              f"draw a rectangle around the example")
         out.append(tuple(float(v) for v in box))
     return tuple(out)  # type: ignore[return-value]
-
-
-def _labels(gdf: gpd.GeoDataFrame, file: ExemplarFile) -> tuple[str | None, ...]:
-    if "prompt" not in gdf.columns:
-        return (None,) * len(gdf)
-    out: list[str | None] = []
-    for v in gdf["prompt"]:
-        if v is None or (isinstance(v, float) and np.isnan(v)):
-            out.append(None)
-        elif not isinstance(v, str):
-            raise UsageError(f"{file.named()}: its prompt column holds {v!r}: give text (or leave it empty)")
-        elif not v.strip():
-            out.append(None)
-        else:
-            try:  # the rules of -p: a prompt on one line, of a few words
-                out.append(check_prompt(v))
-            except PromptError as e:
-                raise UsageError(f"{file.named()}: its prompt column: {e}") from None
-    return tuple(out)
-
-
-def _positive(gdf: gpd.GeoDataFrame, file: ExemplarFile) -> tuple[bool, ...]:
-    if "positive" not in gdf.columns:
-        return (True,) * len(gdf)
-    values = list(gdf["positive"])
-    bad = [v for v in values if not pd.isna(v) and not isinstance(v, (bool, np.bool_))]
-    if bad:
-        raise UsageError(f"{file.named()}: its positive column is not boolean (it holds {bad[0]!r}): make it a "
-                         f"boolean field, true for an example of what to find, false for one of what not to find")
-    return tuple(True if pd.isna(v) else bool(v) for v in values)  # an empty cell: the default, true
 
 
 @dataclass(frozen=True)

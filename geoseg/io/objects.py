@@ -16,15 +16,13 @@ from typing import Any
 
 import geopandas as gpd
 import numpy as np
-import pandas as pd
 import shapely
 from pyproj import CRS
 
 from geoseg.core.objects import ObjectPrompt
-from geoseg.core.segmenter import check_prompt
-from geoseg.errors import PromptError, RasterError, UsageError, option
+from geoseg.errors import RasterError, UsageError, option
 from geoseg.io.raster import RasterSource
-from geoseg.io.vectors import read_vector
+from geoseg.io.vectors import boolean_column, prompt_column, read_vector, shown
 
 MAX_BOX = 8192  #: the largest box side in pixels of the grid read (a larger one is refused)
 _POINTS = ("Point", "MultiPoint")
@@ -45,9 +43,7 @@ class ObjectFile:
     digest: str
 
     def named(self) -> str:
-        if self.name == "GeoDataFrame":
-            return f"the GeoDataFrame given as {option('objects')}"
-        return option("objects", self.name)
+        return shown(self.name, "objects")
 
     def fingerprint(self) -> str:
         return f"{os.path.basename(self.name)} ({self.digest})"
@@ -75,8 +71,9 @@ def read_objects(source: Any) -> ObjectFile:
                              f"polygons (boxes around it)")
         if not np.isfinite(shapely.get_coordinates(geom)).all():
             raise UsageError(f"{probe.named()}: feature {k + 1} has coordinates that are not numbers: redraw it")
-    signs = _positive(gdf, probe)
-    labels = _labels(gdf, probe)
+    signs = boolean_column(gdf, "positive", probe.named(), "true for a click on the object, false for one on "
+                           "what is not it")
+    labels = prompt_column(gdf, "label", probe.named())
     groups = [str(v) for v in gdf["object"]] if "object" in gdf.columns else [str(k + 1) for k in range(len(gdf))]
     order = list(dict.fromkeys(groups))
     points: dict[str, list[tuple[float, float]]] = {g: [] for g in order}
@@ -108,34 +105,6 @@ def read_objects(source: Any) -> ObjectFile:
     return ObjectFile(tuple(order), tuple(tuple(points[g]) for g in order), tuple(tuple(pos[g]) for g in order),
                       tuple(boxes[g] for g in order), tuple(label.get(g, "object") for g in order),
                       gdf.crs.to_wkt(), name, digest.hexdigest()[:10])
-
-
-def _positive(gdf: gpd.GeoDataFrame, file: ObjectFile) -> list[bool]:
-    if "positive" not in gdf.columns:
-        return [True] * len(gdf)
-    values = list(gdf["positive"])
-    bad = [v for v in values if not pd.isna(v) and not isinstance(v, (bool, np.bool_))]
-    if bad:
-        raise UsageError(f"{file.named()}: its positive column is not boolean (it holds {bad[0]!r}): make it a "
-                         f"boolean field, true for a click on the object, false for one on what is not it")
-    return [True if pd.isna(v) else bool(v) for v in values]
-
-
-def _labels(gdf: gpd.GeoDataFrame, file: ObjectFile) -> list[str | None]:
-    if "label" not in gdf.columns:
-        return [None] * len(gdf)
-    out: list[str | None] = []
-    for v in gdf["label"]:
-        if v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip()):
-            out.append(None)
-            continue
-        if not isinstance(v, str):
-            raise UsageError(f"{file.named()}: its label column holds {v!r}: give text (or leave it empty)")
-        try:
-            out.append(check_prompt(v))
-        except PromptError as e:
-            raise UsageError(f"{file.named()}: its label column: {e}") from None
-    return out
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,13 @@ import warnings
 from typing import TypeAlias
 
 import geopandas as gpd
+import numpy as np
+import pandas as pd
 import pyogrio
 import shapely
 
-from geoseg.errors import GeosegWarning, UsageError, option
+from geoseg.core.segmenter import check_prompt
+from geoseg.errors import GeosegWarning, PromptError, UsageError, option
 
 _POLYGONAL = ("Polygon", "MultiPolygon")
 
@@ -83,3 +86,40 @@ def polygons_only(gdf: gpd.GeoDataFrame, name: str) -> gpd.GeoDataFrame:
         warnings.warn(f"{name}: {n} of {len(gdf)} polygons invalid (e.g. self-intersecting), repaired with "
                       f"shapely.make_valid keeping their polygonal parts{lost}", InvalidGeometryWarning, stacklevel=3)
     return gdf
+
+
+def shown(name: str, param: str) -> str:
+    """A vector input in the caller's terms: the file as the option names it, or the GeoDataFrame given as it."""
+    return f"the GeoDataFrame given as {option(param)}" if name == "GeoDataFrame" else option(param, name)
+
+
+def boolean_column(gdf: gpd.GeoDataFrame, column: str, named: str, meaning: str) -> list[bool]:
+    """A boolean column, true where absent or empty; refused, naming `named`, where it holds anything
+    else. `meaning` says what true and false mean, for the fix."""
+    if column not in gdf.columns:
+        return [True] * len(gdf)
+    values = list(gdf[column])
+    bad = [v for v in values if not pd.isna(v) and not isinstance(v, (bool, np.bool_))]
+    if bad:
+        raise UsageError(f"{named}: its {column} column is not boolean (it holds {bad[0]!r}): make it a "
+                         f"boolean field, {meaning}")
+    return [True if pd.isna(v) else bool(v) for v in values]
+
+
+def prompt_column(gdf: gpd.GeoDataFrame, column: str, named: str) -> list[str | None]:
+    """A text column of prompts or labels, None where absent or empty; each under the rules of `-p`
+    (one line, a few words), or refused naming `named`."""
+    if column not in gdf.columns:
+        return [None] * len(gdf)
+    out: list[str | None] = []
+    for v in gdf[column]:
+        if v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip()):
+            out.append(None)
+        elif not isinstance(v, str):
+            raise UsageError(f"{named}: its {column} column holds {v!r}: give text (or leave it empty)")
+        else:
+            try:
+                out.append(check_prompt(v))
+            except PromptError as e:
+                raise UsageError(f"{named}: its {column} column: {e}") from None
+    return out
