@@ -49,7 +49,7 @@ def main() -> None:
         scene = write_tiles(Path(tmp) / "scene", columns=args.tiles, rows=args.tiles,
                             n_objects=args.tiles * args.tiles * 3)
         x0, y0, x1, y1 = scene.bounds
-        inset = 10.0  # inside the scene: the area's service tiles are the scene's, geoseg's margin aside
+        inset = 200.0  # metres: the area and geoseg's margin (128 px of 1.19 m) stay inside the scene's tiles
         bounds = (x0 + inset, y0 + inset, x1 - inset, y1 - inset)
         with RangeServer(Path(tmp) / "scene" / "tiles") as server:
             url = server.url("") + "{z}/{x}/{y}.png"
