@@ -241,8 +241,86 @@ class _Region:
     tiles: set[int]  #: every tile that saw it, also those of pieces dropped
     score: float
     level: int
-    parts: list[shapely.Geometry]  #: pixels kept from the tiles owning them, as polygons in pixel coordinates
+    parts: _Strips  #: pixels kept from the tiles owning them, as polygons in pixel coordinates
     fallback: list[tuple[int, shapely.Geometry]]  #: (owning tile, polygon): pixels taken from neighbours
+
+
+def _straight(ring: np.ndarray) -> np.ndarray:
+    """A closed ring of axis-aligned edges without the vertices in the middle of straight edges."""
+    p = ring[:-1]
+    turns = np.any(np.sign(np.roll(p, -1, axis=0) - p) != np.sign(p - np.roll(p, 1, axis=0)), axis=1)
+    p = p[turns] if turns.sum() >= 3 else p
+    return np.vstack([p, p[:1]])
+
+
+class _Strips:
+    """The union of polygons added band by band from the top, held as rings: the
+    shells reaching the last band added stay open (the next band may join them);
+    the holes, and the shells above that band, are shut (no later band reaches
+    them) and kept as coordinates. Each band is unioned with the open shells
+    only, so the work and memory of a union follow the band, not the object."""
+
+    def __init__(self) -> None:
+        self.open: list[shapely.Geometry] = []  # hole-free polygons touching the last band
+        self.shells: list[np.ndarray] = []
+        self.holes: list[np.ndarray] = []
+
+    def add(self, polys: list[shapely.Geometry], cut: int) -> None:
+        """Polygons above pixel row `cut`, below the rows added before."""
+        if polys:
+            self._split(shapely.union_all(self.open + polys), cut)
+
+    def _split(self, geom: shapely.Geometry, cut: int) -> None:
+        self.open = []
+        for p in shapely.get_parts(geom):
+            if p.is_empty:
+                continue
+            self.holes += [np.asarray(r.coords) for r in p.interiors]  # enclosed above `cut`: final
+            if p.bounds[3] < cut:
+                self.shells.append(np.asarray(p.exterior.coords))
+            else:
+                self.open.append(shapely.Polygon(p.exterior))
+
+    def empty(self) -> bool:
+        return not (self.open or self.shells or self.holes)
+
+    def join(self, other: _Strips, cut: int) -> None:
+        """Both unions as one (their pixels may meet anywhere above `cut`). Most joins
+        are of an object with a piece that has no band composed yet: nothing to do."""
+        if other.empty():
+            return
+        if self.empty():
+            self.open, self.shells, self.holes = other.open, other.shells, other.holes
+            return
+        parts = [g for g in (self.whole(), other.whole()) if g is not None]
+        self.open, self.shells, self.holes = [], [], []
+        if parts:
+            self._split(shapely.union_all(parts), cut)
+
+    def whole(self) -> shapely.Geometry | None:
+        """The union: each hole put back into the smallest shell that covers it."""
+        shells = [shapely.Polygon(_straight(r)) for r in [*(np.asarray(p.exterior.coords) for p in self.open),
+                                                           *self.shells]]
+        if not shells:
+            return None
+        holes = [shapely.Polygon(_straight(h)) for h in self.holes]
+        inside: list[list[shapely.Geometry]] = [[] for _ in shells]
+        if holes:
+            hole_at, shell_at = shapely.STRtree(shells).query(holes)
+            for k in set(shell_at.tolist()):
+                shapely.prepare(shells[k])
+            covered = shapely.covers(np.array(shells, dtype=object)[shell_at], np.array(holes, dtype=object)[hole_at])
+            area = shapely.area(shells)
+            best: dict[int, int] = {}
+            for h, k in zip(hole_at[covered].tolist(), shell_at[covered].tolist()):
+                if h not in best or area[k] < area[best[h]]:
+                    best[h] = k
+            if len(best) < len(holes):  # not expected: fall back to the overlay
+                return shapely.difference(shapely.union_all(shells), shapely.union_all(holes))
+            for h, k in best.items():
+                inside[k].append(holes[h].exterior)
+        polys = [shapely.Polygon(s.exterior, rings) for s, rings in zip(shells, inside)]
+        return polys[0] if len(polys) == 1 else shapely.MultiPolygon(polys)
 
 
 @dataclass
@@ -342,7 +420,7 @@ class RowMerger:
 
     def _new_region(self, g: _Group) -> _Region:
         return _Region(g.members[0].label, self._core_row(g.r0), {p.tile for p in g.members},
-                       max(p.score for p in g.members), min(p.level for p in g.members), [], [])
+                       max(p.score for p in g.members), min(p.level for p in g.members), _Strips(), [])
 
     def _join_regions(self, ga: _Group, gb: _Group) -> None:
         """Make `ga` the region of both: each composed up to the same band with its own pieces first."""
@@ -357,7 +435,7 @@ class RowMerger:
         # a pixel taken from a neighbour because its owning tile missed this part: that tile saw the other part
         a.fallback = [(t, f) for t, f in a.fallback if t not in b.tiles] + \
             [(t, f) for t, f in b.fallback if t not in a.tiles]
-        a.parts += b.parts
+        a.parts.join(b.parts, self.plan.row_cuts[min(done, len(self.plan.row_cuts) - 1)])
         a.tiles |= b.tiles
         a.score, a.level = max(a.score, b.score), min(a.level, b.level)
 
@@ -394,7 +472,7 @@ class RowMerger:
                 if k1 > k0:
                     own[pr0 - r0:pr1 - r0, k0 - c0:k1 - c0] |= part[:, k0 - p.col:k1 - p.col]
         assert self.trace is not None
-        reg.parts += self.trace(own, r0, c0)
+        reg.parts.add(self.trace(own, r0, c0), plan.row_cuts[b + 1])
         del own
         members = {p.key for p in g.members}
         label = reg.label
@@ -422,12 +500,13 @@ class RowMerger:
         reg = g.region
         assert reg is not None
         self._advance(g, self._core_row(g.r1 - 1) + 1)
-        parts = reg.parts + [f for _, f in reg.fallback]
-        if not parts:
+        outline = reg.parts.whole()
+        if reg.fallback:  # strips meet along cell edges: the union dissolves them; simplify(0) drops the
+            # vertices left in the middle of straight edges (the polygons are exact on integer pixel corners)
+            parts = [f for _, f in reg.fallback] + ([] if outline is None else [outline])
+            outline = shapely.simplify(shapely.union_all(parts), 0, preserve_topology=False)
+        if outline is None:
             return None
-        # strips meet along band and cell edges: the union dissolves them; simplify(0) drops the vertices
-        # left in the middle of straight edges (the polygons are exact on integer pixel corners)
-        outline = shapely.simplify(shapely.union_all(parts), 0, preserve_topology=False)
         c0, r0, _, _ = shapely.bounds(outline)
         return Instance(reg.label, reg.score, len(reg.tiles),
                         int(r0), int(c0), None, reg.level, outline)

@@ -132,6 +132,25 @@ def simplified(geoms: Sequence[shapely.Geometry], tolerance: float) -> list[shap
     return list(out)
 
 
+def _large_region(outline: shapely.Geometry, tolerance: float, transform: Affine) -> shapely.Geometry:
+    """A region's outline (pixel coordinates) smoothed and simplified ring by ring, in pixels (one
+    ring's copies at a time: the outline of a forest can have millions of vertices), then
+    through `transform`, made valid where two rings came to cross."""
+    polys = []
+    for p in shapely.get_parts(outline):
+        rings = []
+        for ring in (p.exterior, *p.interiors):
+            mid = _midpoints(np.asarray(ring.coords))
+            line = shapely.simplify(shapely.LineString(mid), tolerance, preserve_topology=False)
+            rings.append(np.asarray(line.coords) if len(line.coords) >= 4 else mid)  # never collapsed
+        polys.append(shapely.Polygon(rings[0], rings[1:]))
+    geom = shapely.affinity.affine_transform(polys[0] if len(polys) == 1 else MultiPolygon(polys),
+                                             transform.to_shapely())
+    if not geom.is_valid:
+        geom = shapely.make_valid(geom, method="structure", keep_collapsed=False)
+    return geom
+
+
 def _ring_by_ring(geom: shapely.Geometry, tolerance: float) -> shapely.Geometry:
     polys = []
     for p in shapely.get_parts(geom):
@@ -245,9 +264,17 @@ def to_frame(
     """Instances -> GeoDataFrame in the raster's CRS, in the order given. `simplify`: the
     tolerance in pixels (None: `SIMPLIFY`; 0: the pixel edges as they are)."""
     tol = tolerance(simplify)
-    geoms = polygons(instances, transform, smooth=tol > 0)
-    if tol > 0:
-        geoms = simplified(geoms, tol * pixel_size(transform))
+    large = {k for k, inst in enumerate(instances)
+             if tol > 0 and inst.mask is None and shapely.get_num_coordinates(inst.outline) > LARGE}
+    rest = [k for k in range(len(instances)) if k not in large]
+    geoms: list[shapely.Geometry] = [None] * len(instances)
+    for k, geom in zip(rest, polygons([instances[k] for k in rest], transform, smooth=tol > 0)):
+        geoms[k] = geom
+    if tol > 0 and rest:
+        for k, geom in zip(rest, simplified([geoms[k] for k in rest], tol * pixel_size(transform))):
+            geoms[k] = geom
+    for k in large:
+        geoms[k] = _large_region(instances[k].outline, tol, transform)
     return gpd.GeoDataFrame(
         {
             "label": [inst.label for inst in instances],
