@@ -146,7 +146,8 @@ def main() -> None:
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "simplify.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
     if args.write:
-        write_section("Simplification", f"## Simplification\n\n`python benchmarks/simplify.py` "
+        command = " ".join(["python benchmarks/simplify.py", *sys.argv[1:]])
+        write_section("Simplification", f"## Simplification\n\n`{command}` "
                       f"({time.strftime('%Y-%m-%d')}, {machine()}):\n\n{text}\n")
 
 
