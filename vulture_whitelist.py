@@ -73,6 +73,9 @@ _.n_params  # Sam3Segmenter.n_params: benchmarks/sam3_throughput.py
 _.to_list  # geoseg.core.detections.Detections: tests/test_detections.py
 _.from_supervision  # geoseg.core.detections.Detections: supervision interop, tests/test_detections.py
 _.to_supervision  # geoseg.core.detections.Detections: supervision interop, tests/test_detections.py
+write_tiles  # geoseg.testing.tiles: a scene as service tiles, tests/test_web.py, benchmarks/web.py
+write_capabilities  # geoseg.testing.tiles: a WMTS capabilities document, tests/test_web.py
+_.geotiff  # geoseg.testing.tiles.TileScene.geotiff: the scene as a file, tests/test_web.py
 
 # Dataclass fields read through __dict__.
 skipped_empty  # geoseg/analysis/dataset.py DatasetSummary: written to the dataset's summary JSON via __dict__
