@@ -4,6 +4,7 @@ GDAL's /vsis3/, outputs written locally then uploaded whole, reruns skipping
 what the bucket holds, credentials kept out of every output."""
 
 import http.server
+import json
 import os
 import socket
 import subprocess
@@ -209,7 +210,7 @@ def test_array_job_shards_then_combine_in_the_bucket(s3, scenes, tmp_path):
     again = run("segment", "s3://src/orthos/", *COLORS, "--output-dir", "s3://dst/o/", "--shard", "1/2")
     assert again.exit_code == 0 and "(done before)" in again.output, again.output
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="dst")["Contents"])
-    assert keys == ["o/a.gpkg", "o/b.gpkg"]
+    assert keys == ["o/.geoseg-shard-1-of-2.json", "o/.geoseg-shard-2-of-2.json", "o/a.gpkg", "o/b.gpkg"]
     combined = run("combine", "s3://dst/o/", "-o", "s3://dst/all.gpkg")
     assert combined.exit_code == 0, combined.output
     assert run("segment", *scenes, *COLORS, "-o", tmp_path / "local.gpkg").exit_code == 0
@@ -219,6 +220,29 @@ def test_array_job_shards_then_combine_in_the_bucket(s3, scenes, tmp_path):
     again = run("combine", "s3://dst/o/", "-o", "s3://dst/all.gpkg")  # never reads its own output
     assert again.exit_code == 2 and "already has a layer 'detections'" in again.output
     assert not list(tmp_path.glob(".geoseg-*")), "no local leftovers"
+
+
+def test_bucket_shards_write_manifests_that_combine_checks(s3, scenes, tmp_path):
+    """Shards writing to a bucket put their manifest beside their outputs (a shard's object count and
+    SHA-256 of each): combine refuses a missing shard and an output replaced by another file."""
+    _upload_scenes(s3, scenes)
+    assert run("segment", "s3://src/orthos/", *COLORS, "--output-dir", "s3://dst/m/", "--shard", "1/2").exit_code == 0
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="dst", Prefix="m/")["Contents"])
+    assert "m/.geoseg-shard-1-of-2.json" in keys
+    line = one_line_error(run("combine", "s3://dst/m/", "-o", tmp_path / "all.gpkg"))
+    assert "shard 2/2 has not finished (1 of 2 have)" in line
+    assert run("segment", "s3://src/orthos/", *COLORS, "--output-dir", "s3://dst/m/", "--shard", "2/2").exit_code == 0
+    manifests = [json.loads(s3.get_object(Bucket="dst", Key=f"m/.geoseg-shard-{k}-of-2.json")["Body"].read())
+                 for k in (1, 2)]
+    entries = [f for m in manifests for f in m["files"].values() if f["output"]]
+    assert len(entries) == 2 and all(f["objects"] > 0 and len(f["sha256"]) == 64 for f in entries)
+    assert run("combine", "s3://dst/m/", "-o", tmp_path / "all.gpkg").exit_code == 0
+    victim = entries[0]["output"]  # replaced by a valid GeoPackage with fewer objects
+    gdf = pyogrio.read_dataframe(_download(s3, f"m/{victim}", tmp_path / "victim.gpkg"))
+    pyogrio.write_dataframe(gdf.iloc[:-2], tmp_path / "fewer.gpkg", layer="detections")
+    s3.put_object(Bucket="dst", Key=f"m/{victim}", Body=(tmp_path / "fewer.gpkg").read_bytes())
+    line = one_line_error(run("combine", "s3://dst/m/", "-o", tmp_path / "again.gpkg"))
+    assert f"holds {len(gdf) - 2} objects but shard" in line and not (tmp_path / "again.gpkg").exists()
 
 
 def test_existing_object_refused_before_the_model(s3, tmp_path, scene_path):

@@ -17,6 +17,7 @@ import functools
 import html.parser
 import logging
 import os
+import re
 import urllib.parse
 import urllib.request
 from datetime import timedelta
@@ -263,17 +264,20 @@ def fetch(store: Any, key: str, path: Path) -> None:
     files.replace(tmp, path)
 
 
-def download_prefix(url: str, folder: Path, *, skip: str, suffixes: tuple[str, ...]) -> None:
+def download_prefix(url: str, folder: Path, *, skip: str, suffixes: tuple[str, ...],
+                    hidden: re.Pattern[str] | None = None) -> None:
     """Download the outputs (and their provenance sidecars) under a prefix,
-    keeping their relative paths; hidden ones and `skip` left out."""
+    keeping their relative paths; hidden ones (but those whose name matches
+    `hidden`: a shard's manifest) and `skip` left out."""
     from concurrent.futures import ThreadPoolExecutor
 
     scheme, bucket, key = split_url(url)
     prefix = key.rstrip("/") + "/" if key.strip("/") else ""
     store = bucket_store(scheme, bucket)
-    wanted = [k for k in list_objects(scheme, bucket, prefix, url)
-              if not _hidden(k[len(prefix):]) and f"{scheme}://{bucket}/{k}" != skip
+    keys = list_objects(scheme, bucket, prefix, url)
+    wanted = [k for k in keys if not _hidden(k[len(prefix):]) and f"{scheme}://{bucket}/{k}" != skip
               and k.lower().endswith((*suffixes, ".geoseg.json"))]
+    wanted += [k for k in keys if hidden is not None and hidden.fullmatch(k[len(prefix):])]
     folder.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=16) as pool:  # obstore releases the GIL: downloads overlap
         list(pool.map(lambda k: fetch(store, k, folder / k[len(prefix):]), wanted))

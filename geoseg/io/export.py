@@ -14,6 +14,7 @@ leaves the original untouched. Other formats hold one layer per file.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -350,3 +351,21 @@ def read_provenance(path: str | os.PathLike[str], layer: str = "detections") -> 
         meta = pyogrio.read_info(path, layer=layer).get("layer_metadata") or {}
         return json.loads(meta.get("geoseg", "{}"))  # type: ignore[no-any-return]
     return json.loads(sidecar(path).read_text())  # type: ignore[no-any-return]
+
+
+def record(path: str | os.PathLike[str], layer: str = "detections") -> dict[str, Any]:
+    """What tells an output file from another: its number of objects (in `layer` of a
+    GeoPackage) and the SHA-256 of its bytes (a shard's manifest keeps both for `combine`)."""
+    path = Path(path)
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        n = int(pq.ParquetFile(path).metadata.num_rows)
+    else:
+        gpkg = layer if path.suffix.lower() == ".gpkg" else None
+        n = int(pyogrio.read_info(path, layer=gpkg, force_feature_count=True)["features"])
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"objects": n, "sha256": h.hexdigest()}

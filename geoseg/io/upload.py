@@ -28,7 +28,7 @@ from geoseg.io.buckets import (
     split_url,
     store_of,
 )
-from geoseg.io.export import check_output
+from geoseg.io.export import check_output, record
 from geoseg.io.sources import output_names
 
 log = logging.getLogger("geoseg")
@@ -48,6 +48,8 @@ class Target:
     overwrite: bool
     existing: dict[str, dict[str, Any]] = field(default_factory=dict)  #: objects there before, by key
     done: dict[str, str] = field(default_factory=dict)  #: input name -> its output URL, already in the bucket
+    layer: str = "detections"
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)  #: URL -> `export.record` of what went up
 
     @property
     def output(self) -> Path | None:
@@ -82,6 +84,7 @@ class Target:
             url = self.url_of(path)
             key = split_url(url)[2]
             side = path.with_name(path.name + ".geoseg.json")
+            self.records[url] = record(path, self.layer)  # for a shard's manifest, before the file goes
             before = self.existing.get(key)
             mode: Any = "create"
             if before is not None:
@@ -104,6 +107,31 @@ class Target:
         """Upload one output as soon as it is written; its URL."""
         url = self.upload([str(path)])[str(path)]
         remove_local(path)
+        return url
+
+    def record_of(self, url: str) -> dict[str, Any]:
+        """`export.record` of an output object: from this run's upload, else downloaded (one an
+        earlier, interrupted run uploaded)."""
+        if url not in self.records:
+            scheme, bucket, key = split_url(url)
+            local = self.work_dir / ".record" / PurePosixPath(key).name
+            fetch(bucket_store(scheme, bucket), key, local)
+            try:
+                self.records[url] = record(local, self.layer)
+            finally:
+                remove_local(local)
+        return self.records[url]
+
+    def put(self, path: Path, name: str) -> str:
+        """Upload a small file of the run's (a shard's manifest) as `name` under the --output-dir URL."""
+        import obstore
+
+        url = self.url.rstrip("/") + "/" + name
+        scheme, bucket, key = split_url(url)
+        try:
+            obstore.put(bucket_store(scheme, bucket), key, path, mode="overwrite")
+        except Exception as e:
+            raise RunError(f"{url}: upload failed ({first_line(e)}); rerun to upload it") from None
         return url
 
     def finish(self) -> None:
@@ -133,7 +161,7 @@ def target(output: Any, output_dir: Any, *, work_dir: str | os.PathLike[str], fm
     if is_url(str(work_dir)):
         raise UsageError(f"{option('work_dir', work_dir)}: the work folder must be on local disk: give a local folder")
     work = Path(work_dir)
-    t = Target(url, folder, work.with_name(work.name + ".out"), work, overwrite)
+    t = Target(url, folder, work.with_name(work.name + ".out"), work, overwrite, layer=layer)
     scheme, bucket, key = split_url(url)
     if not folder and (not key or key.endswith("/")):
         raise OutputError(f"{url}: give an object name such as {scheme}://{bucket}/out.gpkg")
@@ -167,10 +195,10 @@ def target(output: Any, output_dir: Any, *, work_dir: str | os.PathLike[str], fm
     return t
 
 
-def publish(target: Target, summary: Any, before: list[Any]) -> None:
+def publish(target: Target, summary: Any, before: list[Any], *, finish: bool = True) -> None:
     """Upload what a run (`geoseg.run.pipeline.Summary`) wrote locally and has not
     uploaded yet, name the objects in its results, and add the inputs done
-    before (`before`)."""
+    before (`before`). Without `finish`, the local stand-ins stay (for a manifest to write)."""
     if target.folder:  # uploaded as each was written (`upload_one`), but for those an earlier run wrote
         urls = target.upload([o for o in summary.outputs if Path(o).exists()])
         urls.update({o: target.url_of(o) for o in summary.outputs if o not in urls})
@@ -182,7 +210,7 @@ def publish(target: Target, summary: Any, before: list[Any]) -> None:
     summary.files = before + summary.files
     for f in urls:  # uploaded: the bucket is the truth now
         remove_local(Path(f))
-    if not summary.failed:
+    if finish and not summary.failed:
         target.finish()
 
 

@@ -31,7 +31,7 @@ def combine(folder: str, output: str, **options: Any) -> tuple[int, int]:
         local = folder
         if is_url(folder):
             local = str(Path(tmp) / "outputs")
-            download_prefix(folder, Path(local), skip=output, suffixes=shards.SUFFIXES)
+            download_prefix(folder, Path(local), skip=output, suffixes=shards.SUFFIXES, hidden=shards.MANIFEST)
         result = _combine(local, out, **options)
         if t is not None:
             t.upload([str(out)])

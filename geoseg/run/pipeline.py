@@ -88,6 +88,14 @@ def run(
             log.info("shard %d/%d holds none of the %d inputs: nothing to do", *shard, len(every))
             if not is_url(output_dir):
                 shards.write_manifest(output_dir, shard, every, fingerprint(settings, engine), [], layer)
+            else:  # its manifest, written beside its work folder and put under the --output-dir URL
+                empty = remote_outputs(output, output_dir, work_dir, shard, fmt, [], overwrite, layer)
+                assert empty is not None
+                empty.local.mkdir(parents=True, exist_ok=True)
+                made = shards.write_manifest(empty.local, shard, every, fingerprint(settings, engine), [], layer,
+                                             remote=empty)
+                empty.put(made, made.name)
+                empty.finish()
             return Summary([])
     remote = remote_outputs(output, output_dir, work_dir, shard, fmt, names, overwrite, layer)
     before: list[FileResult] = []
@@ -130,7 +138,13 @@ def run(
     if shard is not None and remote is None:  # what `combine` checks: every shard there, of one setting
         shards.write_manifest(output_dir, shard, every, work.settings, summary.files, layer)
     if remote is not None:  # before the work folder goes: a failed upload is retried by a rerun
-        upload.publish(remote, summary, before)
+        upload.publish(remote, summary, before, finish=False)
+        if shard is not None and remote.folder:  # its manifest too, once every output is up
+            made = shards.write_manifest(remote.local, shard, every, work.settings, summary.files, layer,
+                                         remote=remote)
+            remote.put(made, made.name)
+        if not summary.failed:
+            remote.finish()
     if temporary or not summary.failed:
         work.remove()
     return summary

@@ -92,19 +92,25 @@ MANIFEST = re.compile(r"\.geoseg-shard-(\d+)-of-(\d+)\.json")
 
 
 def write_manifest(folder: str | os.PathLike[str], shard: Shard, names: list[str], settings: dict[str, Any],
-                   results: list[Any], layer: str) -> Path:
+                   results: list[Any], layer: str, *, remote: Any = None) -> Path:
     """Record in `folder` that shard `shard` is done: the collection (`names`), the
     settings fingerprint, and per input of the shard its state and output (from the
-    runs' `FileResult`s), so that `combine` can tell a missing or mixed shard."""
+    runs' `FileResult`s) with its number of objects and SHA-256, so that `combine` can
+    tell a missing, mixed or changed shard. With `remote` (a `geoseg.io.upload.Target`),
+    the outputs are objects under its URL, their records taken as they were uploaded."""
     k, n = shard
-    path = Path(folder) / f".geoseg-shard-{k}-of-{n}.json"
+    path = Path(folder) / manifest_name(shard)
     files: dict[str, Any] = {}
     for f in results:
         files[f.source] = {"state": f.state, "output": None}
-        if f.output is not None:  # what combine checks the output against: it may be replaced meanwhile
+        if f.output is None:
+            continue
+        if remote is not None:
+            rel = str(f.output)[len(remote.url.rstrip("/")) + 1:]
+            files[f.source].update(output=rel, **remote.record_of(str(f.output)))
+        else:  # what combine checks the output against: it may be replaced meanwhile
             out = Path(f.output)
-            files[f.source].update(output=out.relative_to(folder).as_posix(), objects=_count(out, layer),
-                                   sha256=_digest(out))
+            files[f.source].update(output=out.relative_to(folder).as_posix(), **export.record(out, layer))
     manifest = {"shard": [k, n], "inputs": names, "settings": settings, "layer": layer, "files": files}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1, default=str))
@@ -112,18 +118,8 @@ def write_manifest(folder: str | os.PathLike[str], shard: Shard, names: list[str
     return path
 
 
-def _count(path: Path, layer: str) -> int:
-    if path.suffix.lower() == ".parquet":
-        return int(pq.ParquetFile(path).metadata.num_rows)
-    return int(pyogrio.read_info(path, layer=_layer(path, layer), force_feature_count=True)["features"])
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def manifest_name(shard: Shard) -> str:
+    return f".geoseg-shard-{shard[0]}-of-{shard[1]}.json"
 
 
 def _manifests(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -200,14 +196,15 @@ def _from_manifests(folder: Path, layer: str) -> list[Path] | None:
                 if not path.is_file():
                     raise UsageError(f"{path} is missing: {shard} wrote it; rerun that shard")
                 try:
-                    count = _count(path, m["layer"])
+                    found = export.record(path, m["layer"])
                 except Exception as e:  # another program's file, or a damaged one
                     raise UsageError(f"{path} cannot be read as {shard} wrote it ({str(e).splitlines()[0]}): "
                                      f"rerun that shard (--shard {m['shard'][0]}/{n})") from None
+                count = found["objects"]
                 if count != f["objects"]:
                     raise UsageError(f"{path} holds {count} objects but {shard} wrote {f['objects']}: it was "
                                      f"replaced or changed since; rerun that shard (--shard {m['shard'][0]}/{n})")
-                if _digest(path) != f["sha256"]:
+                if found["sha256"] != f["sha256"]:
                     raise UsageError(f"{path} is not the file {shard} wrote (its content changed since): rerun "
                                      f"that shard (--shard {m['shard'][0]}/{n})")
                 outputs.append(path)
