@@ -162,5 +162,25 @@ def test_a_segmenter_without_object_prompts_and_text_with_objects_are_refused(sc
     with pytest.raises(UsageError, match="the Plain segmenter takes no object prompts"):
         geoseg.segment(path, segmenter=Plain(), objects=f)
     line = one_line_error(run("segment", path, "-p", "red", "--objects", f, "--backend", "colors", "-o",
-                              tmp_path / "o2.gpkg"))
-    assert "not supported yet" in line
+                              tmp_path / "o2.geojson"))
+    assert "writes two layers: give -o OUT.gpkg" in line and not (tmp_path / "o2.geojson").exists()
+
+
+def test_text_and_object_prompts_in_one_run(scene, tmp_path):
+    """Text prompts find every object of their kind (layer `detections`); the clicks outline theirs
+    (layer `detections_objects`) in the same GeoPackage; Python gets both in one frame."""
+    d, path, truth = scene
+    f = write(tmp_path / "o.gpkg", [{"object": "ring", "geometry": on("large")}])
+    out = tmp_path / "both.gpkg"
+    r = run("segment", path, "-p", "blue", "--objects", f, "--backend", "colors", "--tile-size", TILE,
+            "--simplify", "0", "-o", out)
+    assert r.exit_code == 0, r.output
+    assert "(layer detections_objects): 1 objects clicked (1 whole)" in r.output
+    assert {"detections", "detections_objects"} <= set(pyogrio.list_layers(out)[:, 0])
+    blue = pyogrio.read_dataframe(out, layer="detections")
+    ring = pyogrio.read_dataframe(out, layer="detections_objects")
+    assert set(blue["label"]) == {"blue"} and len(blue) == (truth["label"] == "blue").sum()
+    assert iou(ring.geometry.iloc[0], truth_of(truth, "large")) >= 0.98
+    both = geoseg.segment(path, "blue", segmenter="colors", objects=f, tile_size=TILE, simplify=0)
+    assert len(both) == len(blue) + 1 and list(both["id"]) == list(range(1, len(both) + 1))
+    assert both["object"].notna().sum() == 1 and both.attrs["geoseg"]["objects"].startswith("o.gpkg (")

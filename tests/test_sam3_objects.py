@@ -113,3 +113,24 @@ def test_a_session_clicks_twice_near_one_place_with_one_backbone_pass(tiny, tmp_
     second = seg.segment_objects(gpd.GeoSeries([shapely.Point(x + 20, y - 20)], crs="EPSG:32617"))
     assert len(calls) == 1, "the second click's window is the first's: its features are kept"
     assert list(first.columns) == list(second.columns) and "whole" in first.columns
+
+
+def test_text_and_object_prompts_share_one_backbone_pass_per_window(tiny, tmp_path, monkeypatch):
+    """A click held well inside a tile of the run is read in that tile: the backbone pass of the text
+    prompts serves it (calls counted: one per tile, none more for the click)."""
+    from geoseg.backends.sam3 import Sam3Segmenter
+    from geoseg.run import objects
+
+    monkeypatch.setattr(objects, "GROWTH", (1,))  # random masks reach every edge: no wider window read
+    scene = make_scene(tmp_path / "scene.tif", size=600, seed=4, n_objects=20)
+    seg = Sam3Segmenter(model=tiny, device="cpu", score_threshold=0.3)
+    calls = []
+    real = seg.model.get_vision_features
+    monkeypatch.setattr(seg.model, "get_vision_features", lambda **kw: calls.append(1) or real(**kw))
+    clicks = gpd.GeoSeries([shapely.Point(404000 + 80, 3286000 - 80)], crs="EPSG:32617")  # well inside a tile
+    alone = geoseg.segment(scene, "tree", segmenter=seg, tile_size=336, overlap=32, refine_depth=0)
+    tiles = len(calls)
+    calls.clear()
+    both = geoseg.segment(scene, "tree", segmenter=seg, objects=clicks, tile_size=336, overlap=32, refine_depth=0)
+    assert len(calls) == tiles, (len(calls), tiles)  # the click's window is one of the text run's tiles
+    assert len(both) >= len(alone) and both["object"].notna().sum() <= 1

@@ -22,10 +22,11 @@ import pandas as pd
 from scipy import ndimage
 
 from geoseg.core import vectorize
+from geoseg.core.exemplars import centrality, home_tile
 from geoseg.core.merge import Instance
 from geoseg.core.objects import ObjectPrompt, segment_objects
 from geoseg.core.segmenter import Detection
-from geoseg.core.tiling import Window
+from geoseg.core.tiling import TilePlan, Window, plan_tiles
 from geoseg.io import export
 from geoseg.io.objects import ObjectFile, place
 from geoseg.io.raster import RasterSource
@@ -62,17 +63,35 @@ def _read(src: RasterSource, window: Window, scale: int) -> tuple[np.ndarray, np
     return rgb[::scale, ::scale], valid[::scale, ::scale]
 
 
-def one_object(src: RasterSource, prompt: ObjectPrompt, segmenter: Any, side: int) -> tuple[Detection, bool] | None:
-    """The object `prompt` points at (in `src`'s pixels): its detection in `src`'s pixels (its
-    origin a raster row and column) and whether it is whole; None where nothing is under it."""
-    pts = np.asarray(prompt.points, float).reshape(-1, 2)
-    positive = np.asarray(prompt.positive, bool)
-    corners = [pts] if len(pts) else []
+def _extent(prompt: ObjectPrompt) -> tuple[float, float, float, float]:
+    """x0, y0, x1, y1 around every click and the box of `prompt`."""
+    corners = [np.asarray(prompt.points, float).reshape(-1, 2)]
     if prompt.box is not None:
         x0, y0, x1, y1 = prompt.box
         corners.append(np.array([[x0, y0], [x1, y1]]))
-    every = np.vstack(corners)
-    (lx, ly), (hx, hy) = every.min(axis=0), every.max(axis=0)
+    (lx, ly), (hx, hy) = np.vstack(corners).min(axis=0), np.vstack(corners).max(axis=0)
+    return float(lx), float(ly), float(hx), float(hy)
+
+
+def plan_window(prompt: ObjectPrompt, plan: TilePlan) -> Window | None:
+    """The tile of `plan` holding every prompt most centrally, an eighth of a tile from its edges:
+    the window a text run reads too (so both use one backbone pass); None where none does."""
+    box = _extent(prompt)
+    tile = plan.tile(home_tile(box, plan))
+    w = tile.window
+    if centrality(box, (w.row, w.col, w.height, w.width)) < plan.tile_size / 8:
+        return None
+    return w
+
+
+def one_object(src: RasterSource, prompt: ObjectPrompt, segmenter: Any, side: int,
+               first: Window | None = None) -> tuple[Detection, bool] | None:
+    """The object `prompt` points at (in `src`'s pixels): its detection in `src`'s pixels (its
+    origin a raster row and column) and whether it is whole; None where nothing is under it.
+    `first`: the window to read first (a tile of the run's plan), else one about centred."""
+    pts = np.asarray(prompt.points, float).reshape(-1, 2)
+    positive = np.asarray(prompt.positive, bool)
+    lx, ly, hx, hy = _extent(prompt)
     cx, cy = (lx + hx) / 2, (ly + hy) / 2
     need = 1.25 * max(hx - lx, hy - ly)  # every click and the box, with a margin around them
     scales = [s for s in GROWTH if side * s >= need] or [GROWTH[-1]]
@@ -86,6 +105,8 @@ def one_object(src: RasterSource, prompt: ObjectPrompt, segmenter: Any, side: in
         col0, row0 = int(round((cx - extent / 2) / step)) * step, int(round((cy - extent / 2) / step)) * step
         col0 += (int(anchor[0]) - col0) % scale
         row0 += (int(anchor[1]) - row0) % scale
+        if scale == 1 and first is not None:
+            row0, col0 = first.row, first.col
         tile, valid = _read(src, Window(row0, col0, extent, extent), scale)
         det = segment_objects(segmenter, tile, [prompt.moved(col0, row0, scale)])[0]
         if det is None:
@@ -151,20 +172,50 @@ def _refine(src: RasterSource, coarse: np.ndarray, origin: tuple[int, int], scal
     return Detection(prompt.label, 0.0, crop, (r0 + int(rows[0]), c0 + int(cols[0])))
 
 
+def first_windows(paths: list[Any], objects: ObjectFile, settings: Settings) -> dict[int, Window]:
+    """Per object (by number), the tile of the run's plan to read it in first, where one holds its
+    prompts well inside: the window a text run over the whole raster reads too. None with an area
+    (a text run then reads its own window's tiles)."""
+    if settings.read.area is not None:
+        return {}
+    out = {}
+    read = replace(settings.read, area=None)
+    for p in place(objects, paths, settings.read):
+        with RasterSource(paths[p.source], read) as src:
+            plan = plan_tiles(src.height, src.width, settings.tile_size, settings.overlap)
+        w = plan_window(p.prompt, plan)
+        if w is not None:
+            out[p.index] = w
+    return out
+
+
+def window_pixels(paths: list[Any], objects: ObjectFile, settings: Settings) -> list[np.ndarray]:
+    """The pixels of each object's first window (`first_windows`), as a text run reads them."""
+    placed = {p.index: p for p in place(objects, paths, settings.read)}
+    read = replace(settings.read, area=None)
+    out = []
+    for k, w in first_windows(paths, objects, settings).items():
+        with RasterSource(paths[placed[k].source], read) as src:
+            out.append(src.read(w)[0])
+    return out
+
+
 def run_objects(paths: list[Any], objects: ObjectFile, settings: Settings, engine: Engine, *,
                 output: Any = None, layer: str = "detections", overwrite: bool = False) -> gpd.GeoDataFrame:
     """Segment every object of `objects` on the input that holds it; one polygon per object found
-    (columns id, object, label, score, whole, area_m2, source), written to `output` if given."""
+    (columns id, object, label, score, whole, area_m2, source), written to `output` if given. An
+    object held well inside a tile of the run's plan is read first in that tile (see `first_windows`)."""
     placed = place(objects, paths, settings.read)
     names = unique_names(paths)
     read = replace(settings.read, area=None)
+    firsts = first_windows(paths, objects, settings)
     frames = []
     for s in sorted({p.source for p in placed}):
         mine = [p for p in placed if p.source == s]
         with RasterSource(paths[s], read) as src:
             rows, instances = [], []
             for p in mine:
-                got = one_object(src, p.prompt, engine.segmenter, settings.tile_size)
+                got = one_object(src, p.prompt, engine.segmenter, settings.tile_size, firsts.get(p.index))
                 if got is None:
                     log.info("%s: nothing found under object %r", names[s], objects.ids[p.index])
                     continue

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
+import numpy as np
+import pandas as pd
 import pyogrio
 
 from geoseg.core.segmenter import Segmenter, as_segmenter
@@ -33,7 +35,7 @@ from geoseg.run.assemble import Assembler, area_of, mixed_crs_error, provenance,
 from geoseg.run.checks import check_run, exemplars_of, own_outputs, remote_outputs
 from geoseg.run.engine import Engine, LocalEngine
 from geoseg.run.inspection import RasterInfo, inspect, outside_all
-from geoseg.run.objects import run_objects
+from geoseg.run.objects import run_objects, window_pixels
 from geoseg.run.progress import Progress
 from geoseg.run.rowmerge import FileMerge
 from geoseg.run.settings import Settings, fingerprint
@@ -416,12 +418,15 @@ def segment(
                                  max_connections=max_connections, max_tiles=max_tiles, headers=headers,
                                  attribution=attribution)
     paths = resolve(source, asset=asset, mosaic=mosaic, settings=settings, web=web)
-    if settings.objects is not None:
+    if settings.objects is not None and not settings.prompts:
         return objects_run(paths, settings, segmenter, backend_options, output=output, layer=layer,
                            overwrite=overwrite)
+    if settings.objects is not None:  # with text prompts: checked before the model loads
+        check_objects(paths, settings, output, layer, overwrite)
     check_run(paths, settings, output=output, layer=layer, overwrite=overwrite, work_dir=work_dir,
               raster_out=raster_out, raster_values=raster_values, restart=restart)  # before the model loads
     engine = LocalEngine(as_segmenter(segmenter, **backend_options))
+    share_windows(engine, paths, settings)
     summary = run(paths, settings, engine, output=output, layer=layer, overwrite=overwrite, work_dir=work_dir,
                   restart=restart, collect=True, raster_out=raster_out, raster_values=raster_values)
     if summary.failed:
@@ -429,17 +434,46 @@ def segment(
                        + "; ".join(f"{f.source}: {f.error}" for f in summary.failed))
     gdf = summary.frame
     assert gdf is not None
-    gdf.attrs["geoseg"] = provenance(engine, settings, unique_names(paths), summary.files, paths)
+    meta = provenance(engine, settings, unique_names(paths), summary.files, paths)
+    if settings.objects is not None:  # the objects clicked, after the text prompts' (a layer of their own)
+        found = run_objects(paths, settings.objects, settings, engine, output=output, layer=objects_layer(layer),
+                            overwrite=overwrite)
+        gdf = gpd.GeoDataFrame(pd.concat([gdf, found.drop(columns="id")], ignore_index=True), crs=gdf.crs)
+        gdf["id"] = np.arange(1, len(gdf) + 1, dtype=np.int64)
+        meta["objects"] = settings.objects.fingerprint()
+    gdf.attrs["geoseg"] = meta
     return gdf
+
+
+def objects_layer(layer: str) -> str:
+    """The GeoPackage layer of the objects clicked in a run with text prompts too."""
+    return f"{layer}_objects"
+
+
+def check_objects(paths: list[Any], settings: Settings, output: Any, layer: str, overwrite: bool) -> None:
+    """Object prompts beside text prompts, checked before the model loads: placed on the inputs, and
+    an output that holds two layers (a GeoPackage; objects in `objects_layer(layer)`)."""
+    assert settings.objects is not None
+    place_objects(settings.objects, paths, settings.read)
+    if output is not None:
+        if Path(str(output)).suffix.lower() != ".gpkg":
+            raise UsageError(f"{option('objects')} with text prompts writes two layers: give "
+                             f"{option('output', 'OUT.gpkg', flag='-o')} (a GeoPackage)")
+        export.check_output(output, overwrite, objects_layer(layer))
+
+
+def share_windows(engine: Any, paths: list[Any], settings: Settings) -> None:
+    """With object prompts, tell a segmenter that keeps windows' features (SAM 3) which tiles they
+    will be read in first: one backbone pass on those tiles serves the text and the object prompts."""
+    keep = getattr(getattr(getattr(engine, "segmenter", None), "segmenter", None), "keep_windows", None)
+    if settings.objects is not None and callable(keep):
+        keep(window_pixels(paths, settings.objects, settings))
 
 
 def objects_run(paths: list[Any], settings: Settings, segmenter: Any, backend_options: dict[str, Any], *,
                 output: Any, layer: str, overwrite: bool) -> gpd.GeoDataFrame:
     """A run of object prompts alone: checked (the objects placed, the output) before the model loads."""
-    assert settings.objects is not None
-    if settings.prompts:
-        raise UsageError(f"{option('objects')} and text prompts or exemplars in one run are not supported yet: "
-                         f"run them apart (into two outputs, or two layers of one GeoPackage)")
+    assert settings.objects is not None and not settings.prompts
     place_objects(settings.objects, paths, settings.read)
     if output is not None:
         export.check_output(output, overwrite, layer)

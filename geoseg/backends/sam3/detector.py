@@ -85,6 +85,7 @@ class Sam3Segmenter:
         self._local_only = local_only
         self._tracker: Tracker | None = None  #: the single-object head, loaded on the first object prompt
         self._windows: OrderedDict[bytes, list[Any]] = OrderedDict()  #: its embeddings of recent windows
+        self._wanted: set[bytes] = set()  #: windows object prompts will follow (see `keep_windows`)
 
         self.name = "sam3"
         self.model_id = str(model)
@@ -308,16 +309,36 @@ class Sam3Segmenter:
 
         tile = _check_tiles(np.asarray(tile)[None])[0]
         tracker = self._object_head()
-        key = hashlib.sha1(tile.tobytes()).digest() + repr(tile.shape).encode()
+        key = _window_key(tile)
         embeddings = self._windows.get(key)
         if embeddings is None:
             with torch.inference_mode():
                 embeddings = tracker.embeddings(self._encode(self._preprocess(tile[None])))
-            self._windows[key] = embeddings
-            while len(self._windows) > WINDOWS_KEPT:
-                self._windows.popitem(last=False)
+            self._remember(key, embeddings)
         self._windows.move_to_end(key)
         return [tracker.segment(embeddings, tile.shape[:2], p) for p in prompts]
+
+    def keep_windows(self, tiles: Sequence[np.ndarray]) -> None:
+        """Windows (H x W x 3 uint8) that object prompts will follow in this run: where `segment`
+        meets one, it keeps the object head's features of it, so that text and object prompts
+        run the backbone once on that window."""
+        self._wanted = {_window_key(np.asarray(t)) for t in tiles}
+
+    def _remember(self, key: bytes, embeddings: list[Any]) -> None:
+        self._windows[key] = embeddings
+        while len(self._windows) > max(WINDOWS_KEPT, len(self._wanted)):
+            self._windows.popitem(last=False)
+
+    def _keep_wanted(self, tiles: np.ndarray, vision: Any) -> None:
+        """The object head's features of the `keep_windows` windows among `tiles`, from their
+        backbone pass for the text prompts."""
+        from types import SimpleNamespace
+
+        for i, tile in enumerate(tiles):
+            key = _window_key(tile)
+            if key in self._wanted and key not in self._windows:
+                one = SimpleNamespace(last_hidden_state=vision.last_hidden_state[i:i + 1])
+                self._remember(key, self._object_head().embeddings(one))
 
     def _object_head(self) -> Tracker:
         if self._tracker is None:
@@ -409,6 +430,8 @@ class Sam3Segmenter:
             vision = self._encode(self._preprocess(tiles))
             if upcoming is not None:
                 self._prefetch(upcoming)  # queued behind nothing: overlaps the encoder
+            if self._wanted:
+                self._keep_wanted(tiles, vision)
             return self._heads(vision.fpn_hidden_states, height, width, prompts, exemplars)
 
     def _heads(self, fpn: tuple[Any, ...], height: int, width: int, prompts: list[str],
@@ -519,6 +542,11 @@ def _check_tiles(tiles: np.ndarray) -> np.ndarray:
     if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
         raise UsageError(f"tiles must be uint8 (N, H, W, 3), got {tiles.dtype} {tiles.shape}")
     return tiles
+
+
+def _window_key(tile: np.ndarray) -> bytes:
+    """What tells a window's pixels from another's."""
+    return hashlib.sha1(np.ascontiguousarray(tile).tobytes()).digest() + repr(tile.shape).encode()
 
 
 def _key(tiles: np.ndarray) -> tuple[int, ...]:
