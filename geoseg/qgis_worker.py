@@ -87,6 +87,9 @@ class ProgressSegmenter:
     def encode_exemplars(self, tile: Any, boxes: Any, positive: Any) -> Any:
         return self.inner.encode_exemplars(tile, boxes, positive)
 
+    def segment_objects(self, tile: Any, prompts: Any) -> Any:
+        return self.inner.segmenter.segment_objects(tile, prompts)
+
     def segment(self, tiles: Any, prompts: Sequence[str], **exemplars: Any) -> Any:
         result = self.inner.segment(tiles, prompts, **exemplars)
         self.done += len(tiles)
@@ -121,7 +124,7 @@ class _LogToProtocol(logging.Handler):
 
 #: Python parameter -> the Processing provider's (geoseg/qgis/algorithm.py), for messages
 PROVIDER_TERMS = {"prompts": "PROMPTS", "bbox": "EXTENT", "bbox_crs": "EXTENT", "dst_crs": "TARGET_CRS",
-                  "segmenter": "BACKEND", "output": "OUTPUT", "exemplars": "EXEMPLARS"}
+                  "segmenter": "BACKEND", "output": "OUTPUT", "exemplars": "EXEMPLARS", "objects": "OBJECTS"}
 
 
 def run(job: dict[str, Any], emit: Emit) -> int:
@@ -140,7 +143,7 @@ def run(job: dict[str, Any], emit: Emit) -> int:
     try:
         inputs = list_inputs(job["inputs"])
         # Only the keys given: a geoseg without them still runs the jobs that do not use them.
-        where = {k: job[k] for k in ("bbox", "bbox_crs", "aoi", "exemplars") if job.get(k) is not None}
+        where = {k: job[k] for k in ("bbox", "bbox_crs", "aoi", "exemplars", "objects") if job.get(k) is not None}
         where.update({k: int(job[k]) for k in ("refine_depth", "zoom") if job.get(k) is not None})
         common = dict(tile_size=int(job.get("tile_size") or 1008), overlap=int(job.get("overlap", 128)),
                       bands=job.get("bands") or None,
@@ -174,9 +177,8 @@ def run(job: dict[str, Any], emit: Emit) -> int:
         return 1
     except ImportError as e:  # e.g. the sam3 backend without torch/transformers
         emit("error", kind="environment", text=f"{e}: geoseg's Python ({sys.executable}) lacks a dependency; "
-                                               f'install the sam3 extra: {sys.executable} -m pip install '
-                                               f'"geoseg[sam3] @ git+https://github.com/geoseg/geoseg" (from a '
-                                               f'clone: {sys.executable} -m pip install ".[sam3]")')
+                                               f"install the sam3 extra, in geoseg's clone: {sys.executable} -m "
+                                               f'pip install ".[sam3]"')
         return 2
     except Exception as e:  # unforeseen: one line for the dialog, the traceback on stderr
         import traceback

@@ -33,7 +33,17 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
-from .layers import Render, crs_text, export_aoi, export_exemplars, is_file_layer, plan_render, render, stamp
+from .layers import (
+    Render,
+    crs_text,
+    export_aoi,
+    export_exemplars,
+    export_objects,
+    is_file_layer,
+    plan_render,
+    render,
+    stamp,
+)
 from .runner import SETTING, Cancelled, WorkerError, check_python, find_python, not_found_message, run_worker
 
 HELP = """Finds the objects named by the prompts in a raster layer with SAM 3 and writes one polygon per object, \
@@ -81,6 +91,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
     EXTENT = "EXTENT"
     AOI = "AOI"
     EXEMPLARS = "EXEMPLARS"
+    OBJECTS = "OBJECTS"
     TILE_SIZE = "TILE_SIZE"
     OVERLAP = "OVERLAP"
     REFINE_DEPTH = "REFINE_DEPTH"
@@ -132,6 +143,9 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterFeatureSource(
             self.EXEMPLARS, "Exemplars: boxes around examples of what to find (fields prompt, positive: optional)",
             [QgsProcessing.TypeVectorAnyGeometry], optional=True))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            self.OBJECTS, "Objects: clicks (points) on single objects, or boxes around them (fields object, "
+                          "positive, label: optional)", [QgsProcessing.TypeVectorAnyGeometry], optional=True))
         self.addParameter(QgsProcessingParameterNumber(self.TILE_SIZE, "Tile size (pixels)", integer, 1008,
                                                        minValue=16))
         self.addParameter(QgsProcessingParameterNumber(self.OVERLAP, "Overlap (pixels)", integer, 128, minValue=0))
@@ -213,8 +227,9 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException("MOSAIC: give several layers (MORE_INPUTS) or a FOLDER of tiles to read "
                                          "as one mosaic")
         prompts = split_prompts(self.parameterAsString(parameters, self.PROMPTS, context))
-        if not prompts and parameters.get(self.EXEMPLARS) in (None, ""):
-            raise QgsProcessingException("PROMPTS: give at least one, e.g. building, tree crown, or EXEMPLARS")
+        if not prompts and parameters.get(self.EXEMPLARS) in (None, "") and parameters.get(self.OBJECTS) in (None, ""):
+            raise QgsProcessingException("PROMPTS: give at least one, e.g. building, tree crown, or EXEMPLARS "
+                                         "or OBJECTS")
         crs = self.parameterAsCrs(parameters, self.TARGET_CRS, context)
         min_area = self.parameterAsDouble(parameters, self.MIN_AREA, context)
         resolution = self.number(parameters, self.RESOLUTION, context)
@@ -302,6 +317,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             aoi = self.parameterAsSource(parameters, self.AOI, context)
             job = {**job, "check": True, "output": str(folder / "objects.fgb")}
             self.add_exemplars(job, parameters, context, folder)
+            self.add_objects(job, parameters, context, folder)
             if aoi is not None:  # as the run takes it (`processAlgorithm`)
                 box, box_crs = job.pop("bbox", None), job.pop("bbox_crs", None)
                 job["aoi"] = export_aoi(aoi, folder / "aoi.gpkg", context, box, box_crs)
@@ -317,6 +333,13 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         source = self.parameterAsSource(parameters, self.EXEMPLARS, context)
         if source is not None:
             job["exemplars"] = export_exemplars(source, folder / "exemplars.gpkg", context)
+        return source
+
+    def add_objects(self, job: dict[str, Any], parameters: dict[str, Any], context: Any, folder: Path) -> Any:
+        """The OBJECTS layer into a GeoPackage for the worker (`job["objects"]`); the layer, or None."""
+        source = self.parameterAsSource(parameters, self.OBJECTS, context)
+        if source is not None:
+            job["objects"] = export_objects(source, folder / "objects_clicked.gpkg", context)
         return source
 
     def prepareAlgorithm(self, parameters: dict[str, Any], context: Any, feedback: Any) -> bool:  # noqa: N802
@@ -338,6 +361,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
                 job["aoi"] = export_aoi(aoi, folder / "aoi.gpkg", context, box, box_crs)
             job["output"] = str(folder / "objects.fgb")  # FlatGeobuf: QGIS's older GDAL reads it quietly
             exemplars = self.add_exemplars(job, parameters, context, folder)
+            clicked = self.add_objects(job, parameters, context, folder)
             try:
                 done = run_worker(python, job, lambda event: self.show(event, feedback), feedback.isCanceled)
             except Cancelled as e:
@@ -355,9 +379,10 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             if aoi is not None:  # the temporary file is gone: name the layer
                 within = f" within EXTENT {','.join(f'{v:.15g}' for v in box)} [{box_crs}]" if box else ""
                 provenance["area"] = f"--aoi {aoi.sourceName()} (QGIS layer){within}"
-            if exemplars is not None:  # the temporary file is gone: name the layer
-                digest = str(provenance.get("exemplars", "")).rpartition(" ")[2]
-                provenance["exemplars"] = f"{exemplars.sourceName()} (QGIS layer) {digest}".strip()
+            for key, layer in (("exemplars", exemplars), ("objects", clicked)):
+                if layer is not None:  # the temporary file is gone: name the layer
+                    digest = str(provenance.get(key, "")).rpartition(" ")[2]
+                    provenance[key] = f"{layer.sourceName()} (QGIS layer) {digest}".strip()
             where = stamp(dest, provenance)
             feedback.pushInfo(f"provenance: {where}" if where else "provenance: not stored (not a file output)")
             return {self.OUTPUT: dest}

@@ -121,17 +121,28 @@ def render(plan: Render, path: Path, context: Any, feedback: Any) -> str:
 def export_exemplars(source: Any, path: Path, context: Any) -> str:
     """The EXEMPLARS layer's features (geometry, and its prompt and positive fields where it has them)
     into a GeoPackage for the worker; returns its path."""
+    return export_features(source, path, context, ("prompt", "positive"), "EXEMPLARS")
+
+
+def export_objects(source: Any, path: Path, context: Any) -> str:
+    """The OBJECTS layer's clicks and boxes (geometry, and its object, positive and label fields where
+    it has them) into a GeoPackage for the worker; returns its path."""
+    return export_features(source, path, context, ("object", "positive", "label"), "OBJECTS")
+
+
+def export_features(source: Any, path: Path, context: Any, names: tuple[str, ...], param: str) -> str:
+    """A layer's features, with those of its fields `names` it has, into a GeoPackage; its path."""
     fields = QgsFields()
-    for name in ("prompt", "positive"):
+    for name in names:
         k = source.fields().indexFromName(name)
         if k >= 0:
             fields.append(source.fields().at(k))
     options = QgsVectorFileWriter.SaveVectorOptions()
-    options.driverName, options.layerName = "GPKG", "exemplars"
+    options.driverName, options.layerName = "GPKG", param.lower()
     writer = QgsVectorFileWriter.create(str(path), fields, source.wkbType(), source.sourceCrs(),
                                         context.transformContext(), options)
     if writer.hasError() != QgsVectorFileWriter.NoError:
-        raise QgsProcessingException(f"EXEMPLARS: cannot write its boxes to {path}: {writer.errorMessage()}")
+        raise QgsProcessingException(f"{param}: cannot write its features to {path}: {writer.errorMessage()}")
     for feature in source.getFeatures():
         out = QgsFeature(fields)
         out.setGeometry(feature.geometry())
