@@ -298,12 +298,17 @@ class _Strips:
             self._split(shapely.union_all(parts), cut)
 
     def whole(self) -> shapely.Geometry | None:
-        """The union: each hole put back into the smallest shell that covers it."""
+        """The union: each hole put back into the smallest shell that covers it. Consumes the
+        rings (a forest's are held once, not twice): `join` and the close keep the union."""
         shells = [shapely.Polygon(_straight(r)) for r in [*(np.asarray(p.exterior.coords) for p in self.open),
                                                            *self.shells]]
         if not shells:
             return None
-        holes = [shapely.Polygon(_straight(h)) for h in self.holes]
+        holes = []
+        for k, h in enumerate(self.holes):  # each ring's coordinates held once at a time
+            holes.append(shapely.Polygon(_straight(h)))
+            self.holes[k] = h[:0]
+        self.open, self.shells, self.holes = [], [], []
         inside: list[list[shapely.Geometry]] = [[] for _ in shells]
         if holes:
             hole_at, shell_at = shapely.STRtree(shells).query(holes)
