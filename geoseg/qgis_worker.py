@@ -34,6 +34,7 @@ from geoseg import errors
 from geoseg.core.segmenter import Backend, load_segmenter
 from geoseg.errors import GeosegError, GeosegWarning, ModelLoadError, UsageError, redact
 from geoseg.io.inputs import list_inputs, resolve
+from geoseg.io.services import WebOptions
 from geoseg.run import pipeline
 from geoseg.run.checks import check_run
 from geoseg.run.settings import Settings
@@ -152,7 +153,8 @@ def run(job: dict[str, Any], emit: Emit) -> int:
         out = dict(output=job["output"], layer=job.get("layer") or "detections", overwrite=bool(job.get("overwrite")))
         backend = job.get("backend") or "sam3"
         settings = Settings.of(job["prompts"], **common, segmenter=backend, backend_options={"model": job.get("model")})
-        paths = resolve(inputs, mosaic=bool(job.get("mosaic")), settings=settings)
+        web = WebOptions.of(zoom=job.get("web_zoom"), resolution=job.get("web_resolution"))
+        paths = resolve(inputs, mosaic=bool(job.get("mosaic")), settings=settings, web=web)
         check_run(paths, settings, **out)  # before the model loads: a bad BANDS is refused in a second
         if job.get("check"):  # the dialog's check of its parameters: no model, no run
             emit("done", output=None, objects=0, crs=None, provenance={})
@@ -165,7 +167,8 @@ def run(job: dict[str, Any], emit: Emit) -> int:
         inner = Backend(load_segmenter(backend, **options))
         segmenter = ProgressSegmenter(inner, len(paths), emit)
         mosaic = {"mosaic": True} if job.get("mosaic") else {}
-        gdf = pipeline.segment(inputs, job["prompts"], segmenter=segmenter, **common, **out, **mosaic)
+        levels = {k: job[k] for k in ("web_zoom", "web_resolution") if job.get(k) is not None}  # a tile service
+        gdf = pipeline.segment(inputs, job["prompts"], segmenter=segmenter, **common, **out, **mosaic, **levels)
     except ModelLoadError as e:
         emit("error", kind="model", text=str(e))
         return 2

@@ -42,6 +42,7 @@ from .layers import (
     is_file_layer,
     plan_render,
     render,
+    service_of,
     stamp,
 )
 from .runner import SETTING, Cancelled, WorkerError, check_python, find_python, not_found_message, run_worker
@@ -280,6 +281,11 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
                                          "e.g. 0.5 (about the layer's finest zoom)")
         if resolution:
             raise QgsProcessingException(f"RESOLUTION: {kind}: set its pixel size with WEB_RESOLUTION instead")
+        service = service_of(layer)
+        if service is not None:  # geoseg reads it itself: cached, resumable, no render
+            job["inputs"], job["web_resolution"] = [service], web_resolution
+            job["web_layer"] = {"name": layer.name(), "provider": layer.providerType(), "read": "directly"}
+            return job, None
         return job, plan_render(layer, extent, extent_crs, web_resolution, job["overlap"], context)
 
     def python(self) -> str:
@@ -375,7 +381,9 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
                 provenance["sources"] = [web.name]
                 provenance["web_layer"] = {"name": web.name, "provider": web.provider_type,
                                            "crs": crs_text(web.crs), "resolution_m": web.resolution,
-                                           "pixels": [web.cols, web.rows]}
+                                           "pixels": [web.cols, web.rows], "read": "rendered by QGIS"}
+            elif job.get("web_layer"):  # read directly by geoseg: its `web` entry names the service
+                provenance["web_layer"] = {**job["web_layer"], "resolution_m": job["web_resolution"]}
             if aoi is not None:  # the temporary file is gone: name the layer
                 within = f" within EXTENT {','.join(f'{v:.15g}' for v in box)} [{box_crs}]" if box else ""
                 provenance["area"] = f"--aoi {aoi.sourceName()} (QGIS layer){within}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,30 @@ MAX_SIDE = 25_000  # pixels a side of a web layer's render: beyond, the tile dow
 def crs_text(crs: QgsCoordinateReferenceSystem) -> str:
     """A CRS as pyproj reads it: its authority id, else its WKT."""
     return crs.authid() or crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED)
+
+
+def service_of(layer: Any) -> str | None:
+    """The tile or map service behind a QGIS web layer ("wms" provider: XYZ, WMS, WMTS), as geoseg
+    reads it directly (`xyz:URL`, `WMS:URL?LAYERS=...`, `WMTS:URL,layer=...`); None for another
+    provider, a service over another protocol than http(s), or a source it cannot tell."""
+    if layer.providerType() != "wms":
+        return None
+    source = layer.source().removeprefix("wms://")
+    params: dict[str, str] = {}
+    for key, value in urllib.parse.parse_qsl(source, keep_blank_values=True):
+        params.setdefault(key, value)  # the first of a key QGIS repeats (styles)
+    url = params.get("url", "")
+    if not url.lower().startswith(("http://", "https://")):
+        return None
+    if params.get("type") == "xyz":
+        return "xyz:" + url
+    if params.get("tileMatrixSet") and params.get("layers"):
+        return f"WMTS:{url},layer={params['layers']},tilematrixset={params['tileMatrixSet']}"
+    if params.get("layers"):
+        query = {"LAYERS": params["layers"], "SRS": params.get("crs") or "EPSG:3857",
+                 "FORMAT": params.get("format") or "image/png"}
+        return f"WMS:{url}{'&' if '?' in url else '?'}{urllib.parse.urlencode(query)}"
+    return None
 
 
 def is_file_layer(layer: Any) -> bool:
