@@ -54,7 +54,7 @@ def provenance(engine: Engine, settings: Settings, sources: list[str],
         "resolution": settings.read.resolution,
         "stretch": settings.read.stretch,
         "dst_crs": None if settings.dst_crs is None else settings.dst_crs.to_string(),
-        "simplify": settings.simplify,
+        "simplify": vectorize.tolerance(settings.simplify),  # pixels; the default (0.5) too
         "min_area": settings.min_area,
         "area": None if settings.read.area is None else settings.read.area.describe(),
         "exemplars": None if settings.exemplars is None else settings.exemplars.fingerprint(),

@@ -38,21 +38,26 @@ from geoseg.run.settings import Settings
 log = logging.getLogger("geoseg")
 
 GROWTH = (1, 2, 4, 8)  #: pixels of the grid read per pixel the model is given, tried in turn
+MAX_CLICKS = 8  #: clicks on an object's parts in one window of its outline, at most (the largest parts)
 
 
-def _touches(mask: np.ndarray, origin: tuple[int, int], valid: np.ndarray) -> bool:
-    """Whether a detection reaches the edge of its window where the window lies inside the raster."""
+def _touches(mask: np.ndarray, origin: tuple[int, int], valid: np.ndarray,
+             raster_edge: tuple[bool, bool, bool, bool]) -> bool:
+    """Whether a detection reaches the edge of its window where the window lies inside the raster;
+    `raster_edge`: whether the window's top, left, bottom and right edges are the raster's (an
+    object reaching the raster's edge is whole as far as it can be seen)."""
     side_h, side_w = valid.shape
     r, c = origin
     h, w = mask.shape
+    top, left, bottom, right = raster_edge
     edges = []
-    if r == 0:
+    if r == 0 and not top:
         edges.append(valid[0, c:c + w][mask[0]])
-    if c == 0:
+    if c == 0 and not left:
         edges.append(valid[r:r + h, 0][mask[:, 0]])
-    if r + h == side_h:
+    if r + h == side_h and not bottom:
         edges.append(valid[-1, c:c + w][mask[-1]])
-    if c + w == side_w:
+    if c + w == side_w and not right:
         edges.append(valid[r:r + h, -1][mask[:, -1]])
     return any(e.any() for e in edges)
 
@@ -111,7 +116,8 @@ def one_object(src: RasterSource, prompt: ObjectPrompt, segmenter: Any, side: in
         det = segment_objects(segmenter, tile, [prompt.moved(col0, row0, scale)])[0]
         if det is None:
             break
-        whole = not _touches(np.asarray(det.mask, bool), det.origin, valid)
+        edge = (row0 <= 0, col0 <= 0, row0 + extent >= src.height, col0 + extent >= src.width)
+        whole = not _touches(np.asarray(det.mask, bool), det.origin, valid, edge)
         found = (det, row0, col0, scale, whole)
         if whole:
             break
@@ -150,11 +156,11 @@ def _refine(src: RasterSource, coarse: np.ndarray, origin: tuple[int, int], scal
             if n == 0:
                 out[part] |= mask[part]  # a sliver the coarser read saw alone: kept as it saw it
                 continue
-            clicks = []
-            for k in range(1, n + 1):  # the pixel of each part farthest from its edge
-                depth = ndimage.distance_transform_edt(labels == k)
-                y, x = np.unravel_index(int(depth.argmax()), depth.shape)
-                clicks.append((x + 0.5, y + 0.5))
+            # a click on each of its largest parts there, at the pixel farthest from the part's edge
+            sizes = ndimage.sum_labels(inside, labels, index=np.arange(1, n + 1))
+            parts = (np.argsort(-sizes)[:MAX_CLICKS] + 1).tolist()
+            depth = ndimage.distance_transform_edt(inside)
+            clicks = [(x + 0.5, y + 0.5) for y, x in ndimage.maximum_position(depth, labels, index=parts)]
             tile, _ = src.read(Window(r0 + tr, c0 + tc, side, side))
             ask = ObjectPrompt(np.array(clicks), np.ones(len(clicks), bool), None, prompt.label)
             det = segment_objects(segmenter, tile, [ask])[0]

@@ -350,7 +350,7 @@ def segment(
         stretch: percentiles of the scene-wide stretch for non-uint8 rasters.
         pixel_coords: accept rasters without a CRS; polygons in pixel space.
         dst_crs: output CRS (anything pyproj reads); default the raster's.
-        simplify: simplification tolerance in pixels.
+        simplify: simplification tolerance in pixels (default 0.5; 0: the pixel edges as they are).
         min_area: drop objects smaller than this many square metres.
         bbox: segment only this part: (minx, miny, maxx, maxy) or "minx,miny,maxx,maxy",
             in `bbox_crs` (default: each raster's own CRS).
