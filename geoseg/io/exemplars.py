@@ -11,7 +11,6 @@ holds it, and it is encoded on the tile of that input it lies in most centrally.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,11 +26,11 @@ from geoseg.core.tiling import plan_tiles
 from geoseg.errors import RasterError, UsageError, option
 from geoseg.io.raster import RasterSource, ReadOptions
 from geoseg.io.sources import source_name
-from geoseg.io.vectors import boolean_column, prompt_column, read_vector, shown
+from geoseg.io.vectors import UserFile, boolean_column, prompt_column, read_vector
 
 
 @dataclass(frozen=True)
-class ExemplarFile:
+class ExemplarFile(UserFile):
     """The boxes of an exemplar file, in its own CRS.
 
     Attributes:
@@ -49,12 +48,7 @@ class ExemplarFile:
     name: str
     digest: str
 
-    def named(self) -> str:
-        """The file in the caller's terms."""
-        return shown(self.name, "exemplars")
-
-    def fingerprint(self) -> str:
-        return f"{os.path.basename(self.name)} ({self.digest})"
+    PARAM = "exemplars"
 
     def concepts(self, prompts: list[str]) -> tuple[list[str], list[str], list[tuple[str, ...]]]:
         """`geoseg.core.exemplars.concepts` of these boxes with text `prompts`."""

@@ -10,7 +10,6 @@ object) and `label` (written to the output; default "object").
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -22,7 +21,7 @@ from pyproj import CRS
 from geoseg.core.objects import ObjectPrompt
 from geoseg.errors import RasterError, UsageError, option
 from geoseg.io.raster import RasterSource
-from geoseg.io.vectors import boolean_column, prompt_column, read_vector, shown
+from geoseg.io.vectors import UserFile, boolean_column, prompt_column, read_vector
 
 MAX_BOX = 8192  #: the largest box side in pixels of the grid read (a larger one is refused)
 _POINTS = ("Point", "MultiPoint")
@@ -30,7 +29,7 @@ _BOXES = ("Polygon", "MultiPolygon")
 
 
 @dataclass(frozen=True)
-class ObjectFile:
+class ObjectFile(UserFile):
     """The objects of a file, in its CRS: per object its clicks, their signs, its box and label."""
 
     ids: tuple[str, ...]
@@ -42,11 +41,7 @@ class ObjectFile:
     name: str
     digest: str
 
-    def named(self) -> str:
-        return shown(self.name, "objects")
-
-    def fingerprint(self) -> str:
-        return f"{os.path.basename(self.name)} ({self.digest})"
+    PARAM = "objects"
 
 
 def read_objects(source: Any) -> ObjectFile:

@@ -88,6 +88,21 @@ def polygons_only(gdf: gpd.GeoDataFrame, name: str) -> gpd.GeoDataFrame:
     return gdf
 
 
+class UserFile:
+    """Mixed into the value read from a user's vector file (fields `name` and `digest`): its name in
+    the caller's terms (`PARAM`: the parameter it was given as) and its resume fingerprint."""
+
+    PARAM = ""
+    name: str
+    digest: str
+
+    def named(self) -> str:
+        return shown(self.name, self.PARAM)
+
+    def fingerprint(self) -> str:
+        return f"{os.path.basename(self.name)} ({self.digest})"
+
+
 def shown(name: str, param: str) -> str:
     """A vector input in the caller's terms: the file as the option names it, or the GeoDataFrame given as it."""
     return f"the GeoDataFrame given as {option(param)}" if name == "GeoDataFrame" else option(param, name)
