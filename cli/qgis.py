@@ -97,8 +97,7 @@ def install(profile: str, plugins_dir: str | None, link: bool, zip_path: str | N
     source = plugin_source()
     if not (source / "metadata.txt").is_file():
         raise OutputError(f"{source}: the plugin files are missing from this geoseg install: reinstall geoseg with "
-                          f'{sys.executable} -m pip install "geoseg[sam3] @ git+https://github.com/geoseg/geoseg" '
-                          '(from a clone: python -m pip install ".[sam3]")')
+                          f'{sys.executable} -m pip install ".[sam3]" in a clone of geoseg')
     if zip_path is not None:
         if link or plugins_dir is not None:
             raise UsageError("--zip builds a file only: drop --link and --plugins-dir")

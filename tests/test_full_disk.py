@@ -47,7 +47,7 @@ def error_line(stderr: str) -> str:
 @pytest.mark.parametrize("size, full", [
     ("64k", ".sqlite"),  # the staging store, as it is made
     ("300k", ".sqlite"),  # the staging store, as tiles are staged
-    ("1m", ".objects.gpkg"),  # the merged objects
+    ("700k", ".objects.gpkg"),  # the merged objects (simplified polygons: smaller than before)
 ])
 def test_a_full_work_folder_is_named(scene, tmp_path, size, full):
     small = tmp_path / "small"

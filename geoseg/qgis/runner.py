@@ -22,9 +22,9 @@ SETTING = "GEOSEG_PYTHON"
 SETTING_PLACE = "Settings › Options › Processing › Providers › geoseg › geoseg Python"
 # `geoseg qgis install` writes the Python it ran from into this file of the installed plugin.
 RECORD = "geoseg_python.txt"
-GIT_URL = "git+https://github.com/geoseg/geoseg"
-INSTALL_HINT = (f'python3 -m venv ~/geoseg-env && ~/geoseg-env/bin/python -m pip install "geoseg[sam3] @ {GIT_URL}" '
-                "&& ~/geoseg-env/bin/geoseg qgis install")
+# geoseg is not on PyPI: it installs from a clone of its repository
+INSTALL_HINT = ('in a clone of geoseg: python3 -m venv ~/geoseg-env && '
+                '~/geoseg-env/bin/python -m pip install ".[sam3]" && ~/geoseg-env/bin/geoseg qgis install')
 # Variables QGIS sets for its own Python, GDAL and PROJ: they would break the wheels' in geoseg's environment.
 FOREIGN_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "GDAL_DATA", "GDAL_DRIVER_PATH", "PROJ_LIB", "PROJ_DATA")
 
@@ -85,9 +85,8 @@ def not_found_message() -> str:
 
 
 def no_geoseg_message(python: str) -> str:
-    return (f'{python} has no geoseg installed: install it there ({python} -m pip install "geoseg[sam3] @ '
-            f'{GIT_URL}", or from a clone: {python} -m pip install ".[sam3]"), or point the provider to the '
-            f"Python that has it: {SETTING_PLACE}, or ${SETTING}")
+    return (f'{python} has no geoseg installed: install it there, in a clone of geoseg: {python} -m pip install '
+            f'".[sam3]"; or point the provider to the Python that has it: {SETTING_PLACE}, or ${SETTING}')
 
 
 def check_python(python: str, origin: str) -> str | None:
