@@ -152,18 +152,20 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], exemplars: str | 
     web = WebOptions.of(zoom=web_zoom, resolution=web_resolution, cache=tile_cache, max_connections=max_connections,
                         max_tiles=max_tiles, headers=headers, attribution=attribution)
     paths = resolve(inputs, asset=asset, mosaic=as_mosaic, settings=settings, web=web)
+    options = dict(model=model, device=device, dtype=dtype, batch_size=batch_size, score_threshold=score_threshold,
+                   mask_threshold=mask_threshold, max_detections=max_detections, nms_iou=nms_iou,
+                   compile=compile_encoder or None)  # None: not passed to backends without it
+    placed = None
     if settings.objects is not None:  # one polygon per object clicked, in this process
         if output is None or workers is not None or scheduler is not None or shard is not None:
             raise UsageError("--objects writes one file in this process: give -o OUT.gpkg, without --output-dir, "
                              "--workers, --scheduler or --shard")
         if not settings.prompts:
-            chosen = {k: v for k, v in dict(model=model, device=device, dtype=dtype, score_threshold=score_threshold,
-                                             mask_threshold=mask_threshold).items() if v is not None}
-            found = pipeline.objects_run(paths, settings, backend, chosen, output=output, layer=layer,
+            found = pipeline.objects_run(paths, settings, backend, options, output=output, layer=layer,
                                          overwrite=overwrite)
             _tell(f"{output}: {len(found)} objects ({int(found['whole'].sum())} whole)")
             return
-        pipeline.check_objects(paths, settings, output, layer, overwrite)
+        placed = pipeline.check_objects(paths, settings, output, layer, overwrite)
     mine, names = paths, None
     if part is not None and not as_mosaic:  # named as in one run of the whole collection (a mosaic: its rows)
         mine, names = shards.select(paths, unique_names(paths), part)
@@ -176,18 +178,15 @@ def segment(inputs: tuple[str, ...], prompts: tuple[str, ...], exemplars: str | 
         check_run(mine, settings, output=output, output_dir=output_dir, fmt=fmt, layer=layer, restart=restart,
                            overwrite=overwrite, work_dir=work_dir, raster_out=raster_out,
                            raster_values=raster_values, names=names, every=paths)  # before the model loads
-    options = dict(model=model, device=device, dtype=dtype, batch_size=batch_size, score_threshold=score_threshold,
-                   mask_threshold=mask_threshold, max_detections=max_detections, nms_iou=nms_iou,
-                   compile=compile_encoder or None)  # None: not passed to backends without it
     with _engine(backend, options, workers, scheduler, resources) as engine:
-        pipeline.share_windows(engine, paths, settings)
+        pipeline.share_windows(engine, paths, settings, placed)
         summary = pipeline.run(paths, settings, engine, output=output, output_dir=output_dir, fmt=fmt, layer=layer,
                                overwrite=overwrite, work_dir=work_dir, restart=restart, raster_out=raster_out,
                                raster_values=raster_values, shard=part)
         if settings.objects is not None and not summary.failed:  # the objects clicked, in a layer of their own
             clicked = pipeline.objects_layer(layer)
             found = run_objects(paths, settings.objects, settings, engine, output=output, layer=clicked,
-                                overwrite=overwrite)
+                                overwrite=overwrite, placed=placed)
             _tell(f"{output} (layer {clicked}): {len(found)} objects clicked ({int(found['whole'].sum())} whole)")
     if part is not None and as_mosaic:
         _tell(f"{summary.outputs[0]}: shard {shard} of the mosaic staged; once every shard is done: "

@@ -157,12 +157,19 @@ class Backend:
         return self.segmenter.segment(tiles, prompts, exemplars=exemplars)  # type: ignore[call-arg]
 
 
-def takes_exemplars(segmenter: Any) -> bool:
-    """Whether a segmenter, its class or the factory of a backend name takes exemplars:
-    known before any model is built."""
+def _offers(segmenter: Any, method: str) -> bool:
+    """Whether a segmenter (or the one a `Backend` wraps), its class or the factory of a backend
+    name has the optional part `method`: known before any model is built."""
+    if isinstance(segmenter, Backend):
+        segmenter = segmenter.segmenter
     if isinstance(segmenter, str):
         segmenter = _resolve(segmenter)
-    return callable(getattr(segmenter, "encode_exemplars", None))
+    return callable(getattr(segmenter, method, None))
+
+
+def takes_exemplars(segmenter: Any) -> bool:
+    """Whether a segmenter (object, class or backend name) takes exemplars (`encode_exemplars`)."""
+    return _offers(segmenter, "encode_exemplars")
 
 
 def check_takes_exemplars(segmenter: Any) -> None:
@@ -174,13 +181,9 @@ def check_takes_exemplars(segmenter: Any) -> None:
 
 
 def takes_objects(segmenter: Any) -> bool:
-    """Whether a segmenter, its class or the factory of a backend name takes object prompts
-    (`segment_objects`, see `geoseg.core.objects`): known before any model is built."""
-    if isinstance(segmenter, Backend):
-        segmenter = segmenter.segmenter
-    if isinstance(segmenter, str):
-        segmenter = _resolve(segmenter)
-    return callable(getattr(segmenter, "segment_objects", None))
+    """Whether a segmenter (object, class or backend name) takes object prompts (`segment_objects`,
+    see `geoseg.core.objects`)."""
+    return _offers(segmenter, "segment_objects")
 
 
 def check_takes_objects(segmenter: Any) -> None:

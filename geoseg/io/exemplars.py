@@ -23,8 +23,8 @@ from pyproj import CRS
 from geoseg.core.exemplars import MIN_MODEL_PX, Exemplars, Shot, concepts, home_tile, model_px
 from geoseg.core.refine import Refine, levels
 from geoseg.core.tiling import plan_tiles
-from geoseg.errors import RasterError, UsageError, option
-from geoseg.io.raster import RasterSource, ReadOptions
+from geoseg.errors import UsageError, option
+from geoseg.io.raster import RasterSource, ReadOptions, each_source
 from geoseg.io.sources import source_name
 from geoseg.io.vectors import UserFile, boolean_column, prompt_column, read_vector
 
@@ -139,34 +139,27 @@ def place(file: ExemplarFile, paths: list[Any], read: ReadOptions, *, tile_size:
     whole = replace(read, area=None)  # a box may lie outside the area to segment
     found: dict[int, Placed] = {}
     first = levels(tile_size, overlap)[refine.zoom][0]
-    for s, path in enumerate(paths):
-        try:
-            src = RasterSource(path, whole)
-        except RasterError:
-            if len(paths) == 1:
-                raise
-            continue  # with several inputs, a broken one is the run's to report, as that file's failure
-        with src:
-            px = in_pixels(file, src)
-            plan = plan_tiles(src.height, src.width, tile_size, overlap)
-            for k, (x0, y0, x1, y1) in enumerate(px):
-                cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-                if k in found or not (np.isfinite(px[k]).all() and 0 <= cx < src.width and 0 <= cy < src.height):
-                    continue
-                box = (max(x0, 0.0), max(y0, 0.0), min(x1, float(src.width)), min(y1, float(src.height)))
-                t = plan.tile(home_tile(box, plan))
-                shown = f"{file.named()}: box {k + 1} ({_box(file, k)})"
-                if max(box[2] - box[0], box[3] - box[1]) > tile_size:
-                    raise UsageError(f"{shown} is {box[2] - box[0]:.0f} x {box[3] - box[1]:.0f} px in "
-                                     f"{source_name(path)}, larger than a tile ({option('tile_size', tile_size)}): "
-                                     f"draw it around one object, or raise {option('tile_size')}")
-                size = model_px(box, first)
-                if size < MIN_MODEL_PX:
-                    raise UsageError(f"{shown} is {size:.1f} model pixels across in {source_name(path)}, fewer "
-                                     f"than {MIN_MODEL_PX}: the model cannot see it; draw it around the whole "
-                                     f"object, or use {option('zoom')} or a smaller {option('tile_size')}")
-                xyxy = (box[0] - t.window.col, box[1] - t.window.row, box[2] - t.window.col, box[3] - t.window.row)
-                found[k] = Placed(k, s, t.index, xyxy)
+    for s, src in each_source(paths, whole):
+        px = in_pixels(file, src)
+        plan = plan_tiles(src.height, src.width, tile_size, overlap)
+        for k, (x0, y0, x1, y1) in enumerate(px):
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            if k in found or not (np.isfinite(px[k]).all() and 0 <= cx < src.width and 0 <= cy < src.height):
+                continue
+            box = (max(x0, 0.0), max(y0, 0.0), min(x1, float(src.width)), min(y1, float(src.height)))
+            t = plan.tile(home_tile(box, plan))
+            shown = f"{file.named()}: box {k + 1} ({_box(file, k)})"
+            if max(box[2] - box[0], box[3] - box[1]) > tile_size:
+                raise UsageError(f"{shown} is {box[2] - box[0]:.0f} x {box[3] - box[1]:.0f} px in "
+                                 f"{source_name(paths[s])}, larger than a tile ({option('tile_size', tile_size)}): "
+                                 f"draw it around one object, or raise {option('tile_size')}")
+            size = model_px(box, first)
+            if size < MIN_MODEL_PX:
+                raise UsageError(f"{shown} is {size:.1f} model pixels across in {source_name(paths[s])}, fewer "
+                                 f"than {MIN_MODEL_PX}: the model cannot see it; draw it around the whole "
+                                 f"object, or use {option('zoom')} or a smaller {option('tile_size')}")
+            xyxy = (box[0] - t.window.col, box[1] - t.window.row, box[2] - t.window.col, box[3] - t.window.row)
+            found[k] = Placed(k, s, t.index, xyxy)
     missing = [k for k in range(len(file.bounds)) if k not in found]
     if missing:
         k = missing[0]

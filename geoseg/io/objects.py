@@ -19,8 +19,8 @@ import shapely
 from pyproj import CRS
 
 from geoseg.core.objects import ObjectPrompt
-from geoseg.errors import RasterError, UsageError, option
-from geoseg.io.raster import RasterSource
+from geoseg.errors import UsageError, option
+from geoseg.io.raster import RasterSource, each_source
 from geoseg.io.vectors import UserFile, boolean_column, prompt_column, read_vector
 
 MAX_BOX = 8192  #: the largest box side in pixels of the grid read (a larger one is refused)
@@ -133,39 +133,32 @@ def place(file: ObjectFile, paths: list[Any], read: Any) -> list[Placed]:
     box larger than `MAX_BOX` pixels."""
     whole = replace(read, area=None)
     found: dict[int, Placed] = {}
-    for s, path in enumerate(paths):
-        try:
-            src = RasterSource(path, whole)
-        except RasterError:
-            if len(paths) == 1:
-                raise
-            continue  # with several inputs, a broken one is the run's to report
-        with src:
-            for k in range(len(file.ids)):
-                if k in found:
+    for s, src in each_source(paths, whole):
+        for k in range(len(file.ids)):
+            if k in found:
+                continue
+            xy = _to_pixels(np.array(file.points[k], float).reshape(-1, 2), file, src)
+            box = None
+            if file.boxes[k] is not None:
+                x0, y0, x1, y1 = file.boxes[k]  # type: ignore[misc]
+                corners = _to_pixels(np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], float), file, src)
+                if not np.isfinite(corners).all():
                     continue
-                xy = _to_pixels(np.array(file.points[k], float).reshape(-1, 2), file, src)
-                box = None
-                if file.boxes[k] is not None:
-                    x0, y0, x1, y1 = file.boxes[k]  # type: ignore[misc]
-                    corners = _to_pixels(np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], float), file, src)
-                    if not np.isfinite(corners).all():
-                        continue
-                    box = (float(corners[:, 0].min()), float(corners[:, 1].min()), float(corners[:, 0].max()),
-                           float(corners[:, 1].max()))
-                if not np.isfinite(xy).all():
-                    continue
-                centre = np.vstack([xy, [[(box[0] + box[2]) / 2, (box[1] + box[3]) / 2]]]) if box else xy
-                cx, cy = centre.mean(axis=0)
-                if not (0 <= cx < src.width and 0 <= cy < src.height):
-                    continue
-                if box is not None and max(box[2] - box[0], box[3] - box[1]) > MAX_BOX:
-                    raise UsageError(f"{file.named()}: object {file.ids[k]!r} has a box of "
-                                     f"{box[2] - box[0]:.0f} x {box[3] - box[1]:.0f} px in {src.path}, more than "
-                                     f"{MAX_BOX} a side: draw it around one object, or read coarser with "
-                                     f"{option('resolution')}")
-                prompt = ObjectPrompt(xy, np.array(file.positive[k], bool), box, file.labels[k])
-                found[k] = Placed(k, s, prompt)
+                box = (float(corners[:, 0].min()), float(corners[:, 1].min()), float(corners[:, 0].max()),
+                       float(corners[:, 1].max()))
+            if not np.isfinite(xy).all():
+                continue
+            centre = np.vstack([xy, [[(box[0] + box[2]) / 2, (box[1] + box[3]) / 2]]]) if box else xy
+            cx, cy = centre.mean(axis=0)
+            if not (0 <= cx < src.width and 0 <= cy < src.height):
+                continue
+            if box is not None and max(box[2] - box[0], box[3] - box[1]) > MAX_BOX:
+                raise UsageError(f"{file.named()}: object {file.ids[k]!r} has a box of "
+                                 f"{box[2] - box[0]:.0f} x {box[3] - box[1]:.0f} px in {src.path}, more than "
+                                 f"{MAX_BOX} a side: draw it around one object, or read coarser with "
+                                 f"{option('resolution')}")
+            prompt = ObjectPrompt(xy, np.array(file.positive[k], bool), box, file.labels[k])
+            found[k] = Placed(k, s, prompt)
     missing = [k for k in range(len(file.ids)) if k not in found]
     if missing:
         raise UsageError(f"{file.named()}: object {file.ids[missing[0]]!r} lies outside every input: click on "

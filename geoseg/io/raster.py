@@ -12,7 +12,7 @@ import functools
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -446,3 +446,17 @@ def _sample_windows(height: int, width: int, block: tuple[int, int] = (256, 256)
     cols = np.unique(np.linspace(0, (width - 1) // bw, grid).round().astype(int)) * bw
     return [RioWindow(int(c), int(r), min(size, width - int(c)), min(size, height - int(r)))
             for r in rows for c in cols]
+
+
+def each_source(paths: list[Any], read: ReadOptions) -> Iterator[tuple[int, RasterSource]]:
+    """Each input opened with `read`, with its number. With several inputs one that cannot be
+    opened is passed over (the run reports it as that file's failure); a single one raises."""
+    for s, path in enumerate(paths):
+        try:
+            src = RasterSource(path, read)
+        except RasterError:
+            if len(paths) == 1:
+                raise
+            continue
+        with src:
+            yield s, src

@@ -177,7 +177,7 @@ def open_area(source: str, area: Any, options: WebOptions, margin_px: int) -> tu
                          + (f" at zoom {zoom}" if zoom is not None else "")
                          + f", more than {option('max_tiles', options.max_tiles)}: choose a smaller area or "
                          f"zoom, or raise {option('max_tiles')} where the service's terms allow bulk downloads")
-    host = urllib.parse.urlsplit(re.sub(r"^(xyz:|tms:|WMTS:|WMS:)", "", source.strip(), flags=re.I)).hostname
+    host = _url(source).hostname
     level = f"_z{zoom}" if zoom is not None else f"_{abs(transform.a):.3g}"
     named = Path(source).stem if kind(source) == "xml" else f"{host or 'service'}{level}"
     meta = {"name": named, "service": shown, "zoom": zoom, "pixel": abs(transform.a),
@@ -223,6 +223,11 @@ def _crop(name: str, g: Grid, transform: Any, crs: Any, bands: int, meta: dict[s
             f"{top!r}, {transform.d!r}, {transform.e!r}</GeoTransform>" + "".join(out) + "</VRTDataset>")
 
 
+def _url(service: str) -> urllib.parse.SplitResult:
+    """A service's URL, its kind's prefix (`xyz:`, `WMTS:` ...) taken off."""
+    return urllib.parse.urlsplit(re.sub(r"^(xyz:|tms:|WMTS:|WMS:)", "", service.strip(), flags=re.I))
+
+
 def open_sources(sources: list[Any], area: Any, options: WebOptions | None, margin_px: int) -> list[Any]:
     """`sources` with each service replaced by its area's VRT (`open_area`); the others as given
     (the same list where there is no service). Service options without a service are refused."""
@@ -255,7 +260,6 @@ def read_retrying(read: Callable[[], T], source: str, sleep: Callable[[float], N
     `BACKOFF` seconds while the service answers 429 or 5xx (the tiles already fetched come from
     the cache); a service that keeps failing stops the run in one line naming its host and the
     status. GDAL's options are set in the reading thread: they are per thread."""
-    meta = web_meta(source)
     env = _ENV.get(source) or {"GDAL_HTTP_USERAGENT": USER_AGENT, "GDAL_DEFAULT_WMS_CACHE_PATH": str(default_cache())}
     for wait in (*BACKOFF, None):
         try:
@@ -265,8 +269,8 @@ def read_retrying(read: Callable[[], T], source: str, sleep: Callable[[float], N
             status = http_status(e)
             if status is None:
                 raise
-            service = re.sub(r"^(xyz:|tms:|WMTS:|WMS:)", "", meta["service"], flags=re.I)
-            host = urllib.parse.urlsplit(service).netloc
+            meta = web_meta(source)
+            host = _url(meta["service"]).netloc
             if wait is None or status not in RETRIED:
                 tries = f" after {len(BACKOFF) + 1} tries" if status in RETRIED else ""
                 raise RunError(f"{host}: the tile service answered HTTP {status}{tries} for a tile of {meta['name']}: "

@@ -28,7 +28,7 @@ from geoseg.core.objects import ObjectPrompt, segment_objects
 from geoseg.core.segmenter import Detection
 from geoseg.core.tiling import TilePlan, Window, plan_tiles
 from geoseg.io import export
-from geoseg.io.objects import ObjectFile, place
+from geoseg.io.objects import ObjectFile, Placed, place
 from geoseg.io.raster import RasterSource
 from geoseg.io.sources import unique_names
 from geoseg.run.assemble import provenance
@@ -178,50 +178,48 @@ def _refine(src: RasterSource, coarse: np.ndarray, origin: tuple[int, int], scal
     return Detection(prompt.label, 0.0, crop, (r0 + int(rows[0]), c0 + int(cols[0])))
 
 
-def first_windows(paths: list[Any], objects: ObjectFile, settings: Settings) -> dict[int, Window]:
-    """Per object (by number), the tile of the run's plan to read it in first, where one holds its
-    prompts well inside: the window a text run over the whole raster reads too. None with an area
-    (a text run then reads its own window's tiles)."""
+def first_window(prompt: ObjectPrompt, src: RasterSource, settings: Settings) -> Window | None:
+    """The tile of the run's plan over `src` to read an object in first, where one holds its prompts
+    well inside (`plan_window`): the window a text run over the whole raster reads too. None with
+    an area (a text run then reads its own window's tiles)."""
     if settings.read.area is not None:
-        return {}
-    out = {}
-    read = replace(settings.read, area=None)
-    for p in place(objects, paths, settings.read):
-        with RasterSource(paths[p.source], read) as src:
-            plan = plan_tiles(src.height, src.width, settings.tile_size, settings.overlap)
-        w = plan_window(p.prompt, plan)
-        if w is not None:
-            out[p.index] = w
-    return out
+        return None
+    return plan_window(prompt, plan_tiles(src.height, src.width, settings.tile_size, settings.overlap))
 
 
-def window_pixels(paths: list[Any], objects: ObjectFile, settings: Settings) -> list[np.ndarray]:
-    """The pixels of each object's first window (`first_windows`), as a text run reads them."""
-    placed = {p.index: p for p in place(objects, paths, settings.read)}
+def _by_input(placed: list[Placed]) -> list[tuple[int, list[Placed]]]:
+    """The objects placed, grouped by the input holding them (each input opened once)."""
+    return [(s, [p for p in placed if p.source == s]) for s in sorted({p.source for p in placed})]
+
+
+def window_pixels(paths: list[Any], placed: list[Placed], settings: Settings) -> list[np.ndarray]:
+    """The pixels of each object's first window (`first_window`), as a text run reads them."""
     read = replace(settings.read, area=None)
     out = []
-    for k, w in first_windows(paths, objects, settings).items():
-        with RasterSource(paths[placed[k].source], read) as src:
-            out.append(src.read(w)[0])
+    for s, mine in _by_input(placed):
+        with RasterSource(paths[s], read) as src:
+            windows = [first_window(p.prompt, src, settings) for p in mine]
+            out += [src.read(w)[0] for w in windows if w is not None]
     return out
 
 
 def run_objects(paths: list[Any], objects: ObjectFile, settings: Settings, engine: Engine, *,
-                output: Any = None, layer: str = "detections", overwrite: bool = False) -> gpd.GeoDataFrame:
-    """Segment every object of `objects` on the input that holds it; one polygon per object found
-    (columns id, object, label, score, whole, area_m2, source), written to `output` if given. An
-    object held well inside a tile of the run's plan is read first in that tile (see `first_windows`)."""
-    placed = place(objects, paths, settings.read)
+                output: Any = None, layer: str = "detections", overwrite: bool = False,
+                placed: list[Placed] | None = None) -> gpd.GeoDataFrame:
+    """Segment every object of `objects` on the input that holds it (`placed`, where the caller
+    placed them already); one polygon per object found (columns id, object, label, score, whole,
+    area_m2, source), written to `output` if given. An object held well inside a tile of the run's
+    plan is read first in that tile (see `first_window`)."""
+    placed = place(objects, paths, settings.read) if placed is None else placed
     names = unique_names(paths)
     read = replace(settings.read, area=None)
-    firsts = first_windows(paths, objects, settings)
     frames = []
-    for s in sorted({p.source for p in placed}):
-        mine = [p for p in placed if p.source == s]
+    for s, mine in _by_input(placed):
         with RasterSource(paths[s], read) as src:
             rows, instances = [], []
             for p in mine:
-                got = one_object(src, p.prompt, engine.segmenter, settings.tile_size, firsts.get(p.index))
+                got = one_object(src, p.prompt, engine.segmenter, settings.tile_size,
+                                 first_window(p.prompt, src, settings))
                 if got is None:
                     log.info("%s: nothing found under object %r", names[s], objects.ids[p.index])
                     continue
@@ -231,9 +229,7 @@ def run_objects(paths: list[Any], objects: ObjectFile, settings: Settings, engin
                 rows.append((objects.ids[p.index], whole))
             if not instances:
                 continue
-            parts = [vectorize.to_frame(instances, src.transform, src.crs, source=names[s],
-                                        simplify=settings.simplify)]
-            gdf = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs=src.crs)
+            gdf = vectorize.to_frame(instances, src.transform, src.crs, source=names[s], simplify=settings.simplify)
             gdf.insert(0, "object", [r[0] for r in rows])
             gdf["whole"] = [r[1] for r in rows]
             frames.append(vectorize.finish(gdf, src.transform, settings.dst_crs, settings.min_area))

@@ -28,6 +28,7 @@ from geoseg.errors import EmptyRasterWarning, GeosegError, OutsideAreaError, Run
 from geoseg.io import export, rasterize, services, stac, upload
 from geoseg.io.buckets import is_url
 from geoseg.io.inputs import list_inputs, resolve
+from geoseg.io.objects import Placed
 from geoseg.io.objects import place as place_objects
 from geoseg.io.sources import is_mosaic, unique_names
 from geoseg.run import rowshards, shards, workdir, workers
@@ -421,12 +422,11 @@ def segment(
     if settings.objects is not None and not settings.prompts:
         return objects_run(paths, settings, segmenter, backend_options, output=output, layer=layer,
                            overwrite=overwrite)
-    if settings.objects is not None:  # with text prompts: checked before the model loads
-        check_objects(paths, settings, output, layer, overwrite)
+    placed = None if settings.objects is None else check_objects(paths, settings, output, layer, overwrite)
     check_run(paths, settings, output=output, layer=layer, overwrite=overwrite, work_dir=work_dir,
               raster_out=raster_out, raster_values=raster_values, restart=restart)  # before the model loads
     engine = LocalEngine(as_segmenter(segmenter, **backend_options))
-    share_windows(engine, paths, settings)
+    share_windows(engine, paths, settings, placed)
     summary = run(paths, settings, engine, output=output, layer=layer, overwrite=overwrite, work_dir=work_dir,
                   restart=restart, collect=True, raster_out=raster_out, raster_values=raster_values)
     if summary.failed:
@@ -437,7 +437,7 @@ def segment(
     meta = provenance(engine, settings, unique_names(paths), summary.files, paths)
     if settings.objects is not None:  # the objects clicked, after the text prompts' (a layer of their own)
         found = run_objects(paths, settings.objects, settings, engine, output=output, layer=objects_layer(layer),
-                            overwrite=overwrite)
+                            overwrite=overwrite, placed=placed)
         gdf = gpd.GeoDataFrame(pd.concat([gdf, found.drop(columns="id")], ignore_index=True), crs=gdf.crs)
         gdf["id"] = np.arange(1, len(gdf) + 1, dtype=np.int64)
         meta["objects"] = settings.objects.fingerprint()
@@ -450,32 +450,36 @@ def objects_layer(layer: str) -> str:
     return f"{layer}_objects"
 
 
-def check_objects(paths: list[Any], settings: Settings, output: Any, layer: str, overwrite: bool) -> None:
-    """Object prompts beside text prompts, checked before the model loads: placed on the inputs, and
-    an output that holds two layers (a GeoPackage; objects in `objects_layer(layer)`)."""
+def check_objects(paths: list[Any], settings: Settings, output: Any, layer: str, overwrite: bool) -> list[Placed]:
+    """Object prompts beside text prompts, checked before the model loads: placed on the inputs (the
+    objects placed, returned), and an output that holds two layers (a GeoPackage; objects in
+    `objects_layer(layer)`)."""
     assert settings.objects is not None
-    place_objects(settings.objects, paths, settings.read)
+    placed = place_objects(settings.objects, paths, settings.read)
     if output is not None:
         if Path(str(output)).suffix.lower() != ".gpkg":
             raise UsageError(f"{option('objects')} with text prompts writes two layers: give "
                              f"{option('output', 'OUT.gpkg', flag='-o')} (a GeoPackage)")
         export.check_output(output, overwrite, objects_layer(layer))
+    return placed
 
 
-def share_windows(engine: Any, paths: list[Any], settings: Settings) -> None:
-    """With object prompts, tell a segmenter that keeps windows' features (SAM 3) which tiles they
-    will be read in first: one backbone pass on those tiles serves the text and the object prompts."""
+def share_windows(engine: Any, paths: list[Any], settings: Settings, placed: list[Placed] | None) -> None:
+    """With object prompts (`placed` on the inputs), tell a segmenter that keeps windows' features
+    (SAM 3) which tiles they will be read in first: one backbone pass on those tiles serves the text
+    and the object prompts."""
     keep = getattr(getattr(getattr(engine, "segmenter", None), "segmenter", None), "keep_windows", None)
-    if settings.objects is not None and callable(keep):
-        keep(window_pixels(paths, settings.objects, settings))
+    if placed and callable(keep):
+        keep(window_pixels(paths, placed, settings))
 
 
 def objects_run(paths: list[Any], settings: Settings, segmenter: Any, backend_options: dict[str, Any], *,
                 output: Any, layer: str, overwrite: bool) -> gpd.GeoDataFrame:
     """A run of object prompts alone: checked (the objects placed, the output) before the model loads."""
     assert settings.objects is not None and not settings.prompts
-    place_objects(settings.objects, paths, settings.read)
+    placed = place_objects(settings.objects, paths, settings.read)
     if output is not None:
         export.check_output(output, overwrite, layer)
     engine = LocalEngine(as_segmenter(segmenter, **backend_options))
-    return run_objects(paths, settings.objects, settings, engine, output=output, layer=layer, overwrite=overwrite)
+    return run_objects(paths, settings.objects, settings, engine, output=output, layer=layer, overwrite=overwrite,
+                       placed=placed)
