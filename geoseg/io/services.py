@@ -90,7 +90,8 @@ class WebOptions:
         for h in headers:
             name, sep, value = str(h).partition(":")
             if not sep or not name.strip() or not value.strip() or "\n" in h or "\r" in h:
-                raise UsageError(f"{option('header')} {redact(name)!r}...: give one header as 'Name: value'")
+                raise UsageError(f"{option('header')}: a header holds no 'Name: value' (not shown: it may hold a key): "
+                                 f"give one header as 'Name: value'")
         keep_secret(*[f"https://header/?key={h.partition(':')[2].strip()}" for h in headers])
         return cls(zoom, resolution, None if cache is None else str(cache), max_connections, max_tiles,
                    tuple(headers), attribution)
