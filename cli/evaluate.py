@@ -19,6 +19,11 @@ def format_table(result: Evaluation) -> str:
     """The scores as a plain-text table."""
     lines = [f"{result.n_pred} predicted, {result.n_ref} reference objects; "
              f"areas in {result.area_crs or 'the CRS units (no CRS)'}"]
+    r = result.review
+    if r is not None:
+        lines.append(f"REF reviewed: {r['accepted']} accepted (the reference), {r['rejected']} rejected, "
+                     f"{r['unreviewed']} not reviewed; at IoU {result.thresholds[0]:.2f}: {r['on_rejected']} false "
+                     f"positives on rejected objects, {r['unscored']} predictions on objects not reviewed not scored")
     head = f"{'label':<16} {'IoU':>9} {'TP':>6} {'FP':>6} {'FN':>6} {'prec':>6} {'recall':>6} {'F1':>6} " \
            f"{'mIoU':>6} {'splits':>6} {'merges':>6}"
     lines += [head, "-" * len(head)]
@@ -55,13 +60,17 @@ def format_table(result: Evaluation) -> str:
 @click.option("--errors", "errors", default=None, metavar="FILE.gpkg",
               help="Write the matches and errors at the first --iou to a GeoPackage: layers tp, fp, fn.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --errors file.")
+@click.option("--reviewed", is_flag=True,
+              help="REF was reviewed in the explorer (a review column): its accepted objects are the reference; "
+                   "predictions on objects not reviewed yet are not scored.")
 def evaluate_cmd(pred: str, ref: str, ious: tuple[float, ...], label_field: str | None, class_agnostic: bool,
-                 aoi: str | None, sweep: str | None, as_json: bool, errors: str | None, overwrite: bool) -> None:
+                 aoi: str | None, sweep: str | None, as_json: bool, errors: str | None, overwrite: bool,
+                 reviewed: bool) -> None:
     """Score predicted polygons PRED against reference polygons REF (object by object, SpaceNet matching)."""
     if errors is not None:
         check_errors_path(errors, overwrite)  # before the work: a refused file costs nothing
     result = evaluate(pred, ref, iou=ious or (0.5,), label_field=label_field, class_agnostic=class_agnostic,
-                      aoi=aoi, sweep=sweep)
+                      aoi=aoi, sweep=sweep, reviewed=reviewed)
     if errors is not None:
         path = write_errors(result, errors, overwrite=overwrite)
         click.echo(f"{path}: layers tp ({len(result.tp)}), fp ({len(result.fp)}), fn ({len(result.fn)})", err=True)

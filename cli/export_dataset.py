@@ -30,15 +30,23 @@ from geoseg.cli import main
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for dealing blocks to splits.")
 @click.option("--bands", default=None, help="1-based bands to use as R,G,B (e.g. 4,3,2), or one for grey.")
 @click.option("--skip-empty", is_flag=True, help="Leave out chips without objects (kept as negatives by default).")
+@click.option("--reviewed", is_flag=True,
+              help="VECTOR was reviewed in the explorer (a review column): accepted objects are the labels, rejected "
+                   "ones background (hard negatives); chips where an object not reviewed yet lies are left out.")
 @click.option("--overwrite", is_flag=True, help="Replace a dataset geoseg wrote before in the output folder.")
 def export_dataset_cmd(rasters: tuple[str, ...], vector: str, out_dir: str, fmt: str, chip_size: int, overlap: int,
                        image_format: str, label_field: str | None, min_area: float, block_size: float | None,
-                       split: str, seed: int, bands: str | None, skip_empty: bool, overwrite: bool) -> None:
+                       split: str, seed: int, bands: str | None, skip_empty: bool, reviewed: bool,
+                       overwrite: bool) -> None:
     """Cut RASTERS (files or folders: one dataset) into chips and label them with the polygons of VECTOR,
     split by spatial blocks."""
     s = export_dataset(list(rasters), vector, out_dir, fmt=fmt, chip_size=chip_size, overlap=overlap,
                        image_format=image_format, label_field=label_field, min_area=min_area, block_size=block_size,
-                       split=split, seed=seed, bands=bands, skip_empty=skip_empty, overwrite=overwrite)
+                       split=split, seed=seed, bands=bands, skip_empty=skip_empty, reviewed=reviewed,
+                       overwrite=overwrite)
     per_split = ", ".join(f"{k} {s.chips[k]} chips / {s.objects[k]} objects ({s.blocks[k]} blocks)" for k in s.chips)
+    review = (f"; reviewed: {s.negatives} pieces of rejected objects kept as background, {s.skipped_unreviewed} "
+              f"chips with objects not reviewed left out") if reviewed else ""
     click.echo(f"{s.out_dir}: {fmt}, {per_split}; {s.truncated} truncated, {s.too_small} too small, "
-               f"{s.skipped_nodata} nodata chips skipped, {s.dropped_overlap} dropped at split edges", err=True)
+               f"{s.skipped_nodata} nodata chips skipped, {s.dropped_overlap} dropped at split edges{review}",
+               err=True)

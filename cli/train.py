@@ -39,6 +39,9 @@ def dataset_or_rasters(inputs: tuple[str, ...]) -> tuple[object, str | None]:
 @click.option("--label-field", default=None, help="With RASTERS VECTOR: the column giving the classes.")
 @click.option("--split", default="0.8,0.2", show_default=True, help="With RASTERS VECTOR: fractions train,val.")
 @click.option("--bands", default=None, help="With RASTERS VECTOR: 1-based bands to use as R,G,B.")
+@click.option("--reviewed", is_flag=True,
+              help="With RASTERS VECTOR: VECTOR was reviewed in the explorer; only accepted objects are labels "
+                   "(see export-dataset --reviewed).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and of training.")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="Data loader processes (0: all in this one).")
@@ -46,7 +49,7 @@ def dataset_or_rasters(inputs: tuple[str, ...]) -> tuple[object, str | None]:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress lines.")
 def train_cmd(inputs: tuple[str, ...], out_dir: str, epochs: int, patience: int, batch_size: int,
               device: str | None, weights: str | None, chip_size: int, label_field: str | None, split: str,
-              bands: str | None, seed: int, workers: int, overwrite: bool, quiet: bool) -> None:
+              bands: str | None, reviewed: bool, seed: int, workers: int, overwrite: bool, quiet: bool) -> None:
     """Train a YOLO segmentation student on DATASET (from `geoseg export-dataset --format yolo`), or on
     RASTERS labelled by the polygons of VECTOR (exported first); run it with
     `geoseg segment ... --backend yolo --model OUTPUT`. Needs Ultralytics (AGPL-3.0): `pip install ultralytics`."""
@@ -55,7 +58,7 @@ def train_cmd(inputs: tuple[str, ...], out_dir: str, epochs: int, patience: int,
     info = train(data, out_dir, vector=vector, epochs=epochs, patience=patience, batch_size=batch_size,
                  device=device, weights=weights, chip_size=chip_size, label_field=label_field, split=split,
                  bands=bands, seed=seed, workers=workers, progress=not quiet and sys.stderr.isatty(),
-                 overwrite=overwrite)
+                 reviewed=reviewed, overwrite=overwrite)
     val, t = info["val"], info["training"]
     click.echo(f"{out_dir}: student for {', '.join(info['classes'])}; {t['epochs_run']} epochs in "
                f"{t['seconds'] / 60:.1f} min; val mask mAP50 {val['mask_map50']:.3f}, mAP50-95 "

@@ -23,6 +23,14 @@ before val before test), so no pixel, and no piece of an object, is in two
 splits. An object straddling two non-overlapping chips of different splits is
 still cut in two there: that is the block edge. Two rasters over the same
 ground are not tied together: a warning says when they land in two splits.
+
+With `reviewed` (a `review` column, see `geoseg.io.review`), only accepted
+objects become labels. A rejected object is background where it lies: its
+chips are kept without a label for it (hard negatives). A chip where an
+object not reviewed yet lies (a piece of `min_area` pixels or more) is left
+out: its label there is unknown, and neither format has an ignore value.
+`skip_empty` then leaves out the chips without a reviewed object (accepted or
+rejected), keeping the hard negatives.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from geoseg.core.tiling import Window, plan_tiles
 from geoseg.errors import GeosegWarning, UsageError, option
 from geoseg.io.inputs import list_inputs
 from geoseg.io.raster import RasterSource, ReadOptions, parse_bands
+from geoseg.io.review import ACCEPTED, REJECTED, decisions, warn_unreviewed_use
 from geoseg.io.sources import unique_names
 from geoseg.io.vectors import polygons_only, read_vector
 
@@ -85,6 +94,9 @@ class DatasetSummary:
     skipped_empty: int = 0
     dropped_overlap: int = 0
     blocks: dict[str, int] = field(default_factory=dict)
+    reviewed: bool = False
+    skipped_unreviewed: int = 0  # chips left out: an object not reviewed yet lies there
+    negatives: int = 0  # pieces of rejected objects in the chips written, without a label
 
 
 def to_pixels(geoms: np.ndarray, transform: Any) -> np.ndarray:
@@ -189,6 +201,28 @@ def _categories(gdf: gpd.GeoDataFrame, label_field: str | None) -> tuple[list[st
 
 
 @dataclass
+class _Objects:
+    """The objects over one raster, in its pixel coordinates (None for the others): the labels, and
+    with `reviewed` the rejected (background) and the not reviewed (their chips are left out)."""
+
+    labels: np.ndarray
+    rejected: np.ndarray | None = None
+    unreviewed: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.trees = [None if g is None else shapely.STRtree(g) for g in (self.labels, self.rejected,
+                                                                          self.unreviewed)]
+
+
+def _objects(gdf: gpd.GeoDataFrame, src: RasterSource, review: np.ndarray | None) -> _Objects:
+    geoms = _on_raster(gdf, src)
+    if review is None:
+        return _Objects(geoms)
+    accepted, rejected = review == ACCEPTED, review == REJECTED
+    return _Objects(*(np.where(rows, geoms, None) for rows in (accepted, rejected, ~(accepted | rejected))))
+
+
+@dataclass
 class _Raster:
     """One input raster as planned in the first pass."""
 
@@ -277,7 +311,7 @@ def export_dataset(
     out_dir: str | os.PathLike[str], *, fmt: str = "coco", chip_size: int = 512, overlap: int = 0,
     image_format: str = "png", label_field: str | None = None, min_area: float = 1.0,
     block_size: float | None = None, split: str | tuple[float, ...] = (0.8, 0.2), seed: int = 0,
-    bands: str | None = None, skip_empty: bool = False, overwrite: bool = False,
+    bands: str | None = None, skip_empty: bool = False, reviewed: bool = False, overwrite: bool = False,
 ) -> DatasetSummary:
     """Cut `rasters` into chips and write them with the polygons of `vector` as COCO or YOLO labels.
 
@@ -293,7 +327,10 @@ def export_dataset(
             rasters hold fewer blocks than there are splits).
         split: fractions of chips for train, val(, test).
         seed: shuffles the blocks among splits.
-        skip_empty: leave out chips without objects (else they are kept as negatives).
+        skip_empty: leave out chips without objects (else they are kept as negatives); with
+            `reviewed`, chips without a reviewed object.
+        reviewed: `vector` has a `review` column: accepted objects are the labels, rejected ones
+            background, and chips where an object not reviewed yet lies are left out.
     See the module docstring for the rules. Returns what was written.
     """
     if fmt not in FORMATS:
@@ -311,11 +348,18 @@ def export_dataset(
     if gdf.crs is None and len(gdf):
         raise UsageError(f"VECTOR {vector} has no CRS: set it (e.g. ogr2ogr -a_srs EPSG:XXXX) so it can be "
                          f"placed on the rasters")
-    names, cats = _categories(gdf, label_field)
-    planned = _plan_rasters(paths, stems, gdf, read, chip_size, overlap)
-    if len(gdf) and not any(r.objects for r in planned):
+    review = decisions(gdf, f"VECTOR {vector}") if reviewed else None
+    labelled = gdf if review is None else gdf[review == ACCEPTED]
+    names, cats = _categories(labelled, label_field)
+    if review is not None:  # a category per row of gdf: -1 for those that are no label
+        per_row = np.full(len(gdf), -1, np.int64)
+        per_row[review == ACCEPTED] = cats
+        cats = per_row
+    planned = _plan_rasters(paths, stems, labelled, read, chip_size, overlap)
+    if len(labelled) and not any(r.objects for r in planned):
         where = paths[0] if len(paths) == 1 else f"any of the {len(paths)} rasters"
-        raise UsageError(f"VECTOR {vector}: no object lies over {where}: check that both cover the same place "
+        what = "accepted object" if reviewed else "object"
+        raise UsageError(f"VECTOR {vector}: no {what} lies over {where}: check that both cover the same place "
                          f"(and the vector's CRS)")
     size, deal = _deal(planned, chip_size, block_size, fractions, seed)
     for r in planned:  # warned only now: a refused input gives one line, no warning before it
@@ -324,7 +368,9 @@ def export_dataset(
                           f"its chips are padded to {chip_size} x {chip_size} px with nodata (0)",
                           GeosegWarning, stacklevel=2)
     _warn_shared_ground(planned, deal)
-    summary = DatasetSummary(Path(out_dir), fmt, names)
+    if not reviewed:
+        warn_unreviewed_use(gdf, f"VECTOR {vector}", option("reviewed"))
+    summary = DatasetSummary(Path(out_dir), fmt, names, reviewed=reviewed)
     for s in range(len(fractions)):
         summary.blocks[SPLITS[s]] = sum(1 for v in deal.values() if v == s)
     with building(out, "dataset") as tmp:
@@ -334,31 +380,30 @@ def export_dataset(
             keep = overlap_guard(r.windows, splits)  # within a raster, no pixel in two splits
             summary.dropped_overlap += int((~keep).sum())
             with RasterSource(r.path, read) as src:
-                geoms = _on_raster(gdf, src)
-                chips += _write_chips(src, tmp, r.windows, r.blocks, splits, keep, geoms, shapely.STRtree(geoms),
+                chips += _write_chips(src, tmp, r.windows, r.blocks, splits, keep, _objects(gdf, src, review),
                                       cats, summary, fractions=fractions, image_format=image_format,
                                       min_area=min_area, skip_empty=skip_empty, stem=r.stem)
         crs = {r.crs for r in planned}
         _write_labels(tmp, fmt, names, chips, len(fractions), crs.pop() if len(crs) == 1 else None)
         manifest = {
-            "geoseg": "export-dataset", "vector": str(vector),
+            "geoseg": "export-dataset", "vector": str(vector), "reviewed": reviewed,
             "rasters": [{"path": str(r.path), "name": r.stem, "crs": CRS(r.crs).to_wkt(), "transform": r.transform,
                          "height": r.height, "width": r.width} for r in planned],
             "format": fmt, "image_format": image_format, "chip_size": chip_size, "overlap": overlap,
             "bands": None if read.bands is None else list(read.bands),
             "block_size_chips": size, "split": dict(zip(SPLITS, fractions)), "seed": seed, "min_area_px": min_area,
             "categories": names, "summary": {k: v for k, v in summary.__dict__.items() if k != "out_dir"},
-            "chips": [{k: c[k] for k in ("file", "source", "split", "row", "col", "block", "objects")}
-                      for c in chips],
+            "chips": [{k: c[k] for k in ("file", "source", "split", "row", "col", "block", "objects",
+                                         *(("negatives",) if reviewed else ()))} for c in chips],
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
     return summary
 
 
 def _write_chips(src: RasterSource, tmp: Path, windows: list[Window], blocks: list[tuple[int, int, int]],
-                 splits: list[int], keep: np.ndarray, geoms: np.ndarray, tree: shapely.STRtree, cats: np.ndarray,
-                 summary: DatasetSummary, *, fractions: tuple[float, ...], image_format: str, min_area: float,
-                 skip_empty: bool, stem: str) -> list[dict[str, Any]]:
+                 splits: list[int], keep: np.ndarray, objects: _Objects, cats: np.ndarray, summary: DatasetSummary,
+                 *, fractions: tuple[float, ...], image_format: str, min_area: float, skip_empty: bool,
+                 stem: str) -> list[dict[str, Any]]:
     driver, ext = IMAGE_FORMATS[image_format]
     for s in range(len(fractions)):
         (tmp / "images" / SPLITS[s]).mkdir(parents=True, exist_ok=True)
@@ -372,9 +417,15 @@ def _write_chips(src: RasterSource, tmp: Path, windows: list[Window], blocks: li
         if not valid.any():
             summary.skipped_nodata += 1
             continue
-        pieces, small = chip_pieces(w, geoms, tree, cats, min_area)
+        pieces, small = chip_pieces(w, objects.labels, objects.trees[0], cats, min_area)
+        negatives = 0
+        if objects.unreviewed is not None:
+            if chip_pieces(w, objects.unreviewed, objects.trees[2], cats, min_area)[0]:
+                summary.skipped_unreviewed += 1
+                continue
+            negatives = len(chip_pieces(w, objects.rejected, objects.trees[1], cats, min_area)[0])
         summary.too_small += small
-        if skip_empty and not pieces:
+        if skip_empty and not pieces and not negatives:
             summary.skipped_empty += 1
             continue
         name = f"{stem}_r{w.row}_c{w.col}{ext}"
@@ -384,8 +435,9 @@ def _write_chips(src: RasterSource, tmp: Path, windows: list[Window], blocks: li
         summary.chips[split] += 1
         summary.objects[split] += len(pieces)
         summary.truncated += sum(p.truncated for p in pieces)
+        summary.negatives += negatives
         chips.append({"file": f"images/{split}/{name}", "source": stem, "crs": src.crs, "split": split,
-                      "row": w.row, "col": w.col,
+                      "row": w.row, "col": w.col, "negatives": negatives,
                       "height": w.height, "width": w.width, "block": list(block), "objects": len(pieces),
                       "transform": list(t)[:6], "pieces": pieces})
     return chips

@@ -23,6 +23,14 @@ objects that only reach into it still take part in the matching, so an object
 cut by the AOI edge is neither a false positive nor a false negative when its
 partner lies across the edge: a matched pair counts when the reference's
 centroid is inside, and is ignored otherwise.
+
+A reviewed reference (`reviewed`, a `review` column: see `geoseg.io.review`)
+holds the truth in its accepted objects; its rejected and unreviewed objects
+are no references (never false negatives). A prediction left unmatched is a
+false positive, as always, and is flagged `on_rejected` when half or more of
+its area lies on rejected objects (a mistake a person already turned down).
+An unmatched prediction lying half or more on objects not reviewed yet (and
+not on rejected ones) is not scored: nobody knows yet whether it is right.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from geoseg import errors
 from geoseg.errors import NotFoundError, OutputError, UsageError, option
 from geoseg.io import files
 from geoseg.io.export import check_output
+from geoseg.io.review import split_review, warn_unreviewed_use
 from geoseg.io.vectors import Vector, polygons_only, read_vector
 
 COCO_IOUS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))  # 0.50:0.95
@@ -120,6 +129,10 @@ class Evaluation:
         fn: unmatched references (their columns, `ref_index`, `best_iou`).
         sweep: precision/recall/F1 against the score threshold (with `sweep_field`).
         best: the sweep row with the best F1 (the lowest threshold among ties).
+        review: with a reviewed reference, its objects per decision (`accepted`, `rejected`,
+            `unreviewed`), and at the first threshold the false positives on rejected objects
+            (`on_rejected`) and the predictions on unreviewed ones left unscored (`unscored`);
+            None otherwise.
         All GeoDataFrames are in the predictions' CRS.
     """
 
@@ -137,6 +150,7 @@ class Evaluation:
     fn: gpd.GeoDataFrame
     sweep: list[SweepRow] = field(default_factory=list)
     sweep_field: str | None = None
+    review: dict[str, int] | None = None
 
     @property
     def best(self) -> SweepRow | None:
@@ -163,6 +177,7 @@ class Evaluation:
                 "field": self.sweep_field, "rows": [r.to_dict() for r in self.sweep],
                 "best": best.to_dict() if best else None,
             },
+            "review": self.review,
         }
 
 
@@ -253,7 +268,7 @@ def _check_crs(pred: gpd.GeoDataFrame, ref: gpd.GeoDataFrame) -> gpd.GeoDataFram
 def evaluate(
     pred: Vector, ref: Vector, *, iou: float | tuple[float, ...] | list[float] = 0.5,
     label_field: str | None = None, class_agnostic: bool = False, aoi: Any = None,
-    sweep: str | None = None, sweep_steps: int = 50,
+    sweep: str | None = None, sweep_steps: int = 50, reviewed: bool = False,
 ) -> Evaluation:
     """Score predicted polygons `pred` against reference polygons `ref`.
 
@@ -271,12 +286,20 @@ def evaluate(
         sweep: a PRED column (e.g. `score`): precision/recall/F1 keeping only
             predictions whose value reaches each of up to `sweep_steps`
             thresholds (its distinct values, or quantiles of them).
+        reviewed: `ref` has a `review` column: its accepted objects are the
+            truth; see the module docstring for the rejected and unreviewed ones.
     """
     thresholds = tuple(float(t) for t in ((iou,) if isinstance(iou, (int, float)) else iou))
     if not thresholds or any(not 0 < t <= 1 for t in thresholds):
         raise UsageError(f"{option('iou', thresholds)}: IoU thresholds must be in (0, 1], e.g. {option('iou', 0.5)}")
     pred_in = polygons_only(read_vector(pred, "PRED"), _named(pred, "PRED"))
     ref_in = polygons_only(read_vector(ref, "REF"), _named(ref, "REF"))
+    review = None  # with `reviewed`: REF split three ways; the accepted are the reference
+    if reviewed:
+        review = split_review(ref_in, _named(ref, "REF"))
+        ref_in = review.accepted
+    else:
+        warn_unreviewed_use(ref_in, _named(ref, "REF"), option("reviewed"))
     field_name = _label_field(pred_in, ref_in, label_field, class_agnostic)
     if sweep is not None and sweep not in pred_in.columns:
         raise UsageError(f"{option('sweep', sweep)}: PRED has no such column "
@@ -309,35 +332,62 @@ def evaluate(
     pair_iou = inter / (a_p[i] + a_r[j] - inter) if len(i) else np.zeros(0)
     chosen = greedy_match(i, j, pair_iou)
     covers = inter >= 0.5 * np.minimum(a_p[i], a_r[j]) - _EPS
+    on_rejected = unscored = np.zeros(len(pg), bool)
+    if review is not None:
+        on_rejected = _mostly_on(pg, to_area(_check_crs(pred_in, review.rejected).geometry).values)
+        unscored = _mostly_on(pg, to_area(_check_crs(pred_in, review.unreviewed).geometry).values) & ~on_rejected
 
     labels = sorted(set(p_lab[p_use & p_in]) | set(r_lab[r_use & r_in])) if field_name else []
     scores = []
     for t in thresholds:
         m = chosen[pair_iou[chosen] >= t - _EPS]
         for lab in [*labels, ALL]:
-            scores.append(_score(lab, t, m, i, j, pair_iou, covers, p_lab, r_lab, p_in & p_use, r_in & r_use))
+            scores.append(_score(lab, t, m, i, j, pair_iou, covers, p_lab, r_lab, p_in & p_use, r_in & r_use,
+                                 unscored))
     coco = {}
     for lab in [*labels, ALL]:
         rows = [_score(lab, t, chosen[pair_iou[chosen] >= t - _EPS], i, j, pair_iou, covers, p_lab, r_lab,
-                       p_in & p_use, r_in & r_use) for t in COCO_IOUS]
+                       p_in & p_use, r_in & r_use, unscored) for t in COCO_IOUS]
         coco[lab] = {m: float(np.nanmean([getattr(r, m) for r in rows])) if any(
             not math.isnan(getattr(r, m)) for r in rows) else math.nan for m in ("precision", "recall", "f1")}
 
     first = chosen[pair_iou[chosen] >= thresholds[0] - _EPS]
-    tp, fp, fn = _frames(pred_in, ref_in, first, i, j, pair_iou, p_in & p_use, r_in & r_use, p_lab)
+    tp, fp, fn = _frames(pred_in, ref_in, first, i, j, pair_iou, p_in & p_use & ~unscored, r_in & r_use, p_lab,
+                         on_rejected if review is not None else None)
+    summary = None
+    if review is not None:
+        matched = np.zeros(len(pg), bool)
+        matched[i[first]] = True
+        left = p_in & p_use & ~matched  # the false positives at the first threshold, as _score counts them
+        summary = {"accepted": len(review.accepted), "rejected": len(review.rejected),
+                   "unreviewed": len(review.unreviewed), "on_rejected": int((left & on_rejected).sum()),
+                   "unscored": int((left & unscored).sum())}
     sweep_rows = _sweep(pred_in[sweep].to_numpy(dtype=float), sweep_steps, thresholds[0], i, j, pair_iou,
-                  p_in & p_use, r_in & r_use) if sweep else []
+                        p_in & p_use, r_in & r_use, unscored) if sweep else []
     return Evaluation(
         thresholds=thresholds, labels=labels, n_pred=int((p_in & p_use).sum()), n_ref=int((r_in & r_use).sum()),
         crs=None if pred_in.crs is None else pred_in.crs.to_string(),
         area_crs=None if area_crs is None else area_crs.to_string(), label_field=field_name, scores=scores,
-        coco=coco, tp=tp, fp=fp, fn=fn, sweep=sweep_rows, sweep_field=sweep,
+        coco=coco, tp=tp, fp=fp, fn=fn, sweep=sweep_rows, sweep_field=sweep, review=summary,
     )
 
 
+def _mostly_on(pred: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Whether half or more of each prediction's area lies on `others` (their overlaps counted once per object)."""
+    out = np.zeros(len(pred), bool)
+    i, _, inter = candidate_pairs(pred, others)
+    if len(i):
+        on = np.bincount(i, weights=inter, minlength=len(pred))
+        out = on >= 0.5 * shapely.area(pred) - _EPS
+        out &= on > 0
+    return out
+
+
 def _score(label: str, t: float, m: np.ndarray, i: np.ndarray, j: np.ndarray, pair_iou: np.ndarray,
-           covers: np.ndarray, p_lab: np.ndarray, r_lab: np.ndarray, p_ok: np.ndarray, r_ok: np.ndarray) -> Scores:
-    """Counts for one label at one threshold; `m` are the matched pair indices."""
+           covers: np.ndarray, p_lab: np.ndarray, r_lab: np.ndarray, p_ok: np.ndarray, r_ok: np.ndarray,
+           unscored: np.ndarray) -> Scores:
+    """Counts for one label at one threshold; `m` are the matched pair indices; `unscored` predictions
+    are no false positives."""
     p_sel = p_ok & ((p_lab == label) if label != ALL else True)
     r_sel = r_ok & ((r_lab == label) if label != ALL else True)
     counted = m[r_sel[j[m]]]  # a pair counts when its reference is scored (AOI: centroid inside)
@@ -346,7 +396,7 @@ def _score(label: str, t: float, m: np.ndarray, i: np.ndarray, j: np.ndarray, pa
     matched_r = np.zeros(len(r_lab), bool)
     matched_r[j[m]] = True
     tp = len(counted)
-    fp = int((p_sel & ~matched_p).sum())
+    fp = int((p_sel & ~matched_p & ~unscored).sum())
     fn = int((r_sel & ~matched_r).sum())
     c = covers & r_sel[j]
     splits = int((np.bincount(j[c], minlength=len(r_lab)) >= 2).sum())
@@ -357,8 +407,8 @@ def _score(label: str, t: float, m: np.ndarray, i: np.ndarray, j: np.ndarray, pa
 
 
 def _frames(pred: gpd.GeoDataFrame, ref: gpd.GeoDataFrame, m: np.ndarray, i: np.ndarray, j: np.ndarray,
-            pair_iou: np.ndarray, p_ok: np.ndarray, r_ok: np.ndarray,
-            p_lab: np.ndarray) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, gpd.GeoDataFrame]:
+            pair_iou: np.ndarray, p_ok: np.ndarray, r_ok: np.ndarray, p_lab: np.ndarray,
+            on_rejected: np.ndarray | None) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, gpd.GeoDataFrame]:
     m = m[r_ok[j[m]]]
     best_p = np.zeros(len(pred))
     best_r = np.zeros(len(ref))
@@ -376,6 +426,8 @@ def _frames(pred: gpd.GeoDataFrame, ref: gpd.GeoDataFrame, m: np.ndarray, i: np.
     fp = pred[p_ok & ~matched_p].copy()
     fp.insert(0, "pred_index", fp.index.to_numpy())
     fp["best_iou"] = best_p[p_ok & ~matched_p]
+    if on_rejected is not None:
+        fp["on_rejected"] = on_rejected[p_ok & ~matched_p]
     fn = ref[r_ok & ~matched_r].copy()
     fn.insert(0, "ref_index", fn.index.to_numpy())
     fn["best_iou"] = best_r[r_ok & ~matched_r]
@@ -391,7 +443,7 @@ def sweep_thresholds(values: np.ndarray, steps: int) -> np.ndarray:
 
 
 def _sweep(score: np.ndarray, steps: int, t: float, i: np.ndarray, j: np.ndarray, pair_iou: np.ndarray,
-           p_ok: np.ndarray, r_ok: np.ndarray) -> list[SweepRow]:
+           p_ok: np.ndarray, r_ok: np.ndarray, unscored: np.ndarray) -> list[SweepRow]:
     rows = []
     n_ref = int(r_ok.sum())
     for s in sweep_thresholds(score[p_ok], steps):
@@ -402,7 +454,7 @@ def _sweep(score: np.ndarray, steps: int, t: float, i: np.ndarray, j: np.ndarray
         m = m[r_ok[j[m]]]
         matched_p = np.zeros(len(score), bool)
         matched_p[i[m]] = True
-        tp, fp = len(m), int((keep & ~matched_p).sum())
+        tp, fp = len(m), int((keep & ~matched_p & ~unscored).sum())
         sc = Scores(ALL, t, tp, fp, n_ref - tp, math.nan, 0, 0)
         rows.append(SweepRow(float(s), int(keep.sum()), tp, fp, n_ref - tp, sc.precision, sc.recall, sc.f1))
     return rows

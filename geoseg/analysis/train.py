@@ -32,6 +32,7 @@ from geoseg.analysis.folders import building, check_out_dir
 from geoseg.backends.yolo import MANIFEST, WEIGHTS, file_hash, import_ultralytics, keep_torch_threads, pick_device
 from geoseg.errors import UsageError, option
 from geoseg.io.raster import crs_resolution
+from geoseg.io.review import read_reviewed
 
 log = logging.getLogger("geoseg")
 
@@ -160,8 +161,8 @@ def ground_resolution(manifest: dict[str, Any]) -> float | None:
 def train(dataset: Any, out_dir: str | os.PathLike[str], *, vector: Any = None, epochs: int = 100,
           patience: int = 20, batch_size: int = 16, device: str | None = None, weights: str | None = None,
           chip_size: int = 512, label_field: str | None = None, split: str = "0.8,0.2", bands: str | None = None,
-          seed: int = 0, workers: int = 2, progress: bool = False, overwrite: bool = False,
-          **hyper: Any) -> dict[str, Any]:
+          seed: int = 0, workers: int = 2, progress: bool = False, reviewed: bool = False,
+          overwrite: bool = False, **hyper: Any) -> dict[str, Any]:
     """Train a YOLO segmentation student; return its `geoseg.json`.
 
     Args:
@@ -173,21 +174,28 @@ def train(dataset: Any, out_dir: str | os.PathLike[str], *, vector: Any = None, 
         weights: a checkpoint to start from (e.g. yolo11n-seg.pt, much faster to train) or an
             architecture yaml; default yolo11n-seg.yaml with random weights (offline).
         chip_size, label_field, split, bands: for the export (chip_size is also the training size).
+        reviewed: `vector` has a `review` column: accepted objects are the labels, rejected ones
+            background (see `export_dataset`).
         hyper: other Ultralytics training arguments (lr0, mosaic, degrees, ...).
     """
     if epochs < 1 or patience < 1 or batch_size < 1:
         raise UsageError(f"{option('epochs')}, {option('patience')} and {option('batch_size')} must be 1 or more")
     out = check_out_dir(out_dir, overwrite, what="model")
     if vector is None:
+        if reviewed:
+            raise UsageError(f"{option('reviewed')} is for RASTERS... VECTOR: DATASET {dataset} is exported "
+                             f"already (export it with {option('reviewed')}, or give the rasters and the file)")
         manifest = read_dataset(dataset)
         check_dataset(dataset, manifest)
+    elif reviewed:  # before any model loads
+        read_reviewed(vector, f"VECTOR {vector}")
     import_ultralytics()  # before any work: without it, one line saying what to install
     check_start(weights)
     device = pick_device(device)
     with building(out, "model") as tmp:
         if vector is not None:
             export_dataset(dataset, vector, tmp / "dataset", fmt="yolo", chip_size=chip_size, split=split,
-                           label_field=label_field, bands=bands, seed=seed)
+                           label_field=label_field, bands=bands, seed=seed, reviewed=reviewed)
             dataset = tmp / "dataset"
             manifest = read_dataset(dataset)
             check_dataset(dataset, manifest)
@@ -252,6 +260,7 @@ def _fit(dataset: Path, manifest: dict[str, Any], tmp: Path, *, epochs: int, pat
         "crs": _short_crs(manifest),
         "bands": manifest.get("bands"),
         "dataset": {"path": str(dataset.resolve()), "vector": manifest.get("vector"),
+                    "reviewed": bool(manifest.get("reviewed")),
                     "rasters": [r["path"] for r in manifest["rasters"]], "chips": manifest["summary"]["chips"],
                     "objects": manifest["summary"]["objects"], "split": manifest.get("split"),
                     "seed": manifest.get("seed")},
