@@ -20,7 +20,8 @@ from geoseg.run.pipeline import segment
 # `plot` is the module geoseg.analysis.plot, callable as its function plot();
 # `evaluate` and `stats` are modules too (`geoseg.evaluate.evaluate(pred, ref)`).
 _LAZY = {"plot": ("geoseg.analysis.plot", None), "Segmentation": ("geoseg.analysis.session", "Segmentation"),
-         "evaluate": ("geoseg.analysis.evaluate", None), "stats": ("geoseg.analysis.stats", None)}
+         "evaluate": ("geoseg.analysis.evaluate", None),
+         "explore": ("geoseg.explorer", "explore"), "stats": ("geoseg.analysis.stats", None)}
 
 
 def __getattr__(name: str):  # type: ignore[no-untyped-def]
@@ -55,6 +56,7 @@ __all__ = [
     "__version__",
     "backend_names",
     "evaluate",
+    "explore",
     "load_segmenter",
     "plot",
     "segment",

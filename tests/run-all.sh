@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install what the tests need and run them all: Debian's QGIS when missing (for the
-# QGIS provider's tests; root or sudo), a virtual environment .venv unless one is active,
+# Install what the tests need and run them all: Debian's QGIS and Chromium when missing (for the
+# QGIS provider's and the explorer's browser tests; root or sudo), a virtual environment .venv unless one is active,
 # geoseg with its SAM 3 and test extras, then pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,11 @@ if ! /usr/bin/python3 -c "import qgis.core" 2>/dev/null || [ ! -x /usr/bin/qgis_
     SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
     $SUDO apt-get update -q
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q qgis python3-qgis qgis-providers
+fi
+if [ ! -x /usr/bin/chromium ]; then  # the explorer's browser tests: Debian's Chromium, driven by Playwright
+    SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium
 fi
 if [ -z "${VIRTUAL_ENV:-}" ] && ! python3 -c "import ensurepip" 2>/dev/null && command -v apt-get >/dev/null; then
     SUDO=$([ "$(id -u)" = 0 ] || echo sudo)  # Debian's python3 makes venvs only with python3-venv

@@ -284,6 +284,7 @@ class LocalEngine:
                 if pending is not None:
                     pending.result()
                 pending = writer.submit(_put, store, batch, plan, staged, profile)
+                progress.found(src.transform, src.crs, batch.pieces)
                 progress.advance(len(batch.tiles), len(batch.pieces), sum(n for n, _ in batch.refined.values()),
                                  batch.passes)
                 if profile is not None:

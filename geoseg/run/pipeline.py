@@ -37,7 +37,7 @@ from geoseg.run.checks import check_run, exemplars_of, own_outputs, remote_outpu
 from geoseg.run.engine import Engine, LocalEngine
 from geoseg.run.inspection import RasterInfo, inspect, outside_all
 from geoseg.run.objects import run_objects, window_pixels
-from geoseg.run.progress import Progress
+from geoseg.run.progress import Found, Progress
 from geoseg.run.rowmerge import FileMerge
 from geoseg.run.settings import Settings, fingerprint
 from geoseg.run.stage import stage_one
@@ -181,7 +181,7 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Engine, wo
         if len(crss) > 1:
             raise mixed_crs_error()
     progress = Progress(bars=settings.progress, n_files=len(paths),
-                        total_tiles=sum(i.tiles for i in infos.values()))
+                        total_tiles=sum(i.tiles for i in infos.values()), watch=settings.watch)
     merger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-merge")
     pool = workers.Pool(workers.check_workers(settings.cpu_workers))  # started on first use, shared by the files
     merges: dict[int, Future[None]] = {}
@@ -331,6 +331,7 @@ def segment(
     max_tiles: int = services.DEFAULT_MAX_TILES,
     headers: Sequence[str] = (),
     attribution: str | None = None,
+    watch: Callable[[Found], None] | None = None,
     **backend_options: Any,
 ) -> gpd.GeoDataFrame:
     """Segment rasters with text prompts; return one polygon per object.
@@ -402,6 +403,9 @@ def segment(
             cache folder (default ~/.cache/geoseg/tiles), parallel requests,
             the most service tiles a run may need, HTTP headers ("Name: value",
             an API key; never written anywhere) and the provider's credit.
+        watch: called after each batch of tiles with a `geoseg.run.progress.Found`: that batch's
+            detections as the model gave them, before the seam merge (to show them as they
+            come, as the explorer does); an exception it raises stops the run. Local runs only.
 
     Returns:
         A GeoDataFrame with columns id, label, score, area_m2, n_tiles, level, source.
@@ -415,6 +419,7 @@ def segment(
                            cpu_workers=cpu_workers, saturation=saturation, refine_depth=refine_depth, zoom=zoom,
                            neighbour_start=neighbour_start, exemplars=exemplars, segmenter=segmenter,
                            backend_options=backend_options, objects=objects)
+    settings.watch = watch
     web = services.WebOptions.of(zoom=web_zoom, resolution=web_resolution, cache=tile_cache,
                                  max_connections=max_connections, max_tiles=max_tiles, headers=headers,
                                  attribution=attribution)

@@ -16,8 +16,13 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+
+from affine import Affine
+
+from geoseg.core.merge import Piece
 
 log = logging.getLogger("geoseg.run.progress")
 
@@ -33,15 +38,36 @@ def _eta(seconds: float) -> str:
 
 EVERY = 10.0  #: seconds between two progress lines (where no bar is drawn)
 
+@dataclass(frozen=True)
+class Found:
+    """The detections of one batch of tiles, as the model gave them (not yet merged across seams).
+
+    Attributes:
+        name: the raster's name; transform, crs: its grid (the one the tiles are read on).
+        pieces: each detection's mask, a tight crop at (row, col) of that grid.
+        done, total: tiles of the raster segmented so far, and in all.
+    """
+
+    name: str
+    transform: Affine
+    crs: Any
+    pieces: list[Piece]
+    done: int
+    total: int
+
+
 class Progress:
     """Counts tiles, area and detections of a run over `n_files` files.
 
     Args:
         bars: draw tqdm bars (else only log lines).
         total_tiles: tiles of all files, for the overall bar.
+        watch: called with each batch's `Found` as it is segmented (see `geoseg.segment(watch=...)`).
     """
 
-    def __init__(self, *, bars: bool, n_files: int = 1, total_tiles: int = 0, every: float | None = None) -> None:
+    def __init__(self, *, bars: bool, n_files: int = 1, total_tiles: int = 0, every: float | None = None,
+                 watch: Callable[[Found], None] | None = None) -> None:
+        self.watch = watch
         self.printed = bars and plain_lines_only()  # the log lines, printed, instead of bars
         self.bars = bars and not self.printed
         self.every = EVERY if every is None else every
@@ -90,6 +116,11 @@ class Progress:
         if time.monotonic() - self.last >= self.every:
             self.last = time.monotonic()
             self._say("%s", self.line())
+
+    def found(self, transform: Affine, crs: Any, pieces: list[Piece]) -> None:
+        """A batch's detections (before the seam merge), for `watch`; it may raise to stop the run."""
+        if self.watch is not None:
+            self.watch(Found(self.name, transform, crs, pieces, self.done, self.total))
 
     def line(self) -> str:
         rate = (self.done - self.done0) / max(time.monotonic() - self.t0, 1e-9)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from geoseg.io.area import Area
 from geoseg.io.exemplars import ExemplarFile, read_exemplars
 from geoseg.io.objects import ObjectFile, read_objects
 from geoseg.io.raster import ReadOptions
+from geoseg.run.progress import Found
 from geoseg.run.workers import check_workers
 
 
@@ -41,6 +42,7 @@ class Settings:
     exemplars: ExemplarFile | None = None  #: boxes that define concepts (see `geoseg.io.exemplars`)
     only: tuple[str, ...] = ()  #: the labels among `prompts` of exemplar-only concepts
     objects: ObjectFile | None = None  #: clicks and boxes on single objects (see `geoseg.io.objects`)
+    watch: Callable[[Found], None] | None = None  #: sees each batch's detections as they come (`Progress.found`)
 
     @property
     def text_prompts(self) -> list[str]:
