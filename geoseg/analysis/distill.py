@@ -377,7 +377,7 @@ def format_report(r: dict[str, Any]) -> str:
     s = r["speed"]
     rv = r.get("reviewed")
     teacher = "teacher" if rv is None else "the accepted objects"
-    labelled = f"reviewed objects: {rv['train']} (train); {rv['heldout']} (held out)" if rv else (
+    labelled = f"objects on the blocks: {rv['train']} (train); {rv['heldout']} (held out)" if rv else (
         f"teacher objects {r['sample']['teacher_objects']} (train) + {r['sample']['teacher_objects_heldout']} "
         f"(held out)")
     lines = [
@@ -406,8 +406,9 @@ def format_report(r: dict[str, Any]) -> str:
                      f"{s['student_s']} s: the student is {s['student_vs_teacher']}x the teacher's speed")
     lines.append("time per step (s): " + ", ".join(f"{k} {v}" for k, v in r["steps_s"].items()))
     if r["not_found_by_teacher"]:
-        lines.append(f"the teacher found no {', '.join(r['not_found_by_teacher'])} in the sample: the student "
-                     f"does not know them")
+        names = ", ".join(r["not_found_by_teacher"])
+        found = f"the teacher found no {names}" if rv is None else f"no {names} was accepted"
+        lines.append(f"{found} in the sample: the student does not know them")
     return "\n".join(lines)
 
 
