@@ -25,7 +25,7 @@ import geoseg
 from geoseg.analysis.dataset import export_dataset, to_pixels
 from geoseg.analysis.evaluate import evaluate
 from geoseg.errors import UsageError
-from geoseg.io.review import ACCEPTED, REJECTED, REVIEW, decision, decisions
+from geoseg.io.review import ACCEPTED, REJECTED, REVIEW, decision, decisions, reviewed_decisions
 from geoseg.testing import make_scene
 
 PROMPTS = ["red", "green", "blue"]
@@ -110,8 +110,10 @@ def test_the_review_column_is_read_case_blind_and_checked():
         decisions(gdf, "F")
     with pytest.raises(UsageError, match="has no review column"):
         decisions(gdf.drop(columns=REVIEW), "F")
+    nothing = gdf.assign(review=["rejected", None])
+    assert list(decisions(nothing, "F")) == [REJECTED, None]  # the explorer reads such a file
     with pytest.raises(UsageError, match=r"none of its 2 objects is accepted \(0 accepted, 1 rejected, 1 not"):
-        decisions(gdf.assign(review=["rejected", None]), "F")
+        reviewed_decisions(nothing, "F")  # --reviewed refuses it
 
 
 def test_export_dataset_labels_only_accepted_objects(scene, tmp_path):

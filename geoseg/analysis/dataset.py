@@ -57,7 +57,7 @@ from geoseg.core.tiling import Window, plan_tiles
 from geoseg.errors import GeosegWarning, UsageError, option
 from geoseg.io.inputs import list_inputs
 from geoseg.io.raster import RasterSource, ReadOptions, parse_bands
-from geoseg.io.review import ACCEPTED, REJECTED, decisions, warn_unreviewed_use
+from geoseg.io.review import ACCEPTED, REJECTED, reviewed_decisions, warn_unreviewed_use
 from geoseg.io.sources import unique_names
 from geoseg.io.vectors import polygons_only, read_vector
 
@@ -348,7 +348,7 @@ def export_dataset(
     if gdf.crs is None and len(gdf):
         raise UsageError(f"VECTOR {vector} has no CRS: set it (e.g. ogr2ogr -a_srs EPSG:XXXX) so it can be "
                          f"placed on the rasters")
-    review = decisions(gdf, f"VECTOR {vector}") if reviewed else None
+    review = reviewed_decisions(gdf, f"VECTOR {vector}") if reviewed else None
     labelled = gdf if review is None else gdf[review == ACCEPTED]
     names, cats = _categories(labelled, label_field)
     if review is not None:  # a category per row of gdf: -1 for those that are no label

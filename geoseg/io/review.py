@@ -41,7 +41,7 @@ def decision(value: object) -> str | None:
 
 def decisions(gdf: gpd.GeoDataFrame, named: str) -> np.ndarray:
     """The review of each row (ACCEPTED, REJECTED or None), refusing, naming `named`, a file
-    without the column, a value that is none of them, or a file where nothing is accepted."""
+    without the column or a value that is none of them."""
     if REVIEW not in gdf.columns:
         raise UsageError(f"{named} has no {REVIEW} column: {option('reviewed')} needs a file reviewed in the explorer "
                          f"(a {REVIEW} column of {ACCEPTED}, {REJECTED} or empty)")
@@ -52,10 +52,16 @@ def decisions(gdf: gpd.GeoDataFrame, named: str) -> np.ndarray:
         except ValueError:
             raise UsageError(f"{named}: its {REVIEW} column holds {v!r}: use {ACCEPTED}, {REJECTED} or leave it "
                              f"empty (not reviewed)") from None
-    if not (out == ACCEPTED).any():
-        raise UsageError(f"{named}: none of its {len(gdf)} objects is {ACCEPTED} ({counts(out)}): accept some in "
-                         f"the explorer first")
     return out
+
+
+def reviewed_decisions(gdf: gpd.GeoDataFrame, named: str) -> np.ndarray:
+    """`decisions`, also refusing a file where nothing is accepted: what --reviewed reads."""
+    review = decisions(gdf, named)
+    if not (review == ACCEPTED).any():
+        raise UsageError(f"{named}: none of its {len(gdf)} objects is {ACCEPTED} ({counts(review)}): accept some "
+                         f"in the explorer first")
+    return review
 
 
 def counts(review: np.ndarray) -> str:
@@ -74,15 +80,15 @@ class Reviewed:
 
 
 def split_review(gdf: gpd.GeoDataFrame, named: str) -> Reviewed:
-    """The accepted, rejected and not reviewed rows of `gdf` (refused as `decisions` refuses)."""
-    review = decisions(gdf, named)
+    """The accepted, rejected and not reviewed rows of `gdf` (refused as `reviewed_decisions` refuses)."""
+    review = reviewed_decisions(gdf, named)
     return Reviewed(gdf[review == ACCEPTED], gdf[review == REJECTED], gdf[pd.isna(review)])
 
 
 def read_reviewed(source: Vector, named: str) -> gpd.GeoDataFrame:
-    """A reviewed polygon layer, its `review` column checked (see `decisions`)."""
+    """A reviewed polygon layer, its `review` column checked (see `reviewed_decisions`)."""
     gdf = polygons_only(read_vector(source, named), named)
-    decisions(gdf, named)
+    reviewed_decisions(gdf, named)
     return gdf
 
 
