@@ -170,8 +170,10 @@ def test_aoi_scores_objects_by_centroid_and_ignores_pairs_across_its_edge():
     # (outside) matched by a prediction whose centroid is at x=24 (inside): ignored, not a false positive
     pred = frame([sq(0, 0), sq(0, 40), sq(19, 0)])
     ref = frame([sq(0, 0), sq(60, 60), sq(22, 0)])
-    s = evaluate(pred, ref, aoi=aoi).score()
+    e = evaluate(pred, ref, aoi=aoi)
+    s = e.score()
     assert (s.tp, s.fp, s.fn) == (1, 1, 0)
+    assert (len(e.tp), len(e.fp), len(e.fn)) == (1, 1, 0)  # the error layers count as the scores do
     s = evaluate(pred, ref).score()
     assert (s.tp, s.fp, s.fn) == (2, 1, 1)
 

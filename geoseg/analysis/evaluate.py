@@ -409,6 +409,8 @@ def _score(label: str, t: float, m: np.ndarray, i: np.ndarray, j: np.ndarray, pa
 def _frames(pred: gpd.GeoDataFrame, ref: gpd.GeoDataFrame, m: np.ndarray, i: np.ndarray, j: np.ndarray,
             pair_iou: np.ndarray, p_ok: np.ndarray, r_ok: np.ndarray, p_lab: np.ndarray,
             on_rejected: np.ndarray | None) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, gpd.GeoDataFrame]:
+    matched_p = np.zeros(len(pred), bool)
+    matched_p[i[m]] = True  # also with a reference outside the AOI: that pair is ignored, not a false positive
     m = m[r_ok[j[m]]]
     best_p = np.zeros(len(pred))
     best_r = np.zeros(len(ref))
@@ -419,8 +421,6 @@ def _frames(pred: gpd.GeoDataFrame, ref: gpd.GeoDataFrame, m: np.ndarray, i: np.
         "label": p_lab[i[m]], "iou": pair_iou[m],
         "ref_geometry": shapely.to_wkt(ref.geometry.values[j[m]]),
     }, geometry=gpd.GeoSeries(pred.geometry.values[i[m]], crs=pred.crs))
-    matched_p = np.zeros(len(pred), bool)
-    matched_p[i[m]] = True
     matched_r = np.zeros(len(ref), bool)
     matched_r[j[m]] = True
     fp = pred[p_ok & ~matched_p].copy()
