@@ -216,6 +216,7 @@ def test_distill_learns_from_the_accepted_objects_only(scene, tmp_path):
 
 @pytest.mark.parametrize("args, words", [
     (["--reviewed", "PLAIN", "--weights", "/no/such.pt"], "has no review column"),  # before any model
+    (["--reviewed", "/no/such.gpkg"], "--reviewed /no/such.gpkg: no such file"),
     (["--reviewed", "REVIEWED", "-p", "tree"], "no object labelled tree is accepted"),
     (["--reviewed", "REVIEWED", "--teacher", "colors"], "leave out --teacher"),
     (["--reviewed", "REVIEWED", "--sample-fraction", 1], "--sample-fraction is not for --reviewed"),

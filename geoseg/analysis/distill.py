@@ -128,7 +128,7 @@ def reviewed_labels(source: Vector, prompts: list[str]) -> gpd.GeoDataFrame:
     """The objects of a reviewed file labelled with one of `prompts`, their `review` read (ACCEPTED,
     REJECTED or None); refused in one line without a `label` column, a CRS or an accepted object."""
     named = shown("GeoDataFrame" if isinstance(source, gpd.GeoDataFrame) else str(source), "reviewed")
-    gdf = read_reviewed(source, named)
+    gdf = read_reviewed(source, name="reviewed")
     if "label" not in gdf.columns:
         raise UsageError(f"{named} has no label column: give a geoseg result reviewed in the explorer (its label "
                          f"column names each object's prompt)")

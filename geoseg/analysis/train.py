@@ -188,7 +188,7 @@ def train(dataset: Any, out_dir: str | os.PathLike[str], *, vector: Any = None, 
         manifest = read_dataset(dataset)
         check_dataset(dataset, manifest)
     elif reviewed:  # before any model loads
-        read_reviewed(vector, f"VECTOR {vector}")
+        read_reviewed(vector, "VECTOR")
     import_ultralytics()  # before any work: without it, one line saying what to install
     check_start(weights)
     device = pick_device(device)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from geoseg.errors import GeosegWarning, UsageError, option
-from geoseg.io.vectors import Vector, polygons_only, read_vector
+from geoseg.io.vectors import Vector, polygons_only, read_vector, shown
 
 REVIEW = "review"  # the column
 ACCEPTED = "accepted"
@@ -85,9 +85,14 @@ def split_review(gdf: gpd.GeoDataFrame, named: str) -> Reviewed:
     return Reviewed(gdf[review == ACCEPTED], gdf[review == REJECTED], gdf[pd.isna(review)])
 
 
-def read_reviewed(source: Vector, named: str) -> gpd.GeoDataFrame:
-    """A reviewed polygon layer, its `review` column checked (see `reviewed_decisions`)."""
-    gdf = polygons_only(read_vector(source, named), named)
+def read_reviewed(source: Vector, what: str = "vector", *, name: str | None = None) -> gpd.GeoDataFrame:
+    """A reviewed polygon layer, its `review` column checked (see `reviewed_decisions`); messages name
+    it as `read_vector` does (`what` and the file, or the parameter `name`)."""
+    if name is not None:
+        named = shown("GeoDataFrame" if isinstance(source, gpd.GeoDataFrame) else str(source), name)
+    else:
+        named = f"{what} {'(a GeoDataFrame)' if isinstance(source, gpd.GeoDataFrame) else source}"
+    gdf = polygons_only(read_vector(source, what, name=name), named)
     reviewed_decisions(gdf, named)
     return gdf
 
