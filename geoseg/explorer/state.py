@@ -41,6 +41,9 @@ def as_results(gdf: gpd.GeoDataFrame, crs: Any, uids: Iterable[int] | None = Non
     for c in COLUMNS:
         if c not in out.columns:
             out[c] = 0 if c in ("n_tiles", "level") else None
+    out = out.drop(columns=["object"], errors="ignore")  # a run's own numbering: the uid is the id here
+    for c in ("id", "n_tiles", "level"):
+        out[c] = out[c].fillna(0).astype("int64")
     if REVIEW not in out.columns:
         out[REVIEW] = None
     out[REVIEW] = out[REVIEW].astype(object).where(out[REVIEW].notna(), None)

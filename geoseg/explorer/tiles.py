@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from typing import Any
 
 import numpy as np
+import rasterio
 from rasterio.transform import array_bounds
 from rasterio.warp import transform_bounds
-from rio_tiler.errors import TileOutsideBounds
+from rio_tiler.errors import NoOverviewWarning, TileOutsideBounds
 from rio_tiler.io import Reader
 
+from geoseg.errors import GeosegWarning
 from geoseg.io.raster import RasterSource, ReadOptions
+from geoseg.io.sources import source_name
 
+
+class NoOverviewsWarning(GeosegWarning):
+    """A large raster without overviews: the map is slow when zoomed out."""
+
+BIG = 4096  #: px: a raster wider than this is slow to show zoomed out without overviews
 EARTH = 40075016.686  #: the equator's length in metres (Web Mercator's zoom 0 tile is 256 px of it)
 
 
@@ -31,6 +40,7 @@ class MapTiles:
             limits = src.stretch_limits
             crs, transform = src.crs, src.transform
             west, south, east, north = array_bounds(src.height, src.width, transform)
+            big = max(src.height, src.width) > BIG
         self.crs, self.transform = crs, transform
         self.bounds = transform_bounds(crs, "EPSG:4326", west, south, east, north, densify_pts=21)
         metres = abs(transform.a) * (crs.linear_units_factor[1] if crs.is_projected else 111320.0)
@@ -40,6 +50,12 @@ class MapTiles:
         #: the zoom whose pixels are as fine as the raster's (deeper zooms are drawn magnified)
         self.max_zoom = max(0, min(24, math.ceil(math.log2(EARTH * math.cos(math.radians(lat)) / 256 / metres))))
         self._local = threading.local()  # one open reader per thread (GDAL handles are not shared)
+        if big and not path.lstrip().startswith("<"):  # a mosaic's or service's VRT reads its members' overviews
+            with rasterio.open(path) as ds:
+                if not ds.overviews(1):
+                    warnings.warn(f"{source_name(path)} has no overviews: the map reads its full-resolution pixels "
+                                  f"when zoomed out (slow); build them once with: gdaladdo -r average {path}",
+                                  NoOverviewsWarning, stacklevel=3)
 
     def _reader(self) -> Any:
         reader = getattr(self._local, "reader", None)
@@ -50,7 +66,9 @@ class MapTiles:
     def png(self, x: int, y: int, z: int, size: int = 256) -> bytes | None:
         """Tile (x, y) of zoom `z` (XYZ, Web Mercator) as a PNG with transparency; None outside the raster."""
         try:
-            img = self._reader().tile(x, y, z, tilesize=size, indexes=self.bands)
+            with warnings.catch_warnings():  # said once, in geoseg's words, when the map opened
+                warnings.simplefilter("ignore", NoOverviewWarning)
+                img = self._reader().tile(x, y, z, tilesize=size, indexes=self.bands)
         except TileOutsideBounds:
             return None
         if len(self.bands) == 1:

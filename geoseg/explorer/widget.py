@@ -34,8 +34,9 @@ from geoseg.explorer.tiles import MapTiles
 from geoseg.io import export
 from geoseg.io.area import Area
 from geoseg.io.inputs import list_inputs, resolve
-from geoseg.io.review import ACCEPTED, DECISIONS, REJECTED, REVIEW
+from geoseg.io.review import ACCEPTED, DECISIONS, REJECTED, REVIEW, decisions
 from geoseg.io.services import WebOptions, is_web
+from geoseg.io.vectors import read_vector
 from geoseg.run.pipeline import segment
 from geoseg.run.progress import Found
 from geoseg.run.settings import Settings, model_reading
@@ -213,6 +214,19 @@ class Explorer(anywidget.AnyWidget):
         if not self.clicks:
             raise UsageError("no object clicked: set ex.objects, or click in the object mode")
         return self._run_objects()
+
+    def add(self, results: Any) -> None:
+        """Show objects found elsewhere, to review them here: a vector file (a CLI run's output) or a
+        GeoDataFrame with `label` and `score` columns (and `review`, kept). Nothing is replaced."""
+        gdf = read_vector(results, "results")
+        missing = [c for c in ("label", "score") if c not in gdf.columns]
+        if missing or gdf.crs is None:
+            raise UsageError(f"ex.add(): {'no CRS' if not missing else 'no ' + missing[0] + ' column'} in "
+                             f"{'the GeoDataFrame' if isinstance(results, gpd.GeoDataFrame) else results}: "
+                             f"give a geoseg output (or columns label and score, with a CRS)")
+        if REVIEW in gdf.columns:
+            gdf = gdf.assign(**{REVIEW: decisions(gdf, "ex.add()") if len(gdf) else []})
+        self._merge(gdf.drop(columns=["id"], errors="ignore"), [], None)
 
     def review(self, index: Any, decision: str | None) -> None:
         """Decide for objects of `results` (an id or a list of them): "accepted", "rejected" or None."""

@@ -114,6 +114,10 @@ function render({ model, el }) {
   let version = 0; // bumped when reviews or selection change (colours recomputed)
   const tiles = new Map();
   let nextTile = 1;
+  // ms from a message (or a slider move, or Run) to the first frame drawn with it, for benchmarks/explore.py
+  const timings = {};
+  let pendingTiming = null;
+  let runStart = null;
 
   const send = (msg) => model.send(msg);
   prompt.addEventListener("input", () => { model.set("prompt", prompt.value); model.save_changes(); });
@@ -121,9 +125,13 @@ function render({ model, el }) {
   run.addEventListener("click", () => startRun("view"));
   runAll.addEventListener("click", () => startRun("all"));
   cancel.addEventListener("click", () => send({ kind: "cancel" }));
-  slider.addEventListener("input", () => { setThreshold(Number(slider.value), true); });
+  slider.addEventListener("input", () => {
+    pendingTiming = ["slider", performance.now()];
+    setThreshold(Number(slider.value), true);
+  });
 
   function startRun(area) {
+    runStart = performance.now();
     model.set("prompt", prompt.value);
     model.save_changes();
     send({ kind: "run", area });
@@ -153,6 +161,9 @@ function render({ model, el }) {
       onViewStateChangeTimer = setTimeout(saveView, 150);
       return vs;
     },
+    onAfterRender: () => {
+      if (pendingTiming) { timings[pendingTiming[0]] = performance.now() - pendingTiming[1]; pendingTiming = null; }
+    },
     onLoad: () => { if (model.get("view_lonlat").length !== 4) saveView(); },
     onClick: (pick, event) => clicked(pick, event),
     onDragStart: (pick) => { if (drawing()) drag = [...pick.coordinate, ...pick.coordinate]; },
@@ -161,6 +172,7 @@ function render({ model, el }) {
     layers: [],
   });
   el.deck = deck; // for tests and the curious: the deck.gl instance
+  el.timings = timings;
   let onViewStateChangeTimer = null;
 
   function fitBounds(bb) {
@@ -284,7 +296,7 @@ function render({ model, el }) {
       filterRange: [[t, 2], [1, 1]],
       extensions: [new DataFilterExtension({ filterSize: 2 })],
       updateTriggers: { getFillColor: version, getLineColor: version, getLineWidth: version,
-        getFilterValue: [version, [...hidden].join()] },
+        getFilterValue: `${version}:${[...hidden].join()}` },
     });
   }
   function foundLayers() {
@@ -374,6 +386,8 @@ function render({ model, el }) {
       tiles.delete(msg.id);
       if (resolve) resolve(buffers.length ? buffers[0] : null);
     } else if (msg.kind === "results") {
+      pendingTiming = runStart !== null ? ["first_objects", runStart] : ["results", performance.now()];
+      runStart = null;
       const geo = binary(msg, buffers);
       results = { ...geo, uid: Array.from(typed(Uint32Array, buffers[4])), score: typed(Float32Array, buffers[5]),
         label: typed(Uint16Array, buffers[6]), review: typed(Uint8Array, buffers[7]),
@@ -384,7 +398,8 @@ function render({ model, el }) {
       redraw();
     } else if (msg.kind === "found") {
       if (msg.clear) found = [];
-      else found.push({ ...binary(msg, buffers), score: typed(Float32Array, buffers[4]) });
+      else if (runStart !== null) { pendingTiming = ["first_objects", runStart]; runStart = null; }
+      if (!msg.clear) found.push({ ...binary(msg, buffers), score: typed(Float32Array, buffers[4]) });
       redraw();
     } else if (msg.kind === "review") {
       const at = new Map(results.uid.map((u, i) => [u, i]));
