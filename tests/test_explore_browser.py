@@ -66,15 +66,15 @@ def _on_page(page, lon: float, lat: float) -> tuple[float, float]:
     return box["x"] + x, box["y"] + y
 
 
-def _shown_red(page) -> tuple[float, float]:
-    """The page position of the middle of the largest red object drawn."""
+def _shown_red(page) -> tuple[float, float, tuple[slice, slice]]:
+    """The page position of the middle of the largest red object drawn, and its pixel box."""
     for rows, cols in sorted(_components(0), key=lambda b: -(b[0].stop - b[0].start) * (b[1].stop - b[1].start)):
         w, s, e, n = _lonlat(rows, cols)
         x, y = _on_page(page, (w + e) / 2, (s + n) / 2)
         box = page.locator(".gs-map").bounding_box()
         if page.evaluate("([x, y]) => !!document.querySelector('.geoseg-explorer').deck.pickObject("
                          "{x, y, layerIds: ['results']})", [x - box["x"], y - box["y"]]):
-            return x, y
+            return x, y, (rows, cols)
     raise AssertionError("no red object is drawn")
 
 
@@ -159,7 +159,8 @@ def _session(page, nb: Notebook, folder: Path) -> None:
     more = _count(page)
 
     # a click on a red object shown (above the threshold) shows it; R rejects it
-    page.mouse.click(*_shown_red(page))
+    x, y, (red_rows, red_cols) = _shown_red(page)
+    page.mouse.click(x, y)
     page.wait_for_selector(".gs-object td[data-key='label']")
     assert page.inner_text(".gs-object td[data-key='label']") == "red"
     page.keyboard.press("r")
@@ -167,6 +168,24 @@ def _session(page, nb: Notebook, folder: Path) -> None:
                            f"=== {more - 1}")
     assert page.inner_text(".gs-object td[data-key='review']") == "rejected"
     screenshot(page, ARTIFACTS, "reviewed", ".geoseg-explorer")
+
+    # a review box over the quarter of the scene away from that object: A accepts all it selects
+    with rasterio.open(SCENE) as src:
+        h, w = src.height, src.width
+    rows = slice(h // 2, h) if red_rows.start < h // 2 else slice(0, h // 2)
+    cols = slice(w // 2, w) if red_cols.start < w // 2 else slice(0, w // 2)
+    w0, s0, e0, n0 = _lonlat(rows, cols)
+    page.click("button[data-mode='review']")
+    (x0, y0), (x1, y1) = _on_page(page, w0, n0), _on_page(page, e0, s0)
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move(x1, y1, steps=8)
+    page.mouse.up()
+    page.wait_for_selector(".gs-selected")
+    selected = int(page.inner_text(".gs-selected").split()[0])
+    assert 0 < selected < more - 1
+    page.keyboard.press("a")
+    page.click("button[data-mode='pan']")
 
     # saved; the same run from the CLI over the same area gives the same objects
     nb.run(1)
@@ -189,7 +208,8 @@ def _session(page, nb: Notebook, folder: Path) -> None:
                   for c in cli.geometry.values[hits])
         assert iou >= 0.98
     assert (kept["review"] == "rejected").sum() == 1
-    assert kept["review"].isna().sum() == len(kept) - 1
+    assert (kept["review"] == "accepted").sum() == selected
+    assert kept["review"].isna().sum() == len(kept) - 1 - selected
 
     # a kernel restart: the state file brings back the results, the decision and the box
     nb.restart_kernel()

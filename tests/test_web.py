@@ -19,6 +19,7 @@ from pyproj import Transformer
 from test_resume import start_and_stop
 
 import geoseg
+from geoseg.explorer import explore
 from geoseg.io import services, web
 from geoseg.io.export import read_provenance
 from geoseg.testing import ColorSegmenter
@@ -337,3 +338,15 @@ def test_a_session_segments_a_service_prompt_after_prompt(scene, server, tmp_pat
     assert len({q.path for q in server.requests}) == len(server.requests) == 36  # each tile fetched once
     with pytest.raises(geoseg.UsageError, match="take part of a tile service here"):
         geoseg.Segmentation(xyz.geotiff, segmenter=ColorSegmenter(), bbox=bbox)
+
+
+def test_the_explorer_shows_and_segments_a_service(scene, server, tmp_path):
+    xyz, _, _ = scene
+    bbox = tuple(float(v) for v in inner_bbox(xyz).split(","))
+    ex = explore(template(server), backend="colors", basemap=None, bbox=bbox, bbox_crs="EPSG:3857", web_zoom=17,
+                 tile_cache=tmp_path / "c", tile_size=512, overlap=64)
+    png = ex.tiles.png(xyz.x0 + 2, xyz.y0 + 2, 17)  # the map's tile, read through the service
+    assert png is not None and png[:4] == b"\x89PNG"
+    got = ex.segment(PROMPTS, area="all")
+    ref = reference(xyz, bbox)
+    assert_same_objects(got, ref[ref["score"] >= ex.floor])

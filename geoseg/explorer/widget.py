@@ -274,8 +274,9 @@ class Explorer(anywidget.AnyWidget):
         return self._segmenter
 
     def _area(self, area: Any) -> dict[str, Any]:
-        if isinstance(area, str) and area == "all":
-            return {}
+        if isinstance(area, str) and area == "all":  # a tile service: the area it was opened over
+            web = self._web_area
+            return {} if web is None else {"aoi": web.geometry, "bbox_crs": web.crs or self.crs}
         if area is None:
             if len(self.view_lonlat) != 4:
                 return {}

@@ -199,6 +199,7 @@ function render({ model, el }) {
     const mode = model.get("mode");
     if (mode === "review") {
       send({ kind: "select", bounds: [box.west, box.south, box.east, box.north] });
+      mapDiv.focus(); // for the A / R / U keys
     } else {
       model.set("boxes", [...model.get("boxes"), { ...box, positive: mode === "positive", prompt: prompt.value || null }]);
       model.save_changes();
