@@ -269,3 +269,16 @@ def test_polygons_cross_as_flat_buffers_with_their_holes():
     assert np.frombuffer(rings, np.uint32).tolist() == [0, 5, 10, 15, 20]
     assert np.frombuffer(xy, np.float64).reshape(-1, 2)[:5].tolist() == shapely.get_coordinates(
         ring.exterior).tolist()
+
+
+def test_a_new_run_replaces_what_it_saw_again_and_keeps_the_decisions():
+    ex = explore(SCENE, backend="colors", basemap=None)
+    ex.segment("red", area="all")
+    first = ex.results
+    big = first.geometry.area.idxmax()
+    ex.review(big, "accepted")
+    ex.segment("red", area="all")  # the same objects again, new ids
+    again = ex.results
+    assert len(again) == len(first) and not set(again.index) & set(first.index)
+    (kept,) = again.index[again["review"] == "accepted"]
+    assert shapely.equals(again.geometry[kept], first.geometry[big])

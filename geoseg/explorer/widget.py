@@ -120,6 +120,7 @@ class Explorer(anywidget.AnyWidget):
         self._backend = backend
         self._segmenter: Any = None
         self._lock = threading.Lock()  # one run at a time
+        self._changing = threading.Lock()  # the objects, changed by a run's thread and by review clicks
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
         self._frame = saved.empty_results(self.crs)  # every object found, by uid, with its review
@@ -236,10 +237,11 @@ class Explorer(anywidget.AnyWidget):
         missing = [u for u in uids if u not in self._frame.index]
         if missing:
             raise UsageError(f"review(): no object {missing[0]!r} (see ex.results.index)")
-        self._frame.loc[uids, REVIEW] = decision
-        self.send({"kind": "review", "uids": [int(u) for u in uids], "value": decision})
-        if self.state is not None:
-            self.state.save_reviews(self._frame)
+        with self._changing:
+            self._frame.loc[uids, REVIEW] = decision
+            self.send({"kind": "review", "uids": [int(u) for u in uids], "value": decision})
+            if self.state is not None:
+                self.state.save_reviews(self._frame)
 
     def save(self, path: str | Path, layer: str | None = None, *, overwrite: bool = False) -> Path:
         """Write what is kept, as the CLI writes (provenance; atomically; an existing file or layer is replaced
@@ -289,7 +291,7 @@ class Explorer(anywidget.AnyWidget):
         where = self._area(area)
         boxes = self.exemplars
         if len(boxes):
-            boxes = boxes[boxes["prompt"].isna() | boxes["prompt"].isin(prompts)]
+            boxes = boxes[boxes["prompt"].isna() | boxes["prompt"].isin(prompts)].copy()
             boxes["prompt"] = boxes["prompt"].fillna(prompts[0] if prompts else "example")
         with self._lock:
             self._cancel.clear()
@@ -338,6 +340,10 @@ class Explorer(anywidget.AnyWidget):
     def _merge(self, gdf: gpd.GeoDataFrame, labels: list[str], region: shapely.Geometry | None) -> None:
         """Put a run's objects in place of those it saw again (its labels, inside its area); decisions
         carry over to the new object that covers the old one best (IoU ≥ 0.5)."""
+        with self._changing:
+            self._replace(gdf, labels, region)
+
+    def _replace(self, gdf: gpd.GeoDataFrame, labels: list[str], region: shapely.Geometry | None) -> None:
         old = self._frame
         inside = old["label"].isin(labels)
         if region is not None:
