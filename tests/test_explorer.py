@@ -282,3 +282,22 @@ def test_a_new_run_replaces_what_it_saw_again_and_keeps_the_decisions():
     assert len(again) == len(first) and not set(again.index) & set(first.index)
     (kept,) = again.index[again["review"] == "accepted"]
     assert shapely.equals(again.geometry[kept], first.geometry[big])
+
+
+def test_the_map_shows_a_16_bit_raster_with_the_stretch_geoseg_reads_it_with(tmp_path):
+    """One band of a uint16 raster, grey, with the scene-wide 2-98 % stretch: the map's tile spans 0-255."""
+    path = tmp_path / "dem.tif"
+    ramp = np.add.outer(np.arange(512), np.arange(512)).astype(np.uint16) * 40 + 1000
+    with rasterio.open(path, "w", driver="GTiff", width=512, height=512, count=1, dtype="uint16", crs="EPSG:32617",
+                       transform=rasterio.transform.from_origin(404000, 3286000, 0.5, 0.5)) as dst:
+        dst.write(ramp, 1)
+    ex = explore(path, backend="colors", basemap=None)
+    seen = []
+    for tile in _tiles(ex.bounds, 18):  # the raster at about its own resolution
+        with rasterio.MemoryFile(ex.tiles.png(*tile)) as mem, mem.open() as img:
+            grey = img.read()
+        assert grey.shape[0] == 2  # grey and alpha
+        seen.append(grey[0][grey[1] > 0])
+    seen = np.concatenate(seen)
+    assert seen.min() == 0 and seen.max() == 255  # stretched, not the raw counts clipped
+    assert 0.01 < (seen == 255).mean() < 0.05  # the top 2 % saturate

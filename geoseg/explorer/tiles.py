@@ -64,17 +64,16 @@ class MapTiles:
         return reader
 
     def png(self, x: int, y: int, z: int, size: int = 256) -> bytes | None:
-        """Tile (x, y) of zoom `z` (XYZ, Web Mercator) as a PNG with transparency; None outside the raster."""
+        """Tile (x, y) of zoom `z` (XYZ, Web Mercator) as a PNG with transparency (grey and alpha for one
+        band); None outside the raster."""
         try:
             with warnings.catch_warnings():  # said once, in geoseg's words, when the map opened
                 warnings.simplefilter("ignore", NoOverviewWarning)
                 img = self._reader().tile(x, y, z, tilesize=size, indexes=self.bands)
         except TileOutsideBounds:
             return None
-        if len(self.bands) == 1:
-            img.array = np.ma.concatenate([img.array] * 3)
         if self.rescale is not None:
-            img = img.rescale(in_range=self.rescale * (3 if len(self.rescale) == 1 else 1))
+            img = img.rescale(in_range=self.rescale)
         return bytes(img.render(img_format="PNG"))
 
     def close(self) -> None:
