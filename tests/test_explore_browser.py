@@ -78,6 +78,19 @@ def _shown_red(page) -> tuple[float, float, tuple[slice, slice]]:
     raise AssertionError("no red object is drawn")
 
 
+def _drag_box(page, mode: str, lonlat, then=lambda: None) -> None:
+    """In `mode` (positive, negative, review), drag the mouse over the box `lonlat`; `then()`; back to pan."""
+    w, s, e, n = lonlat
+    page.click(f"button[data-mode='{mode}']")
+    (x0, y0), (x1, y1) = _on_page(page, w, n), _on_page(page, e, s)
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move(x1, y1, steps=8)
+    page.mouse.up()
+    then()
+    page.click("button[data-mode='pan']")
+
+
 def _count(page) -> int:
     return int(page.inner_text(".gs-layer[data-label='red'] .gs-count"))
 
@@ -144,14 +157,7 @@ def _session(page, nb: Notebook, folder: Path) -> None:
 
     # a positive example box around a blue object, then Run (the Enter key): its family joins "red"
     blue = max(_components(2), key=lambda b: (b[0].stop - b[0].start) * (b[1].stop - b[1].start))
-    w, s, e, n = _lonlat(*blue, pad=3)
-    page.click("button[data-mode='positive']")
-    (x0, y0), (x1, y1) = _on_page(page, w, n), _on_page(page, e, s)
-    page.mouse.move(x0, y0)
-    page.mouse.down()
-    page.mouse.move(x1, y1, steps=8)
-    page.mouse.up()
-    page.click("button[data-mode='pan']")
+    _drag_box(page, "positive", _lonlat(*blue, pad=3))
     page.click(".gs-prompt")
     page.keyboard.press("Enter")
     page.wait_for_function(f"+document.querySelector(\".gs-layer[data-label='red'] .gs-count\").textContent > {fewer}",
@@ -174,18 +180,10 @@ def _session(page, nb: Notebook, folder: Path) -> None:
         h, w = src.height, src.width
     rows = slice(h // 2, h) if red_rows.start < h // 2 else slice(0, h // 2)
     cols = slice(w // 2, w) if red_cols.start < w // 2 else slice(0, w // 2)
-    w0, s0, e0, n0 = _lonlat(rows, cols)
-    page.click("button[data-mode='review']")
-    (x0, y0), (x1, y1) = _on_page(page, w0, n0), _on_page(page, e0, s0)
-    page.mouse.move(x0, y0)
-    page.mouse.down()
-    page.mouse.move(x1, y1, steps=8)
-    page.mouse.up()
-    page.wait_for_selector(".gs-selected")
+    _drag_box(page, "review", _lonlat(rows, cols), then=lambda: page.wait_for_selector(".gs-selected"))
     selected = int(page.inner_text(".gs-selected").split()[0])
     assert 0 < selected < more - 1
     page.keyboard.press("a")
-    page.click("button[data-mode='pan']")
 
     # saved; the same run from the CLI over the same area gives the same objects
     nb.run(1)

@@ -171,14 +171,10 @@ class Explorer(anywidget.AnyWidget):
 
     @exemplars.setter
     def exemplars(self, gdf: gpd.GeoDataFrame | None) -> None:
-        if gdf is None or len(gdf) == 0:
-            self.boxes = []
-            return
-        ll = _with_crs(gdf, "exemplars").to_crs("EPSG:4326")
-        positive = ll["positive"] if "positive" in ll.columns else pd.Series(True, index=ll.index)
+        ll, positive = _in_lonlat(gdf, "exemplars")
         prompt = ll["prompt"] if "prompt" in ll.columns else pd.Series(None, index=ll.index)
         self.boxes = [{"west": g.bounds[0], "south": g.bounds[1], "east": g.bounds[2], "north": g.bounds[3],
-                       "positive": bool(p), "prompt": None if pd.isna(t) else str(t)}
+                       "positive": p, "prompt": None if pd.isna(t) else str(t)}
                       for g, p, t in zip(ll.geometry, positive, prompt)]
 
     @property
@@ -191,13 +187,12 @@ class Explorer(anywidget.AnyWidget):
 
     @objects.setter
     def objects(self, gdf: gpd.GeoDataFrame | None) -> None:
-        if gdf is None or len(gdf) == 0:
-            self.clicks = []
-            return
-        ll = _with_crs(gdf, "objects").to_crs("EPSG:4326")
-        positive = ll["positive"] if "positive" in ll.columns else pd.Series(True, index=ll.index)
+        ll, positive = _in_lonlat(gdf, "objects")
+        if not ll.geometry.geom_type.eq("Point").all():
+            raise UsageError("ex.objects takes points (clicks); for a box around an object, use "
+                             "geoseg.segment(..., objects=...)")
         ids = ll["object"] if "object" in ll.columns else pd.Series(range(1, len(ll) + 1), index=ll.index)
-        self.clicks = [{"lon": g.x, "lat": g.y, "positive": bool(p), "object": str(i)}
+        self.clicks = [{"lon": g.x, "lat": g.y, "positive": p, "object": str(i)}
                        for g, p, i in zip(ll.geometry, positive, ids)]
 
     def segment(self, prompt: str | Sequence[str] | None = None, area: Any = None) -> gpd.GeoDataFrame:
@@ -464,9 +459,13 @@ class Explorer(anywidget.AnyWidget):
                 f"{len(self._frame)} objects, threshold {self.threshold})")
 
 
-def _with_crs(gdf: Any, name: str) -> gpd.GeoDataFrame:
+def _in_lonlat(gdf: Any, name: str) -> tuple[gpd.GeoDataFrame, list[bool]]:
+    """Drawings given from code (`ex.<name> = gdf`), in lon/lat, with their `positive` column (default true)."""
+    if gdf is None:
+        return gpd.GeoDataFrame(geometry=[], crs="EPSG:4326"), []
     if isinstance(gdf, gpd.GeoSeries):
         gdf = gpd.GeoDataFrame(geometry=gdf)
     if not isinstance(gdf, gpd.GeoDataFrame) or gdf.crs is None:
         raise UsageError(f"ex.{name} takes a GeoDataFrame or GeoSeries with a CRS")
-    return gdf
+    ll = gdf.to_crs("EPSG:4326")
+    return ll, [bool(v) for v in (ll["positive"] if "positive" in ll.columns else [True] * len(ll))]

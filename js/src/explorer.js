@@ -223,15 +223,21 @@ function render({ model, el }) {
     model.save_changes();
     mapDiv.focus();
   }
-  mapDiv.addEventListener("keydown", (e) => {
+  // A / R / U / Esc anywhere in the widget but the prompt box; kept from JupyterLab's own shortcuts
+  el.setAttribute("data-lm-suppress-shortcuts", "true");
+  el.addEventListener("keydown", (e) => {
+    if (e.target === prompt || e.ctrlKey || e.metaKey || e.altKey) return;
     const value = { a: "accepted", r: "rejected", u: null }[e.key.toLowerCase()];
     if (value !== undefined && model.get("selected").length) {
-      e.preventDefault();
       send({ kind: "review", value });
     } else if (e.key === "Escape") {
       model.set("selected", []);
       model.save_changes();
+    } else {
+      return;
     }
+    e.preventDefault();
+    e.stopPropagation();
   });
 
   function rasterLayer() {
