@@ -2,6 +2,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import shapely
 from conftest import PROMPTS, match_ious, paint, run_merge, untiled
 
 from geoseg.core.merge import KEY_BITS, REGION, RowMerger, merge
@@ -167,14 +168,14 @@ def both_ways(rgb, tile_size, overlap, region, segmenter=None, prompts=PROMPTS):
     return merge(pieces, plan), merge(pieces, plan, trace=trace, region=region)
 
 
-def assert_same_objects(masks, regions):
+def assert_same_objects(masks, regions, region=True):
     """Same objects, same order, same pixels, scores, tiles and levels; at least one was a region."""
     assert len(masks) == len(regions)
     for a, b in zip(masks, regions):
         assert (a.label, a.row, a.col, a.height, a.width, a.score, a.n_tiles, a.level) == \
             (b.label, b.row, b.col, b.height, b.width, b.score, b.n_tiles, b.level)
         assert np.array_equal(mask_of(a), mask_of(b))
-    assert any(b.mask is None for b in regions)
+    assert any(b.mask is None for b in regions) or not region
 
 
 def u_shape(height, width, arm):
@@ -271,3 +272,35 @@ def test_a_region_as_tall_as_the_raster_holds_a_few_rows_of_tiles_not_all():
     assert plan.shape == (27, 3)
     assert held[None][0] >= 26 and held[None][1] >= 26 * 2  # as masks: every row, every piece, until it closes
     assert held[1000][0] <= 3 and held[1000][1] <= 3 * 2  # band by band: the rows owning the bands to compose
+
+
+@pytest.mark.parametrize("segmenter", [ColorSegmenter(), Ragged()])
+def test_a_region_past_the_vertex_limit_comes_in_strips_along_the_rows_of_tiles_that_dissolve_into_it(segmenter):
+    objs = random_objects(2000, 2000, 100, seed=3, start=10) + [ring("green", 1, 1000, 1000, 900, 350)]
+    plan = plan_tiles(2000, 2000, 300, 40)
+    pieces = pieces_in_memory(draw(2000, 2000, objs), plan, segmenter, PROMPTS)
+    whole = merge(pieces, plan, trace=trace, region=200)
+    split = merge(pieces, plan, trace=trace, region=200, split=1500)
+    ring_ = max((i for i in whole if i.label == "green"), key=lambda i: i.height * i.width)
+    n = int(shapely.get_num_coordinates(ring_.outline))
+    assert ring_.parts == 1 and n > 3 * 1500
+    at = next(k for k, i in enumerate(split) if i.parts > 1)
+    strips = split[at:at + split[at].parts]
+    assert [i.part for i in strips] == list(range(len(strips))) and len(strips) >= 3  # consecutive, from the top
+    assert [i.parts for i in split].count(1) == len(whole) - 1  # every other object whole, as before
+    others = split[:at] + split[at + len(strips):]
+    assert_same_objects([i for i in whole if i is not ring_], others, region=False)
+    cuts = set(plan.row_cuts)
+    for above, below in zip(strips, strips[1:]):  # cut between rows of tiles, one under the other
+        assert above.row + above.height == below.row and below.row in cuts
+    for s in strips:
+        assert (s.label, s.score, s.n_tiles, s.level) == (ring_.label, ring_.score, ring_.n_tiles, ring_.level)
+        assert shapely.get_num_coordinates(s.outline) <= 1500 + 50  # the cut adds a few corners
+    # the strips share no pixel and dissolve into the object, pixel for pixel
+    assert sum(s.outline.area for s in strips) == ring_.outline.area
+    assert shapely.union_all([s.outline for s in strips]).equals(ring_.outline)
+    painted = np.zeros((2000, 2000), bool)
+    for s in strips:
+        painted[s.row:s.row + s.height, s.col:s.col + s.width] |= mask_of(s)
+    box = painted[ring_.row:ring_.row + ring_.height, ring_.col:ring_.col + ring_.width]
+    assert np.array_equal(box, mask_of(ring_))

@@ -37,7 +37,7 @@ HERE = Path(__file__).parent
 PLUGIN = Path(geoseg.__file__).parent / "qgis"
 QGIS_PYTHON = os.environ.get("QGIS_PYTHON", "/usr/bin/python3")
 QGIS_PROCESS = os.environ.get("QGIS_PROCESS", "/usr/bin/qgis_process.bin")
-FIELDS = ["id", "label", "score", "area_m2", "n_tiles", "level", "source"]
+FIELDS = ["id", "object_id", "label", "score", "area_m2", "n_tiles", "level", "source"]
 COLORS = {"BACKEND": "colors", "TILE_SIZE": 256, "OVERLAP": 32}
 
 

@@ -53,7 +53,8 @@ def test_all_nodata_raster_gives_no_features_and_a_warning(tmp_path):
     with pytest.warns(EmptyRasterWarning, match="nodata"):
         gdf = geoseg.segment(path, "red", segmenter=ColorSegmenter(), tile_size=256, overlap=32)
     assert len(gdf) == 0
-    assert list(gdf.columns) == ["id", "label", "score", "area_m2", "n_tiles", "level", "source", "geometry"]
+    assert list(gdf.columns) == ["id", "object_id", "label", "score", "area_m2", "n_tiles", "level", "source",
+                                 "geometry"]
 
 
 def test_alpha_band_and_internal_mask_mark_invalid_pixels(tmp_path):

@@ -4,13 +4,17 @@ that span the raster are merged in bounded memory."""
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyogrio
 import pytest
+import rasterio
+import shapely
 
 import geoseg
+from geoseg.core import merge
 from geoseg.errors import RunError
-from geoseg.run import rowmerge
-from geoseg.testing import CountingSegmenter, make_scene
+from geoseg.run import rowmerge, shards
+from geoseg.testing import ColorSegmenter, CountingSegmenter, make_scene
 from geoseg.testing.memory import run_measured
 from geoseg.testing.scenes import write_region_scene
 
@@ -47,8 +51,69 @@ def test_a_forest_and_a_river_over_20000_px_are_two_objects_in_bounded_memory(tm
                         "-o", str(out), "-q"])
     assert run.returncode == 0, run.stderr
     gdf = pyogrio.read_dataframe(out)
-    assert sorted(gdf["label"]) == ["blue", "green"]
-    for label, geom in zip(gdf["label"], gdf.geometry):
+    objects = gdf.dissolve("object_id", aggfunc="first")  # the forest, past merge.SPLIT vertices, comes in strips
+    assert sorted(objects["label"]) == ["blue", "green"] and len(gdf) > 2
+    for label, geom in zip(objects["label"], objects.geometry):
         assert geom.area / 0.25 == pytest.approx(painted[label], rel=0.005)  # 0.5 m pixels
     assert len(run.peaks_mb) >= 3  # the run, the fork server and a CPU worker were measured
     assert run.peak_mb < 1500, run.peaks_mb
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_region_past_the_vertex_limit_is_written_in_strips_that_share_its_object_id(tmp_path, monkeypatch, workers):
+    """With the limits lowered (regions past 1,000 px, strips past 4,000 vertices), the forest of a
+    2,000² scene comes in strips along the rows of tiles: consecutive features with one `object_id`
+    (the `id` of the first), each a strip of the tile grid, that dissolve into the painted pixels;
+    the objects of a second input are whole; the instance raster gives the strips the object's id;
+    simplified, the strips dissolve into the object simplified whole; a combine keeps them."""
+    monkeypatch.setattr(merge, "SPLIT", 4000)  # read by the run at its start: the limits of this run
+    monkeypatch.setattr(merge, "REGION", 1000)
+    scene = tmp_path / "region.tif"
+    painted = write_region_scene(scene, 2000, spacing=250)
+    small = make_scene(tmp_path / "small.tif", size=600, seed=1, n_objects=20)
+    out = tmp_path / "out.gpkg"
+    (tmp_path / "ids").mkdir()
+    geoseg.segment([scene, small], ["green", "blue", "red"], segmenter=ColorSegmenter(), tile_size=256,
+                   overlap=32, simplify=0, output=out, raster_out=tmp_path / "ids", cpu_workers=workers)
+    gdf = pyogrio.read_dataframe(out)
+    assert list(gdf.columns[:2]) == ["id", "object_id"] and list(gdf["id"]) == list(range(1, len(gdf) + 1))
+    forest = gdf[gdf["source"].eq("region.tif") & gdf["label"].eq("green")]
+    assert forest["object_id"].nunique() == 1 and len(forest) >= 3
+    for first, ids in gdf.groupby("object_id")["id"]:  # consecutive, from the first's id
+        assert list(ids) == list(range(first, first + len(ids)))
+    rest = gdf[gdf["source"].eq("small.tif")]
+    assert len(rest) >= 20 and (rest["object_id"] == rest["id"]).all()  # small objects: whole, as before
+    assert gdf.loc[forest.index, "n_tiles"].nunique() == 1
+    assert all(shapely.get_num_coordinates(g) <= 4000 + 50 for g in forest.geometry)
+    objects = gdf.dissolve("object_id", aggfunc="first")
+    one = objects[objects["source"].eq("region.tif")]
+    assert sorted(one["label"]) == ["blue", "green"]
+    for label, geom in zip(one["label"], one.geometry):
+        assert geom.area / 0.25 == painted[label]  # exact: no simplification, no pixel twice
+    with rasterio.open(tmp_path / "ids" / "region.tif") as src:
+        ids = src.read(1)
+    in_forest = ids[ids > 0]
+    assert set(np.unique(in_forest).tolist()) == set(gdf.loc[gdf["source"].eq("region.tif"), "object_id"])
+    assert (ids == forest["object_id"].iloc[0]).sum() == painted["green"]
+    # simplified (the default), each strip on its own but for its vertices on the cuts: the dissolve is the
+    # object simplified whole, as one polygon with all its holes (no sliver along a cut)
+    args = dict(segmenter=ColorSegmenter(), tile_size=256, overlap=32, cpu_workers=workers)
+    strips = geoseg.segment(scene, ["green"], **args)
+    monkeypatch.setattr(merge, "SPLIT", 10**9)
+    whole = geoseg.segment(scene, ["green"], **args)
+    assert len(strips) >= 3 and len(whole) == 1
+    dissolved = shapely.union_all(strips.geometry.values)
+    assert dissolved.geom_type == "Polygon", len(shapely.get_parts(dissolved))
+    assert len(dissolved.interiors) == len(whole.geometry[0].interiors) >= 30
+    assert dissolved.area == pytest.approx(whole.geometry[0].area, rel=1e-4)
+    assert dissolved.symmetric_difference(whole.geometry[0]).area < 0.5 * dissolved.length * 0.5  # < 0.5 px
+    combined = tmp_path / "combined.gpkg"  # a folder of shard outputs: ids renumbered, objects with them
+    (tmp_path / "shards").mkdir()
+    for k in (0, 1):
+        geoseg.segment([small, scene][k], ["green", "blue", "red"], segmenter=ColorSegmenter(), tile_size=256,
+                       overlap=32, simplify=0, output=tmp_path / "shards" / f"{k}.gpkg", cpu_workers=0)
+    shards.combine(tmp_path / "shards", combined)
+    both = pyogrio.read_dataframe(combined)
+    assert list(both["id"]) == list(range(1, len(both) + 1))
+    strips = both[both["label"].eq("green") & both["source"].eq("region.tif")]
+    assert strips["object_id"].nunique() == 1 and strips["object_id"].iloc[0] == strips["id"].iloc[0] > 1

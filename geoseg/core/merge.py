@@ -20,12 +20,16 @@ as one mask. The rule above decides each pixel from the tile owning it, so it
 can be applied one core band of rows (`TilePlan.row_cuts`) at a time: as the
 rows of tiles owning a band arrive, the region's pixels in that band are
 composed and traced into polygons in pixel coordinates (integer corners, so
-that their union is exact), and the pieces no later band needs are dropped.
-When the region closes, its polygons are unioned into one outline. Two parts
-of one object composed apart (the arms of a U, joined rows later) combine
-exactly: a pixel taken from a neighbour because its owning tile did not see
-the part (the fallback) is dropped when the other part shows that the owning
-tile did see the object. So memory follows the outlines, not the area.
+that their union is exact), kept band by band as packed coordinates, and the
+pieces no later band needs are dropped. When the region closes, its bands are
+unioned from the top down into one outline, or, past `SPLIT` vertices, into
+strips along the rows of tiles of at most `SPLIT` vertices each (the parts of
+one object: `Instance.part`), so that no outline larger than that is ever put
+together. Two parts of one object composed apart (the arms of a U, joined rows
+later) combine exactly: a pixel taken from a neighbour because its owning tile
+did not see the part (the fallback) is dropped when the other part shows that
+the owning tile did see the object. So memory follows the outlines, not the
+area.
 """
 
 from __future__ import annotations
@@ -81,6 +85,8 @@ class Instance:
     mask: np.ndarray | None
     level: int = 0  #: the coarsest level among the pieces it was made of
     outline: shapely.Geometry | None = None
+    part: int = 0  #: a region written in strips (see `SPLIT`): which strip, from the top; 0 for a whole object
+    parts: int = 1  #: how many strips its object was written in
 
     @property
     def height(self) -> int:
@@ -232,6 +238,19 @@ def _reach(plan: TilePlan) -> list[int]:
 KEY_BITS = 20  #: a piece's key is (tile << KEY_BITS) | its number in the tile
 
 
+Packed = tuple[np.ndarray, tuple[np.ndarray, ...]]
+"""Polygons as shapely's ragged arrays (coordinates, offsets): 16 bytes a vertex, no object per polygon."""
+
+
+def _pack(polys: list[shapely.Geometry]) -> Packed:
+    _, coords, offsets = shapely.to_ragged_array(polys)
+    return coords, offsets
+
+
+def _unpack(packed: Packed) -> list[shapely.Geometry]:
+    return list(shapely.from_ragged_array(shapely.GeometryType.POLYGON, *packed))
+
+
 @dataclass
 class _Region:
     """What a region keeps of the core bands composed so far (see the module's note)."""
@@ -241,8 +260,8 @@ class _Region:
     tiles: set[int]  #: every tile that saw it, also those of pieces dropped
     score: float
     level: int
-    parts: _Strips  #: pixels kept from the tiles owning them, as polygons in pixel coordinates
-    fallback: list[tuple[int, shapely.Geometry]]  #: (owning tile, polygon): pixels taken from neighbours
+    bands: dict[int, list[Packed]]  #: by core band: pixels kept from the tiles owning them, as polygons
+    fallback: list[tuple[int, Packed]]  #: (owning tile, polygons): pixels taken from neighbours
 
 
 def _straight(ring: np.ndarray) -> np.ndarray:
@@ -267,10 +286,9 @@ class _Strips:
 
     def add(self, polys: list[shapely.Geometry], cut: int) -> None:
         """Polygons above pixel row `cut`, below the rows added before."""
-        if polys:
-            self._split(shapely.union_all(self.open + polys), cut)
-
-    def _split(self, geom: shapely.Geometry, cut: int) -> None:
+        if not polys:
+            return
+        geom = shapely.union_all(self.open + polys)
         self.open = []
         for p in shapely.get_parts(geom):
             if p.is_empty:
@@ -281,25 +299,9 @@ class _Strips:
             else:
                 self.open.append(shapely.Polygon(p.exterior))
 
-    def empty(self) -> bool:
-        return not (self.open or self.shells or self.holes)
-
-    def join(self, other: _Strips, cut: int) -> None:
-        """Both unions as one (their pixels may meet anywhere above `cut`). Most joins
-        are of an object with a piece that has no band composed yet: nothing to do."""
-        if other.empty():
-            return
-        if self.empty():
-            self.open, self.shells, self.holes = other.open, other.shells, other.holes
-            return
-        parts = [g for g in (self.whole(), other.whole()) if g is not None]
-        self.open, self.shells, self.holes = [], [], []
-        if parts:
-            self._split(shapely.union_all(parts), cut)
-
     def whole(self) -> shapely.Geometry | None:
         """The union: each hole put back into the smallest shell that covers it. Consumes the
-        rings (a forest's are held once, not twice): `join` and the close keep the union."""
+        rings (a forest's are held once, not twice)."""
         shells = [shapely.Polygon(_straight(r)) for r in [*(np.asarray(p.exterior.coords) for p in self.open),
                                                            *self.shells]]
         if not shells:
@@ -343,6 +345,10 @@ class _Group:
 
 
 REGION = 4096  #: an object taller than this many pixels, or larger than its square, is composed band by band
+SPLIT = 500_000
+"""Vertices (pixel corners, before any simplification) past which a region is put together and written in
+strips along the rows of tiles, each of at most this many where one row of tiles allows: the parts of one
+object (`Instance.part`, `parts`). Simplified at the default 0.5 px a strip has about 3 to 4 times fewer."""
 
 Trace = Callable[[np.ndarray, int, int], list[shapely.Geometry]]
 """A boolean mask at (row, col) -> its polygons in pixel coordinates (x a column, y a row), 4-connected,
@@ -361,17 +367,19 @@ class RowMerger:
     pixels or larger than `region`² is a region: composed band by band into
     polygons (its `Instance` has an `outline`, no mask), so it holds only the
     rows owning the bands not composed yet, and memory follows the outlines,
-    not the raster. Without `trace`, memory follows the rows spanned by the
+    not the raster; a region of more than `split` vertices comes as strips
+    (consecutive instances, `part` 0, 1, ...). Without `trace`, memory follows the rows spanned by the
     largest object. The result depends only on the pieces, not on when rows
     arrive: a merge running behind the model, a resumed run and a merge of
     everything at the end give the same objects in the same order.
     """
 
     def __init__(self, plan: TilePlan, *, iou: float = 0.5, containment: float = 0.8,
-                 trace: Trace | None = None, region: int = REGION) -> None:
+                 trace: Trace | None = None, region: int = REGION, split: int = SPLIT) -> None:
         self.plan, self.iou, self.containment = plan, iou, containment
         self.trace = trace  #: with a tracer, objects past `region` px are composed band by band
         self.region = region
+        self.split = split  #: a region of more vertices is put together in strips (see `SPLIT`)
         self.cols = plan.shape[1]
         self.reach = _reach(plan)
         # the first row of tiles whose windows reach below each core cut
@@ -425,7 +433,7 @@ class RowMerger:
 
     def _new_region(self, g: _Group) -> _Region:
         return _Region(g.members[0].label, self._core_row(g.r0), {p.tile for p in g.members},
-                       max(p.score for p in g.members), min(p.level for p in g.members), _Strips(), [])
+                       max(p.score for p in g.members), min(p.level for p in g.members), {}, [])
 
     def _join_regions(self, ga: _Group, gb: _Group) -> None:
         """Make `ga` the region of both: each composed up to the same band with its own pieces first."""
@@ -440,7 +448,8 @@ class RowMerger:
         # a pixel taken from a neighbour because its owning tile missed this part: that tile saw the other part
         a.fallback = [(t, f) for t, f in a.fallback if t not in b.tiles] + \
             [(t, f) for t, f in b.fallback if t not in a.tiles]
-        a.parts.join(b.parts, self.plan.row_cuts[min(done, len(self.plan.row_cuts) - 1)])
+        for band, packed in b.bands.items():  # composed apart: their pixels may overlap, unioned at the close
+            a.bands.setdefault(band, []).extend(packed)
         a.tiles |= b.tiles
         a.score, a.level = max(a.score, b.score), min(a.level, b.level)
 
@@ -477,8 +486,10 @@ class RowMerger:
                 if k1 > k0:
                     own[pr0 - r0:pr1 - r0, k0 - c0:k1 - c0] |= part[:, k0 - p.col:k1 - p.col]
         assert self.trace is not None
-        reg.parts.add(self.trace(own, r0, c0), plan.row_cuts[b + 1])
+        polys = self.trace(own, r0, c0)
         del own
+        if polys:
+            reg.bands.setdefault(b, []).append(_pack(polys))
         members = {p.key for p in g.members}
         label = reg.label
         j0, j1 = bisect.bisect_right(plan.col_cuts, c0) - 1, bisect.bisect_right(plan.col_cuts, c1 - 1) - 1
@@ -498,23 +509,38 @@ class RowMerger:
                 if qr1 > qr0 and qc1 > qc0:
                     claimed = q.mask[qr0 - q.row:qr1 - q.row, qc0 - q.col:qc1 - q.col]
                     fb[qr0 - r0:qr1 - r0, qc0 - k0:qc1 - k0] &= ~claimed
-            reg.fallback += [(t, f) for f in self.trace(fb, r0, k0)]
+            polys = self.trace(fb, r0, k0)
+            if polys:
+                reg.fallback.append((t, _pack(polys)))
 
-    def _outline(self, g: _Group) -> Instance | None:
-        """A closed region: its remaining bands composed, its polygons unioned."""
+    def _outline(self, g: _Group) -> list[Instance]:
+        """A closed region: its remaining bands composed, then unioned from the top down into one
+        outline, or past `split` vertices into strips of at most `split` where a band allows."""
         reg = g.region
         assert reg is not None
         self._advance(g, self._core_row(g.r1 - 1) + 1)
-        outline = reg.parts.whole()
-        if reg.fallback:  # strips meet along cell edges: the union dissolves them; simplify(0) drops the
-            # vertices left in the middle of straight edges (the polygons are exact on integer pixel corners)
-            parts = [f for _, f in reg.fallback] + ([] if outline is None else [outline])
-            outline = shapely.simplify(shapely.union_all(parts), 0, preserve_topology=False)
-        if outline is None:
-            return None
-        c0, r0, _, _ = shapely.bounds(outline)
-        return Instance(reg.label, reg.score, len(reg.tiles),
-                        int(r0), int(c0), None, reg.level, outline)
+        for t, f in reg.fallback:  # in the band of the tile owning its pixels
+            reg.bands.setdefault(t // self.cols, []).append(f)
+        reg.fallback = []
+        count = {b: sum(len(coords) for coords, _ in packed) for b, packed in reg.bands.items()}
+        whole = sum(count.values()) <= self.split
+        outlines: list[shapely.Geometry] = []
+        strips, held = _Strips(), 0
+        for b in sorted(count):
+            if not whole and held and held + count[b] > self.split:
+                outlines.append(strips.whole())
+                strips, held = _Strips(), 0
+            polys = [p for packed in reg.bands.pop(b) for p in _unpack(packed)]
+            strips.add(polys, self.plan.row_cuts[b + 1])
+            held += count[b]
+        outlines.append(strips.whole())
+        outlines = [o for o in outlines if o is not None]
+        out = []
+        for k, outline in enumerate(outlines):
+            c0, r0, _, _ = shapely.bounds(outline)
+            out.append(Instance(reg.label, reg.score, len(reg.tiles), int(r0), int(c0), None, reg.level, outline,
+                                part=k, parts=len(outlines)))
+        return out
 
     def add(self, t: int, pieces: list[Piece]) -> list[Instance]:
         """Row `t` of tiles (the next one) with its pieces; the objects now complete."""
@@ -591,12 +617,17 @@ class RowMerger:
         if not ready:
             return []
         near = _Near([p for row in self.rows.values() for p in row])
-        out = [self._outline(g) if g.region is not None else
-               _compose(sorted(g.members, key=lambda p: p.key), self.plan, near) for g in ready]
+        out: list[list[Instance]] = []
+        for g in ready:
+            if g.region is not None:
+                out.append(self._outline(g))
+            else:
+                inst = _compose(sorted(g.members, key=lambda p: p.key), self.plan, near)
+                out.append([] if inst is None else [inst])
         for g in ready:  # no later row can reach a closed object's pieces
             for p in g.members:
                 del self.parent[p.key]
-        return sorted((o for o in out if o is not None), key=_order)
+        return [inst for parts in sorted((o for o in out if o), key=lambda o: _order(o[0])) for inst in parts]
 
     def _evict(self) -> None:
         # an open object needs the rows from its `_from`; an unmatched row's pieces are open objects
@@ -632,7 +663,7 @@ def _order(inst: Instance) -> tuple[str, int, int, int, int, float]:
 
 def merge(
     pieces: Sequence[Piece], plan: TilePlan, *, iou: float = 0.5, containment: float = 0.8,
-    trace: Trace | None = None, region: int = REGION,
+    trace: Trace | None = None, region: int = REGION, split: int = SPLIT,
 ) -> list[Instance]:
     """Merge pieces seen by overlapping tiles into one instance per object.
 
@@ -645,5 +676,5 @@ def merge(
     for p in sorted(pieces, key=lambda p: p.tile):
         k = seq[p.tile] = seq.get(p.tile, -1) + 1
         rows.setdefault(p.tile // plan.shape[1], []).append(replace(p, key=(p.tile << KEY_BITS) | k))
-    merger = RowMerger(plan, iou=iou, containment=containment, trace=trace, region=region)
+    merger = RowMerger(plan, iou=iou, containment=containment, trace=trace, region=region, split=split)
     return [inst for t in range(plan.shape[0]) for inst in merger.add(t, rows.get(t, []))]

@@ -31,7 +31,10 @@ from shapely.geometry import MultiPolygon
 from geoseg.core.merge import Instance
 from geoseg.errors import UsageError, option
 
-COLUMNS = ["id", "label", "score", "area_m2", "n_tiles", "level", "source"]
+COLUMNS = ["id", "object_id", "label", "score", "area_m2", "n_tiles", "level", "source"]
+"""An output's columns before the geometry: `object_id` is the `id` of its first feature (itself, but for the
+strips of a region past `geoseg.core.merge.SPLIT` vertices, which share it). A frame not yet numbered
+has `part` instead (the strip's number: `object_id` = `id` - `part`)."""
 SIMPLIFY = 0.5  #: the default simplification tolerance, in pixels (0: the pixel edges as they are)
 
 
@@ -132,17 +135,60 @@ def simplified(geoms: Sequence[shapely.Geometry], tolerance: float) -> list[shap
     return list(out)
 
 
-def _large_region(outline: shapely.Geometry, tolerance: float, transform: Affine) -> shapely.Geometry:
+def _open_midpoints(chain: np.ndarray) -> np.ndarray:
+    """`_midpoints` of an open chain of pixel edges whose two ends stay where they are."""
+    d = np.diff(chain, axis=0)
+    turn = np.ones(len(chain), bool)
+    turn[1:-1] = np.any(np.sign(d[1:]) != np.sign(d[:-1]), axis=1)
+    p = chain[turn]
+    if len(p) < 3:
+        return p
+    q = p[1:]
+    length = np.abs(q - p[:-1]).sum(axis=1)
+    u = (q - p[:-1]) / length[:, None]
+    sharp = np.ones(len(p), bool)  # the corner at each vertex; the ends are kept
+    sharp[1:-1] = (length[:-1] >= 2) & (length[1:] >= 2)
+    pts = np.full((len(q), 3, 2), np.nan)
+    pts[:, 0] = np.where(sharp[:-1, None], np.nan, p[:-1] + 0.5 * u)
+    pts[:, 1] = np.where(((length >= 2) & ~sharp[1:])[:, None], q - 0.5 * u, np.nan)
+    pts[:, 2] = np.where(sharp[1:, None], q, np.nan)
+    out = pts.reshape(-1, 2)
+    return np.vstack([p[:1], out[~np.isnan(out[:, 0])]])
+
+
+def _smooth_ring(ring: np.ndarray, tolerance: float, pins: Sequence[float] = ()) -> np.ndarray:
+    """A closed ring of pixel edges through the midpoints of its edges, then Douglas-Peucker, its
+    vertices on the rows `pins` kept where they are (so that two strips cut there still meet
+    exactly); never collapsed."""
+    p = ring[:-1]
+    on = np.flatnonzero(np.isin(p[:, 1], pins)) if len(pins) else np.zeros(0, int)
+    if on.size == 0:
+        mid = _midpoints(ring)
+        line = shapely.simplify(shapely.LineString(mid), tolerance, preserve_topology=False)
+        return np.asarray(line.coords) if len(line.coords) >= 4 else mid
+    p = np.roll(p, -on[0], axis=0)  # from a kept vertex, around to it
+    ends = [*(on - on[0]).tolist(), len(p)]
+    closed = np.vstack([p, p[:1]])
+    out = []
+    for a, b in zip(ends[:-1], ends[1:]):
+        chain = closed[a:b + 1]
+        if b - a >= 2:
+            chain = _open_midpoints(chain)
+            chain = np.asarray(shapely.simplify(shapely.LineString(chain), tolerance, preserve_topology=False).coords)
+        out.append(chain[:-1])
+    smooth = np.vstack([*out, out[0][:1]])
+    return smooth if len(smooth) >= 4 else ring
+
+
+def _large_region(outline: shapely.Geometry, tolerance: float, transform: Affine,
+                  pins: Sequence[float] = ()) -> shapely.Geometry:
     """A region's outline (pixel coordinates) smoothed and simplified ring by ring, in pixels (one
     ring's copies at a time: the outline of a forest can have millions of vertices), then
-    through `transform`, made valid where two rings came to cross."""
+    through `transform`, made valid where two rings came to cross. `pins`: rows where the
+    region was cut into strips, whose vertices stay."""
     polys = []
     for p in shapely.get_parts(outline):
-        rings = []
-        for ring in (p.exterior, *p.interiors):
-            mid = _midpoints(np.asarray(ring.coords))
-            line = shapely.simplify(shapely.LineString(mid), tolerance, preserve_topology=False)
-            rings.append(np.asarray(line.coords) if len(line.coords) >= 4 else mid)  # never collapsed
+        rings = [_smooth_ring(np.asarray(ring.coords), tolerance, pins) for ring in (p.exterior, *p.interiors)]
         polys.append(shapely.Polygon(rings[0], rings[1:]))
     geom = shapely.affinity.affine_transform(polys[0] if len(polys) == 1 else MultiPolygon(polys),
                                              transform.to_shapely())
@@ -243,12 +289,17 @@ def _traced(instances: Sequence[Instance], transform: Affine, width: int, smooth
 def centroids(instances: Sequence[Instance], transform: Affine) -> np.ndarray:
     """Each instance's centroid through `transform`: the centre of its pixels, as
     `--simplify 0` draws them, so that which objects an area keeps does not
-    depend on the simplification."""
+    depend on the simplification; the strips of one object (consecutive, see
+    `Instance.part`) all have the object's."""
     xy = np.zeros((len(instances), 2))
     for k, inst in enumerate(instances):
         if inst.mask is None:
             c = shapely.centroid(inst.outline)
             xy[k] = c.x, c.y
+            if inst.part == inst.parts - 1 and inst.parts > 1:  # the last strip: all of them, weighted by area
+                strips = instances[k - inst.parts + 1:k + 1]
+                area = shapely.area([s.outline for s in strips])
+                xy[k - inst.parts + 1:k + 1] = (xy[k - inst.parts + 1:k + 1] * area[:, None]).sum(0) / area.sum()
         else:
             rows, cols = inst.mask.sum(axis=1), inst.mask.sum(axis=0)
             xy[k] = (inst.col + 0.5 + (cols * np.arange(cols.size)).sum() / cols.sum(),
@@ -264,8 +315,8 @@ def to_frame(
     """Instances -> GeoDataFrame in the raster's CRS, in the order given. `simplify`: the
     tolerance in pixels (None: `SIMPLIFY`; 0: the pixel edges as they are)."""
     tol = tolerance(simplify)
-    large = {k for k, inst in enumerate(instances)
-             if tol > 0 and inst.mask is None and shapely.get_num_coordinates(inst.outline) > LARGE}
+    large = {k for k, inst in enumerate(instances)  # and the strips of a region: their cuts kept
+             if tol > 0 and inst.mask is None and (inst.parts > 1 or shapely.get_num_coordinates(inst.outline) > LARGE)}
     rest = [k for k in range(len(instances)) if k not in large]
     geoms: list[shapely.Geometry] = [None] * len(instances)
     for k, geom in zip(rest, polygons([instances[k] for k in rest], transform, smooth=tol > 0)):
@@ -274,7 +325,9 @@ def to_frame(
         for k, geom in zip(rest, simplified([geoms[k] for k in rest], tol * pixel_size(transform))):
             geoms[k] = geom
     for k in large:
-        geoms[k] = _large_region(instances[k].outline, tol, transform)
+        inst = instances[k]
+        cuts = [inst.row] * (inst.part > 0) + [inst.row + inst.height] * (inst.part < inst.parts - 1)
+        geoms[k] = _large_region(inst.outline, tol, transform, cuts)
     return gpd.GeoDataFrame(
         {
             "label": [inst.label for inst in instances],
@@ -282,6 +335,7 @@ def to_frame(
             "n_tiles": np.array([inst.n_tiles for inst in instances], dtype=np.int32),
             "level": np.array([inst.level for inst in instances], dtype=np.int32),
             "source": source,
+            "part": np.array([inst.part for inst in instances], dtype=np.int64),
         },
         geometry=gpd.GeoSeries(geoms, crs=crs),
     )
@@ -304,13 +358,16 @@ def finish(
     utm: CRS | None = None,
 ) -> gpd.GeoDataFrame:
     """Add `area_m2` (measured in `utm`, default the data's UTM zone), drop
-    objects under `min_area` m², reproject to `dst_crs`."""
+    objects under `min_area` m² (the strips of one object by its whole area), reproject to `dst_crs`."""
     gdf = gdf.copy()
     gdf["area_m2"] = area_m2(gdf.geometry, utm)
     if min_area:
         if gdf.crs is None:
             raise UsageError(f"{option('min_area')} is in square metres and needs a georeferenced raster")
-        gdf = gdf[gdf["area_m2"] >= min_area]
+        whole = gdf["area_m2"]
+        if "part" in gdf.columns:  # strips follow their first, part 0
+            whole = whole.groupby((gdf["part"].to_numpy() == 0).cumsum()).transform("sum")
+        gdf = gdf[whole >= min_area]
     if dst_crs is not None:
         if gdf.crs is None:
             raise UsageError(f"{option('dst_crs')} needs a georeferenced raster "

@@ -100,6 +100,8 @@ class LabelRaster:
     def _values(self, table: Any, first_id: int) -> np.ndarray:
         if self.values == "instance":
             ids = table.index.to_numpy(np.int64) + (first_id - 1)  # GeoPackage fids count from 1
+            if "part" in table.columns:  # the strips of a region: the id of its first
+                ids = ids - table["part"].to_numpy(np.int64)
             if len(ids) and ids.max() > np.iinfo(np.uint32).max:
                 raise RunError(f"{self.path}: object ids above {np.iinfo(np.uint32).max} do not fit a uint32 raster")
             return ids
@@ -212,13 +214,14 @@ def burn(objects: str | os.PathLike[str], dst: Any, grid: Grid, values: Callable
     reproject = crs is not None and grid.crs is not None and not crs.equals(grid.crs)
     if info["features"] and _fid_range(objects) != (1, info["features"]):
         raise RunError(f"{objects}: object numbers are not 1..{info['features']}: rerun with {option('restart', True)}")
+    parts = ["part"] if "part" in info["fields"] else []  # a region's strips: one object (its first's id)
     written = 0
     for window in windows(grid.height, grid.width):
         transform = window_transform(window, grid.transform)
         box = _bbox(transform, window.height, window.width)
         if reproject:
             box = transform_bounds(grid.crs, crs, *box, densify_pts=21)
-        table = pyogrio.read_dataframe(objects, layer="objects", columns=["label", "score"], bbox=box,
+        table = pyogrio.read_dataframe(objects, layer="objects", columns=["label", "score", *parts], bbox=box,
                                        fid_as_index=True)
         if table.empty:
             continue

@@ -48,7 +48,8 @@ from .layers import (
 from .runner import SETTING, Cancelled, WorkerError, check_python, find_python, not_found_message, run_worker
 
 HELP = """Finds the objects named by the prompts in a raster layer with SAM 3 and writes one polygon per object, \
-with the fields label, score, area_m2, n_tiles, level and source (as `geoseg segment` does).
+with the fields object_id, label, score, area_m2, n_tiles, level and source (as `geoseg segment` does; \
+an object past 500,000 vertices comes in strips sharing one object_id: Dissolve by object_id joins them).
 
 <b>Raster layer</b>: a file QGIS reads with GDAL, or a web layer (XYZ, WMS/WMTS ...): a web layer is rendered \
 over <b>Extent</b> at <b>Web layer resolution</b> into a temporary GeoTIFF first; both are then required.

@@ -76,6 +76,13 @@ def objects(pieces: list[merge.Piece], plan: TilePlan, transform: Any, crs: Any,
     return vectorize.finish(gdf, transform, settings.dst_crs, settings.min_area)
 
 
+def numbered(gdf: gpd.GeoDataFrame) -> None:
+    """Its `part` column (a strip's number in its object) as `object_id`, the id of the object's first
+    strip (see `geoseg.core.vectorize.COLUMNS`), in place; `id` is set."""
+    part = gdf.pop("part").to_numpy(np.int64) if "part" in gdf.columns else 0
+    gdf.insert(1, "object_id", gdf["id"].to_numpy(np.int64) - part)
+
+
 def empty_frame() -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame({c: [] for c in vectorize.COLUMNS}, geometry=[])
 
@@ -94,6 +101,7 @@ def combine_frames(frames: list[gpd.GeoDataFrame], crs: Any, number: bool = True
     gdf = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs if crs is None else crs)
     if number:
         gdf.insert(0, "id", np.arange(1, len(gdf) + 1, dtype=np.int64))
+        numbered(gdf)
     return gdf[[*vectorize.COLUMNS, *[c for c in stac.COLUMNS if c in gdf.columns], "geometry"]]
 
 
@@ -136,6 +144,7 @@ class Assembler:
     def add(self, result: Path) -> None:
         for gdf in read_chunks(result):
             gdf.insert(0, "id", np.arange(self.next_id, self.next_id + len(gdf), dtype=np.int64))
+            numbered(gdf)
             gdf = gdf[[*vectorize.COLUMNS, "geometry"]]
             if self.columns:
                 gdf = stac_columns(gdf, self.columns)

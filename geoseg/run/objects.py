@@ -236,7 +236,7 @@ def run_objects(paths: list[Any], objects: ObjectFile, settings: Settings, engin
     crs = settings.dst_crs if settings.dst_crs is not None else (frames[0].crs if frames else None)
     out = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=crs) if frames else gpd.GeoDataFrame(
         {"object": [], "label": [], "score": [], "whole": [], "area_m2": [], "source": []}, geometry=[], crs=crs)
-    out = out.drop(columns=[c for c in ("n_tiles", "level") if c in out.columns])
+    out = out.drop(columns=[c for c in ("n_tiles", "level", "part") if c in out.columns])
     out.insert(0, "id", np.arange(1, len(out) + 1, dtype=np.int64))
     out = out[["id", "object", "label", "score", "whole", "area_m2", "source", "geometry"]]
     meta = {**provenance(engine, settings, names, inputs=paths), "objects": objects.fingerprint()}

@@ -79,7 +79,8 @@ class FileMerge:
         job = workers.VectorJob(info.transform, info.crs, info.name, settings.simplify, settings.dst_crs,
                                 settings.min_area, info.utm, info.zone, info.window, info.grid,
                                 info.path if is_mosaic(info.path) else None)
-        merger = merge.RowMerger(plan, iou=settings.match_iou, trace=vectorize.trace)  # regions as outlines
+        merger = merge.RowMerger(plan, iou=settings.match_iou, trace=vectorize.trace,  # regions as outlines
+                                  region=merge.REGION, split=merge.SPLIT)
         # objects vectorised in the pool, written in order; a few chunks ahead keep the workers busy
         pending: deque[tuple[int, Future[tuple[Any, int, float]]]] = deque()
         depth = 2 * self.pool.workers
@@ -94,8 +95,8 @@ class FileMerge:
                     self.merged += len(instances)
                     self.open = len(merger.groups)
                     step = workers.CHUNK if self.pool.workers else max(len(instances), 1)
-                    for k in range(0, len(instances), step):  # chunks: all workers busy, memory bounded
-                        pending.append((fed, self.pool.submit(workers.vectorise, instances[k:k + step], job)))
+                    for chunk in _chunks(instances, step):  # all workers busy, memory bounded
+                        pending.append((fed, self.pool.submit(workers.vectorise, chunk, job)))
                     last = fed == plan.shape[0] - 1
                     while pending and (len(pending) > depth or last):
                         row, done = pending.popleft()
@@ -122,7 +123,7 @@ class FileMerge:
         self.cut += cut
         if gdf is not None:
             w.write(gdf)
-            self.objects += len(gdf)
+            self.objects += int((gdf["part"] == 0).sum())  # a region's strips are one object
             self.area_m2 += float(np.nansum(gdf["area_m2"]))
         self.profile.add("write", seconds + time.perf_counter() - t)
 
@@ -134,6 +135,18 @@ class FileMerge:
                         option("overlap", settings.overlap), option("overlap"))
         empty = vectorize.to_frame([], info.transform, info.crs, source=info.name)
         w.commit(vectorize.finish(empty, info.transform, settings.dst_crs))
+
+
+def _chunks(instances: list[merge.Instance], size: int) -> list[list[merge.Instance]]:
+    """`instances` in runs of about `size`, the strips of one region in one run (a worker sees the
+    whole object: its centroid and its area decide whether it is kept). A region past
+    `merge.SPLIT` vertices is a run of its own: one task never holds two."""
+    out: list[list[merge.Instance]] = [[]]
+    for inst in instances:
+        if inst.part == 0 and (len(out[-1]) >= size or inst.parts > 1 or (out[-1] and out[-1][-1].parts > 1)):
+            out.append([])
+        out[-1].append(inst)
+    return [c for c in out if c]
 
 
 class Rows:

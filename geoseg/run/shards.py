@@ -320,7 +320,10 @@ def combine(folder: str | os.PathLike[str], output: str | os.PathLike[str], *, l
                 elif set(gdf.columns) | {"id"} != set(columns):
                     raise OutputError(f"{path} has other columns than {files[0]}: combine outputs of one geoseg "
                                       f"version and settings")
-                gdf["id"] = np.arange(n + 1, n + 1 + len(gdf), dtype=np.int64)
+                ids = np.arange(n + 1, n + 1 + len(gdf), dtype=np.int64)
+                if "object_id" in gdf.columns:  # the strips of one object keep one id: their first's
+                    gdf["object_id"] = gdf["object_id"].to_numpy(np.int64) + ids - gdf["id"].to_numpy(np.int64)
+                gdf["id"] = ids
                 gdf = gdf[columns]
                 if crs is not None:
                     gdf = gdf.to_crs(crs)
