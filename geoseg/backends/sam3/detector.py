@@ -22,7 +22,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geoseg.backends.sam3.exemplars import VISUAL, encode_boxes, join, padded
-from geoseg.backends.sam3.loading import DTYPES, HUB_ID, check_hub, dtype_name, load, pick_device, pick_dtype, revision
+from geoseg.backends.sam3.loading import (
+    DTYPES,
+    HUB_ID,
+    check_hub,
+    dtype_name,
+    load,
+    pick_device,
+    pick_dtype,
+    return_freed_memory,
+    revision,
+)
 from geoseg.backends.sam3.postprocess import UPSAMPLE_PIXELS, crops
 from geoseg.backends.sam3.tracker import Tracker
 from geoseg.core.exemplars import EncodedExemplars
@@ -90,6 +100,8 @@ class Sam3Segmenter:
         self.name = "sam3"
         self.model_id = str(model)
         self.device = pick_device(device)
+        if self.device.type == "cpu":
+            return_freed_memory()
         self.dtype = pick_dtype(dtype, self.device)
         self.processor, self.model = load(str(model), self.device, self.dtype, local_only=local_only)
         self.revision = revision(str(model), self.model)
