@@ -21,7 +21,9 @@ with round clearings (holes) and a blue river across 80 % of its width
 (`geoseg.testing.scenes.write_region_scene`, written strip by strip), segmented
 by `geoseg segment` in a fresh process with the default CPU workers. Peak
 memory is the sum of the peak resident memory (VmHWM) of every process of the
-run: the run's own, the fork server and the CPU workers. Targets: 20,000² <
+run: the run's own, the fork server and the CPU workers. An object past
+`geoseg.core.merge.SPLIT` vertices comes in strips sharing its `object_id`:
+objects are counted by `object_id`, features apart. Targets: 20,000² <
 1.5 GB and 50,000² < 2 GB with the `colors` backend, < 2 GB at 20,000² with
 the random tiny SAM 3 (`--backend sam3-tiny`: prompt "tree"):
 
@@ -141,10 +143,14 @@ def measure_region(path: Path, backend: str) -> dict:
         gdf = pyogrio.read_dataframe(out)
     vertices = shapely.get_num_coordinates(gdf.geometry.values)
     areas = gdf.groupby("label").geometry.apply(lambda g: float(g.area.sum()))
-    return {"seconds": run.seconds, "objects": len(gdf), "vertices": int(vertices.sum()),
-            "most_vertices": int(vertices.max()) if len(gdf) else 0,
+    per_object = gdf.assign(v=vertices).groupby("object_id")["v"].sum()  # a region past merge.SPLIT: its strips
+    return {"seconds": run.seconds, "objects": int(gdf["object_id"].nunique()), "features": len(gdf),
+            "vertices": int(vertices.sum()), "most_vertices": int(per_object.max()) if len(gdf) else 0,
+            "most_feature_vertices": int(vertices.max()) if len(gdf) else 0,
             "peak_sum_mb": run.peak_mb, "largest_process_mb": max(run.peaks_mb.values()),
-            "processes": len(run.peaks_mb), "area_px": {k: v / 0.25 for k, v in areas.items()}}
+            "processes": len(run.peaks_mb),
+            "process_mb": sorted((round(v) for v in run.peaks_mb.values()), reverse=True),
+            "area_px": {k: v / 0.25 for k, v in areas.items()}}
 
 
 def regions(args: argparse.Namespace) -> None:
@@ -157,11 +163,12 @@ def regions(args: argparse.Namespace) -> None:
             row["area_error"] = {k: r["area_px"].get(k, 0.0) / n - 1 for k, n in painted.items()}
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
-    table = ["| raster | backend | objects | vertices (largest object) | time (s) | peak RSS, sum (MB) | "
-             "largest process (MB) | area vs painted |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    table = ["| raster | backend | objects (features) | vertices (largest object; feature) | time (s) | "
+             "peak RSS, sum (MB) | largest process (MB) | area vs painted |", "|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         err = ", ".join(f"{k} {v:+.4%}" for k, v in r.get("area_error", {}).items()) or "-"
-        table.append(f"| {r['size']:,}² | {r['backend']} | {r['objects']} | {r['vertices']:,} ({r['most_vertices']:,}) "
+        table.append(f"| {r['size']:,}² | {r['backend']} | {r['objects']} ({r['features']}) | {r['vertices']:,} "
+                     f"({r['most_vertices']:,}; {r['most_feature_vertices']:,}) "
                      f"| {r['seconds']:.0f} | {r['peak_sum_mb']:.0f} | {r['largest_process_mb']:.0f} | {err} |")
     text = "\n".join(table)
     print(text)
