@@ -2,7 +2,7 @@
 // The imagery and the polygons arrive as binary buffers over the widget's comm (no second server);
 // polygons are drawn by deck.gl on the GPU; the score slider is a GPU filter (no re-upload).
 import { Deck, MapView, WebMercatorViewport } from "@deck.gl/core";
-import { BitmapLayer, GeoJsonLayer, PolygonLayer, ScatterplotLayer } from "@deck.gl/layers";
+import { BitmapLayer, GeoJsonLayer, PathLayer, PolygonLayer, ScatterplotLayer } from "@deck.gl/layers";
 import { TileLayer } from "@deck.gl/geo-layers";
 import { DataFilterExtension } from "@deck.gl/extensions";
 import earcut from "earcut";
@@ -15,6 +15,9 @@ const MODES = [
   ["review", "Review box", "Drag a box: every object in it is selected, then A / R / U"],
 ];
 const REVIEW_COLOR = { 1: [40, 200, 80], 2: [220, 40, 40] };
+// Past this many objects only the selected ones are outlined: outlines cost far more than fills to draw
+// (they are most of a frame where WebGL runs in software), and the fills carry the colours.
+const OUTLINED = 20000;
 
 function bytes(view) {
   return new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
@@ -63,6 +66,13 @@ function binary(msg, buffers) {
         numericProps: {}, properties },
     },
   };
+}
+
+// each feature's rings, as [first vertex, vertex past the last]
+function ringsOf(count, owners, rings) {
+  const out = Array.from({ length: count }, () => []);
+  for (let r = 0; r + 1 < rings.length; r++) out[owners[rings[r]]].push([rings[r], rings[r + 1]]);
+  return out;
 }
 
 function element(tag, attrs = {}, children = []) {
@@ -126,8 +136,10 @@ function render({ model, el }) {
   runAll.addEventListener("click", () => startRun("all"));
   cancel.addEventListener("click", () => send({ kind: "cancel" }));
   slider.addEventListener("input", () => {
-    pendingTiming = ["slider", performance.now()];
+    const t = performance.now();
+    pendingTiming = ["slider", t];
     setThreshold(Number(slider.value), true);
+    timings.slider_js = performance.now() - t; // the main thread's share: layers and legend, not the drawing
   });
 
   function startRun(area) {
@@ -278,33 +290,40 @@ function render({ model, el }) {
   function resultsLayer() {
     if (!results || !results.count) return null;
     const t = model.get("threshold");
-    const selected = new Set(model.get("selected"));
-    const { score, label, review, uid, colors } = results;
+    const { score, label, review, colors } = results;
     const visible = colors.map((_, k) => (hidden.has(k) ? 0 : 1));
     return new GeoJsonLayer({
       id: "results",
       data: results.data,
       pickable: model.get("mode") === "pan",
-      stroked: true,
+      stroked: results.count <= OUTLINED,
       filled: true,
       lineWidthUnits: "pixels",
       getFillColor: (f) => {
         const i = f.properties.i;
-        const c = review[i] === 2 ? REVIEW_COLOR[2] : hex(colors[label[i]]);
-        return [...c, review[i] === 2 ? 40 : 90];
+        return [...(REVIEW_COLOR[review[i]] || hex(colors[label[i]])), review[i] === 2 ? 50 : 100];
       },
-      getLineColor: (f) => {
-        const i = f.properties.i;
-        if (selected.has(uid[i])) return [255, 230, 0, 255];
-        return [...(REVIEW_COLOR[review[i]] || hex(colors[label[i]])), 255];
-      },
-      getLineWidth: (f) => (selected.has(uid[f.properties.i]) ? 3 : review[f.properties.i] ? 2.5 : 1.2),
+      getLineColor: (f) => [...(REVIEW_COLOR[review[f.properties.i]] || hex(colors[label[f.properties.i]])), 255],
+      getLineWidth: (f) => (review[f.properties.i] ? 2.5 : 1.2),
       getFilterValue: (f) => [score[f.properties.i], visible[label[f.properties.i]]],
       filterRange: [[t, 2], [1, 1]],
       extensions: [new DataFilterExtension({ filterSize: 2 })],
       updateTriggers: { getFillColor: version, getLineColor: version, getLineWidth: version,
         getFilterValue: `${version}:${[...hidden].join()}` },
     });
+  }
+  function selectionLayer() {
+    const sel = model.get("selected");
+    if (!results || !sel.length) return null;
+    const paths = [];
+    for (const u of sel) {
+      const i = results.uidIndex.get(u);
+      for (const [start, stop] of (i === undefined ? [] : results.rings[i])) {
+        paths.push(results.data.polygons.positions.value.subarray(2 * start, 2 * stop));
+      }
+    }
+    return new PathLayer({ id: "selection", data: paths, getPath: (d) => d, positionFormat: "XY",
+      widthUnits: "pixels", getWidth: 3, getColor: [255, 230, 0, 255] });
   }
   function foundLayers() {
     return found.map((f, k) => new GeoJsonLayer({
@@ -333,7 +352,7 @@ function render({ model, el }) {
   }
   function redraw() {
     deck.setProps({
-      layers: [base, raster, resultsLayer(), ...foundLayers(), ...drawnLayers()].filter(Boolean),
+      layers: [base, raster, resultsLayer(), selectionLayer(), ...foundLayers(), ...drawnLayers()].filter(Boolean),
       controller: { doubleClickZoom: false, keyboard: false, dragPan: !drawing() },
     });
     legendUpdate();
@@ -378,8 +397,8 @@ function render({ model, el }) {
       info.append(element("div", { class: "gs-selected" }, [`${sel.length} objects selected`]), buttons);
       return;
     }
-    const i = results.uid.indexOf(sel[0]);
-    if (i < 0) return;
+    const i = results.uidIndex.get(sel[0]);
+    if (i === undefined) return;
     const rows = [["object", String(sel[0])], ["label", results.labels[results.label[i]]],
       ["score", results.score[i].toFixed(3)], ["area", `${results.area[i].toFixed(1)} m²`],
       ["level", String(results.level[i])], ["review", ["—", "accepted", "rejected"][results.review[i]]]];
@@ -400,6 +419,8 @@ function render({ model, el }) {
         label: typed(Uint16Array, buffers[6]), review: typed(Uint8Array, buffers[7]),
         area: typed(Float32Array, buffers[8]), level: typed(Uint8Array, buffers[9]),
         labels: msg.labels, colors: msg.colors };
+      results.uidIndex = new Map(results.uid.map((u, i) => [u, i]));
+      results.rings = ringsOf(results.count, typed(Uint32Array, buffers[1]), typed(Uint32Array, buffers[3]));
       found = [];
       version++;
       redraw();
@@ -409,15 +430,14 @@ function render({ model, el }) {
       if (!msg.clear) found.push({ ...binary(msg, buffers), score: typed(Float32Array, buffers[4]) });
       redraw();
     } else if (msg.kind === "review") {
-      const at = new Map(results.uid.map((u, i) => [u, i]));
       const v = { accepted: 1, rejected: 2 }[msg.value] || 0;
-      for (const u of msg.uids) if (at.has(u)) results.review[at.get(u)] = v;
+      for (const u of msg.uids) if (results.uidIndex.has(u)) results.review[results.uidIndex.get(u)] = v;
       version++;
       redraw();
     }
   });
   model.on("change:threshold", () => setThreshold(model.get("threshold"), false));
-  model.on("change:selected", () => { version++; redraw(); });
+  model.on("change:selected", redraw); // the selection is a layer of its own: the objects' colours stay
   model.on("change:mode", () => { modeUpdate(); redraw(); });
   model.on("change:boxes", redraw);
   model.on("change:clicks", redraw);
