@@ -124,3 +124,21 @@ def test_simplified_objects_across_seams_are_the_untiled_ones_and_neighbours_sta
         overlap = simple[i].intersection(simple[j])
         assert overlap.difference(shared.buffer(1.25 * px)).area < 1e-9  # near the shared edge only
         assert overlap.area <= 0.1 * px * shared.length  # 0.01-0.04 px wide on average in the scenes measured
+
+
+def test_min_area_and_the_area_keep_or_drop_the_strips_of_an_object_together():
+    """Two strips of one object (10 x 6 px and 10 x 4 px, one above the other) and a whole object of
+    10 x 7 px: --min-area of 80 px keeps both strips (100 px together, though each is smaller) and
+    drops the whole one; an area holding the centre of the whole object keeps both strips."""
+    from geoseg.core.vectorize import centroids, finish, to_frame
+
+    t = Affine(1, 0, 500000, 0, -1, 5000000)  # 1 m pixels, UTM
+    top, bottom = shapely.box(0, 0, 10, 6), shapely.box(0, 6, 10, 10)
+    insts = [Instance("a", 0.9, 4, 0, 0, None, outline=top, part=0, parts=2),
+             Instance("a", 0.9, 4, 6, 0, None, outline=bottom, part=1, parts=2),
+             Instance("b", 0.8, 1, 20, 0, np.ones((7, 10), bool))]
+    gdf = finish(to_frame(insts, t, CRS.from_epsg(32633), source="x", simplify=0), t, min_area=80)
+    assert list(gdf["label"]) == ["a", "a"] and list(gdf["part"]) == [0, 1]
+    assert sorted(gdf["area_m2"].round(6)) == [40, 60]
+    centre = centroids(insts, t)
+    assert centre[0].equals(centre[1]) and (centre[0].x, centre[0].y) == (500005, 5000000 - 5)
