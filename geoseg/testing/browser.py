@@ -95,6 +95,7 @@ class Notebook:
 
     def run(self, k: int, timeout: float = 120.0) -> str:
         """Run cell `k` (click into it, Shift+Enter) and wait until it is done; its text output."""
+        self.dismiss_dialogs()
         cell, prompt = self.cell(k), self.cell(k).locator(".jp-InputPrompt")
         before = prompt.inner_text()
         for _ in range(20):  # the first keystrokes can come before the kernel is connected
@@ -110,6 +111,14 @@ class Notebook:
         self.page.wait_for_function("el => /\\[\\d+\\]/.test(el.textContent)", arg=prompt.element_handle(),
                                     timeout=timeout * 1000)
         return str(cell.locator(".jp-OutputArea").inner_text())
+
+    def dismiss_dialogs(self) -> None:
+        """Accept a dialog JupyterLab opened by itself (a kernel choice on a slow start), noting its text."""
+        dialogs = self.page.locator(".jp-Dialog")
+        while dialogs.count():
+            self.page.logs.append(f"dialog: {dialogs.first.inner_text()!r}")
+            dialogs.first.locator("button.jp-mod-accept").click()
+            self.page.wait_for_timeout(500)
 
     def restart_kernel(self) -> None:
         """Kernel → Restart Kernel…, confirmed, as a person does."""
