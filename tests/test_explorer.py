@@ -233,6 +233,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
         explore(tmp_path / "missing.tif", backend="colors")
     with pytest.raises(UsageError, match="output"):
         explore(SCENE, backend="colors", output=tmp_path / "x.gpkg")
+    with pytest.raises(UsageError, match="georeferenced"):
+        explore(SCENE, backend="colors", pixel_coords=True)
     with pytest.raises(UsageError, match="floor"):
         explore(SCENE, backend="colors", threshold=0.01)
     with pytest.raises(UsageError, match="GeoPackage"):

@@ -89,6 +89,8 @@ class Explorer(anywidget.AnyWidget):
             if bad in self._run_options and not (bad in ("bbox", "aoi") and is_web(source)):
                 raise UsageError(f"explore(..., {bad}=...) is not taken: the map chooses the area and holds the "
                                  f"boxes, clicks and results (see ex.segment, ex.exemplars, ex.objects, ex.save)")
+        if options.get("pixel_coords"):
+            raise UsageError("explore() draws a map: it needs a georeferenced raster (leave out pixel_coords)")
         if not 0 <= floor <= threshold <= 1:
             raise UsageError(f"explore(): need 0 <= floor ({floor}) <= threshold ({threshold}) <= 1")
         self._web_area = Area.of(bbox=self._run_options.pop("bbox", None),
