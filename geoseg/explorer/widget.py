@@ -411,7 +411,10 @@ class Explorer(anywidget.AnyWidget):
     def _on_msg(self, _: Any, msg: dict[str, Any], buffers: list[Any]) -> None:
         kind = msg.get("kind")
         if kind == "tile":
-            png = self.tiles.png(int(msg["x"]), int(msg["y"]), int(msg["z"]))
+            try:
+                png = self.tiles.png(int(msg["x"]), int(msg["y"]), int(msg["z"]))
+            except Exception as e:  # noqa: BLE001 - a tile that cannot be read is left blank, and said
+                png, self.status = None, f"imagery: {type(e).__name__}: {e}"
             self.send({"kind": "tile", "id": msg["id"]}, [] if png is None else [png])
         elif kind == "ready":
             self._send_results()
