@@ -38,6 +38,7 @@ def _eta(seconds: float) -> str:
 
 EVERY = 10.0  #: seconds between two progress lines (where no bar is drawn)
 
+
 @dataclass(frozen=True)
 class Found:
     """The detections of one batch of tiles, as the model gave them (not yet merged across seams).
