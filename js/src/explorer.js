@@ -119,9 +119,9 @@ function render({ model, el }) {
   // --- what the map holds ---
   let results = null; // {count, data, uid, score, label, review, area, level, labels, colors}
   let found = []; // provisional batches while a run goes on
-  let hidden = new Set(); // labels switched off in the legend
+  const hidden = new Set(); // labels switched off in the legend
   let drag = null; // a box being drawn: [lon0, lat0, lon1, lat1]
-  let version = 0; // bumped when reviews or selection change (colours recomputed)
+  let version = 0; // bumped when the objects or their reviews change (colours recomputed)
   const tiles = new Map();
   let nextTile = 1;
   // ms from a message (or a slider move, or Run) to the first frame drawn with it, for benchmarks/explore.py
@@ -156,10 +156,8 @@ function render({ model, el }) {
   }
 
   // --- the map ---
-  const b = model.get("bounds");
   const view = new MapView({ repeat: false });
-  const initial = fitBounds(model.get("view_lonlat").length === 4 ? model.get("view_lonlat") : b);
-  let viewState = initial;
+  const initial = fitBounds(model.get("view_lonlat").length === 4 ? model.get("view_lonlat") : model.get("bounds"));
   const deck = new Deck({
     parent: mapDiv,
     views: view,
@@ -168,7 +166,6 @@ function render({ model, el }) {
     getCursor: ({ isDragging, isHovering }) =>
       model.get("mode") !== "pan" ? "crosshair" : isHovering ? "pointer" : isDragging ? "grabbing" : "grab",
     onViewStateChange: ({ viewState: vs }) => {
-      viewState = vs;
       clearTimeout(onViewStateChangeTimer);
       onViewStateChangeTimer = setTimeout(saveView, 150);
       return vs;
