@@ -219,3 +219,13 @@ def _session(page, nb: Notebook, folder: Path) -> None:
     again = pyogrio.read_dataframe(folder / "again.gpkg")
     assert again.drop(columns="geometry").equals(kept.drop(columns="geometry"))
     assert shapely.equals(again.geometry.values, kept.geometry.values).all()
+
+    # the object mode: one click outlines the one object under it
+    page.click("button[data-mode='object']")
+    green = max(_components(1), key=lambda b: (b[0].stop - b[0].start) * (b[1].stop - b[1].start))
+    rows, cols = green
+    w, s, e, n = _lonlat(slice(rows.start, rows.start + 40), slice(cols.start + 20, cols.stop - 20))
+    page.mouse.click(*_on_page(page, (w + e) / 2, (s + n) / 2))
+    page.wait_for_function("document.querySelector(\".gs-layer[data-label='object'] .gs-count\")?.textContent "
+                           "=== '1'", timeout=60_000)
+    screenshot(page, ARTIFACTS, "object", ".geoseg-explorer")

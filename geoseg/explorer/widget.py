@@ -156,11 +156,20 @@ class Explorer(anywidget.AnyWidget):
 
     @property
     def results(self) -> gpd.GeoDataFrame:
-        """What the map shows: objects scoring at least `threshold` and not rejected, in the source's CRS,
-        with the columns of a CLI output and `review`; indexed by the objects' ids."""
+        """What the map shows: objects scoring at least `threshold` (and those outlined from clicks), not
+        rejected, in the source's CRS, with the columns of a CLI output and `review`; indexed by their ids."""
         f = self._frame
-        keep = (f["score"] >= self.threshold) & (f[REVIEW] != REJECTED)
+        keep = self._above() & (f[REVIEW] != REJECTED)
         return f[keep].copy()
+
+    def _above(self) -> pd.Series:
+        """Objects scoring at least the threshold, and the objects clicked: a person asked for each of those."""
+        return (self._frame["score"] >= self.threshold) | self._clicked()
+
+    def _clicked(self) -> pd.Series:
+        """The objects outlined from clicks (they have `whole`, the column of object prompts)."""
+        f = self._frame
+        return f["whole"].notna() if "whole" in f.columns else pd.Series(False, index=f.index)
 
     @property
     def exemplars(self) -> gpd.GeoDataFrame:
@@ -246,7 +255,7 @@ class Explorer(anywidget.AnyWidget):
         with its `review` ("accepted", "rejected" or empty), so that `--reviewed` finds the rejected
         ones as known negatives."""
         f = self._frame
-        gdf = f[(f["score"] >= self.threshold) | f[REVIEW].notna()].reset_index(drop=True)
+        gdf = f[self._above() | f[REVIEW].notna()].reset_index(drop=True)
         meta = dict(self._provenance, explorer={"threshold": self.threshold,
                                                 ACCEPTED: int((gdf[REVIEW] == ACCEPTED).sum()),
                                                 REJECTED: int((gdf[REVIEW] == REJECTED).sum())})
@@ -390,7 +399,7 @@ class Explorer(anywidget.AnyWidget):
                    "colors": [PALETTE[k % len(PALETTE)] for k in range(len(labels))]},
                   buffers + [f.index.to_numpy(np.uint32).tobytes(), f["score"].to_numpy(np.float32).tobytes(),
                              code.tobytes(), review.tobytes(), f["area_m2"].to_numpy(np.float32).tobytes(),
-                             f["level"].to_numpy(np.uint8).tobytes()])
+                             f["level"].to_numpy(np.uint8).tobytes(), self._clicked().to_numpy(np.uint8).tobytes()])
 
     def _restore(self, kept: saved.Kept) -> None:
         self._frame = saved.as_results(kept.results, self.crs)
@@ -429,7 +438,7 @@ class Explorer(anywidget.AnyWidget):
 
     def _within(self, lonlat: Sequence[float]) -> list[int]:
         """The objects shown whose outline meets the box `lonlat` (west, south, east, north)."""
-        shown = self._frame[self._frame["score"] >= self.threshold]
+        shown = self._frame[self._above()]
         region = self._region({"bbox": tuple(lonlat), "bbox_crs": "EPSG:4326"})
         return [int(u) for u in shown.index[shapely.intersects(shown.geometry.values, region)]]
 

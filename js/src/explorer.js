@@ -288,6 +288,7 @@ function render({ model, el }) {
     if (!results || !results.count) return null;
     const t = model.get("threshold");
     const { score, label, review, colors } = results;
+    const fromClick = results.clicked;
     const visible = colors.map((_, k) => (hidden.has(k) ? 0 : 1));
     return new GeoJsonLayer({
       id: "results",
@@ -302,7 +303,7 @@ function render({ model, el }) {
       },
       getLineColor: (f) => [...(REVIEW_COLOR[review[f.properties.i]] || hex(colors[label[f.properties.i]])), 255],
       getLineWidth: (f) => (review[f.properties.i] ? 2.5 : 1.2),
-      getFilterValue: (f) => [score[f.properties.i], visible[label[f.properties.i]]],
+      getFilterValue: (f) => [fromClick[f.properties.i] ? 1 : score[f.properties.i], visible[label[f.properties.i]]],
       filterRange: [[t, 2], [1, 1]],
       extensions: [new DataFilterExtension({ filterSize: 2 })],
       updateTriggers: { getFillColor: version, getLineColor: version, getLineWidth: version,
@@ -364,7 +365,7 @@ function render({ model, el }) {
     const t = model.get("threshold");
     let n = 0;
     for (let i = 0; i < results.count; i++) {
-      if (results.label[i] === k && results.score[i] >= t && results.review[i] !== 2) n++;
+      if (results.label[i] === k && (results.score[i] >= t || results.clicked[i]) && results.review[i] !== 2) n++;
     }
     return n;
   }
@@ -415,6 +416,7 @@ function render({ model, el }) {
       results = { ...geo, uid: Array.from(typed(Uint32Array, buffers[4])), score: typed(Float32Array, buffers[5]),
         label: typed(Uint16Array, buffers[6]), review: typed(Uint8Array, buffers[7]),
         area: typed(Float32Array, buffers[8]), level: typed(Uint8Array, buffers[9]),
+        clicked: typed(Uint8Array, buffers[10]),
         labels: msg.labels, colors: msg.colors };
       results.uidIndex = new Map(results.uid.map((u, i) => [u, i]));
       results.rings = ringsOf(results.count, typed(Uint32Array, buffers[1]), typed(Uint32Array, buffers[3]));
