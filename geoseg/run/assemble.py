@@ -138,6 +138,7 @@ class Assembler:
         self.writer, self.collect = writer, collect
         self.columns = columns  # per source name, columns added to its objects (a STAC item's id and datetime)
         self.next_id = 1
+        self.provenance: dict[str, Any] | None = None  #: what `write_output` stored with the output
         self.frames: list[gpd.GeoDataFrame] = []
         self.empty: gpd.GeoDataFrame | None = None
 
@@ -175,6 +176,7 @@ def write_output(output: Any, results: list[Path], sources: list[str], layer: st
         raise RunError(str(e)) from None
     with w:
         assembler = Assembler(w, collect, columns)
+        assembler.provenance = meta
         for result in results:
             assembler.add(result)
         w.commit(assembler.empty if assembler.empty is not None else empty_frame())

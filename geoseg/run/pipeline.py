@@ -235,6 +235,7 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Engine, wo
                                   columns=stac.columns(paths, names), files=[results[k] for k in done],
                                   inputs=[paths[k] for k in done])
         summary.outputs.append(str(output))
+        summary.provenance = assembler.provenance
     elif collect:
         assembler = Assembler(None, collect=True, columns=stac.columns(paths, names))
         for result in results_done:
@@ -439,7 +440,8 @@ def segment(
                        + "; ".join(f"{f.source}: {f.error}" for f in summary.failed))
     gdf = summary.frame
     assert gdf is not None
-    meta = provenance(engine, settings, unique_names(paths), summary.files, paths)
+    # the provenance written with the output (the same `created`), else made now
+    meta = dict(summary.provenance or provenance(engine, settings, unique_names(paths), summary.files, paths))
     if settings.objects is not None:  # the objects clicked, after the text prompts' (a layer of their own)
         found = run_objects(paths, settings.objects, settings, engine, output=output, layer=objects_layer(layer),
                             overwrite=overwrite, placed=placed)

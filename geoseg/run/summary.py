@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import geopandas as gpd
 
@@ -38,6 +39,7 @@ class Summary:
     outputs: list[str] = field(default_factory=list)
     rasters: list[str] = field(default_factory=list)  #: label rasters written (--raster-out)
     frame: gpd.GeoDataFrame | None = None  #: the objects, when asked for
+    provenance: dict[str, Any] | None = None  #: the provenance written with the output, when one was
 
     @property
     def failed(self) -> list[FileResult]:
