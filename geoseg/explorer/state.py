@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +19,11 @@ import geopandas as gpd
 import pandas as pd
 import pyogrio
 
+from geoseg.core.vectorize import COLUMNS
 from geoseg.errors import UsageError
 from geoseg.io.export import as_multi
 from geoseg.io.review import REVIEW
 
-COLUMNS = ["id", "label", "score", "area_m2", "n_tiles", "level", "source"]  #: a CLI output's, before `review`
 MARK = "explorer"
 
 
@@ -36,13 +36,17 @@ def as_results(gdf: gpd.GeoDataFrame, crs: Any, uids: Iterable[int] | None = Non
     out = gdf.copy()
     if uids is not None:
         out.index = pd.Index(list(uids), dtype="int64")
+        if {"id", "object_id"} <= set(out.columns):  # a region's strips share the new id of their first
+            out["object_id"] = out["object_id"].map(dict(zip(out["id"], out.index)))
     out.index.name = "uid"
     out["id"] = out.index
+    if "object_id" not in out.columns:
+        out["object_id"] = out.index
     for c in COLUMNS:
         if c not in out.columns:
             out[c] = 0 if c in ("n_tiles", "level") else None
     out = out.drop(columns=["object"], errors="ignore")  # a run's own numbering: the uid is the id here
-    for c in ("id", "n_tiles", "level"):
+    for c in ("id", "object_id", "n_tiles", "level"):
         out[c] = out[c].fillna(0).astype("int64")
     if REVIEW not in out.columns:
         out[REVIEW] = None
@@ -61,10 +65,13 @@ class Kept:
 
 
 class StateFile:
-    """The GeoPackage at `path`, for the explorer of `source` (its path or mosaic)."""
+    """The GeoPackage at `path`, for the explorer of `source` (its path or mosaic); `setting()` gives
+    the explorer's threshold and view as they are now."""
 
-    def __init__(self, path: str | Path, source: str) -> None:
+    def __init__(self, path: str | Path, source: str,
+                 setting: Callable[[], tuple[float, Sequence[float]]] = lambda: (0.5, ())) -> None:
         self.path = Path(path)
+        self.setting = setting
         if self.path.suffix.lower() != ".gpkg":
             raise UsageError(f"state={str(path)!r}: the explorer keeps its state in a GeoPackage (.gpkg)")
         self.source = source
@@ -116,22 +123,23 @@ class StateFile:
         table = pd.DataFrame({"uid": decided.index.to_numpy("int64"), REVIEW: decided[REVIEW].astype(str)})
         pyogrio.write_dataframe(table, self.path, layer="reviews")
 
-    def save_drawn(self, boxes: gpd.GeoDataFrame, clicks: gpd.GeoDataFrame, threshold: float,
-                   view: Sequence[float]) -> None:
-        self._mark(threshold, view)
-        for layer, gdf in (("boxes", boxes), ("clicks", clicks)):
-            if len(gdf):
-                pyogrio.write_dataframe(gdf, self.path, layer=layer)
-            elif layer in self._layers():
-                pyogrio.write_dataframe(gdf.iloc[:0], self.path, layer=layer)
+    def save_drawn(self, layer: str, gdf: gpd.GeoDataFrame) -> None:
+        """The boxes or the clicks drawn (`layer`); none left: the layer emptied."""
+        self._mark()
+        if len(gdf) or layer in self._layers():
+            pyogrio.write_dataframe(gdf, self.path, layer=layer)
 
-    def _mark(self, threshold: float | None = None, view: Sequence[float] | None = None) -> None:
-        """The `explorer` row, written first: it marks the file as ours."""
-        old = pyogrio.read_dataframe(self.path, layer=MARK) if self.path.exists() and MARK in self._layers() else None
-        if old is not None and threshold is None:
+    def save_setting(self) -> None:
+        """The threshold and the view, as they are now."""
+        self._mark(again=True)
+
+    def _mark(self, again: bool = False) -> None:
+        """The `explorer` row (the source, the threshold, the view), written before anything else: it marks
+        the file as ours. Written only where it is missing, unless `again`."""
+        if not again and self.path.exists() and MARK in self._layers():
             return
-        row = pd.DataFrame({"source": [_name(self.source)], "threshold": [threshold if threshold is not None else (
-            float(old["threshold"].iloc[0]) if old is not None else 0.5)],
+        threshold, view = self.setting()
+        row = pd.DataFrame({"source": [_name(self.source)], "threshold": [threshold],
                             "view": [json.dumps(list(view)) if view else ""]})
         pyogrio.write_dataframe(row, self.path, layer=MARK)
 
@@ -139,10 +147,5 @@ class StateFile:
 def _name(source: str) -> str:
     """The source as kept in the file: a path, or a short digest of a mosaic's or service's VRT."""
     if source.lstrip().startswith("<"):
-
-
         return "vrt:" + hashlib.sha1(source.encode()).hexdigest()[:12]
     return str(source)
-
-
-

@@ -23,9 +23,11 @@ import numpy as np
 import pandas as pd
 import shapely
 import traitlets
-from pyproj import CRS, Transformer
+from pyproj import CRS
+from rasterio.warp import transform_bounds
 
 from geoseg.core import vectorize
+from geoseg.core.merge import Instance
 from geoseg.core.segmenter import as_segmenter
 from geoseg.errors import GeosegError, UsageError
 from geoseg.explorer import state as saved
@@ -33,7 +35,8 @@ from geoseg.explorer.buffers import polygon_buffers
 from geoseg.explorer.tiles import MapTiles
 from geoseg.io import export
 from geoseg.io.area import Area
-from geoseg.io.inputs import list_inputs, resolve
+from geoseg.io.inputs import resolve
+from geoseg.io.mosaic import from_settings
 from geoseg.io.review import ACCEPTED, DECISIONS, REJECTED, REVIEW, decisions
 from geoseg.io.services import WebOptions, is_web
 from geoseg.io.vectors import read_vector
@@ -108,17 +111,14 @@ class Explorer(anywidget.AnyWidget):
                                  margin=self._run_options.get("overlap", 128)))
         settings = Settings(prompts=[], overlap=self._run_options.get("overlap", 128), read=read,
                             dst_crs=None)
-        several = not is_web(source) and len(list_inputs(source)) > 1
-        paths = resolve(source, web=web, settings=settings, mosaic=several)
-        if len(paths) != 1:
-            raise UsageError("explore() shows one raster (or one folder, as a mosaic): give one source")
+        paths = resolve(source, web=web, settings=settings)
+        if len(paths) > 1:  # a folder (or a list): one mosaic, as --mosaic
+            paths = [from_settings(paths, settings)]
         #: what every run segments: the file, the folder's mosaic or the tile service's area (a VRT)
         self.path: str = str(paths[0])
         self.source = source
         self.tiles = MapTiles(self.path, replace(read, area=None))
         self.crs = CRS.from_user_input(self.tiles.crs) if self.tiles.crs else None
-        self._to_lonlat = Transformer.from_crs(self.crs, "EPSG:4326", always_xy=True)
-        self._from_lonlat = Transformer.from_crs("EPSG:4326", self.crs, always_xy=True)
         self._backend = backend
         self._segmenter: Any = None
         self._lock = threading.Lock()  # one run at a time
@@ -132,7 +132,8 @@ class Explorer(anywidget.AnyWidget):
         self.max_zoom = self.tiles.max_zoom
         self.floor, self.threshold = floor, threshold
         self.basemap, self.credit = basemap or "", credit
-        self.state = None if state is None else saved.StateFile(state, self.path)
+        self.state = None if state is None else saved.StateFile(
+            state, self.path, lambda: (self.threshold, self.view_lonlat))
         if self.state is not None and self.state.exists():
             self._restore(self.state.load(self.crs))
         self.on_msg(self._on_msg)
@@ -145,14 +146,11 @@ class Explorer(anywidget.AnyWidget):
         """The map's bounds in the source's CRS (minx, miny, maxx, maxy); set it to move the map."""
         if len(self.view_lonlat) != 4:
             return None
-        return self._bounds_from_lonlat(self.view_lonlat)
+        return transform_bounds("EPSG:4326", self.crs, *self.view_lonlat, densify_pts=21)
 
     @view.setter
     def view(self, bounds: Sequence[float]) -> None:
-        x0, y0, x1, y1 = (float(v) for v in bounds)
-        box = shapely.segmentize(shapely.box(x0, y0, x1, y1), max(x1 - x0, y1 - y0) / 20)
-        lon, lat = self._to_lonlat.transform(*shapely.get_coordinates(box).T)
-        self.view_lonlat = [float(np.min(lon)), float(np.min(lat)), float(np.max(lon)), float(np.max(lat))]
+        self.view_lonlat = list(transform_bounds(self.crs, "EPSG:4326", *(float(v) for v in bounds), densify_pts=21))
 
     @property
     def results(self) -> gpd.GeoDataFrame:
@@ -233,7 +231,7 @@ class Explorer(anywidget.AnyWidget):
                              f"give a geoseg output (or columns label and score, with a CRS)")
         if REVIEW in gdf.columns:
             gdf = gdf.assign(**{REVIEW: decisions(gdf, "ex.add()") if len(gdf) else []})
-        self._merge(gdf.drop(columns=["id"], errors="ignore"), [], None)
+        self._merge(gdf, [], None)
 
     def review(self, index: Any, decision: str | None) -> None:
         """Decide for objects of `results` (an id or a list of them): "accepted", "rejected" or None."""
@@ -300,56 +298,49 @@ class Explorer(anywidget.AnyWidget):
             boxes = boxes[boxes["prompt"].isna() | boxes["prompt"].isin(prompts)].copy()
             boxes["prompt"] = boxes["prompt"].fillna(prompts[0] if prompts else "example")
         with self._lock:
-            self._cancel.clear()
-            self.running = True
-            self.status = "running…"
             try:
-                gdf = segment(self.path, prompts or None, segmenter=self._model(), watch=self._found,
-                              exemplars=boxes if len(boxes) else None, **where, **self._run_options)
+                gdf = self._segment("running…", prompts or None, watch=self._found,
+                                    exemplars=boxes if len(boxes) else None, **where)
             except Cancelled:
                 self.status = "cancelled"
                 self.send({"kind": "found", "clear": True})
                 raise
-            finally:
-                self.running = False
-            self._provenance = dict(gdf.attrs.get("geoseg", {}))
             labels = sorted(set(prompts) | set(boxes["prompt"]) if len(boxes) else set(prompts))
-            region = None if not where else self._region(where)
-            self._merge(gdf, labels, region)
+            self._merge(gdf, labels, None if not where else self._region(where))
             self.status = f"{len(gdf)} objects found"
         return gdf
 
     def _run_objects(self) -> gpd.GeoDataFrame:
         with self._lock:
-            self.running = True
-            self.status = "outlining the objects clicked…"
-            try:
-                gdf = segment(self.path, None, segmenter=self._model(), objects=self.objects, **self._run_options)
-            finally:
-                self.running = False
-            gdf = gdf.drop(columns=["object"], errors="ignore")
+            gdf = self._segment("outlining the objects clicked…", None, objects=self.objects)
             self._merge(gdf, sorted(set(gdf["label"])), None)
             self.status = f"{len(gdf)} objects outlined"
         return gdf
 
+    def _segment(self, status: str, prompts: list[str] | None, **options: Any) -> gpd.GeoDataFrame:
+        """`geoseg.segment` of the source with the loaded model, `running` while it goes on."""
+        self._cancel.clear()
+        self.running, self.status = True, status
+        try:
+            gdf = segment(self.path, prompts, segmenter=self._model(), **options, **self._run_options)
+        finally:
+            self.running = False
+        self._provenance = dict(gdf.attrs.get("geoseg", {}))
+        return gdf
+
     def _region(self, where: dict[str, Any]) -> shapely.Geometry:
-        """The area of a run, in the source's CRS."""
-        if "aoi" in where:
-            return where["aoi"]
-        geom = shapely.box(*where["bbox"])
-        if where["bbox_crs"] == "EPSG:4326":
-            x, y = self._from_lonlat.transform(*shapely.get_coordinates(shapely.segmentize(geom, (
-                where["bbox"][2] - where["bbox"][0]) / 20)).T)
-            return shapely.Polygon(np.column_stack([x, y]))
-        return geom
+        """The area of a run (`bbox` or `aoi`, in `bbox_crs`) in the source's CRS, placed as the run places it."""
+        area = Area.of(**where)
+        assert area is not None
+        return area.in_crs(self.crs, self.path)
 
     def _merge(self, gdf: gpd.GeoDataFrame, labels: list[str], region: shapely.Geometry | None) -> None:
         """Put a run's objects in place of those it saw again (its labels, inside its area); decisions
         carry over to the new object that covers the old one best (IoU ≥ 0.5)."""
         with self._changing:
-            self._replace(gdf, labels, region)
+            self._put(gdf, labels, region)
 
-    def _replace(self, gdf: gpd.GeoDataFrame, labels: list[str], region: shapely.Geometry | None) -> None:
+    def _put(self, gdf: gpd.GeoDataFrame, labels: list[str], region: shapely.Geometry | None) -> None:
         old = self._frame
         inside = old["label"].isin(labels)
         if region is not None:
@@ -382,10 +373,9 @@ class Explorer(anywidget.AnyWidget):
         self.status = f"running: {found.done} of {found.total} tiles"
         if not found.pieces:
             return
-        geoms = [shapely.unary_union(vectorize.trace(p.mask, p.row, p.col)) for p in found.pieces]
-        t = found.transform
-        geoms = [shapely.affinity.affine_transform(g, (t.a, t.b, t.d, t.e, t.c, t.f)) for g in geoms]
-        gdf = gpd.GeoDataFrame({"score": [p.score for p in found.pieces]}, geometry=geoms, crs=found.crs)
+        pieces = [Instance(p.label, p.score, 1, p.row, p.col, p.mask, p.level) for p in found.pieces]
+        gdf = gpd.GeoDataFrame({"score": [p.score for p in found.pieces]},
+                               geometry=vectorize.polygons(pieces, found.transform), crs=found.crs)
         meta, buffers = polygon_buffers(gdf)
         self.send({"kind": "found", **meta}, buffers + [gdf["score"].to_numpy(np.float32).tobytes()])
 
@@ -412,8 +402,15 @@ class Explorer(anywidget.AnyWidget):
         self.objects = kept.clicks
 
     def _keep(self, change: dict[str, Any]) -> None:
-        if self.state is not None:
-            self.state.save_drawn(self.exemplars, self.objects, self.threshold, self.view_lonlat)
+        """Keep a change in the state file: the boxes or the clicks drawn, else the threshold and the view."""
+        if self.state is None:
+            return
+        if change["name"] == "boxes":
+            self.state.save_drawn("boxes", self.exemplars)
+        elif change["name"] == "clicks":
+            self.state.save_drawn("clicks", self.objects)
+        else:
+            self.state.save_setting()
 
     # --- messages from the map ---
 
@@ -463,10 +460,6 @@ class Explorer(anywidget.AnyWidget):
         self.running = True  # at once, so a second press starts nothing
         self._thread = threading.Thread(target=work, name="geoseg-explore", daemon=True)
         self._thread.start()
-
-    def _bounds_from_lonlat(self, lonlat: Sequence[float]) -> tuple[float, float, float, float]:
-        minx, miny, maxx, maxy = self._region({"bbox": tuple(lonlat), "bbox_crs": "EPSG:4326"}).bounds
-        return (minx, miny, maxx, maxy)
 
     def __repr__(self) -> str:
         return (f"Explorer({Path(self.path).name if len(self.path) < 300 else 'mosaic'!r}, "

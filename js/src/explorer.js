@@ -75,6 +75,13 @@ function ringsOf(count, owners, rings) {
   return out;
 }
 
+// a map tile's image, on the tile's own bounds
+function bitmap(props) {
+  const [[west, south], [east, north]] = props.tile.boundingBox;
+  return props.data ? new BitmapLayer(props, { data: null, image: props.data, bounds: [west, south, east, north] })
+    : null;
+}
+
 function element(tag, attrs = {}, children = []) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
@@ -263,11 +270,7 @@ function render({ model, el }) {
         send({ kind: "tile", x, y, z, id });
         signal.addEventListener("abort", () => { tiles.delete(id); resolve(null); });
       }).then((buf) => (buf ? createImageBitmap(new Blob([bytes(buf)], { type: "image/png" })) : null)),
-      renderSubLayers: (props) => {
-        const { boundingBox } = props.tile;
-        return props.data ? new BitmapLayer(props, { data: null, image: props.data,
-          bounds: [boundingBox[0][0], boundingBox[0][1], boundingBox[1][0], boundingBox[1][1]] }) : null;
-      },
+      renderSubLayers: bitmap,
     });
   }
   function baseLayer() {
@@ -276,11 +279,7 @@ function render({ model, el }) {
     return new TileLayer({
       id: "basemap", data: url, minZoom: 0, maxZoom: 19, tileSize: 256,
       onTileError: () => {}, // offline: the plain background shows
-      renderSubLayers: (props) => {
-        const { boundingBox } = props.tile;
-        return props.data ? new BitmapLayer(props, { data: null, image: props.data,
-          bounds: [boundingBox[0][0], boundingBox[0][1], boundingBox[1][0], boundingBox[1][1]] }) : null;
-      },
+      renderSubLayers: bitmap,
     });
   }
 
