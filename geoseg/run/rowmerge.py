@@ -64,7 +64,10 @@ class FileMerge:
             self.next += 1
 
     def abort(self) -> None:
+        """Stop after the row being merged, and wait: the work folder's store is closed when this returns
+        (its SQLite files were still open, and vanishing, after a failed run had returned)."""
         self.rows.put(None)
+        self.thread.join()
 
     def join(self) -> None:
         self.thread.join()
