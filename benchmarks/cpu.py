@@ -58,7 +58,7 @@ info = inspect(path, tile_size=settings.tile_size, overlap=settings.overlap, rea
 with RasterSource(path, settings.read) as src:  # the detections, before the clock starts
     for tile, rgb, valid in read_ahead(src, list(info.plan), depth=4):
         if valid.any():
-            seg.cache[zlib.crc32(rgb)] = seg._one(rgb, PROMPTS)
+            seg.cache[zlib.crc32(rgb)] = ColorSegmenter.segment(seg, rgb[None], PROMPTS)[0]
 if workers:  # the fork server's start (imports, once per process: ~1.5 s here) is left out of the clock
     with Pool(1) as pool:
         pool.submit(default_workers).result()
@@ -66,6 +66,7 @@ out = tempfile.mkdtemp() + "/out.gpkg"
 t = time.perf_counter()
 summary = pipeline.run([path], settings, LocalEngine(seg), output=out)
 seconds = time.perf_counter() - t
+assert summary.files[0].objects or not any(len(d) for d in seg.cache.values()), "no object found"
 p = summary.profile
 print(json.dumps({"seconds": seconds, "tiles": summary.files[0].tiles, "objects": summary.files[0].objects,
                   "profile": {k: getattr(p, k) for k in ("read", "model", "post", "stage", "merge", "write")},

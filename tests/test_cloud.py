@@ -242,7 +242,7 @@ def test_bucket_shards_write_manifests_that_combine_checks(s3, scenes, tmp_path)
     pyogrio.write_dataframe(gdf.iloc[:-2], tmp_path / "fewer.gpkg", layer="detections")
     s3.put_object(Bucket="dst", Key=f"m/{victim}", Body=(tmp_path / "fewer.gpkg").read_bytes())
     line = one_line_error(run("combine", "s3://dst/m/", "-o", tmp_path / "again.gpkg"))
-    assert f"holds {len(gdf) - 2} objects but shard" in line and not (tmp_path / "again.gpkg").exists()
+    assert f"holds {len(gdf) - 2} features but shard" in line and not (tmp_path / "again.gpkg").exists()
 
 
 def test_existing_object_refused_before_the_model(s3, tmp_path, scene_path):

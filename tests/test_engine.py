@@ -125,7 +125,7 @@ def test_stage_records_nodata_tiles_without_segmenting_them(half_nodata, tmp_pat
         # the staged pieces are what the segmenter finds tile by tile
         want = pieces_in_memory(rgb, plan, ColorSegmenter(), PROMPTS)
         got = [p for r in range(plan.shape[0]) for p in store.pieces_in_row(r)]
-        key = lambda p: (p.tile, p.label, p.row, p.col, p.mask.tobytes())  # noqa: E731
+        key = lambda p: (p.tile, p.label, p.row, p.col, np.asarray(p.mask).tobytes())  # noqa: E731
         assert sorted(map(key, got)) == sorted(map(key, want)) and len(want) > 20
         assert progress.done == 16 and progress.detections == len(want)
 

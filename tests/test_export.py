@@ -4,7 +4,7 @@ import geopandas as gpd
 import numpy as np
 import pyogrio
 import pytest
-from shapely.geometry import Point
+from shapely.geometry import Point, Polygon
 
 import geoseg
 from geoseg.errors import OutputCRSWarning, OutputError, RunError
@@ -147,3 +147,36 @@ def test_an_empty_result_is_still_a_polygon_layer(tmp_path):
         info = pyogrio.read_info(tmp_path / f"e{ext}")
         assert len(gdf) == len(pyogrio.read_dataframe(tmp_path / f"e{ext}")) == 0
         assert info["geometry_type"] == kind and "label" in info["fields"]
+
+
+@pytest.mark.parametrize("suffix", [".gpkg", ".geojson"])
+def test_a_layer_is_read_in_chunks_bounded_in_features_and_in_geometry_bytes(tmp_path, monkeypatch, suffix):
+    """Small objects come 1,000 at a time; a GeoPackage's large ones (a region's strips: here
+    polygons of 20,000 vertices, 320 kB of WKB each, under a 1 MB budget) a few at a time, a
+    larger one (1.6 MB) alone; other formats by the number of features. Together, the layer in order."""
+    from geoseg.io import export
+    from geoseg.run.assemble import read_chunks
+
+    monkeypatch.setattr(export, "GEOMETRY_BYTES", 1 << 20)
+    sizes = [16] * 2500 + [20_000] * 7 + [100_000] + [16] * 10  # vertices
+
+    def circle(x: float, n: int) -> Polygon:
+        a = np.linspace(0, 2 * np.pi, n, endpoint=False)
+        return Polygon(np.c_[x + 400 * np.cos(a), 400 * np.sin(a)])
+
+    geoms = [circle(k * 1000, n) for k, n in enumerate(sizes)]
+    gdf = gpd.GeoDataFrame({"n": np.arange(len(geoms))}, geometry=geoms, crs=32633)
+    path = tmp_path / f"objects{suffix}"
+    pyogrio.write_dataframe(gdf, path, layer="objects" if suffix == ".gpkg" else None)
+    chunks = list(read_chunks(path, "objects" if suffix == ".gpkg" else None, chunk=1000))
+    assert list(np.concatenate([c["n"].to_numpy() for c in chunks])) == list(range(len(geoms)))
+    wkb = [int(sum(len(g) for g in c.geometry.to_wkb())) for c in chunks]
+    if suffix == ".gpkg":
+        assert [len(c) for c in chunks][:2] == [1000, 1000] and len(chunks) >= 6
+        assert all(b <= 1 << 20 or len(c) == 1 for b, c in zip(wkb, chunks))  # the 1.6 MB polygon alone
+        assert max(wkb) > 1 << 20
+    else:
+        assert [len(c) for c in chunks] == [1000, 1000, 518]
+    empty = tmp_path / f"empty{suffix}"
+    pyogrio.write_dataframe(gdf.iloc[:0], empty, layer="objects" if suffix == ".gpkg" else None)
+    assert [len(c) for c in read_chunks(empty, "objects" if suffix == ".gpkg" else None)] == [0]

@@ -293,8 +293,13 @@ def test_a_region_past_the_vertex_limit_comes_in_strips_along_the_rows_of_tiles_
     cuts = set(plan.row_cuts)
     for above, below in zip(strips, strips[1:]):  # cut between rows of tiles, one under the other
         assert above.row + above.height == below.row and below.row in cuts
+    lazy = merge(pieces, plan, trace=trace, region=200, split=1500, centres=False)  # strips made as taken
+    assert [(i.part, i.parts, i.centre) for i in lazy[at:at + len(strips)]] == [(s.part, s.parts, None) for s in strips]
+    assert all(a.outline.equals(b.outline) for a, b in zip(lazy[at:at + len(strips)], strips))
+    centre = shapely.get_coordinates(ring_.outline.centroid)[0]  # each strip knows its whole object's centre
     for s in strips:
         assert (s.label, s.score, s.n_tiles, s.level) == (ring_.label, ring_.score, ring_.n_tiles, ring_.level)
+        assert s.centre == pytest.approx(tuple(centre), abs=1e-6)
         assert shapely.get_num_coordinates(s.outline) <= 1500 + 50  # the cut adds a few corners
     # the strips share no pixel and dissolve into the object, pixel for pixel
     assert sum(s.outline.area for s in strips) == ring_.outline.area

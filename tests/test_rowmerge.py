@@ -13,7 +13,7 @@ import shapely
 import geoseg
 from geoseg.core import merge
 from geoseg.errors import RunError
-from geoseg.run import rowmerge, shards
+from geoseg.run import assemble, rowmerge, shards
 from geoseg.testing import ColorSegmenter, CountingSegmenter, make_scene
 from geoseg.testing.memory import run_measured
 from geoseg.testing.scenes import write_region_scene
@@ -107,13 +107,51 @@ def test_a_region_past_the_vertex_limit_is_written_in_strips_that_share_its_obje
     assert len(dissolved.interiors) == len(whole.geometry[0].interiors) >= 30
     assert dissolved.area == pytest.approx(whole.geometry[0].area, rel=1e-4)
     assert dissolved.symmetric_difference(whole.geometry[0]).area < 0.5 * dissolved.length * 0.5  # < 0.5 px
+    monkeypatch.setattr(merge, "SPLIT", 4000)
     combined = tmp_path / "combined.gpkg"  # a folder of shard outputs: ids renumbered, objects with them
     (tmp_path / "shards").mkdir()
     for k in (0, 1):
         geoseg.segment([small, scene][k], ["green", "blue", "red"], segmenter=ColorSegmenter(), tile_size=256,
                        overlap=32, simplify=0, output=tmp_path / "shards" / f"{k}.gpkg", cpu_workers=0)
-    shards.combine(tmp_path / "shards", combined)
+    objects, _ = shards.combine(tmp_path / "shards", combined)
     both = pyogrio.read_dataframe(combined)
+    assert objects == both["object_id"].nunique() < len(both)  # the strips counted once
     assert list(both["id"]) == list(range(1, len(both) + 1))
     strips = both[both["label"].eq("green") & both["source"].eq("region.tif")]
     assert strips["object_id"].nunique() == 1 and strips["object_id"].iloc[0] == strips["id"].iloc[0] > 1
+    assert len(strips) >= 3
+    # a rerun counts the objects of an output, or of a work folder's result (its `part` column), as written
+    assert assemble.count_objects(combined, "detections") == objects
+    result = both.assign(part=both["id"] - both["object_id"]).drop(columns=["id", "object_id"])
+    pyogrio.write_dataframe(result, tmp_path / "result.gpkg", layer="objects")
+    assert assemble.count_objects(tmp_path / "result.gpkg") == objects
+
+
+def test_the_strips_of_a_region_are_vectorised_apart_and_kept_or_dropped_whole_by_min_area(tmp_path, monkeypatch):
+    """Each strip of a region is vectorised in a task of its own (a CPU worker never holds the
+    whole forest), yet --min-area is for the whole object: just under the forest's area keeps every
+    strip, each of them far smaller; just over drops them all, the river staying."""
+    monkeypatch.setattr(merge, "SPLIT", 4000)
+    monkeypatch.setattr(merge, "REGION", 1000)
+    scene = tmp_path / "region.tif"
+    painted = write_region_scene(scene, 2000, spacing=250)
+    tasks = []
+    real = rowmerge._chunks
+
+    def counted(*args):  # the CPU worker's tasks
+        for chunk in real(*args):
+            tasks.append(chunk)
+            yield chunk
+
+    monkeypatch.setattr(rowmerge, "_chunks", counted)
+    forest = painted["green"] * 0.25  # m² (0.5 m pixels)
+    args = dict(segmenter=ColorSegmenter(), tile_size=256, overlap=32, simplify=0, cpu_workers=1)
+    kept = geoseg.segment(scene, ["green", "blue"], min_area=0.99 * forest, **args)
+    strips = kept[kept["label"].eq("green")]  # the river, smaller, dropped
+    assert len(strips) >= 3 and strips["object_id"].nunique() == 1 and strips.area.max() < 0.5 * forest
+    assert strips.area.sum() == forest  # exact: every strip kept
+    alone = [t for t in tasks if any(i.parts > 1 and i.label == "green" for i in t)]
+    assert len(alone) == len(strips) and all(len(t) == 1 for t in alone)
+    dropped = geoseg.segment(scene, ["green", "blue"], min_area=1.01 * forest, **args)
+    assert len(dropped) == 0  # the river is smaller still
+    assert painted["blue"] < painted["green"]

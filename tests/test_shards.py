@@ -295,7 +295,7 @@ def test_combine_refuses_malformed_manifests_and_a_changed_output(folder, tmp_pa
     target.unlink()
     pyogrio.write_dataframe(gdf.iloc[: len(gdf) - 3], target, layer="detections")  # a valid file, 3 fewer
     line = one_line_error(run("combine", out, "-o", tmp_path / "all.gpkg"))
-    assert f"{target} holds {len(gdf) - 3} objects but shard {k}/3 wrote {len(gdf)}" in line
+    assert f"{target} holds {len(gdf) - 3} features but shard {k}/3 wrote {len(gdf)}" in line
     target.unlink()
     gdf.loc[0, "label"] = "tampered"
     pyogrio.write_dataframe(gdf, target, layer="detections")  # as many objects, another content

@@ -134,8 +134,9 @@ def test_min_area_and_the_area_keep_or_drop_the_strips_of_an_object_together():
 
     t = Affine(1, 0, 500000, 0, -1, 5000000)  # 1 m pixels, UTM
     top, bottom = shapely.box(0, 0, 10, 6), shapely.box(0, 6, 10, 10)
-    insts = [Instance("a", 0.9, 4, 0, 0, None, outline=top, part=0, parts=2),
-             Instance("a", 0.9, 4, 6, 0, None, outline=bottom, part=1, parts=2),
+    centre = shapely.get_coordinates(shapely.union(top, bottom).centroid)[0]  # the merge gives each strip the whole's
+    insts = [Instance("a", 0.9, 4, 0, 0, None, outline=top, part=0, parts=2, centre=tuple(centre)),
+             Instance("a", 0.9, 4, 6, 0, None, outline=bottom, part=1, parts=2, centre=tuple(centre)),
              Instance("b", 0.8, 1, 20, 0, np.ones((7, 10), bool))]
     gdf = finish(to_frame(insts, t, CRS.from_epsg(32633), source="x", simplify=0), t, min_area=80)
     assert list(gdf["label"]) == ["a", "a"] and list(gdf["part"]) == [0, 1]

@@ -13,7 +13,8 @@ it come from the tiles that did, unless the owner saw another object there.
 So the result has no seam, no double edge and no pixel counted twice.
 
 `RowMerger` does this one row of tiles at a time, as rows arrive, holding only
-the rows that open objects still need; `merge` is its in-memory form.
+the rows that open objects still need, their large masks as bits
+(`geoseg.core.bits`); `merge` is its in-memory form.
 
 An object that grows large (a forest, a river: a *region*) is not composed
 as one mask. The rule above decides each pixel from the tile owning it, so it
@@ -36,12 +37,14 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Callable, Iterable, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 import shapely
 
+from geoseg.core.bits import LARGE, Bits, dense
 from geoseg.core.detections import Detections
 from geoseg.core.segmenter import Detection
 from geoseg.core.tiling import Tile, TilePlan
@@ -50,14 +53,15 @@ from geoseg.errors import RunError, UsageError
 
 @dataclass
 class Piece:
-    """A detection in raster pixels: a tight boolean crop at (row, col)."""
+    """A detection in raster pixels: a tight boolean crop at (row, col), as an array or, held by
+    the row merge, as `Bits`."""
 
     label: str
     score: float
     tile: int
     row: int
     col: int
-    mask: np.ndarray
+    mask: np.ndarray | Bits
     key: int = -1  #: the piece's number in its raster (set by the merge or the staging store)
     level: int = 0  #: the refinement level of the (sub-)tile that found it (0: a tile of the plan)
 
@@ -87,6 +91,7 @@ class Instance:
     outline: shapely.Geometry | None = None
     part: int = 0  #: a region written in strips (see `SPLIT`): which strip, from the top; 0 for a whole object
     parts: int = 1  #: how many strips its object was written in
+    centre: tuple[float, float] | None = None  #: a strip's: the centre (x, y) of its whole object's pixels
 
     @property
     def height(self) -> int:
@@ -192,7 +197,7 @@ def _compose(group: list[Piece], plan: TilePlan, near: Callable[[tuple[int, int,
     best = max(p.score for p in group)
     if len(group) == 1 and _inside(group[0], plan):
         p = group[0]
-        return Instance(p.label, p.score, 1, p.row, p.col, p.mask, p.level)
+        return Instance(p.label, p.score, 1, p.row, p.col, dense(p.mask), p.level)
     r0, c0 = min(p.row for p in group), min(p.col for p in group)
     r1, c1 = max(p.row_stop for p in group), max(p.col_stop for p in group)
     owner = plan.owner(np.arange(r0, r1)[:, None], np.arange(c0, c1)[None, :])
@@ -200,8 +205,9 @@ def _compose(group: list[Piece], plan: TilePlan, near: Callable[[tuple[int, int,
     seen = np.zeros_like(keep)
     for p in group:
         sub = (slice(p.row - r0, p.row_stop - r0), slice(p.col - c0, p.col_stop - c0))
-        seen[sub] |= p.mask
-        keep[sub] |= p.mask & (owner[sub] == p.tile)
+        mask = dense(p.mask)
+        seen[sub] |= mask
+        keep[sub] |= mask & (owner[sub] == p.tile)
     # pixels whose owning tile did not see this object: take them from the
     # tiles that did, unless the owner saw another object of this label there
     mine = np.zeros_like(keep)  # owned by a tile that saw it (np.isin costs ten times more on these)
@@ -239,16 +245,18 @@ KEY_BITS = 20  #: a piece's key is (tile << KEY_BITS) | its number in the tile
 
 
 Packed = tuple[np.ndarray, tuple[np.ndarray, ...]]
-"""Polygons as shapely's ragged arrays (coordinates, offsets): 16 bytes a vertex, no object per polygon."""
+"""Polygons of pixel corners as shapely's ragged arrays (coordinates, offsets), the coordinates as int32:
+8 bytes a vertex, no object per polygon."""
 
 
 def _pack(polys: list[shapely.Geometry]) -> Packed:
     _, coords, offsets = shapely.to_ragged_array(polys)
-    return coords, offsets
+    return coords.astype(np.int32), offsets  # integer corners: exact
 
 
 def _unpack(packed: Packed) -> list[shapely.Geometry]:
-    return list(shapely.from_ragged_array(shapely.GeometryType.POLYGON, *packed))
+    coords, offsets = packed
+    return list(shapely.from_ragged_array(shapely.GeometryType.POLYGON, coords.astype(float), offsets))
 
 
 @dataclass
@@ -368,18 +376,20 @@ class RowMerger:
     polygons (its `Instance` has an `outline`, no mask), so it holds only the
     rows owning the bands not composed yet, and memory follows the outlines,
     not the raster; a region of more than `split` vertices comes as strips
-    (consecutive instances, `part` 0, 1, ...). Without `trace`, memory follows the rows spanned by the
+    (consecutive instances, `part` 0, 1, ...), made one at a time as they are taken unless `centres`
+    (each then carries the whole object's centre). Without `trace`, memory follows the rows spanned by the
     largest object. The result depends only on the pieces, not on when rows
     arrive: a merge running behind the model, a resumed run and a merge of
     everything at the end give the same objects in the same order.
     """
 
     def __init__(self, plan: TilePlan, *, iou: float = 0.5, containment: float = 0.8,
-                 trace: Trace | None = None, region: int = REGION, split: int = SPLIT) -> None:
+                 trace: Trace | None = None, region: int = REGION, split: int = SPLIT, centres: bool = True) -> None:
         self.plan, self.iou, self.containment = plan, iou, containment
         self.trace = trace  #: with a tracer, objects past `region` px are composed band by band
         self.region = region
         self.split = split  #: a region of more vertices is put together in strips (see `SPLIT`)
+        self.centres = centres  #: the strips of a region carry its centre (`Instance.centre`): all made at once
         self.cols = plan.shape[1]
         self.reach = _reach(plan)
         # the first row of tiles whose windows reach below each core cut
@@ -513,40 +523,57 @@ class RowMerger:
             if polys:
                 reg.fallback.append((t, _pack(polys)))
 
-    def _outline(self, g: _Group) -> list[Instance]:
+    def _outline(self, g: _Group) -> tuple[Instance, Iterator[Instance]] | None:
         """A closed region: its remaining bands composed, then unioned from the top down into one
-        outline, or past `split` vertices into strips of at most `split` where a band allows."""
+        outline, or past `split` vertices into strips of at most `split` where a band allows. The
+        first strip, and the others made as they are asked for (one strip's polygons at a time),
+        unless `centres` asks every strip to carry the whole object's centre."""
         reg = g.region
         assert reg is not None
         self._advance(g, self._core_row(g.r1 - 1) + 1)
         for t, f in reg.fallback:  # in the band of the tile owning its pixels
             reg.bands.setdefault(t // self.cols, []).append(f)
         reg.fallback = []
+        if not reg.bands:
+            return None
         count = {b: sum(len(coords) for coords, _ in packed) for b, packed in reg.bands.items()}
         whole = sum(count.values()) <= self.split
-        outlines: list[shapely.Geometry] = []
-        strips, held = _Strips(), 0
+        groups: list[list[int]] = [[]]  # the bands of each strip
+        held = 0
         for b in sorted(count):
             if not whole and held and held + count[b] > self.split:
-                outlines.append(strips.whole())
-                strips, held = _Strips(), 0
-            polys = [p for packed in reg.bands.pop(b) for p in _unpack(packed)]
-            strips.add(polys, self.plan.row_cuts[b + 1])
+                groups.append([])
+                held = 0
+            groups[-1].append(b)
             held += count[b]
-        outlines.append(strips.whole())
-        outlines = [o for o in outlines if o is not None]
-        out = []
-        for k, outline in enumerate(outlines):
-            c0, r0, _, _ = shapely.bounds(outline)
-            out.append(Instance(reg.label, reg.score, len(reg.tiles), int(r0), int(c0), None, reg.level, outline,
-                                part=k, parts=len(outlines)))
-        return out
+        strips = (self._strip(reg, bands, k, len(groups)) for k, bands in enumerate(groups))
+        if self.centres and len(groups) > 1:  # each strip is vectorised alone: an area keeps or drops all by this
+            made = list(strips)
+            outlines = [s.outline for s in made]
+            area, xy = shapely.area(outlines), shapely.get_coordinates(shapely.centroid(outlines))
+            centre = tuple(float(v) for v in (xy * area[:, None]).sum(0) / area.sum())
+            strips = (replace(s, centre=centre) for s in made)
+        return next(strips), strips
 
-    def add(self, t: int, pieces: list[Piece]) -> list[Instance]:
-        """Row `t` of tiles (the next one) with its pieces; the objects now complete."""
+    def _strip(self, reg: _Region, bands: list[int], part: int, parts: int) -> Instance:
+        """The union of a region's `bands`, consumed: strip `part` of `parts`."""
+        union = _Strips()
+        for b in bands:
+            union.add([p for packed in reg.bands.pop(b) for p in _unpack(packed)], self.plan.row_cuts[b + 1])
+        outline = union.whole()
+        assert outline is not None  # traced polygons are never empty
+        c0, r0, _, _ = shapely.bounds(outline)
+        return Instance(reg.label, reg.score, len(reg.tiles), int(r0), int(c0), None, reg.level, outline,
+                        part=part, parts=parts)
+
+    def add(self, t: int, pieces: list[Piece]) -> Iterator[Instance]:
+        """Row `t` of tiles (the next one) with its pieces; the objects now complete, to be taken
+        before the next `add` (the strips of a region are made as they are taken)."""
         if t != self.fed + 1:
             raise UsageError(f"rows of tiles must come in order: got {t} after {self.fed}")
         self.fed = t
+        pieces = [replace(p, mask=Bits.of(p.mask)) if isinstance(p.mask, np.ndarray) and p.mask.size >= LARGE else p
+                  for p in pieces]  # large masks held as bits
         self.rows[t] = pieces
         for p in pieces:
             self.parent[p.key] = p.key
@@ -600,7 +627,7 @@ class RowMerger:
         """The last row of tiles a group needs."""
         return max(g.last, self._core_row(g.r1 - 1))
 
-    def _emit(self) -> list[Instance]:
+    def _emit(self) -> Iterator[Instance]:
         # groups whose members all lie in matched rows can no longer grow
         while self.by_last and self.by_last[0][0] <= self.matched:
             last, root = heapq.heappop(self.by_last)
@@ -615,19 +642,20 @@ class RowMerger:
             ready.append(self.groups.pop(root))
             self.regions.discard(root)
         if not ready:
-            return []
+            return iter(())
         near = _Near([p for row in self.rows.values() for p in row])
-        out: list[list[Instance]] = []
+        out: list[tuple[Instance, Iterator[Instance]] | None] = []
         for g in ready:
             if g.region is not None:
                 out.append(self._outline(g))
             else:
                 inst = _compose(sorted(g.members, key=lambda p: p.key), self.plan, near)
-                out.append([] if inst is None else [inst])
+                out.append(None if inst is None else (inst, iter(())))
         for g in ready:  # no later row can reach a closed object's pieces
             for p in g.members:
                 del self.parent[p.key]
-        return [inst for parts in sorted((o for o in out if o), key=lambda o: _order(o[0])) for inst in parts]
+        ordered = sorted((o for o in out if o is not None), key=lambda o: _order(o[0]))
+        return itertools.chain.from_iterable(itertools.chain([first], rest) for first, rest in ordered)
 
     def _evict(self) -> None:
         # an open object needs the rows from its `_from`; an unmatched row's pieces are open objects
@@ -663,7 +691,7 @@ def _order(inst: Instance) -> tuple[str, int, int, int, int, float]:
 
 def merge(
     pieces: Sequence[Piece], plan: TilePlan, *, iou: float = 0.5, containment: float = 0.8,
-    trace: Trace | None = None, region: int = REGION, split: int = SPLIT,
+    trace: Trace | None = None, region: int = REGION, split: int = SPLIT, centres: bool = True,
 ) -> list[Instance]:
     """Merge pieces seen by overlapping tiles into one instance per object.
 
@@ -676,5 +704,6 @@ def merge(
     for p in sorted(pieces, key=lambda p: p.tile):
         k = seq[p.tile] = seq.get(p.tile, -1) + 1
         rows.setdefault(p.tile // plan.shape[1], []).append(replace(p, key=(p.tile << KEY_BITS) | k))
-    merger = RowMerger(plan, iou=iou, containment=containment, trace=trace, region=region, split=split)
+    merger = RowMerger(plan, iou=iou, containment=containment, trace=trace, region=region, split=split,
+                       centres=centres)
     return [inst for t in range(plan.shape[0]) for inst in merger.add(t, rows.get(t, []))]

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from geoseg.core.bits import LARGE, Bits
 from geoseg.core.merge import KEY_BITS, Piece
 from geoseg.errors import DiskFullError, disk_full
 
@@ -43,9 +44,12 @@ def pack(mask: np.ndarray) -> bytes:
     return b"z" + zlib.compress(bits, 1) if len(bits) > 4096 else b"b" + bits
 
 
+def _flat(blob: bytes) -> np.ndarray:
+    return np.frombuffer(zlib.decompress(blob[1:]) if blob[:1] == b"z" else blob[1:], np.uint8)
+
+
 def unpack(blob: bytes, height: int, width: int) -> np.ndarray:
-    bits = np.frombuffer(zlib.decompress(blob[1:]) if blob[:1] == b"z" else blob[1:], np.uint8)
-    return np.unpackbits(bits, count=height * width).reshape(height, width).astype(bool)
+    return np.unpackbits(_flat(blob), count=height * width).reshape(height, width).astype(bool)
 
 
 class TileStore:
@@ -111,11 +115,13 @@ class TileStore:
                                    json.dumps(needed.get(t, {}), sort_keys=True)) for t in tiles])
 
     def pieces_in_row(self, trow: int) -> list[Piece]:
-        """The pieces of one row of tiles, in (tile, seq) order, keyed (tile << KEY_BITS) | seq."""
+        """The pieces of one row of tiles, in (tile, seq) order, keyed (tile << KEY_BITS) | seq; large
+        masks as `Bits`, as the row merge holds them (a row of a forest's masks is not unpacked at once)."""
         cur = self._db.execute(
             "SELECT tile, seq, label, score, row, col, height, width, mask, level FROM pieces WHERE trow = ? "
             "ORDER BY tile, seq", (trow,))
-        return [Piece(label, score, tile, row, col, unpack(blob, h, w), key=(tile << KEY_BITS) | seq, level=level)
+        return [Piece(label, score, tile, row, col, Bits.from_flat(_flat(blob), h, w) if h * w >= LARGE
+                      else unpack(blob, h, w), key=(tile << KEY_BITS) | seq, level=level)
                 for tile, seq, label, score, row, col, h, w, blob, level in cur]
 
     def nodata(self) -> int:

@@ -289,17 +289,15 @@ def _traced(instances: Sequence[Instance], transform: Affine, width: int, smooth
 def centroids(instances: Sequence[Instance], transform: Affine) -> np.ndarray:
     """Each instance's centroid through `transform`: the centre of its pixels, as
     `--simplify 0` draws them, so that which objects an area keeps does not
-    depend on the simplification; the strips of one object (consecutive, see
-    `Instance.part`) all have the object's."""
+    depend on the simplification; the strips of one object (see `Instance.part`)
+    all have the object's (`Instance.centre`)."""
     xy = np.zeros((len(instances), 2))
     for k, inst in enumerate(instances):
-        if inst.mask is None:
+        if inst.centre is not None:
+            xy[k] = inst.centre
+        elif inst.mask is None:
             c = shapely.centroid(inst.outline)
             xy[k] = c.x, c.y
-            if inst.part == inst.parts - 1 and inst.parts > 1:  # the last strip: all of them, weighted by area
-                strips = instances[k - inst.parts + 1:k + 1]
-                area = shapely.area([s.outline for s in strips])
-                xy[k - inst.parts + 1:k + 1] = (xy[k - inst.parts + 1:k + 1] * area[:, None]).sum(0) / area.sum()
         else:
             rows, cols = inst.mask.sum(axis=1), inst.mask.sum(axis=0)
             xy[k] = (inst.col + 0.5 + (cols * np.arange(cols.size)).sum() / cols.sum(),

@@ -13,6 +13,7 @@ leaves the original untouched. Other formats hold one layer per file.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -21,12 +22,14 @@ import os
 import re
 import secrets
 import shutil
+import sqlite3
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
+import numpy as np
 import pandas as pd
 import pyogrio
 from pyproj import CRS
@@ -71,6 +74,43 @@ def gpkg_layers(path: Path) -> set[str] | None:
     try:
         return {str(name).lower() for name in pyogrio.list_layers(path)[:, 0]}
     except pyogrio.errors.DataSourceError:
+        return None
+
+
+# about this much geometry (WKB) is read from a GeoPackage at once by `ranges`: a strip of
+# `geoseg.core.merge.SPLIT` vertices (100,000 small objects would be 50 to 100 MB)
+GEOMETRY_BYTES = 8 << 20
+
+
+def ranges(path: Path, layer: str | None, features: int, chunk: int) -> list[tuple[int, int]]:
+    """(first, count) runs of a layer's `features`, in order, each of at most `chunk` features and,
+    in a GeoPackage, of about `GEOMETRY_BYTES` of geometry but one feature at least (the strips of
+    a region hold hundreds of thousands of vertices each); one run at least."""
+    sizes = _geometry_sizes(path, layer) if path.suffix.lower() == ".gpkg" and layer else None
+    if sizes is None:
+        return [(start, chunk) for start in range(0, max(features, 1), chunk)]
+    out, start, n, held = [], 0, 0, 0
+    for size in sizes:
+        if n and (n == chunk or held + size > GEOMETRY_BYTES):
+            out.append((start, n))
+            start, n, held = start + n, 0, 0
+        n, held = n + 1, held + size
+    return [*out, (start, max(n, 1))]
+
+
+def _geometry_sizes(path: Path, layer: str) -> np.ndarray | None:
+    """The bytes of each feature's geometry in a GeoPackage's `layer`, in the order GDAL reads them;
+    None for a layout other than geoseg's."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            found = db.execute("SELECT column_name FROM gpkg_geometry_columns WHERE lower(table_name) = lower(?)",
+                               (layer,)).fetchone()
+            if found is None:
+                return None
+            table, column = ('"' + name.replace('"', '""') + '"' for name in (layer, found[0]))
+            rows = db.execute(f"SELECT COALESCE(length({column}), 0) FROM {table}")
+            return np.fromiter((size for (size,) in rows), dtype=np.int64)
+    except sqlite3.Error:
         return None
 
 
@@ -354,8 +394,9 @@ def read_provenance(path: str | os.PathLike[str], layer: str = "detections") -> 
 
 
 def record(path: str | os.PathLike[str], layer: str = "detections") -> dict[str, Any]:
-    """What tells an output file from another: its number of objects (in `layer` of a
-    GeoPackage) and the SHA-256 of its bytes (a shard's manifest keeps both for `combine`)."""
+    """What tells an output file from another: its number of features, under "objects" (in
+    `layer` of a GeoPackage; a region's strips each count), and the SHA-256 of its bytes (a
+    shard's manifest keeps both for `combine`)."""
     path = Path(path)
     if path.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq

@@ -118,10 +118,22 @@ def stac_columns(gdf: gpd.GeoDataFrame, columns: dict[str, dict[str, Any]]) -> g
 
 def read_chunks(path: Path, layer: str | None = "objects", chunk: int = 100_000) -> Iterator[gpd.GeoDataFrame]:
     """A vector file's `layer` (default: a per-input result's), in chunks of
-    features; at least one chunk, empty for an empty layer."""
+    features (`export.ranges`: of a GeoPackage, bounded in bytes too); at least one chunk,
+    empty for an empty layer."""
     total = pyogrio.read_info(path, layer=layer, force_feature_count=True)["features"]
-    for start in range(0, max(total, 1), chunk):
-        yield pyogrio.read_dataframe(path, layer=layer, skip_features=start, max_features=chunk)
+    for start, n in export.ranges(path, layer, total, chunk):
+        yield pyogrio.read_dataframe(path, layer=layer, skip_features=start, max_features=n)
+
+
+def count_objects(path: Path, layer: str | None = "objects") -> int:
+    """The objects in a per-input result or an output: its features, the strips of a region
+    (see `geoseg.core.merge.SPLIT`) counted once (a result's `part` 0, an output's `object_id`)."""
+    fields = set(pyogrio.read_info(path, layer=layer)["fields"])
+    column = "part" if "part" in fields else "object_id" if "object_id" in fields else None
+    if column is None:
+        return int(pyogrio.read_info(path, layer=layer, force_feature_count=True)["features"])
+    table = pyogrio.read_dataframe(path, layer=layer, columns=[column], read_geometry=False)
+    return int((table["part"] == 0).sum()) if column == "part" else int(table["object_id"].nunique())
 
 
 def area_of(result: Path) -> float:

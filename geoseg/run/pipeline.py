@@ -32,7 +32,15 @@ from geoseg.io.objects import Placed
 from geoseg.io.objects import place as place_objects
 from geoseg.io.sources import is_mosaic, unique_names
 from geoseg.run import rowshards, shards, workdir, workers
-from geoseg.run.assemble import Assembler, area_of, mixed_crs_error, provenance, write_output, write_raster
+from geoseg.run.assemble import (
+    Assembler,
+    area_of,
+    count_objects,
+    mixed_crs_error,
+    provenance,
+    write_output,
+    write_raster,
+)
 from geoseg.run.checks import check_run, exemplars_of, own_outputs, remote_outputs
 from geoseg.run.engine import Engine, LocalEngine
 from geoseg.run.inspection import RasterInfo, inspect, outside_all
@@ -193,8 +201,7 @@ def _run(paths: list[Any], several: bool, settings: Settings, engine: Engine, wo
                     and export.has_output(outputs[k], layer)):
                 results[k].state, results[k].reused, results[k].output = "done", True, str(outputs[k])
                 results[k].tiles = infos[k].tiles
-                results[k].objects = pyogrio.read_info(outputs[k], layer=layer if outputs[k].suffix == ".gpkg"
-                                                       else None)["features"]
+                results[k].objects = count_objects(outputs[k], layer if outputs[k].suffix == ".gpkg" else None)
                 if k in rasters and str(rasters[k].path) not in written:  # --raster-out added on the rerun
                     write_raster(rasters[k], infos[k], work.result_path(p), settings, engine, work)
                 continue
@@ -272,7 +279,7 @@ def _finish_one(path: Any, settings: Settings, engine: Engine, work: WorkDir, in
         result.objects, result.area_m2 = merging.objects, merging.area_m2
         result.all_nodata = merging.all_nodata
     else:  # merged by an earlier run
-        result.objects = int(pyogrio.read_info(target, layer="objects")["features"])
+        result.objects = count_objects(target)
         result.area_m2 = area_of(target)
     result.tiles, result.state = info.tiles, "done"
     t_out = time.perf_counter()

@@ -8,7 +8,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import shapely
 
-from geoseg.core import merge, vectorize
+from geoseg.core import heap, merge, vectorize
 from geoseg.core.staging import TileStore
 from geoseg.core.tiling import TilePlan
 from geoseg.errors import GeosegError, RunError, option
@@ -83,9 +83,10 @@ class FileMerge:
                                 settings.min_area, info.utm, info.zone, info.window, info.grid,
                                 info.path if is_mosaic(info.path) else None)
         merger = merge.RowMerger(plan, iou=settings.match_iou, trace=vectorize.trace,  # regions as outlines
-                                  region=merge.REGION, split=merge.SPLIT)
+                                  region=merge.REGION, split=merge.SPLIT, centres=info.zone is not None)
         # objects vectorised in the pool, written in order; a few chunks ahead keep the workers busy
-        pending: deque[tuple[int, Future[tuple[Any, int, float]]]] = deque()
+        pending: deque[tuple[int, Future[tuple[Any, int, float]], merge.Instance | None]] = deque()
+        strips = _RegionStrips(settings.min_area)
         depth = 2 * self.pool.workers
         row = 0  # the row of tiles a failure is reported in
         try:
@@ -95,20 +96,25 @@ class FileMerge:
                     row = fed
                     with self.profile.time("merge"):
                         instances = merger.add(fed, store.pieces_in_row(fed))
-                    self.merged += len(instances)
                     self.open = len(merger.groups)
-                    step = workers.CHUNK if self.pool.workers else max(len(instances), 1)
-                    for chunk in _chunks(instances, step):  # all workers busy, memory bounded
-                        pending.append((fed, self.pool.submit(workers.vectorise, chunk, job)))
+                    step = workers.CHUNK if self.pool.workers else 1 << 62  # with no worker, in one call
+                    for chunk in _chunks(instances, step):  # a region's strips made one at a time, as sent
+                        self.merged += sum(inst.part == 0 for inst in chunk)
+                        strip = chunk[0] if chunk[0].parts > 1 else None
+                        pending.append((fed, self.pool.submit(workers.vectorise, chunk, job), strip))
+                        while len(pending) > depth:  # all workers busy, memory bounded
+                            row, done, strip = pending.popleft()
+                            self._write(w, done, strip, strips)
+                    heap.trim()  # what composing a region freed: else the run's until its end
                     last = fed == plan.shape[0] - 1
-                    while pending and (len(pending) > depth or last):
-                        row, done = pending.popleft()
-                        self._write(w, done)
+                    while pending and last:
+                        row, done, strip = pending.popleft()
+                        self._write(w, done, strip, strips)
                     if last:
                         self._commit(w)
                         return
         except BaseException as e:  # handed to the caller by feed() or join()
-            for _, fut in pending:
+            for _, fut, _ in pending:
                 fut.cancel()
             self.error = e
             if isinstance(e, BrokenProcessPool):
@@ -120,14 +126,17 @@ class FileMerge:
                 self.error = RunError(f"{info.name}: merging row {row} of tiles failed: {type(e).__name__}: {e}")
                 self.error.__cause__ = e
 
-    def _write(self, w: export.Writer, done: Future[tuple[Any, int, float]]) -> None:
+    def _write(self, w: export.Writer, done: Future[tuple[Any, int, float]], strip: merge.Instance | None,
+               strips: _RegionStrips) -> None:
         gdf, cut, seconds = done.result()
         t = time.perf_counter()
+        frames, cut = ([gdf], cut) if strip is None else strips.add(gdf, cut, strip)
         self.cut += cut
-        if gdf is not None:
-            w.write(gdf)
-            self.objects += int((gdf["part"] == 0).sum())  # a region's strips are one object
-            self.area_m2 += float(np.nansum(gdf["area_m2"]))
+        for gdf in frames:
+            if gdf is not None:
+                w.write(gdf)
+                self.objects += int((gdf["part"] == 0).sum())  # a region's strips are one object
+                self.area_m2 += float(np.nansum(gdf["area_m2"]))
         self.profile.add("write", seconds + time.perf_counter() - t)
 
     def _commit(self, w: export.Writer) -> None:
@@ -140,16 +149,46 @@ class FileMerge:
         w.commit(vectorize.finish(empty, info.transform, settings.dst_crs))
 
 
-def _chunks(instances: list[merge.Instance], size: int) -> list[list[merge.Instance]]:
-    """`instances` in runs of about `size`, the strips of one region in one run (a worker sees the
-    whole object: its centroid and its area decide whether it is kept). A region past
-    `merge.SPLIT` vertices is a run of its own: one task never holds two."""
-    out: list[list[merge.Instance]] = [[]]
+def _chunks(instances: Iterable[merge.Instance], size: int) -> Iterator[list[merge.Instance]]:
+    """`instances` in runs of about `size`; each strip of a region past `merge.SPLIT` vertices
+    in a run of its own (a worker holds one strip at a time, never the whole region)."""
+    chunk: list[merge.Instance] = []
     for inst in instances:
-        if inst.part == 0 and (len(out[-1]) >= size or inst.parts > 1 or (out[-1] and out[-1][-1].parts > 1)):
-            out.append([])
-        out[-1].append(inst)
-    return [c for c in out if c]
+        if chunk and (len(chunk) >= size or inst.parts > 1 or chunk[-1].parts > 1):
+            yield chunk
+            chunk = []
+        chunk.append(inst)
+    if chunk:
+        yield chunk
+
+
+class _RegionStrips:
+    """The strips of the region being written, vectorised one per task (see `_chunks`); the area
+    decided whether they are kept already (each strip carries its whole object's centre).
+    `--min-area` is for the whole object: strips are held until their summed area reaches it
+    (written at once without it), and dropped if the whole object stays under it."""
+
+    def __init__(self, min_area: float | None) -> None:
+        self.min_area = min_area or 0.0
+        self.held: list[Any] = []
+        self.area, self.cut = 0.0, 0
+
+    def add(self, gdf: Any, cut: int, strip: merge.Instance) -> tuple[list[Any], int]:
+        """A strip's frame (None where the area dropped it) and whether it reaches the edge of the
+        window read: the frames to write now, and after the last strip, 1 if the object was written
+        and reaches that edge."""
+        if gdf is not None:
+            self.held.append(gdf)
+            self.area += float(np.nansum(gdf["area_m2"]))
+        self.cut = max(self.cut, cut)
+        out: list[Any] = []
+        if self.area >= self.min_area:
+            out, self.held = self.held, []
+        if strip.part < strip.parts - 1:
+            return out, 0
+        cut = self.cut if self.area >= self.min_area else 0  # under --min-area: dropped, held frames and all
+        self.held, self.area, self.cut = [], 0.0, 0
+        return out, cut
 
 
 class Rows:

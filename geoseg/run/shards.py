@@ -202,7 +202,7 @@ def _from_manifests(folder: Path, layer: str) -> list[Path] | None:
                                      f"rerun that shard (--shard {m['shard'][0]}/{n})") from None
                 count = found["objects"]
                 if count != f["objects"]:
-                    raise UsageError(f"{path} holds {count} objects but {shard} wrote {f['objects']}: it was "
+                    raise UsageError(f"{path} holds {count} features but {shard} wrote {f['objects']}: it was "
                                      f"replaced or changed since; rerun that shard (--shard {m['shard'][0]}/{n})")
                 if found["sha256"] != f["sha256"]:
                     raise UsageError(f"{path} is not the file {shard} wrote (its content changed since): rerun "
@@ -308,7 +308,7 @@ def combine(folder: str | os.PathLike[str], output: str | os.PathLike[str], *, l
     if listed is None:
         log.info("%s: no shard manifest (outputs of an older geoseg): every output found is combined, and a "
                  "missing shard cannot be told", folder)
-    n = 0
+    n = objects = 0
     with export.Writer(target, layer=layer, overwrite=overwrite, provenance=meta,
                        crs=crs) as writer:
         columns: list[str] | None = None
@@ -321,9 +321,12 @@ def combine(folder: str | os.PathLike[str], output: str | os.PathLike[str], *, l
                     raise OutputError(f"{path} has other columns than {files[0]}: combine outputs of one geoseg "
                                       f"version and settings")
                 ids = np.arange(n + 1, n + 1 + len(gdf), dtype=np.int64)
+                first = np.ones(len(gdf), bool)
                 if "object_id" in gdf.columns:  # the strips of one object keep one id: their first's
                     gdf["object_id"] = gdf["object_id"].to_numpy(np.int64) + ids - gdf["id"].to_numpy(np.int64)
+                    first = gdf["object_id"].to_numpy(np.int64) == ids
                 gdf["id"] = ids
+                objects += int(first.sum())  # a region's strips: one object
                 gdf = gdf[columns]
                 if crs is not None:
                     gdf = gdf.to_crs(crs)
@@ -333,7 +336,7 @@ def combine(folder: str | os.PathLike[str], output: str | os.PathLike[str], *, l
                 writer.write(gdf)
         assert empty is not None
         writer.commit(empty)
-    return n, len(files)
+    return objects, len(files)
 
 
 def _name(crs: CRS | None) -> str:

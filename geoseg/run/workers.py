@@ -246,7 +246,8 @@ class VectorJob:
 def vectorise(instances: list[merge.Instance], job: VectorJob) -> tuple[Any, int, float]:
     """Objects -> a finished GeoDataFrame (areas, `min_area`, `dst_crs`), or
     None when none is kept; the number kept that reach the edge of the area's
-    window; the seconds taken."""
+    window; the seconds taken. The strip of a region (`Instance.parts` > 1) comes
+    alone and is not held to `min_area`: its whole object is, by the caller."""
     t = time.perf_counter()
     gdf = vectorize.to_frame(instances, job.transform, job.crs, source=job.source, simplify=job.simplify)
     if job.mosaic is not None:
@@ -256,5 +257,6 @@ def vectorise(instances: list[merge.Instance], job: VectorJob) -> tuple[Any, int
         keep = shapely.contains(job.zone, vectorize.centroids(instances, job.transform))
         cut = int((keep & cut_by_window(instances, job.window, job.grid)).sum())
         gdf = gdf[keep]
-    out = vectorize.finish(gdf, job.transform, job.dst_crs, job.min_area, utm=job.utm) if len(gdf) else None
+    min_area = None if instances[0].parts > 1 else job.min_area
+    out = vectorize.finish(gdf, job.transform, job.dst_crs, min_area, utm=job.utm) if len(gdf) else None
     return out, cut, time.perf_counter() - t

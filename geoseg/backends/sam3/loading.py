@@ -9,6 +9,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from geoseg.core import heap
 from geoseg.errors import ModelLoadError, UsageError, option
 
 if TYPE_CHECKING:
@@ -51,23 +52,11 @@ MMAP_THRESHOLD = 256 << 10
 
 
 def return_freed_memory() -> bool:
-    """On glibc, let large blocks freed by torch on the CPU go back to the system. glibc raises
-    its mmap threshold each time such a block is freed (up to 32 MB), after which a tile's
-    activations come from the heaps of the run's threads and stay there, fragmented: about
-    200 MB more at the peak of a run on the CPU. A fixed threshold keeps them in mmap. False
-    where there is no glibc (other platforms keep their allocator's behaviour)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name is None or "libc.so" not in name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        m_mmap_threshold = -3  # malloc.h
-        return bool(libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD))
-    except (OSError, AttributeError):  # a libc without mallopt (musl)
-        return False
+    """On glibc, let large blocks freed by torch on the CPU go back to the system (`heap.mmap_threshold`):
+    else a tile's activations come from the heaps of the run's threads and stay there, fragmented:
+    about 200 MB more at the peak of a run on the CPU. False where there is no glibc (other
+    platforms keep their allocator's behaviour)."""
+    return heap.mmap_threshold(MMAP_THRESHOLD)
 
 
 def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
