@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from geoseg.core.bits import Bits, dense
+from geoseg.core.bits import Bits
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (7, 13), (300, 257), (64, 1008)])
@@ -18,7 +18,7 @@ def test_every_window_of_bits_is_the_masks_own(shape):
         got = bits[r0:r1, c0:c1]
         assert got.dtype == bool and np.array_equal(got, mask[r0:r1, c0:c1])
     assert np.array_equal(bits[2:], mask[2:]) and np.array_equal(bits[:, -5:], mask[:, -5:])
-    assert np.array_equal(np.asarray(bits), mask) and np.array_equal(dense(bits), mask)
+    assert np.array_equal(np.asarray(bits), mask)
     flat = np.packbits(mask, axis=None)  # as the staging store keeps a mask (compressed when large)
     assert np.array_equal(Bits.from_flat(flat, *shape)[:, :], mask)
     with pytest.raises(IndexError):

@@ -50,8 +50,3 @@ class Bits:
 
 
 LARGE = 1 << 16  #: pixels from which the row merge holds a mask as bits (a small one is unpacked more than it weighs)
-
-
-def dense(mask: np.ndarray | Bits) -> np.ndarray:
-    """The mask as a boolean array (a `Bits` unpacked)."""
-    return mask[:, :] if isinstance(mask, Bits) else mask

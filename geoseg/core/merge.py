@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import shapely
 
-from geoseg.core.bits import LARGE, Bits, dense
+from geoseg.core.bits import LARGE, Bits
 from geoseg.core.detections import Detections
 from geoseg.core.segmenter import Detection
 from geoseg.core.tiling import Tile, TilePlan
@@ -197,7 +197,7 @@ def _compose(group: list[Piece], plan: TilePlan, near: Callable[[tuple[int, int,
     best = max(p.score for p in group)
     if len(group) == 1 and _inside(group[0], plan):
         p = group[0]
-        return Instance(p.label, p.score, 1, p.row, p.col, dense(p.mask), p.level)
+        return Instance(p.label, p.score, 1, p.row, p.col, np.asarray(p.mask), p.level)
     r0, c0 = min(p.row for p in group), min(p.col for p in group)
     r1, c1 = max(p.row_stop for p in group), max(p.col_stop for p in group)
     owner = plan.owner(np.arange(r0, r1)[:, None], np.arange(c0, c1)[None, :])
@@ -205,7 +205,7 @@ def _compose(group: list[Piece], plan: TilePlan, near: Callable[[tuple[int, int,
     seen = np.zeros_like(keep)
     for p in group:
         sub = (slice(p.row - r0, p.row_stop - r0), slice(p.col - c0, p.col_stop - c0))
-        mask = dense(p.mask)
+        mask = np.asarray(p.mask)
         seen[sub] |= mask
         keep[sub] |= mask & (owner[sub] == p.tile)
     # pixels whose owning tile did not see this object: take them from the
@@ -537,11 +537,10 @@ class RowMerger:
         if not reg.bands:
             return None
         count = {b: sum(len(coords) for coords, _ in packed) for b, packed in reg.bands.items()}
-        whole = sum(count.values()) <= self.split
         groups: list[list[int]] = [[]]  # the bands of each strip
         held = 0
         for b in sorted(count):
-            if not whole and held and held + count[b] > self.split:
+            if held and held + count[b] > self.split:
                 groups.append([])
                 held = 0
             groups[-1].append(b)

@@ -128,10 +128,11 @@ def read_chunks(path: Path, layer: str | None = "objects", chunk: int = 100_000)
 def count_objects(path: Path, layer: str | None = "objects") -> int:
     """The objects in a per-input result or an output: its features, the strips of a region
     (see `geoseg.core.merge.SPLIT`) counted once (a result's `part` 0, an output's `object_id`)."""
-    fields = set(pyogrio.read_info(path, layer=layer)["fields"])
+    info = pyogrio.read_info(path, layer=layer, force_feature_count=True)
+    fields = set(info["fields"])
     column = "part" if "part" in fields else "object_id" if "object_id" in fields else None
     if column is None:
-        return int(pyogrio.read_info(path, layer=layer, force_feature_count=True)["features"])
+        return int(info["features"])
     table = pyogrio.read_dataframe(path, layer=layer, columns=[column], read_geometry=False)
     return int((table["part"] == 0).sum()) if column == "part" else int(table["object_id"].nunique())
 
