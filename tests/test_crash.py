@@ -31,7 +31,12 @@ def scene(tmp_path_factory):
 
 
 def _temporary(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob(".*") if ".tmp" in p.name]
+    """The temporary files under `folder`; none once the run has removed it (a finished run's work folder
+    can vanish while it is listed)."""
+    try:
+        return [p for p in folder.rglob(".*") if ".tmp" in p.name]
+    except FileNotFoundError:
+        return []
 
 
 def _moment(proc: subprocess.Popen, out: Path, work: Path, phase: str, at: int) -> bool:
